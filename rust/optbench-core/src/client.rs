@@ -1,0 +1,420 @@
+//! One streamed request against an OpenAI-compatible server, measured byte by byte.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+
+use crate::error::{CoreError, Result};
+use crate::record::{ErrorKind, RequestRecord, TokenCountSource};
+use crate::sse::{SseEvent, SseParser};
+
+/// Which OpenAI-compatible endpoint requests go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/v1/completions` with a `prompt`.
+    Completions,
+    /// `/v1/chat/completions` with `messages`.
+    Chat,
+}
+
+impl Endpoint {
+    /// Parses `completions` or `chat`.
+    pub fn parse(name: &str) -> Result<Endpoint> {
+        match name {
+            "completions" => Ok(Endpoint::Completions),
+            "chat" | "chat_completions" => Ok(Endpoint::Chat),
+            other => Err(CoreError::config(format!(
+                "endpoint must be 'completions' or 'chat', got {other:?}"
+            ))),
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::Completions => "/v1/completions",
+            Endpoint::Chat => "/v1/chat/completions",
+        }
+    }
+}
+
+/// A prompt as the endpoint takes it.
+#[derive(Debug, Clone)]
+pub enum Prompt {
+    /// Plain text (sent as `prompt`, or as one user message to the chat endpoint).
+    Text(String),
+    /// A chat conversation: a JSON array of `{"role", "content"}` objects.
+    Messages(serde_json::Value),
+}
+
+/// What every request of a run shares.
+#[derive(Debug, Clone)]
+pub struct RequestSettings {
+    /// Server root, e.g. `http://127.0.0.1:8000` (a trailing `/v1` is accepted and dropped).
+    pub base_url: String,
+    /// The `model` field of each request.
+    pub model: String,
+    /// Completions or chat.
+    pub endpoint: Endpoint,
+    /// Sent as `Authorization: Bearer <key>` when set.
+    pub api_key: Option<String>,
+    /// `max_tokens` of each request.
+    pub max_tokens: u32,
+    /// Sampling temperature (the brief uses 0).
+    pub temperature: f64,
+    /// Sends `ignore_eos: true` so every request generates exactly `max_tokens`.
+    pub ignore_eos: bool,
+    /// Extra JSON fields merged into every request body (they override the defaults).
+    pub extra_body: serde_json::Map<String, serde_json::Value>,
+    /// Per-request deadline, from sending to the end of the stream. `None` waits forever.
+    pub request_timeout: Option<Duration>,
+}
+
+/// Normalises a user's base URL to the server root (no trailing `/` or `/v1`).
+pub fn server_root(base_url: &str) -> Result<String> {
+    let trimmed = base_url.trim().trim_end_matches('/');
+    let root = trimmed.strip_suffix("/v1").unwrap_or(trimmed);
+    if !(root.starts_with("http://") || root.starts_with("https://")) {
+        return Err(CoreError::config(format!(
+            "base_url must start with http:// or https://, got {base_url:?}"
+        )));
+    }
+    Ok(root.to_string())
+}
+
+/// Builds the shared HTTP client: keep-alive pooling, no total timeout (long generations must
+/// not be cut; the per-request deadline is separate), Nagle off.
+pub fn build_http_client(pool_size: usize) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(pool_size.max(1))
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| CoreError::Http(format!("cannot build the HTTP client: {e}")))
+}
+
+/// A request whose body is serialised before the run, so sending costs no JSON work.
+#[derive(Debug, Clone)]
+pub struct PreparedRequest {
+    /// Full URL of the endpoint.
+    pub url: String,
+    /// The JSON body.
+    pub body: Bytes,
+}
+
+impl RequestSettings {
+    /// Serialises the request body for `prompt`.
+    pub fn prepare(&self, prompt: &Prompt) -> Result<PreparedRequest> {
+        let mut body = serde_json::Map::new();
+        body.insert("model".into(), self.model.clone().into());
+        match (self.endpoint, prompt) {
+            (Endpoint::Completions, Prompt::Text(t)) => {
+                body.insert("prompt".into(), t.clone().into());
+            }
+            (Endpoint::Completions, Prompt::Messages(_)) => {
+                return Err(CoreError::config(
+                    "a chat conversation (messages) needs endpoint='chat'",
+                ))
+            }
+            (Endpoint::Chat, Prompt::Text(t)) => {
+                body.insert(
+                    "messages".into(),
+                    serde_json::json!([{ "role": "user", "content": t }]),
+                );
+            }
+            (Endpoint::Chat, Prompt::Messages(m)) => {
+                body.insert("messages".into(), m.clone());
+            }
+        }
+        body.insert("max_tokens".into(), self.max_tokens.into());
+        body.insert("temperature".into(), self.temperature.into());
+        body.insert("stream".into(), true.into());
+        body.insert("stream_options".into(), serde_json::json!({ "include_usage": true }));
+        if self.ignore_eos {
+            body.insert("ignore_eos".into(), true.into());
+        }
+        for (k, v) in &self.extra_body {
+            body.insert(k.clone(), v.clone());
+        }
+        let root = server_root(&self.base_url)?;
+        Ok(PreparedRequest {
+            url: format!("{root}{}", self.endpoint.path()),
+            body: Bytes::from(serde_json::to_vec(&body).expect("a JSON map serialises")),
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct StreamChunk<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<Choice<'a>>,
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(default, borrow)]
+    timings: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    error: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    delta: Option<Delta<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Usage {
+    #[serde(default)]
+    completion_tokens: Option<u32>,
+    #[serde(default)]
+    prompt_tokens: Option<u32>,
+}
+
+/// What the stream said at the end of an event.
+enum Step {
+    Continue,
+    Done,
+}
+
+type Failure = (ErrorKind, String);
+
+/// Cuts a body or chunk to a readable snippet.
+fn snippet(text: &str, max_chars: usize) -> String {
+    let mut s: String = text.chars().take(max_chars).collect();
+    if text.chars().count() > max_chars {
+        s.push('…');
+    }
+    s
+}
+
+/// The error and its causes on one line (reqwest hides the useful part in `source()`).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+fn elapsed_ns(t0: Instant) -> i64 {
+    t0.elapsed().as_nanos() as i64
+}
+
+/// Sends one request and streams its answer into `rec`. Returns the failure, if any; `rec`
+/// keeps everything measured up to that point either way. `rec.scheduled_ns` must be set.
+pub async fn stream_request(
+    client: &reqwest::Client,
+    request: &PreparedRequest,
+    api_key: Option<&str>,
+    t0: Instant,
+    rec: &mut RequestRecord,
+) -> Result<(), Failure> {
+    let mut builder = client
+        .post(&request.url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(reqwest::header::ACCEPT, "text/event-stream")
+        .body(request.body.clone());
+    if let Some(key) = api_key {
+        builder = builder.bearer_auth(key);
+    }
+    rec.sent_ns = Some(elapsed_ns(t0));
+    let response = builder.send().await.map_err(|e| {
+        let kind = if e.is_connect() { ErrorKind::Connect } else { ErrorKind::ConnectionReset };
+        (kind, error_chain(&e))
+    })?;
+    rec.first_byte_ns = Some(elapsed_ns(t0));
+    let status = response.status();
+    rec.http_status = Some(status.as_u16());
+    if !status.is_success() {
+        let kind = if status.is_client_error() { ErrorKind::Http4xx } else { ErrorKind::Http5xx };
+        // The body of an error is small; read a bounded amount of it for the message.
+        let body = tokio::time::timeout(Duration::from_secs(5), response.text())
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or_default();
+        return Err((kind, format!("HTTP {}: {}", status.as_u16(), snippet(&body, 500))));
+    }
+
+    let mut stream = response.bytes_stream();
+    let mut parser = SseParser::new();
+    let mut events: Vec<SseEvent> = Vec::new();
+    while let Some(item) = stream.next().await {
+        // Timestamp on arrival, before any parsing.
+        let arrived = elapsed_ns(t0);
+        let bytes = item.map_err(|e| (ErrorKind::StreamReset, error_chain(&e)))?;
+        events.clear();
+        parser.feed(&bytes, &mut events);
+        for event in &events {
+            if let Step::Done = handle_event(event, arrived, rec)? {
+                rec.done_ns = Some(arrived);
+                return finish(rec);
+            }
+        }
+    }
+    rec.done_ns = Some(elapsed_ns(t0));
+    let partial = if parser.has_partial_event() { " (the last event was cut off)" } else { "" };
+    Err((ErrorKind::MissingDone, format!("the stream ended without data: [DONE]{partial}")))
+}
+
+fn handle_event(event: &SseEvent, arrived: i64, rec: &mut RequestRecord) -> Result<Step, Failure> {
+    let data = event.data.trim();
+    if data == "[DONE]" {
+        return Ok(Step::Done);
+    }
+    if data.is_empty() {
+        return Ok(Step::Continue);
+    }
+    let chunk: StreamChunk = serde_json::from_str(data).map_err(|e| {
+        (ErrorKind::MalformedChunk, format!("{e} in chunk {:?}", snippet(data, 200)))
+    })?;
+    if let Some(err) = chunk.error {
+        return Err((ErrorKind::StreamError, snippet(err.get(), 500)));
+    }
+    if event.event.as_deref() == Some("error") {
+        return Err((ErrorKind::StreamError, snippet(data, 500)));
+    }
+    if let Some(choice) = chunk.choices.first() {
+        let text = choice.text.as_deref().or_else(|| {
+            choice.delta.as_ref().and_then(|d| {
+                d.content
+                    .as_deref()
+                    .filter(|c| !c.is_empty())
+                    .or(d.reasoning_content.as_deref())
+            })
+        });
+        if let Some(text) = text.filter(|t| !t.is_empty()) {
+            if rec.first_token_ns.is_none() {
+                rec.first_token_ns = Some(arrived);
+            }
+            rec.last_token_ns = Some(arrived);
+            rec.chunk_times_ns.push(arrived);
+            rec.chunk_text_bytes.push(text.len() as u32);
+            rec.output_text.push_str(text);
+        }
+        if let Some(reason) = &choice.finish_reason {
+            rec.finish_reason = Some(reason.to_string());
+        }
+    }
+    if let Some(usage) = chunk.usage {
+        if let Some(n) = usage.completion_tokens {
+            rec.output_tokens = Some(n);
+            rec.token_count_source = Some(TokenCountSource::Usage);
+        }
+        rec.prompt_tokens = usage.prompt_tokens.or(rec.prompt_tokens);
+    }
+    if let Some(t) = chunk.timings {
+        rec.server_timings = Some(t.get().to_string());
+    }
+    Ok(Step::Continue)
+}
+
+fn finish(rec: &mut RequestRecord) -> Result<(), Failure> {
+    if rec.first_token_ns.is_none() {
+        return Err((
+            ErrorKind::EmptyOutput,
+            "the stream completed without any generated text".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(endpoint: Endpoint) -> RequestSettings {
+        RequestSettings {
+            base_url: "http://127.0.0.1:8000/v1/".into(),
+            model: "m".into(),
+            endpoint,
+            api_key: None,
+            max_tokens: 16,
+            temperature: 0.0,
+            ignore_eos: true,
+            extra_body: serde_json::Map::new(),
+            request_timeout: None,
+        }
+    }
+
+    #[test]
+    fn bodies_always_ask_for_usage_and_pass_ignore_eos() {
+        let p = settings(Endpoint::Completions).prepare(&Prompt::Text("hi".into())).unwrap();
+        assert_eq!(p.url, "http://127.0.0.1:8000/v1/completions");
+        let v: serde_json::Value = serde_json::from_slice(&p.body).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["stream"], true);
+        assert_eq!(v["ignore_eos"], true);
+        assert_eq!(v["prompt"], "hi");
+        let p = settings(Endpoint::Chat).prepare(&Prompt::Text("hi".into())).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&p.body).unwrap();
+        assert_eq!(v["messages"][0]["content"], "hi");
+        assert!(p.url.ends_with("/v1/chat/completions"));
+    }
+
+    #[test]
+    fn messages_need_the_chat_endpoint_and_urls_need_a_scheme() {
+        let m = Prompt::Messages(serde_json::json!([{"role": "user", "content": "x"}]));
+        assert!(settings(Endpoint::Completions).prepare(&m).is_err());
+        assert!(server_root("localhost:8000").is_err());
+    }
+
+    fn ev(data: &str) -> SseEvent {
+        SseEvent { event: None, data: data.into() }
+    }
+
+    #[test]
+    fn role_only_and_empty_chunks_are_not_tokens() {
+        let mut rec = RequestRecord::default();
+        handle_event(&ev(r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#), 5, &mut rec)
+            .ok()
+            .unwrap();
+        assert!(rec.first_token_ns.is_none());
+        handle_event(&ev(r#"{"choices":[{"delta":{"content":"Hi"}}]}"#), 7, &mut rec).ok().unwrap();
+        handle_event(&ev(r#"{"choices":[{"delta":{"reasoning_content":"hm"}}]}"#), 9, &mut rec)
+            .ok()
+            .unwrap();
+        handle_event(
+            &ev(r#"{"choices":[],"usage":{"completion_tokens":3,"prompt_tokens":4}}"#),
+            11,
+            &mut rec,
+        )
+        .ok()
+        .unwrap();
+        assert_eq!(rec.first_token_ns, Some(7));
+        assert_eq!(rec.last_token_ns, Some(9));
+        assert_eq!(rec.output_text, "Hihm");
+        assert_eq!(rec.output_tokens, Some(3));
+        assert_eq!(rec.prompt_tokens, Some(4));
+        assert_eq!(rec.token_count_source, Some(TokenCountSource::Usage));
+    }
+
+    #[test]
+    fn malformed_and_error_chunks_fail() {
+        let mut rec = RequestRecord::default();
+        let e = handle_event(&ev("{not json"), 1, &mut rec).err().unwrap();
+        assert_eq!(e.0, ErrorKind::MalformedChunk);
+        let e = handle_event(&ev(r#"{"error":{"message":"overloaded"}}"#), 1, &mut rec).err().unwrap();
+        assert_eq!(e.0, ErrorKind::StreamError);
+        assert!(e.1.contains("overloaded"));
+    }
+}

@@ -1,0 +1,35 @@
+//! The core's error type. Per-request failures are rows ([`crate::record::ErrorKind`]); these
+//! errors are for bad configuration and for work that cannot start at all.
+
+/// Errors raised before or around a run (never for a single failed request).
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// A parameter is out of range or inconsistent; the message says what to fix.
+    #[error("{0}")]
+    Config(String),
+    /// A tokenizer could not be loaded or used.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// An HTTP exchange that a run depends on (not a measured request) failed.
+    #[error("http: {0}")]
+    Http(String),
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file that could not be read.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl CoreError {
+    /// A configuration error with a message saying what to fix.
+    pub fn config(message: impl Into<String>) -> Self {
+        CoreError::Config(message.into())
+    }
+}
+
+/// Result with [`CoreError`].
+pub type Result<T, E = CoreError> = std::result::Result<T, E>;

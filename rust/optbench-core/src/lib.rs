@@ -1,0 +1,22 @@
+//! optbench-core: the pure-Rust heart of optbench (no PyO3 here).
+//!
+//! - [`runner`]: load tests in a closed or open loop on absolute deadlines ([`schedule`]),
+//!   one streamed request at a time measured by [`client`] with the [`sse`] parser;
+//! - [`record`]: the per-request record and its metrics; [`metrics`]: the aggregates;
+//! - [`tokens`] and [`prompts`]: prompts of a target length in the server's tokens;
+//! - [`arrow`]: records as an Arrow record batch.
+//!
+//! Everything runs on the caller's tokio runtime; nothing here starts servers or draws plots.
+
+pub mod arrow;
+pub mod client;
+pub mod error;
+pub mod metrics;
+pub mod prompts;
+pub mod record;
+pub mod runner;
+pub mod schedule;
+pub mod sse;
+pub mod tokens;
+
+pub use error::{CoreError, Result};

@@ -1,0 +1,230 @@
+//! Aggregates over the measured (non-warm-up) records of a run.
+
+use std::collections::BTreeMap;
+
+use crate::record::{ns_to_ms, ErrorKind, RequestRecord};
+
+/// Distribution statistics of one metric. Percentiles interpolate linearly between the two
+/// nearest ranks (numpy's default `linear` method), so pandas' `quantile` gives the same values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stats {
+    /// Number of values.
+    pub count: usize,
+    /// Arithmetic mean.
+    pub mean: f64,
+    /// Median (the brief's headline statistic).
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value.
+    pub max: f64,
+}
+
+impl Stats {
+    /// Statistics of `values`; `None` when there are none. NaNs are ignored.
+    pub fn from_values(values: impl IntoIterator<Item = f64>) -> Option<Stats> {
+        let mut v: Vec<f64> = values.into_iter().filter(|x| !x.is_nan()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        Some(Stats {
+            count: v.len(),
+            mean,
+            p50: percentile_sorted(&v, 50.0),
+            p90: percentile_sorted(&v, 90.0),
+            p95: percentile_sorted(&v, 95.0),
+            p99: percentile_sorted(&v, 99.0),
+            min: v[0],
+            max: v[v.len() - 1],
+        })
+    }
+
+    /// The statistics as (name, value) pairs in a fixed order.
+    pub fn fields(&self) -> [(&'static str, f64); 8] {
+        [
+            ("count", self.count as f64),
+            ("mean", self.mean),
+            ("p50", self.p50),
+            ("p90", self.p90),
+            ("p95", self.p95),
+            ("p99", self.p99),
+            ("min", self.min),
+            ("max", self.max),
+        ]
+    }
+}
+
+/// Percentile `q` (0..=100) of sorted, non-empty `sorted` with linear interpolation.
+pub fn percentile_sorted(sorted: &[f64], q: f64) -> f64 {
+    assert!(!sorted.is_empty(), "percentile of no values");
+    let rank = q / 100.0 * (sorted.len() - 1) as f64;
+    let lo = rank.floor() as usize;
+    let hi = rank.ceil() as usize;
+    let frac = rank - lo as f64;
+    sorted[lo] + (sorted[hi] - sorted[lo]) * frac
+}
+
+/// The aggregates of a run, computed over measured (non-warm-up) requests only.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Measured requests sent (successes + failures).
+    pub num_requests: usize,
+    /// Measured requests that succeeded.
+    pub num_succeeded: usize,
+    /// Measured requests that failed.
+    pub num_failed: usize,
+    /// Failures by kind name (only kinds that occurred).
+    pub failures_by_kind: BTreeMap<String, usize>,
+    /// Warm-up requests (excluded from everything else).
+    pub num_warmup: usize,
+    /// Measured window in seconds: from the first measured request's scheduled start to the
+    /// last measured request's end.
+    pub duration_s: f64,
+    /// Successful requests per second over the measured window.
+    pub request_throughput: f64,
+    /// Output tokens of successful requests per second over the measured window.
+    pub output_token_throughput: f64,
+    /// Output tokens of all successful requests.
+    pub total_output_tokens: u64,
+    /// Prompt tokens of all successful requests (where the server reported them).
+    pub total_prompt_tokens: u64,
+    /// Successful requests whose token count is only the number of chunks (an estimate).
+    pub num_token_counts_estimated: usize,
+    /// Per-metric statistics: `ttft_ms`, `e2e_ms`, `tokens_per_s`, `tpot_ms`, `itl_ms`,
+    /// `queue_delay_ms`, `output_tokens`, `prompt_tokens`. A metric with no values is absent.
+    pub metrics: BTreeMap<&'static str, Stats>,
+}
+
+impl Summary {
+    /// Aggregates `records`. Latency metrics use successful measured requests only; queue
+    /// delay uses every measured request that was sent (it describes the client, not the server).
+    pub fn from_records(records: &[RequestRecord]) -> Summary {
+        let measured: Vec<&RequestRecord> = records.iter().filter(|r| !r.warmup).collect();
+        let ok: Vec<&RequestRecord> = measured.iter().copied().filter(|r| r.is_success()).collect();
+        let mut s = Summary {
+            num_requests: measured.len(),
+            num_succeeded: ok.len(),
+            num_failed: measured.len() - ok.len(),
+            num_warmup: records.len() - measured.len(),
+            ..Default::default()
+        };
+        for kind in ErrorKind::ALL {
+            let n = measured.iter().filter(|r| r.error_kind == Some(kind)).count();
+            if n > 0 {
+                s.failures_by_kind.insert(kind.as_str().to_string(), n);
+            }
+        }
+        let start = measured.iter().map(|r| r.scheduled_ns).min();
+        let end = measured
+            .iter()
+            .filter_map(|r| r.done_ns.or(r.last_token_ns).or(r.sent_ns))
+            .max();
+        if let (Some(start), Some(end)) = (start, end) {
+            s.duration_s = ns_to_ms(end - start) / 1e3;
+        }
+        s.total_output_tokens = ok.iter().filter_map(|r| r.output_tokens).map(u64::from).sum();
+        s.total_prompt_tokens = ok.iter().filter_map(|r| r.prompt_tokens).map(u64::from).sum();
+        s.num_token_counts_estimated = ok
+            .iter()
+            .filter(|r| r.token_count_source == Some(crate::record::TokenCountSource::Chunks))
+            .count();
+        if s.duration_s > 0.0 {
+            s.request_throughput = ok.len() as f64 / s.duration_s;
+            s.output_token_throughput = s.total_output_tokens as f64 / s.duration_s;
+        }
+        let mut put = |name: &'static str, values: Vec<f64>| {
+            if let Some(stats) = Stats::from_values(values) {
+                s.metrics.insert(name, stats);
+            }
+        };
+        put("ttft_ms", ok.iter().filter_map(|r| r.ttft_ms()).collect());
+        put("e2e_ms", ok.iter().filter_map(|r| r.e2e_ms()).collect());
+        put("tokens_per_s", ok.iter().filter_map(|r| r.tokens_per_s()).collect());
+        put("tpot_ms", ok.iter().filter_map(|r| r.tpot_ms()).collect());
+        put("itl_ms", ok.iter().flat_map(|r| r.itl_ms()).collect());
+        put("queue_delay_ms", measured.iter().filter_map(|r| r.queue_delay_ms()).collect());
+        put("output_tokens", ok.iter().filter_map(|r| r.output_tokens.map(f64::from)).collect());
+        put("prompt_tokens", ok.iter().filter_map(|r| r.prompt_tokens.map(f64::from)).collect());
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_interpolate_like_numpy() {
+        // numpy.percentile([1, 2, 3, 4], [50, 90, 99]) == [2.5, 3.7, 3.97]
+        let v = [1.0, 2.0, 3.0, 4.0];
+        assert!((percentile_sorted(&v, 50.0) - 2.5).abs() < 1e-12);
+        assert!((percentile_sorted(&v, 90.0) - 3.7).abs() < 1e-12);
+        assert!((percentile_sorted(&v, 99.0) - 3.97).abs() < 1e-12);
+        assert_eq!(percentile_sorted(&[7.0], 99.0), 7.0);
+    }
+
+    #[test]
+    fn stats_of_one_to_hundred() {
+        let s = Stats::from_values((1..=100).map(f64::from)).unwrap();
+        assert_eq!(s.count, 100);
+        assert_eq!(s.mean, 50.5);
+        assert!((s.p50 - 50.5).abs() < 1e-12);
+        assert!((s.p90 - 90.1).abs() < 1e-9);
+        assert!((s.p95 - 95.05).abs() < 1e-9);
+        assert!((s.p99 - 99.01).abs() < 1e-9);
+        assert_eq!((s.min, s.max), (1.0, 100.0));
+        assert!(Stats::from_values(Vec::new()).is_none());
+    }
+
+    fn ok_record(id: u32, sent_ms: i64, ttft_ms: i64, tokens: u32, gap_ms: i64) -> RequestRecord {
+        let sent = sent_ms * 1_000_000;
+        let first = sent + ttft_ms * 1_000_000;
+        let times: Vec<i64> = (0..tokens as i64).map(|i| first + i * gap_ms * 1_000_000).collect();
+        RequestRecord {
+            request_id: id,
+            scheduled_ns: sent,
+            sent_ns: Some(sent),
+            first_token_ns: Some(first),
+            last_token_ns: times.last().copied(),
+            done_ns: times.last().copied(),
+            chunk_times_ns: times,
+            output_tokens: Some(tokens),
+            token_count_source: Some(crate::record::TokenCountSource::Usage),
+            prompt_tokens: Some(10),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn summary_excludes_warmup_and_failures_from_latency() {
+        let mut warm = ok_record(0, 0, 500, 3, 10);
+        warm.warmup = true;
+        let a = ok_record(1, 1000, 100, 11, 10); // TTFT 100, E2E 200, 11 tokens over 100 ms
+        let b = ok_record(2, 1000, 300, 11, 20); // TTFT 300, E2E 500
+        let mut failed = ok_record(3, 1000, 50, 2, 1);
+        failed.fail(ErrorKind::Http5xx, "HTTP 500: boom");
+        let s = Summary::from_records(&[warm, a, b, failed]);
+        assert_eq!((s.num_requests, s.num_succeeded, s.num_failed, s.num_warmup), (3, 2, 1, 1));
+        assert_eq!(s.failures_by_kind.get("http_5xx"), Some(&1));
+        let ttft = &s.metrics["ttft_ms"];
+        assert_eq!((ttft.count, ttft.min, ttft.max, ttft.p50), (2, 100.0, 300.0, 200.0));
+        let e2e = &s.metrics["e2e_ms"];
+        assert_eq!((e2e.min, e2e.max), (200.0, 500.0));
+        let tps = &s.metrics["tokens_per_s"];
+        assert_eq!((tps.min, tps.max), (55.0, 110.0));
+        assert_eq!(s.metrics["itl_ms"].count, 20);
+        assert_eq!(s.total_output_tokens, 22);
+        // Window: scheduled 1000 ms .. last end 1500 ms.
+        assert!((s.duration_s - 0.5).abs() < 1e-12);
+        assert!((s.request_throughput - 4.0).abs() < 1e-12);
+        assert!((s.output_token_throughput - 44.0).abs() < 1e-12);
+    }
+}

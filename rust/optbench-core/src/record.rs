@@ -1,0 +1,244 @@
+//! The per-request record: everything one streamed request produced, success or failure.
+
+use std::fmt;
+
+/// Why a request failed. Failures are rows, not exceptions; this is the row's `error_kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ErrorKind {
+    /// The TCP connection could not be made (refused, unreachable, DNS).
+    Connect,
+    /// The connection was reset or closed before the response headers arrived.
+    ConnectionReset,
+    /// The server answered with a 4xx status (the body snippet is in `error_message`).
+    Http4xx,
+    /// The server answered with a 5xx status (the body snippet is in `error_message`).
+    Http5xx,
+    /// The connection broke while the body was streaming.
+    StreamReset,
+    /// An SSE `data:` payload was not the JSON the protocol promises.
+    MalformedChunk,
+    /// The server sent an `error` object inside the stream.
+    StreamError,
+    /// The stream ended without `data: [DONE]`.
+    MissingDone,
+    /// The stream completed but carried no generated text, so no TTFT exists.
+    EmptyOutput,
+    /// The per-request deadline (`timeout_s`) passed first.
+    Deadline,
+    /// The run was cancelled (Ctrl-C or the run's time limit) while this request was in flight.
+    Cancelled,
+}
+
+impl ErrorKind {
+    /// Every kind, in a fixed order (used for summaries).
+    pub const ALL: [ErrorKind; 11] = [
+        ErrorKind::Connect,
+        ErrorKind::ConnectionReset,
+        ErrorKind::Http4xx,
+        ErrorKind::Http5xx,
+        ErrorKind::StreamReset,
+        ErrorKind::MalformedChunk,
+        ErrorKind::StreamError,
+        ErrorKind::MissingDone,
+        ErrorKind::EmptyOutput,
+        ErrorKind::Deadline,
+        ErrorKind::Cancelled,
+    ];
+
+    /// The stable snake_case name written into records and summaries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::ConnectionReset => "connection_reset",
+            ErrorKind::Http4xx => "http_4xx",
+            ErrorKind::Http5xx => "http_5xx",
+            ErrorKind::StreamReset => "stream_reset",
+            ErrorKind::MalformedChunk => "malformed_chunk",
+            ErrorKind::StreamError => "stream_error",
+            ErrorKind::MissingDone => "missing_done",
+            ErrorKind::EmptyOutput => "empty_output",
+            ErrorKind::Deadline => "deadline",
+            ErrorKind::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a record's `output_tokens` came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenCountSource {
+    /// `usage.completion_tokens` sent by the server (exact).
+    Usage,
+    /// A tokenizer run over the whole output text after the run (exact up to detokenisation).
+    Tokenizer,
+    /// The number of token-carrying chunks (an estimate; flagged).
+    Chunks,
+}
+
+impl TokenCountSource {
+    /// The name written into records: `usage`, `tokenizer` or `chunks`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenCountSource::Usage => "usage",
+            TokenCountSource::Tokenizer => "tokenizer",
+            TokenCountSource::Chunks => "chunks",
+        }
+    }
+}
+
+/// One request of a load test. All times are monotonic nanoseconds since the run's start
+/// (the same clock for every request), taken when bytes arrived, before any JSON parsing.
+#[derive(Debug, Clone, Default)]
+pub struct RequestRecord {
+    /// Position of the request in the run (0-based, warm-up requests first).
+    pub request_id: u32,
+    /// Warm-up requests are kept as rows but excluded from every metric.
+    pub warmup: bool,
+    /// When the schedule intended the request to start.
+    pub scheduled_ns: i64,
+    /// When the request was handed to the HTTP client.
+    pub sent_ns: Option<i64>,
+    /// When the response headers arrived.
+    pub first_byte_ns: Option<i64>,
+    /// When the first chunk carrying generated text arrived.
+    pub first_token_ns: Option<i64>,
+    /// When the last chunk carrying generated text arrived.
+    pub last_token_ns: Option<i64>,
+    /// When the stream ended (`[DONE]`, error or deadline).
+    pub done_ns: Option<i64>,
+    /// Arrival time of every token-carrying chunk.
+    pub chunk_times_ns: Vec<i64>,
+    /// Length in bytes of the generated text each token-carrying chunk carried.
+    pub chunk_text_bytes: Vec<u32>,
+    /// The generated text, concatenated.
+    pub output_text: String,
+    /// Number of generated tokens (see `token_count_source`).
+    pub output_tokens: Option<u32>,
+    /// Where `output_tokens` came from.
+    pub token_count_source: Option<TokenCountSource>,
+    /// `usage.prompt_tokens`, when the server sent it.
+    pub prompt_tokens: Option<u32>,
+    /// The HTTP status code, when headers arrived.
+    pub http_status: Option<u16>,
+    /// `finish_reason` of the last choice that had one (`length`, `stop`, ...).
+    pub finish_reason: Option<String>,
+    /// The server's own per-request `timings` object (llama.cpp), as raw JSON.
+    pub server_timings: Option<String>,
+    /// Why the request failed; `None` for a success.
+    pub error_kind: Option<ErrorKind>,
+    /// A human-readable description of the failure.
+    pub error_message: Option<String>,
+}
+
+impl RequestRecord {
+    /// A success is a request with no error kind.
+    pub fn is_success(&self) -> bool {
+        self.error_kind.is_none()
+    }
+
+    /// Marks the record failed, keeping whatever it already measured.
+    pub fn fail(&mut self, kind: ErrorKind, message: impl Into<String>) {
+        self.error_kind = Some(kind);
+        self.error_message = Some(message.into());
+    }
+
+    /// Time to first token in milliseconds: first-token time − sent time.
+    pub fn ttft_ms(&self) -> Option<f64> {
+        Some(ns_to_ms(self.first_token_ns? - self.sent_ns?))
+    }
+
+    /// End-to-end latency in milliseconds: last-token time − sent time.
+    pub fn e2e_ms(&self) -> Option<f64> {
+        Some(ns_to_ms(self.last_token_ns? - self.sent_ns?))
+    }
+
+    /// Decode rate: output tokens / (E2E − TTFT), in tokens per second. `None` when the whole
+    /// output came in one chunk (the denominator is zero).
+    pub fn tokens_per_s(&self) -> Option<f64> {
+        let decode_ns = self.last_token_ns? - self.first_token_ns?;
+        if decode_ns <= 0 {
+            return None;
+        }
+        Some(self.output_tokens? as f64 / (decode_ns as f64 / 1e9))
+    }
+
+    /// Time per output token in milliseconds: (E2E − TTFT) / (output tokens − 1).
+    pub fn tpot_ms(&self) -> Option<f64> {
+        let tokens = self.output_tokens?;
+        if tokens < 2 {
+            return None;
+        }
+        let decode_ns = self.last_token_ns? - self.first_token_ns?;
+        Some(ns_to_ms(decode_ns) / (tokens - 1) as f64)
+    }
+
+    /// Queue delay in milliseconds: sent time − scheduled time.
+    pub fn queue_delay_ms(&self) -> Option<f64> {
+        Some(ns_to_ms(self.sent_ns? - self.scheduled_ns))
+    }
+
+    /// Inter-token latencies in milliseconds: gaps between successive token-carrying chunks.
+    pub fn itl_ms(&self) -> Vec<f64> {
+        self.chunk_times_ns
+            .windows(2)
+            .map(|w| ns_to_ms(w[1] - w[0]))
+            .collect()
+    }
+}
+
+/// Nanoseconds to milliseconds as a float.
+pub fn ns_to_ms(ns: i64) -> f64 {
+    ns as f64 / 1e6
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> RequestRecord {
+        RequestRecord {
+            scheduled_ns: 1_000_000,
+            sent_ns: Some(2_000_000),
+            first_token_ns: Some(52_000_000),
+            last_token_ns: Some(152_000_000),
+            chunk_times_ns: vec![52_000_000, 77_000_000, 102_000_000, 127_000_000, 152_000_000],
+            output_tokens: Some(5),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn metrics_match_hand_computed_values() {
+        let r = record();
+        assert_eq!(r.ttft_ms(), Some(50.0));
+        assert_eq!(r.e2e_ms(), Some(150.0));
+        // 5 tokens over the 100 ms after the first token.
+        assert_eq!(r.tokens_per_s(), Some(50.0));
+        assert_eq!(r.tpot_ms(), Some(25.0));
+        assert_eq!(r.queue_delay_ms(), Some(1.0));
+        assert_eq!(r.itl_ms(), vec![25.0; 4]);
+    }
+
+    #[test]
+    fn single_chunk_and_single_token_have_no_rate() {
+        let mut r = record();
+        r.last_token_ns = r.first_token_ns;
+        r.output_tokens = Some(1);
+        assert_eq!(r.tokens_per_s(), None);
+        assert_eq!(r.tpot_ms(), None);
+        assert_eq!(r.e2e_ms(), r.ttft_ms());
+    }
+
+    #[test]
+    fn failed_request_without_tokens_has_no_latencies() {
+        let r = RequestRecord { scheduled_ns: 0, sent_ns: Some(5), ..Default::default() };
+        assert_eq!(r.ttft_ms(), None);
+        assert_eq!(r.e2e_ms(), None);
+        assert!(r.itl_ms().is_empty());
+    }
+}

@@ -1,0 +1,352 @@
+//! Runs a whole load test: warm-up, then the measured requests on their schedule, collecting
+//! one record per request whatever happens to it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{build_http_client, stream_request, PreparedRequest, Prompt, RequestSettings};
+use crate::error::{CoreError, Result};
+use crate::record::{ErrorKind, RequestRecord, TokenCountSource};
+use crate::schedule::Schedule;
+use crate::tokens::TokenCounter;
+
+/// Everything a run needs besides its prompts.
+#[derive(Debug, Clone)]
+pub struct LoadTestConfig {
+    /// Shared request settings.
+    pub request: RequestSettings,
+    /// Closed or open loop.
+    pub schedule: Schedule,
+    /// Measured requests.
+    pub num_requests: usize,
+    /// Warm-up requests sent before the measured ones and excluded from metrics.
+    pub warmup: usize,
+    /// Stop sending after this long (measured phase); requests still in flight then are
+    /// cancelled and recorded as `cancelled`.
+    pub time_limit: Option<Duration>,
+}
+
+impl LoadTestConfig {
+    /// Checks every parameter and says what to fix.
+    pub fn validate(&self, num_prompts: usize) -> Result<()> {
+        self.schedule.validate()?;
+        if self.num_requests == 0 {
+            return Err(CoreError::config("num_requests must be at least 1"));
+        }
+        if num_prompts == 0 {
+            return Err(CoreError::config("no prompts: pass at least one prompt"));
+        }
+        if self.request.max_tokens == 0 {
+            return Err(CoreError::config("output_tokens (max_tokens) must be at least 1"));
+        }
+        if let Some(d) = self.request.request_timeout {
+            if d.is_zero() {
+                return Err(CoreError::config("timeout_s must be positive (or None)"));
+            }
+        }
+        if self.request.model.is_empty() {
+            return Err(CoreError::config("model must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+/// Live counters of a run, read by progress displays while it runs (no per-token callbacks).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Requests handed to the HTTP client (warm-up included).
+    pub sent: AtomicU64,
+    /// Requests finished successfully.
+    pub succeeded: AtomicU64,
+    /// Requests finished with a failure.
+    pub failed: AtomicU64,
+    /// Token-carrying chunks received so far (a running token estimate for rates).
+    pub chunks: AtomicU64,
+    /// Total requests planned (warm-up included).
+    pub total: AtomicU64,
+}
+
+/// A consistent-enough copy of [`Progress`] at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProgressSnapshot {
+    /// Requests sent.
+    pub sent: u64,
+    /// Requests finished successfully.
+    pub succeeded: u64,
+    /// Requests that failed.
+    pub failed: u64,
+    /// Token-carrying chunks received.
+    pub chunks: u64,
+    /// Total requests planned.
+    pub total: u64,
+}
+
+impl Progress {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> ProgressSnapshot {
+        ProgressSnapshot {
+            sent: self.sent.load(Ordering::Relaxed),
+            succeeded: self.succeeded.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            chunks: self.chunks.load(Ordering::Relaxed),
+            total: self.total.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Why the run stopped early, if it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// Every request was sent and finished.
+    Completed,
+    /// The caller cancelled the run (Ctrl-C).
+    Cancelled,
+    /// The time limit passed.
+    TimeLimit,
+}
+
+/// The records of a run, in request order, and why it stopped.
+#[derive(Debug)]
+pub struct LoadTestOutcome {
+    /// One record per request that was started (warm-up first).
+    pub records: Vec<RequestRecord>,
+    /// Completed, cancelled or time-limited.
+    pub stop_reason: StopReason,
+    /// Wall time of the whole run including warm-up, in seconds.
+    pub wall_s: f64,
+}
+
+struct Shared {
+    client: reqwest::Client,
+    requests: Vec<PreparedRequest>,
+    api_key: Option<String>,
+    timeout: Option<Duration>,
+    t0: Instant,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+    time_limit_hit: AtomicBool,
+    records: Mutex<Vec<RequestRecord>>,
+}
+
+impl Shared {
+    /// Runs request `id` (prompt `id % prompts`) that was meant to start at `scheduled_ns`.
+    async fn run_one(&self, id: usize, scheduled_ns: i64, warmup: bool) {
+        let mut rec = RequestRecord {
+            request_id: id as u32,
+            warmup,
+            scheduled_ns,
+            ..Default::default()
+        };
+        let request = &self.requests[id % self.requests.len()];
+        self.progress.sent.fetch_add(1, Ordering::Relaxed);
+        let deadline = self.timeout.map(|d| Instant::now() + d);
+        let outcome = tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => Err((ErrorKind::Cancelled, self.cancel_message())),
+            r = with_deadline(deadline, stream_request(&self.client, request, self.api_key.as_deref(), self.t0, &mut rec)) => r,
+        };
+        if let Err((kind, message)) = outcome {
+            if rec.done_ns.is_none() {
+                rec.done_ns = Some(self.t0.elapsed().as_nanos() as i64);
+            }
+            rec.fail(kind, message);
+        }
+        self.progress.chunks.fetch_add(rec.chunk_times_ns.len() as u64, Ordering::Relaxed);
+        let counter = if rec.is_success() { &self.progress.succeeded } else { &self.progress.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.records.lock().expect("records lock").push(rec);
+    }
+
+    fn cancel_message(&self) -> String {
+        if self.time_limit_hit.load(Ordering::Relaxed) {
+            "the run's time limit was reached while the request was in flight".into()
+        } else {
+            "the run was cancelled while the request was in flight".into()
+        }
+    }
+
+    fn now_ns(&self) -> i64 {
+        self.t0.elapsed().as_nanos() as i64
+    }
+}
+
+async fn with_deadline<F>(deadline: Option<Instant>, fut: F) -> Result<(), (ErrorKind, String)>
+where
+    F: std::future::Future<Output = Result<(), (ErrorKind, String)>>,
+{
+    match deadline {
+        None => fut.await,
+        Some(d) => match tokio::time::timeout_at(d, fut).await {
+            Ok(r) => r,
+            Err(_) => Err((ErrorKind::Deadline, "the per-request deadline (timeout_s) passed".into())),
+        },
+    }
+}
+
+/// Requests `first..first+count` in a closed loop of `concurrency` workers.
+async fn closed_loop(shared: &Arc<Shared>, first: usize, count: usize, concurrency: usize, warmup: bool) {
+    let next = Arc::new(AtomicU64::new(first as u64));
+    let end = (first + count) as u64;
+    let mut workers = JoinSet::new();
+    for _ in 0..concurrency.min(count) {
+        let shared = shared.clone();
+        let next = next.clone();
+        workers.spawn(async move {
+            loop {
+                if shared.cancel.is_cancelled() {
+                    break;
+                }
+                let id = next.fetch_add(1, Ordering::Relaxed);
+                if id >= end {
+                    break;
+                }
+                // In a closed loop a request is meant to start the moment its slot frees.
+                let scheduled = shared.now_ns();
+                shared.run_one(id as usize, scheduled, warmup).await;
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+}
+
+/// Requests `first..first+offsets.len()` at `phase_start + offsets[i]`.
+async fn open_loop(shared: &Arc<Shared>, first: usize, offsets: Vec<i64>, max_concurrency: Option<usize>) {
+    let cap = max_concurrency.map(|n| Arc::new(Semaphore::new(n)));
+    let phase_start_ns = shared.now_ns();
+    let phase_start = shared.t0 + Duration::from_nanos(phase_start_ns as u64);
+    let mut inflight = JoinSet::new();
+    for (i, offset) in offsets.into_iter().enumerate() {
+        let at = phase_start + Duration::from_nanos(offset as u64);
+        tokio::select! {
+            biased;
+            _ = shared.cancel.cancelled() => break,
+            _ = tokio::time::sleep_until(at) => {}
+        }
+        let shared = shared.clone();
+        let cap = cap.clone();
+        let scheduled = phase_start_ns + offset;
+        inflight.spawn(async move {
+            // Waiting for a slot is queue delay: the request keeps its intended start.
+            let _permit = match cap {
+                Some(sem) => tokio::select! {
+                    biased;
+                    _ = shared.cancel.cancelled() => return,
+                    p = sem.acquire_owned() => Some(p.expect("semaphore never closed")),
+                },
+                None => None,
+            };
+            shared.run_one(first + i, scheduled, false).await;
+        });
+        // Reap finished tasks so the set does not grow with the whole run.
+        while inflight.try_join_next().is_some() {}
+    }
+    while inflight.join_next().await.is_some() {}
+}
+
+/// Runs a load test to the end (or until `cancel` fires or the time limit passes) and returns
+/// every record, warm-up first, in request order. Never panics on request failures: those
+/// are rows. Errors only for bad configuration.
+pub async fn run_load_test(
+    config: LoadTestConfig,
+    prompts: Vec<Prompt>,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+    token_counter: Option<Arc<TokenCounter>>,
+) -> Result<LoadTestOutcome> {
+    config.validate(prompts.len())?;
+    // Serialise each distinct body once, before the clock starts.
+    let requests = prompts
+        .iter()
+        .map(|p| config.request.prepare(p))
+        .collect::<Result<Vec<_>>>()?;
+    let max_inflight = match &config.schedule {
+        Schedule::Closed { concurrency } => *concurrency,
+        Schedule::Open { max_concurrency, .. } => max_concurrency.unwrap_or(256),
+    };
+    let client = build_http_client(max_inflight)?;
+    progress
+        .total
+        .store((config.warmup + config.num_requests) as u64, Ordering::Relaxed);
+    let shared = Arc::new(Shared {
+        client,
+        requests,
+        api_key: config.request.api_key.clone(),
+        timeout: config.request.request_timeout,
+        t0: Instant::now(),
+        progress,
+        cancel: cancel.clone(),
+        time_limit_hit: AtomicBool::new(false),
+        records: Mutex::new(Vec::with_capacity(config.warmup + config.num_requests)),
+    });
+
+    if config.warmup > 0 {
+        let warm_concurrency = match &config.schedule {
+            Schedule::Closed { concurrency } => *concurrency,
+            Schedule::Open { max_concurrency, .. } => max_concurrency.unwrap_or(config.warmup),
+        };
+        closed_loop(&shared, 0, config.warmup, warm_concurrency, true).await;
+    }
+
+    // The time limit covers the measured phase only.
+    let limit_timer = config.time_limit.map(|limit| {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            shared.time_limit_hit.store(true, Ordering::Relaxed);
+            shared.cancel.cancel();
+        })
+    });
+    if !shared.cancel.is_cancelled() {
+        match &config.schedule {
+            Schedule::Closed { concurrency } => {
+                closed_loop(&shared, config.warmup, config.num_requests, *concurrency, false).await
+            }
+            Schedule::Open { max_concurrency, .. } => {
+                let offsets = config.schedule.offsets_ns(config.num_requests).expect("open loop");
+                open_loop(&shared, config.warmup, offsets, *max_concurrency).await
+            }
+        }
+    }
+    if let Some(timer) = limit_timer {
+        timer.abort();
+    }
+    let wall_s = shared.t0.elapsed().as_secs_f64();
+    let stop_reason = if shared.time_limit_hit.load(Ordering::Relaxed) {
+        StopReason::TimeLimit
+    } else if cancel.is_cancelled() {
+        StopReason::Cancelled
+    } else {
+        StopReason::Completed
+    };
+    let mut records = std::mem::take(&mut *shared.records.lock().expect("records lock"));
+    records.sort_by_key(|r| r.request_id);
+    fill_missing_token_counts(&mut records, token_counter.as_deref()).await;
+    Ok(LoadTestOutcome { records, stop_reason, wall_s })
+}
+
+/// Gives records without `usage` a token count: a tokenizer over the whole text when one is
+/// available (never per chunk), else the number of chunks, flagged as `chunks`.
+async fn fill_missing_token_counts(records: &mut [RequestRecord], counter: Option<&TokenCounter>) {
+    for rec in records.iter_mut().filter(|r| r.output_tokens.is_none() && !r.chunk_times_ns.is_empty()) {
+        let counted = match counter {
+            Some(c) if c.is_exact() => c.count(&rec.output_text, false).await.ok(),
+            _ => None,
+        };
+        match counted {
+            Some(n) => {
+                rec.output_tokens = Some(n as u32);
+                rec.token_count_source = Some(TokenCountSource::Tokenizer);
+            }
+            None => {
+                rec.output_tokens = Some(rec.chunk_times_ns.len() as u32);
+                rec.token_count_source = Some(TokenCountSource::Chunks);
+            }
+        }
+    }
+}

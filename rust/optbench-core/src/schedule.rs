@@ -1,0 +1,174 @@
+//! When requests start: a closed loop (fixed concurrency) or an open loop (a request rate with
+//! constant, Poisson or gamma-distributed gaps), reproducible from a seed.
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Exp, Gamma};
+
+use crate::error::{CoreError, Result};
+
+/// How the gaps between an open loop's request starts are drawn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Arrival {
+    /// Exactly `1 / rate` apart.
+    Constant,
+    /// Exponential gaps with mean `1 / rate` (a Poisson process).
+    Poisson,
+    /// Gamma gaps with mean `1 / rate` and shape `burstiness`: below 1 is burstier than
+    /// Poisson, above 1 more regular, 1 equals Poisson (vLLM's `--burstiness` convention).
+    Gamma {
+        /// The gamma distribution's shape parameter (> 0).
+        burstiness: f64,
+    },
+}
+
+impl Arrival {
+    /// Parses `constant`, `poisson` or `gamma` (with `burstiness`).
+    pub fn parse(name: &str, burstiness: f64) -> Result<Arrival> {
+        if !(burstiness > 0.0 && burstiness.is_finite()) {
+            return Err(CoreError::config(format!(
+                "burstiness must be a positive number, got {burstiness}"
+            )));
+        }
+        match name {
+            "constant" => Ok(Arrival::Constant),
+            "poisson" if burstiness == 1.0 => Ok(Arrival::Poisson),
+            // A burstiness other than 1 turns Poisson into gamma, as vLLM does.
+            "poisson" | "gamma" => Ok(Arrival::Gamma { burstiness }),
+            other => Err(CoreError::config(format!(
+                "arrival must be 'constant', 'poisson' or 'gamma', got {other:?}"
+            ))),
+        }
+    }
+}
+
+/// The load shape of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Schedule {
+    /// `concurrency` requests in flight; each finished request frees its slot for the next.
+    Closed {
+        /// Number of requests in flight at once.
+        concurrency: usize,
+    },
+    /// Requests start at `rate` per second on absolute deadlines, whatever the server does.
+    Open {
+        /// Mean requests per second.
+        rate: f64,
+        /// Gap distribution.
+        arrival: Arrival,
+        /// Seed of the gap generator.
+        seed: u64,
+        /// Optional cap on requests in flight; a request over the cap waits (visible as
+        /// queue delay) but keeps its intended start.
+        max_concurrency: Option<usize>,
+    },
+}
+
+impl Schedule {
+    /// Start offsets in nanoseconds from the measured phase's start for `n` requests of an open
+    /// loop (the first at 0). A closed loop has no fixed offsets and returns `None`.
+    pub fn offsets_ns(&self, n: usize) -> Option<Vec<i64>> {
+        let Schedule::Open { rate, arrival, seed, .. } = *self else {
+            return None;
+        };
+        let mean_gap_s = 1.0 / rate;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut t = 0.0f64;
+        let mut out = Vec::with_capacity(n);
+        // The first request goes at 0; each next one after one drawn gap.
+        for i in 0..n {
+            if i > 0 {
+                t += match arrival {
+                    Arrival::Constant => mean_gap_s,
+                    Arrival::Poisson => Exp::new(rate).expect("rate validated").sample(&mut rng),
+                    Arrival::Gamma { burstiness } => Gamma::new(burstiness, mean_gap_s / burstiness)
+                        .expect("burstiness validated")
+                        .sample(&mut rng),
+                };
+            }
+            out.push((t * 1e9).round() as i64);
+        }
+        Some(out)
+    }
+
+    /// Checks the parameters and says what to fix.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Schedule::Closed { concurrency } if *concurrency == 0 => {
+                Err(CoreError::config("concurrency must be at least 1"))
+            }
+            Schedule::Open { rate, .. } if !(*rate > 0.0 && rate.is_finite()) => Err(
+                CoreError::config(format!("request_rate must be a positive number, got {rate}")),
+            ),
+            Schedule::Open { max_concurrency: Some(0), .. } => {
+                Err(CoreError::config("concurrency must be at least 1 (or None for no cap)"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gaps_s(offsets: &[i64]) -> Vec<f64> {
+        offsets.windows(2).map(|w| (w[1] - w[0]) as f64 / 1e9).collect()
+    }
+
+    fn mean_and_cv(g: &[f64]) -> (f64, f64) {
+        let mean = g.iter().sum::<f64>() / g.len() as f64;
+        let var = g.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (g.len() - 1) as f64;
+        (mean, var.sqrt() / mean)
+    }
+
+    fn open(rate: f64, arrival: Arrival, seed: u64) -> Schedule {
+        Schedule::Open { rate, arrival, seed, max_concurrency: None }
+    }
+
+    #[test]
+    fn constant_rate_is_exact() {
+        let o = open(4.0, Arrival::Constant, 0).offsets_ns(5).unwrap();
+        assert_eq!(o, vec![0, 250_000_000, 500_000_000, 750_000_000, 1_000_000_000]);
+    }
+
+    #[test]
+    fn poisson_gaps_have_the_right_mean_and_unit_cv() {
+        let o = open(10.0, Arrival::Poisson, 7).offsets_ns(20_001).unwrap();
+        let (mean, cv) = mean_and_cv(&gaps_s(&o));
+        // 20k exponential gaps: the mean is within ~3% and the coefficient of variation ~1.
+        assert!((mean - 0.1).abs() < 0.003, "mean gap {mean}");
+        assert!((cv - 1.0).abs() < 0.03, "cv {cv}");
+    }
+
+    #[test]
+    fn gamma_burstiness_sets_the_spread() {
+        // Gamma with shape k has CV 1/sqrt(k).
+        for k in [0.25, 4.0] {
+            let o = open(10.0, Arrival::Gamma { burstiness: k }, 3).offsets_ns(20_001).unwrap();
+            let (mean, cv) = mean_and_cv(&gaps_s(&o));
+            assert!((mean - 0.1).abs() < 0.006, "k={k} mean gap {mean}");
+            assert!((cv - 1.0 / k.sqrt()).abs() < 0.06, "k={k} cv {cv}");
+        }
+    }
+
+    #[test]
+    fn schedules_are_reproducible_from_the_seed() {
+        let a = open(5.0, Arrival::Poisson, 42).offsets_ns(100).unwrap();
+        let b = open(5.0, Arrival::Poisson, 42).offsets_ns(100).unwrap();
+        let c = open(5.0, Arrival::Poisson, 43).offsets_ns(100).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert!(a.windows(2).all(|w| w[1] >= w[0]));
+    }
+
+    #[test]
+    fn bad_parameters_are_rejected_with_a_reason() {
+        assert!(Arrival::parse("weibull", 1.0).unwrap_err().to_string().contains("arrival"));
+        assert!(Arrival::parse("gamma", 0.0).unwrap_err().to_string().contains("burstiness"));
+        assert_eq!(Arrival::parse("poisson", 1.0).unwrap(), Arrival::Poisson);
+        assert_eq!(Arrival::parse("poisson", 2.0).unwrap(), Arrival::Gamma { burstiness: 2.0 });
+        assert!(Schedule::Closed { concurrency: 0 }.validate().is_err());
+        assert!(open(-1.0, Arrival::Poisson, 0).validate().is_err());
+    }
+}

@@ -1,0 +1,189 @@
+//! Incremental Server-Sent Events parser.
+//!
+//! Follows the WHATWG "event stream interpretation" rules that matter for OpenAI-compatible
+//! streaming: lines end in LF, CRLF or CR (a CRLF may be split across two reads); lines that
+//! start with `:` are comments; several `data:` lines of one event are joined with `\n`; a blank
+//! line dispatches the event; one leading space after the colon is dropped. Bytes may arrive
+//! in any split: an event cut across reads is held until its blank line arrives, and one read
+//! can carry many events.
+
+/// One dispatched SSE event. Only the fields the OpenAI streaming protocol uses are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    /// The `event:` field, when the server sent one.
+    pub event: Option<String>,
+    /// The `data:` lines of the event, joined with `\n`.
+    pub data: String,
+}
+
+/// Feeds bytes in, gets whole events out. Keeps the unfinished tail between calls.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    /// Bytes of the line that has not ended yet.
+    line: Vec<u8>,
+    /// The previous read ended with `\r`: a `\n` at the start of the next read belongs to it.
+    pending_cr: bool,
+    data: String,
+    has_data: bool,
+    event: Option<String>,
+}
+
+impl SseParser {
+    /// A parser with no buffered input.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Consumes one read's bytes and appends every event it completes to `out`.
+    pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<SseEvent>) {
+        if self.pending_cr {
+            self.pending_cr = false;
+            if bytes.first() == Some(&b'\n') {
+                bytes = &bytes[1..];
+            }
+        }
+        while let Some(pos) = bytes.iter().position(|&b| b == b'\n' || b == b'\r') {
+            self.line.extend_from_slice(&bytes[..pos]);
+            let terminator = bytes[pos];
+            bytes = &bytes[pos + 1..];
+            if terminator == b'\r' {
+                match bytes.first() {
+                    Some(b'\n') => bytes = &bytes[1..],
+                    None => self.pending_cr = true,
+                    _ => {}
+                }
+            }
+            let line = std::mem::take(&mut self.line);
+            self.process_line(&line, out);
+        }
+        self.line.extend_from_slice(bytes);
+    }
+
+    /// True when bytes of an unfinished line or event are buffered (the stream was cut short).
+    pub fn has_partial_event(&self) -> bool {
+        !self.line.is_empty() || self.has_data
+    }
+
+    fn process_line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) {
+        if line.is_empty() {
+            if self.has_data {
+                out.push(SseEvent {
+                    event: self.event.take(),
+                    data: std::mem::take(&mut self.data),
+                });
+            }
+            self.has_data = false;
+            self.event = None;
+            return;
+        }
+        if line[0] == b':' {
+            return; // comment / keep-alive
+        }
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(i) => {
+                let v = &line[i + 1..];
+                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+            }
+            None => (line, &b""[..]),
+        };
+        let value = String::from_utf8_lossy(value);
+        match field {
+            b"data" => {
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.data.push_str(&value);
+                self.has_data = true;
+            }
+            b"event" => self.event = Some(value.into_owned()),
+            _ => {} // id, retry and unknown fields do not matter here
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_chunks(chunks: &[&[u8]]) -> Vec<SseEvent> {
+        let mut p = SseParser::new();
+        let mut out = Vec::new();
+        for c in chunks {
+            p.feed(c, &mut out);
+        }
+        out
+    }
+
+    fn data(events: &[SseEvent]) -> Vec<&str> {
+        events.iter().map(|e| e.data.as_str()).collect()
+    }
+
+    #[test]
+    fn one_event_per_read() {
+        let ev = parse_chunks(&[b"data: {\"a\":1}\n\n", b"data: [DONE]\n\n"]);
+        assert_eq!(data(&ev), ["{\"a\":1}", "[DONE]"]);
+    }
+
+    #[test]
+    fn several_events_in_one_read() {
+        let ev = parse_chunks(&[b"data: 1\n\ndata: 2\n\ndata: 3\n\n"]);
+        assert_eq!(data(&ev), ["1", "2", "3"]);
+    }
+
+    #[test]
+    fn event_split_across_reads_at_every_byte() {
+        let whole = b"data: {\"x\": \"hello\"}\r\n\r\ndata: [DONE]\r\n\r\n";
+        for cut in 0..whole.len() {
+            let ev = parse_chunks(&[&whole[..cut], &whole[cut..]]);
+            assert_eq!(data(&ev), ["{\"x\": \"hello\"}", "[DONE]"], "cut at {cut}");
+        }
+        // One byte at a time.
+        let singles: Vec<&[u8]> = whole.chunks(1).collect();
+        assert_eq!(data(&parse_chunks(&singles)), ["{\"x\": \"hello\"}", "[DONE]"]);
+    }
+
+    #[test]
+    fn crlf_and_bare_cr_line_endings() {
+        assert_eq!(data(&parse_chunks(&[b"data: a\r\n\r\n"])), ["a"]);
+        assert_eq!(data(&parse_chunks(&[b"data: a\r\rdata: b\r\r"])), ["a", "b"]);
+        // A CR at the end of one read and its LF at the start of the next are one line end.
+        assert_eq!(data(&parse_chunks(&[b"data: a\r", b"\n\r", b"\n"])), ["a"]);
+    }
+
+    #[test]
+    fn comments_are_ignored() {
+        let ev = parse_chunks(&[b": ping\n\n: keep-alive\ndata: x\n\n"]);
+        assert_eq!(data(&ev), ["x"]);
+    }
+
+    #[test]
+    fn multi_line_data_is_joined_with_newline() {
+        let ev = parse_chunks(&[b"data: first\ndata: second\ndata:third\n\n"]);
+        assert_eq!(data(&ev), ["first\nsecond\nthird"]);
+    }
+
+    #[test]
+    fn only_one_leading_space_is_stripped_and_event_field_kept() {
+        let ev = parse_chunks(&[b"event: error\ndata:  two spaces\n\n"]);
+        assert_eq!(ev[0].event.as_deref(), Some("error"));
+        assert_eq!(ev[0].data, " two spaces");
+    }
+
+    #[test]
+    fn blank_lines_without_data_dispatch_nothing_and_partial_is_reported() {
+        let mut p = SseParser::new();
+        let mut out = Vec::new();
+        p.feed(b"\n\n\nid: 3\n\n", &mut out);
+        assert!(out.is_empty());
+        p.feed(b"data: cut sho", &mut out);
+        assert!(out.is_empty());
+        assert!(p.has_partial_event());
+    }
+
+    #[test]
+    fn field_without_colon_and_empty_data() {
+        // `data` alone is a data field with an empty value.
+        let ev = parse_chunks(&[b"data\n\n"]);
+        assert_eq!(data(&ev), [""]);
+    }
+}

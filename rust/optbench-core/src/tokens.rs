@@ -1,0 +1,149 @@
+//! Counting tokens the way the *server* counts them: its own `/tokenize` endpoint, else a
+//! `tokenizer.json` through the `tokenizers` crate, else a documented estimate.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::client::{build_http_client, server_root};
+use crate::error::{CoreError, Result};
+
+/// Characters per token assumed when neither the server nor a tokenizer file can count.
+/// English prose with BPE vocabularies of 32k-128k entries averages about 4.
+pub const ESTIMATED_CHARS_PER_TOKEN: f64 = 4.0;
+
+/// A way of counting tokens.
+pub enum TokenCounter {
+    /// POST `{root}/tokenize` on the server under test (llama.cpp and vLLM have it).
+    Server {
+        /// HTTP client for the tokenize calls.
+        client: reqwest::Client,
+        /// Full URL of the endpoint.
+        url: String,
+        /// Model name (vLLM's endpoint wants it).
+        model: String,
+        /// Bearer key, if the server needs one.
+        api_key: Option<String>,
+    },
+    /// A Hugging Face `tokenizer.json`.
+    File(Box<tokenizers::Tokenizer>),
+    /// `ceil(characters / ESTIMATED_CHARS_PER_TOKEN)`.
+    Estimate,
+}
+
+impl std::fmt::Debug for TokenCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.source_name())
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenizeResponse {
+    #[serde(default)]
+    tokens: Option<Vec<serde_json::Value>>,
+    #[serde(default)]
+    count: Option<usize>,
+}
+
+impl TokenCounter {
+    /// Loads a `tokenizer.json` file.
+    pub fn from_file(path: &str) -> Result<TokenCounter> {
+        let tok = tokenizers::Tokenizer::from_file(path).map_err(|e| {
+            CoreError::Tokenizer(format!("cannot load {path:?} as a tokenizer.json: {e}"))
+        })?;
+        Ok(TokenCounter::File(Box::new(tok)))
+    }
+
+    /// Picks the best counter: `tokenizer_path` when given, else the server's `/tokenize` when
+    /// it answers, else the estimate. Returns the counter and a warning when it is the estimate.
+    pub async fn detect(
+        base_url: &str,
+        model: &str,
+        api_key: Option<&str>,
+        tokenizer_path: Option<&str>,
+    ) -> Result<(TokenCounter, Option<String>)> {
+        if let Some(path) = tokenizer_path {
+            return Ok((TokenCounter::from_file(path)?, None));
+        }
+        let server = TokenCounter::Server {
+            client: build_http_client(8)?,
+            url: format!("{}/tokenize", server_root(base_url)?),
+            model: model.to_string(),
+            api_key: api_key.map(str::to_string),
+        };
+        match server.count("hello world", true).await {
+            Ok(n) if n > 0 => Ok((server, None)),
+            outcome => {
+                let why = match outcome {
+                    Err(e) => e.to_string(),
+                    Ok(_) => "it returned no tokens".into(),
+                };
+                Ok((
+                    TokenCounter::Estimate,
+                    Some(format!(
+                        "the server has no usable /tokenize endpoint ({why}) and no tokenizer \
+                         file was given: prompt lengths are estimated at {ESTIMATED_CHARS_PER_TOKEN} \
+                         characters per token and may be off by 20% or more; pass tokenizer=<path to \
+                         tokenizer.json> for exact lengths"
+                    )),
+                ))
+            }
+        }
+    }
+
+    /// `server`, `tokenizer` or `estimate`.
+    pub fn source_name(&self) -> &'static str {
+        match self {
+            TokenCounter::Server { .. } => "server",
+            TokenCounter::File(_) => "tokenizer",
+            TokenCounter::Estimate => "estimate",
+        }
+    }
+
+    /// True unless this is the characters-per-token estimate.
+    pub fn is_exact(&self) -> bool {
+        !matches!(self, TokenCounter::Estimate)
+    }
+
+    /// Number of tokens in `text`; `add_special` counts the special tokens (BOS) the server adds
+    /// to a prompt.
+    pub async fn count(&self, text: &str, add_special: bool) -> Result<usize> {
+        match self {
+            TokenCounter::Server { client, url, model, api_key } => {
+                // llama.cpp reads `content`/`add_special`, vLLM reads `prompt`/`model`/
+                // `add_special_tokens`; each ignores the other's fields.
+                let body = serde_json::json!({
+                    "content": text,
+                    "prompt": text,
+                    "model": model,
+                    "add_special": add_special,
+                    "add_special_tokens": add_special,
+                });
+                let mut req = client.post(url).json(&body).timeout(Duration::from_secs(30));
+                if let Some(k) = api_key {
+                    req = req.bearer_auth(k);
+                }
+                let resp = req.send().await.map_err(|e| CoreError::Http(format!("{url}: {e}")))?;
+                let status = resp.status();
+                if !status.is_success() {
+                    return Err(CoreError::Http(format!("{url} answered HTTP {}", status.as_u16())));
+                }
+                let parsed: TokenizeResponse = resp
+                    .json()
+                    .await
+                    .map_err(|e| CoreError::Http(format!("{url} answered with unexpected JSON: {e}")))?;
+                parsed
+                    .count
+                    .or(parsed.tokens.map(|t| t.len()))
+                    .ok_or_else(|| CoreError::Http(format!("{url} answered without tokens or count")))
+            }
+            TokenCounter::File(tok) => tok
+                .encode(text, add_special)
+                .map(|e| e.len())
+                .map_err(|e| CoreError::Tokenizer(e.to_string())),
+            TokenCounter::Estimate => {
+                Ok((text.chars().count() as f64 / ESTIMATED_CHARS_PER_TOKEN).ceil() as usize)
+            }
+        }
+    }
+}
