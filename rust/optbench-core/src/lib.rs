@@ -4,7 +4,8 @@
 //!   one streamed request at a time measured by [`client`] with the [`sse`] parser;
 //! - [`record`]: the per-request record and its metrics; [`metrics`]: the aggregates;
 //! - [`tokens`] and [`prompts`]: prompts of a target length in the server's tokens;
-//! - [`arrow`]: records as an Arrow record batch.
+//! - [`arrow`]: records as an Arrow record batch;
+//! - [`mock`]: an OpenAI-compatible streaming server with known timing and injectable faults.
 //!
 //! Everything runs on the caller's tokio runtime; nothing here starts servers or draws plots.
 
@@ -12,6 +13,7 @@ pub mod arrow;
 pub mod client;
 pub mod error;
 pub mod metrics;
+pub mod mock;
 pub mod prompts;
 pub mod record;
 pub mod runner;

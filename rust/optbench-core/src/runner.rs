@@ -226,7 +226,7 @@ async fn open_loop(shared: &Arc<Shared>, first: usize, offsets: Vec<i64>, max_co
         tokio::select! {
             biased;
             _ = shared.cancel.cancelled() => break,
-            _ = tokio::time::sleep_until(at) => {}
+            _ = crate::schedule::precise_sleep_until(at) => {}
         }
         let shared = shared.clone();
         let cap = cap.clone();

@@ -172,3 +172,18 @@ mod tests {
         assert!(open(-1.0, Arrival::Poisson, 0).validate().is_err());
     }
 }
+
+/// Sleeps until `deadline` with sub-millisecond accuracy. tokio's timer wheel has 1 ms
+/// granularity and may wake up to 1 ms late, which would show up as schedule error, so this
+/// sleeps on the timer until 1 ms before and then yields to other tasks until the instant passes.
+pub async fn precise_sleep_until(deadline: tokio::time::Instant) {
+    let coarse = deadline.checked_sub(std::time::Duration::from_millis(1));
+    if let Some(coarse) = coarse {
+        if tokio::time::Instant::now() < coarse {
+            tokio::time::sleep_until(coarse).await;
+        }
+    }
+    while tokio::time::Instant::now() < deadline {
+        tokio::task::yield_now().await;
+    }
+}

@@ -1,0 +1,290 @@
+//! A small OpenAI-compatible streaming server with known timing and injectable faults.
+//!
+//! It answers `POST /v1/completions` and `POST /v1/chat/completions` with SSE: it waits `ttft`
+//! after reading the request, then sends `tokens` one-token chunks `gap` apart on absolute
+//! deadlines (so the truth is known to the microsecond), then `usage` and `[DONE]`. Faults
+//! replace parts of that script. It speaks just enough HTTP/1.1 for clients (keep-alive with
+//! chunked streaming bodies, so pooled connections are reused as with real servers) and binds
+//! where it is told (tests use `127.0.0.1:0`).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// What the server does wrong, if anything.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// Streams normally.
+    None,
+    /// Answers with this HTTP status and a JSON error body.
+    Status(u16),
+    /// Resets the TCP connection (RST) after this many token chunks.
+    ResetAfter(usize),
+    /// Sends a chunk that is not JSON after this many token chunks.
+    MalformedAfter(usize),
+    /// Closes the stream cleanly without `data: [DONE]`.
+    NoDone,
+    /// Waits this long before sending the response headers.
+    SlowHeaders(Duration),
+    /// Leaves out the `usage` chunk.
+    NoUsage,
+}
+
+/// How the server answers.
+#[derive(Debug, Clone)]
+pub struct MockBehavior {
+    /// Delay from reading the request to the first token chunk.
+    pub ttft: Duration,
+    /// Gap between token chunks (0 = as fast as possible).
+    pub gap: Duration,
+    /// Token chunks per response (overridden by a smaller `max_tokens` in the request).
+    pub tokens: usize,
+    /// The fault to inject.
+    pub fault: Fault,
+}
+
+impl Default for MockBehavior {
+    fn default() -> Self {
+        MockBehavior { ttft: Duration::from_millis(20), gap: Duration::from_millis(5), tokens: 16, fault: Fault::None }
+    }
+}
+
+/// Server-side truth about one answered request.
+#[derive(Debug, Clone)]
+pub struct MockRequestLog {
+    /// When the request was fully read, relative to the server's start.
+    pub received: Duration,
+    /// When the first token chunk was written (if it was).
+    pub first_token_sent: Option<Duration>,
+    /// Requests in flight when this one arrived (itself included).
+    pub concurrent_at_arrival: usize,
+}
+
+struct State {
+    behavior: MockBehavior,
+    started: Instant,
+    in_flight: AtomicUsize,
+    log: Mutex<Vec<MockRequestLog>>,
+}
+
+/// A running mock server; stops when dropped.
+pub struct MockServer {
+    addr: SocketAddr,
+    state: Arc<State>,
+    task: JoinHandle<()>,
+}
+
+impl MockServer {
+    /// Starts on `bind` (e.g. `127.0.0.1:0`) on the current tokio runtime.
+    pub async fn start(bind: &str, behavior: MockBehavior) -> std::io::Result<MockServer> {
+        let listener = TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            behavior,
+            started: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            log: Mutex::new(Vec::new()),
+        });
+        let accept_state = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((socket, _)) = listener.accept().await else { continue };
+                let _ = socket.set_nodelay(true);
+                let state = accept_state.clone();
+                tokio::spawn(async move {
+                    let _ = serve(socket, &state).await;
+                });
+            }
+        });
+        Ok(MockServer { addr, state, task })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The server-side log of every request answered so far.
+    pub fn log(&self) -> Vec<MockRequestLog> {
+        self.state.log.lock().expect("mock log").clone()
+    }
+
+    /// Stops accepting connections (answers in progress are cut).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads one HTTP request; returns (path, body). Bytes past it stay in `buf` for the next.
+async fn read_request(socket: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<(String, Vec<u8>)>> {
+    let mut tmp = [0u8; 8192];
+    let header_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let n = socket.read(&mut tmp).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
+    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let content_length = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < header_end + content_length {
+        let n = socket.read(&mut tmp).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+    let end = (header_end + content_length).min(buf.len());
+    let body = buf[header_end..end].to_vec();
+    buf.drain(..end);
+    Ok(Some((path, body)))
+}
+
+struct InFlight<'a>(&'a AtomicUsize);
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn serve(mut socket: TcpStream, state: &State) -> std::io::Result<()> {
+    let mut pending = Vec::new();
+    while let Some((path, body)) = read_request(&mut socket, &mut pending).await? {
+        if !answer(&mut socket, state, &path, &body).await? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Writes one chunk of a chunked body.
+async fn chunk(socket: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
+    let mut framed = format!("{:x}\r\n", data.len()).into_bytes();
+    framed.extend_from_slice(data);
+    framed.extend_from_slice(b"\r\n");
+    socket.write_all(&framed).await
+}
+
+/// Answers one request; returns whether the connection can be reused.
+async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) -> std::io::Result<bool> {
+    let received_at = Instant::now();
+    let concurrent = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    let _guard = InFlight(&state.in_flight);
+    let log_index = {
+        let mut log = state.log.lock().expect("mock log");
+        log.push(MockRequestLog {
+            received: received_at - state.started,
+            first_token_sent: None,
+            concurrent_at_arrival: concurrent,
+        });
+        log.len() - 1
+    };
+    let b = &state.behavior;
+    let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let chat = path.ends_with("/chat/completions");
+    if !(chat || path.ends_with("/completions")) {
+        let msg = b"{\"error\":\"not found\"}";
+        let head = format!(
+            "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            msg.len()
+        );
+        socket.write_all(head.as_bytes()).await?;
+        socket.write_all(msg).await?;
+        socket.shutdown().await?;
+        return Ok(false);
+    }
+    let tokens = request["max_tokens"].as_u64().map_or(b.tokens, |m| (m as usize).min(b.tokens));
+    match &b.fault {
+        Fault::Status(code) => {
+            let msg = format!("{{\"error\":{{\"message\":\"injected status {code}\"}}}}");
+            let head = format!(
+                "HTTP/1.1 {code} Injected\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                msg.len()
+            );
+            socket.write_all(head.as_bytes()).await?;
+            socket.write_all(msg.as_bytes()).await?;
+            socket.shutdown().await?;
+            return Ok(false);
+        }
+        Fault::SlowHeaders(d) => tokio::time::sleep(*d).await,
+        _ => {}
+    }
+    socket
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await?;
+    if chat {
+        chunk(socket, b"data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n").await?;
+    }
+    let first_at = received_at + b.ttft;
+    for i in 0..tokens {
+        let due = first_at + b.gap * i as u32;
+        crate::schedule::precise_sleep_until(due).await;
+        match &b.fault {
+            Fault::ResetAfter(n) if i == *n => {
+                // SO_LINGER 0 makes the close send RST instead of FIN.
+                socket.set_zero_linger()?;
+                return Ok(false); // dropping the socket sends the RST
+            }
+            Fault::MalformedAfter(n) if i == *n => {
+                chunk(socket, b"data: {\"choices\": [{\"text\": \"oops\"\n\n").await?;
+                continue;
+            }
+            _ => {}
+        }
+        let event = if chat {
+            format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" tok{i}\"}},\"finish_reason\":null}}]}}\n\n")
+        } else {
+            format!("data: {{\"choices\":[{{\"index\":0,\"text\":\" tok{i}\",\"finish_reason\":null}}]}}\n\n")
+        };
+        chunk(socket, event.as_bytes()).await?;
+        if i == 0 {
+            let sent = Instant::now() - state.started;
+            state.log.lock().expect("mock log")[log_index].first_token_sent = Some(sent);
+        }
+    }
+    let finish = if chat {
+        "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n".to_string()
+    } else {
+        "data: {\"choices\":[{\"index\":0,\"text\":\"\",\"finish_reason\":\"length\"}]}\n\n".to_string()
+    };
+    chunk(socket, finish.as_bytes()).await?;
+    if b.fault != Fault::NoUsage {
+        let usage = format!(
+            "data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":7,\"completion_tokens\":{tokens},\"total_tokens\":{}}}}}\n\n",
+            tokens + 7
+        );
+        chunk(socket, usage.as_bytes()).await?;
+    }
+    if b.fault != Fault::NoDone {
+        chunk(socket, b"data: [DONE]\n\n").await?;
+    }
+    socket.write_all(b"0\r\n\r\n").await?;
+    Ok(true)
+}
