@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// What the server does wrong, if anything.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,32 +77,67 @@ struct State {
 pub struct MockServer {
     addr: SocketAddr,
     state: Arc<State>,
-    task: JoinHandle<()>,
+    stop: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<State>, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((socket, _)) = accepted else { continue };
+        let _ = socket.set_nodelay(true);
+        let state = state.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = serve(socket, &state) => {}
+            }
+        });
+    }
 }
 
 impl MockServer {
-    /// Starts on `bind` (e.g. `127.0.0.1:0`) on the current tokio runtime.
-    pub async fn start(bind: &str, behavior: MockBehavior) -> std::io::Result<MockServer> {
-        let listener = TcpListener::bind(bind).await?;
-        let addr = listener.local_addr()?;
-        let state = Arc::new(State {
+    fn new_state(behavior: MockBehavior) -> Arc<State> {
+        Arc::new(State {
             behavior,
             started: Instant::now(),
             in_flight: AtomicUsize::new(0),
             log: Mutex::new(Vec::new()),
-        });
-        let accept_state = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((socket, _)) = listener.accept().await else { continue };
-                let _ = socket.set_nodelay(true);
-                let state = accept_state.clone();
-                tokio::spawn(async move {
-                    let _ = serve(socket, &state).await;
-                });
-            }
-        });
-        Ok(MockServer { addr, state, task })
+        })
+    }
+
+    /// Starts on `bind` (e.g. `127.0.0.1:0`) on the current tokio runtime.
+    pub async fn start(bind: &str, behavior: MockBehavior) -> std::io::Result<MockServer> {
+        let listener = TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let state = Self::new_state(behavior);
+        let stop = CancellationToken::new();
+        tokio::spawn(accept_loop(listener, state.clone(), stop.clone()));
+        Ok(MockServer { addr, state, stop, thread: None })
+    }
+
+    /// Starts on `bind` on a thread of its own with its own single-threaded runtime, so its
+    /// timing does not share worker threads with the client under test (as a real server's
+    /// would not).
+    pub fn start_dedicated(bind: &str, behavior: MockBehavior) -> std::io::Result<MockServer> {
+        let std_listener = std::net::TcpListener::bind(bind)?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let state = Self::new_state(behavior);
+        let stop = CancellationToken::new();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (thread_state, thread_stop) = (state.clone(), stop.clone());
+        let thread = std::thread::Builder::new().name("optbench-mock".into()).spawn(move || {
+            runtime.block_on(async move {
+                let listener = TcpListener::from_std(std_listener).expect("listener on runtime");
+                accept_loop(listener, thread_state, thread_stop).await;
+            });
+        })?;
+        Ok(MockServer { addr, state, stop, thread: Some(thread) })
     }
 
     /// The bound address.
@@ -120,15 +155,18 @@ impl MockServer {
         self.state.log.lock().expect("mock log").clone()
     }
 
-    /// Stops accepting connections (answers in progress are cut).
+    /// Stops accepting connections and cuts answers in progress.
     pub fn stop(&self) {
-        self.task.abort();
+        self.stop.cancel();
     }
 }
 
 impl Drop for MockServer {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -46,7 +46,7 @@ async fn ttft_and_itl_match_the_servers_truth() {
         tokens: 20,
         fault: Fault::None,
     };
-    let server = MockServer::start("127.0.0.1:0", behavior).await.unwrap();
+    let server = MockServer::start_dedicated("127.0.0.1:0", behavior).unwrap();
     let cfg = LoadTestConfig {
         request: settings(&server.base_url(), 20),
         schedule: Schedule::Closed { concurrency: 4 },
@@ -88,7 +88,7 @@ async fn ttft_and_itl_match_the_servers_truth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_loop_sends_on_schedule_and_warmup_is_excluded() {
     let behavior = MockBehavior { ttft: Duration::from_millis(5), gap: Duration::from_millis(1), tokens: 4, fault: Fault::None };
-    let server = MockServer::start("127.0.0.1:0", behavior).await.unwrap();
+    let server = MockServer::start_dedicated("127.0.0.1:0", behavior).unwrap();
     let cfg = LoadTestConfig {
         request: settings(&server.base_url(), 4),
         schedule: Schedule::Open { rate: 50.0, arrival: Arrival::Constant, seed: 0, max_concurrency: None },
@@ -110,4 +110,5 @@ async fn open_loop_sends_on_schedule_and_warmup_is_excluded() {
     // 20 requests at 50/s span about 0.38 s + the last request's ~8 ms.
     assert!((s.duration_s - 0.388).abs() < 0.05, "window {}", s.duration_s);
 }
+
 
