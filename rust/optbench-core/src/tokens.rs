@@ -54,41 +54,37 @@ impl TokenCounter {
         Ok(TokenCounter::File(Box::new(tok)))
     }
 
-    /// Picks the best counter: `tokenizer_path` when given, else the server's `/tokenize` when
-    /// it answers, else the estimate. Returns the counter and a warning when it is the estimate.
+    /// Picks the best counter: the server's `/tokenize` when it answers, else `tokenizer_path`
+    /// when given, else the estimate. Returns the counter and a warning when it is the estimate.
     pub async fn detect(
         base_url: &str,
         model: &str,
         api_key: Option<&str>,
         tokenizer_path: Option<&str>,
     ) -> Result<(TokenCounter, Option<String>)> {
-        if let Some(path) = tokenizer_path {
-            return Ok((TokenCounter::from_file(path)?, None));
-        }
         let server = TokenCounter::Server {
             client: build_http_client(8)?,
             url: format!("{}/tokenize", server_root(base_url)?),
             model: model.to_string(),
             api_key: api_key.map(str::to_string),
         };
-        match server.count("hello world", true).await {
-            Ok(n) if n > 0 => Ok((server, None)),
-            outcome => {
-                let why = match outcome {
-                    Err(e) => e.to_string(),
-                    Ok(_) => "it returned no tokens".into(),
-                };
-                Ok((
-                    TokenCounter::Estimate,
-                    Some(format!(
-                        "the server has no usable /tokenize endpoint ({why}) and no tokenizer \
-                         file was given: prompt lengths are estimated at {ESTIMATED_CHARS_PER_TOKEN} \
-                         characters per token and may be off by 20% or more; pass tokenizer=<path to \
-                         tokenizer.json> for exact lengths"
-                    )),
-                ))
-            }
+        let why = match server.count("hello world", true).await {
+            Ok(n) if n > 0 => return Ok((server, None)),
+            Ok(_) => "it returned no tokens".to_string(),
+            Err(e) => e.to_string(),
+        };
+        if let Some(path) = tokenizer_path {
+            return Ok((TokenCounter::from_file(path)?, None));
         }
+        Ok((
+            TokenCounter::Estimate,
+            Some(format!(
+                "the server has no usable /tokenize endpoint ({why}) and no tokenizer file was \
+                 given: prompt lengths are estimated at {ESTIMATED_CHARS_PER_TOKEN} characters per \
+                 token and may be off by 20% or more; pass tokenizer=<path to tokenizer.json> for \
+                 exact lengths"
+            )),
+        ))
     }
 
     /// `server`, `tokenizer` or `estimate`.

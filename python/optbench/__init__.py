@@ -1,0 +1,40 @@
+"""optbench: decide how to serve an LLM.
+
+Load-test OpenAI-compatible servers with a Rust streaming client whose numbers you can trust::
+
+    import optbench
+    result = optbench.load_test("http://127.0.0.1:8000", "my-model", num_requests=100, concurrency=8)
+    result.requests        # pandas DataFrame, one row per request
+    result.summary         # aggregates: P50/P90/P95/P99 TTFT, tokens/s, E2E, throughput
+    result.to_parquet("results/run.parquet")
+
+In Jupyter, ``await optbench.aload_test(...)`` keeps the event loop free.
+"""
+
+from optbench import exceptions
+from optbench._core import __version__, build_profile
+from optbench.exceptions import ConfigError, OptbenchError, ServerError, ServerStartError, TokenizerError
+from optbench.loadtest import LoadTestResult, aload_test, load_test
+from optbench.prompts import PromptSet, load_user_prompts, synthetic_prompts
+from optbench.results import save_load_test
+from optbench.servers.llama_cpp import LlamaServer, embedded_server
+
+__all__ = [
+    "__version__",
+    "build_profile",
+    "load_test",
+    "aload_test",
+    "LoadTestResult",
+    "PromptSet",
+    "load_user_prompts",
+    "synthetic_prompts",
+    "save_load_test",
+    "LlamaServer",
+    "embedded_server",
+    "exceptions",
+    "OptbenchError",
+    "ConfigError",
+    "ServerError",
+    "ServerStartError",
+    "TokenizerError",
+]

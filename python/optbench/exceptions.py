@@ -1,0 +1,26 @@
+"""optbench's exceptions, all under :class:`OptbenchError`.
+
+Per-request failures during a load test are *not* exceptions: they are rows of the result
+(``error_kind`` / ``error_message``). Exceptions are for bad configuration and for work that
+cannot start at all.
+"""
+
+from optbench._core import ConfigError, OptbenchError, ServerError, TokenizerError
+
+
+class ServerStartError(ServerError):
+    """A server process exited or never became ready; the message ends with its log's tail."""
+
+
+class DatasetError(ConfigError):
+    """A prompts or dataset file is missing or malformed; the message names the file and row."""
+
+
+__all__ = [
+    "OptbenchError",
+    "ConfigError",
+    "TokenizerError",
+    "ServerError",
+    "ServerStartError",
+    "DatasetError",
+]

