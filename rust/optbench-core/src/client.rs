@@ -86,11 +86,17 @@ pub fn server_root(base_url: &str) -> Result<String> {
     Ok(root.to_string())
 }
 
+/// Idle keep-alive connections are dropped after this long: servers close theirs after about
+/// 5 s (llama.cpp's cpp-httplib, uvicorn under vLLM and SGLang), and reusing one they just closed
+/// fails the request.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Builds the shared HTTP client: keep-alive pooling, no total timeout (long generations must
 /// not be cut; the per-request deadline is separate), Nagle off.
 pub fn build_http_client(pool_size: usize) -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .pool_max_idle_per_host(pool_size.max(1))
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(30))
         .build()
@@ -215,6 +221,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     msg
 }
 
+/// hyper's "connection closed before message completed": the server closed a keep-alive
+/// connection as the request went out on it.
+fn is_stale_connection(e: &reqwest::Error) -> bool {
+    error_chain(e).contains("connection closed before message completed")
+}
+
 fn elapsed_ns(t0: Instant) -> i64 {
     t0.elapsed().as_nanos() as i64
 }
@@ -228,19 +240,32 @@ pub async fn stream_request(
     t0: Instant,
     rec: &mut RequestRecord,
 ) -> Result<(), Failure> {
-    let mut builder = client
-        .post(&request.url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header(reqwest::header::ACCEPT, "text/event-stream")
-        .body(request.body.clone());
-    if let Some(key) = api_key {
-        builder = builder.bearer_auth(key);
-    }
+    let build = || {
+        let builder = client
+            .post(&request.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .body(request.body.clone());
+        match api_key {
+            Some(key) => builder.bearer_auth(key),
+            None => builder,
+        }
+    };
     rec.sent_ns = Some(elapsed_ns(t0));
-    let response = builder.send().await.map_err(|e| {
-        let kind = if e.is_connect() { ErrorKind::Connect } else { ErrorKind::ConnectionReset };
-        (kind, error_chain(&e))
-    })?;
+    let mut attempt = 0;
+    let response = loop {
+        match build().send().await {
+            Ok(r) => break r,
+            // A pooled connection that the server closed while it sat idle: the request never
+            // reached the server, so it is sent again on another connection. Its sent time stays
+            // the first attempt's, so any delay this costs is inside its TTFT.
+            Err(e) if attempt < 2 && !e.is_connect() && is_stale_connection(&e) => attempt += 1,
+            Err(e) => {
+                let kind = if e.is_connect() { ErrorKind::Connect } else { ErrorKind::ConnectionReset };
+                return Err((kind, error_chain(&e)));
+            }
+        }
+    };
     rec.first_byte_ns = Some(elapsed_ns(t0));
     let status = response.status();
     rec.http_status = Some(status.as_u16());

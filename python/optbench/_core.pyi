@@ -1,0 +1,82 @@
+"""Type stub of optbench's Rust extension (see rust/optbench-py)."""
+
+from collections.abc import Awaitable
+from typing import Any, Literal, final
+
+__version__: str
+#: "release" for optimised builds, "debug" otherwise.
+build_profile: Literal["release", "debug"]
+
+class OptbenchError(Exception): ...
+class ConfigError(OptbenchError): ...
+class TokenizerError(OptbenchError): ...
+class ServerError(OptbenchError): ...
+
+@final
+class LoadTest:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        prompts: list[str] | None = None,
+        messages_json: list[str] | None = None,
+        endpoint: str = "completions",
+        num_requests: int = 100,
+        concurrency: int | None = 8,
+        request_rate: float | None = None,
+        arrival: str = "poisson",
+        burstiness: float = 1.0,
+        output_tokens: int = 1024,
+        seed: int = 0,
+        warmup: int = 0,
+        ignore_eos: bool = False,
+        timeout_s: float | None = None,
+        time_limit_s: float | None = None,
+        api_key: str | None = None,
+        temperature: float = 0.0,
+        extra_body_json: str | None = None,
+        tokenizer: str | None = None,
+    ) -> None: ...
+    def progress(self) -> dict[str, Any]: ...
+    def cancel(self) -> None: ...
+    def done(self) -> bool: ...
+    def wait(self, timeout_s: float | None = None) -> bool: ...
+    def wait_async(self) -> Awaitable[None]: ...
+    def stop_reason(self) -> str: ...
+    def wall_s(self) -> float: ...
+    def records(self) -> Any:
+        """An Arrow record batch (Arrow PyCapsule interface)."""
+    def summary(self) -> dict[str, Any]: ...
+
+def make_prompts(
+    base_url: str,
+    model: str,
+    num_prompts: int,
+    input_tokens: int,
+    *,
+    seed: int = 0,
+    tokenizer: str | None = None,
+    api_key: str | None = None,
+) -> tuple[list[str], str, str | None]: ...
+def count_tokens(tokenizer: str, text: str, add_special: bool = True) -> int: ...
+
+@final
+class MockServer:
+    def __init__(
+        self,
+        *,
+        ttft_ms: float = 20.0,
+        gap_ms: float = 5.0,
+        tokens: int = 16,
+        fault: str = "none",
+        fault_arg: int = 0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None: ...
+    @property
+    def base_url(self) -> str: ...
+    def log(self) -> list[dict[str, Any]]: ...
+    def stop(self) -> None: ...
+    def __enter__(self) -> MockServer: ...
+    def __exit__(self, *args: object) -> None: ...

@@ -1,0 +1,197 @@
+"""The ``optbench`` command line.
+
+    optbench load-test --base-url URL --model NAME [options]   load-test a running server
+    optbench load-test --embedded [options]                    ... or the embedded llama-server
+    optbench demo                                              embedded server + short load test
+    optbench embedded-server [--port N]                        serve the embedded model until Ctrl-C
+    optbench info                                              versions, build, where things are
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from contextlib import ExitStack
+from typing import Any, Sequence
+
+from optbench import _core
+from optbench.exceptions import OptbenchError
+from optbench.loadtest import DEFAULT_TIMEOUT_S, LoadTestResult, load_test
+from optbench.results import save_load_test
+from optbench.servers.llama_cpp import LlamaServer, embedded_model_path, find_llama_server, llama_server_version
+
+#: Small settings that finish in about a minute on a 2-core CPU with the embedded model.
+DEMO_SETTINGS: dict[str, Any] = dict(
+    num_requests=16, concurrency=4, input_tokens=256, output_tokens=64, warmup=2, ignore_eos=True
+)
+
+
+def _add_load_test_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("target")
+    g.add_argument("--base-url", help="server root, e.g. http://127.0.0.1:8000 (not with --embedded)")
+    g.add_argument("--model", help="model name sent with each request")
+    g.add_argument("--embedded", action="store_true", help="start the embedded llama-server (SmolLM2-135M, CPU) for this run")
+    g.add_argument("--parallel", type=int, default=None, help="with --embedded: llama-server slots (default: --concurrency)")
+    g.add_argument("--api-key-env", help="environment variable holding a bearer API key")
+    g = p.add_argument_group("load")
+    g.add_argument("--num-requests", type=int, default=100, help="measured requests (default 100)")
+    g.add_argument("--concurrency", type=int, default=None, help="requests in flight (default 8); with --request-rate, a cap")
+    g.add_argument("--request-rate", type=float, default=None, help="open loop: mean requests per second")
+    g.add_argument("--arrival", choices=["constant", "poisson", "gamma"], default="poisson", help="open-loop gaps (default poisson)")
+    g.add_argument("--burstiness", type=float, default=1.0, help="gamma shape; <1 burstier, 1 = Poisson (default 1)")
+    g.add_argument("--warmup", type=int, default=0, help="warm-up requests excluded from metrics (default 0)")
+    g.add_argument("--time-limit-s", type=float, default=None, help="stop the measured phase after this many seconds")
+    g.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S, help=f"per-request deadline (default {DEFAULT_TIMEOUT_S:.0f})")
+    g.add_argument("--seed", type=int, default=0, help="seed for prompts and arrivals (default 0)")
+    g = p.add_argument_group("requests")
+    g.add_argument("--endpoint", choices=["completions", "chat"], default="completions", help="default completions")
+    g.add_argument("--input-tokens", type=int, default=2048, help="synthetic prompt length in server tokens (default 2048)")
+    g.add_argument("--output-tokens", type=int, default=1024, help="max_tokens per request (default 1024)")
+    g.add_argument("--prompts", help="JSONL file of prompts (strings, {'prompt'} or {'messages'}) instead of synthetic ones")
+    g.add_argument("--tokenizer", help="tokenizer.json for servers without /tokenize")
+    g.add_argument("--ignore-eos", action="store_true", help="generate exactly --output-tokens tokens")
+    g.add_argument("--temperature", type=float, default=0.0, help="default 0")
+    g.add_argument("--extra-body", help="JSON object merged into every request body")
+    g = p.add_argument_group("output")
+    g.add_argument("--label", help="name of the run in results tables")
+    g.add_argument("--results-dir", default="results", help="where the CSV row and Parquet go (default results/)")
+    g.add_argument("--no-save", action="store_true", help="print only; write nothing")
+    g.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+    g.add_argument("--no-progress", action="store_true", help="no live progress line")
+
+
+def _run_load_test(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> int:
+    params: dict[str, Any] = dict(
+        num_requests=args.num_requests,
+        concurrency=args.concurrency if args.concurrency is not None else (None if args.request_rate else 8),
+        request_rate=args.request_rate,
+        arrival=args.arrival,
+        burstiness=args.burstiness,
+        input_tokens=args.input_tokens,
+        output_tokens=args.output_tokens,
+        endpoint=args.endpoint,
+        prompts=args.prompts,
+        seed=args.seed,
+        warmup=args.warmup,
+        ignore_eos=args.ignore_eos,
+        timeout_s=args.timeout_s,
+        time_limit_s=args.time_limit_s,
+        temperature=args.temperature,
+        api_key_env=args.api_key_env,
+        tokenizer=args.tokenizer,
+        extra_body=json.loads(args.extra_body) if args.extra_body else None,
+        label=args.label,
+        progress=not args.no_progress,
+    )
+    params.update(overrides or {})
+    with ExitStack() as stack:
+        if args.embedded:
+            if args.base_url:
+                raise OptbenchError("give either --embedded or --base-url, not both")
+            slots = args.parallel or params["concurrency"] or 8
+            print(f"starting the embedded llama-server ({slots} slots)...", file=sys.stderr)
+            server = stack.enter_context(LlamaServer(parallel=slots))
+            base_url, model = server.base_url, args.model or server.model
+            print(f"llama-server {server.version} ready at {base_url} (log {server.log_path})", file=sys.stderr)
+        else:
+            if not (args.base_url and args.model):
+                raise OptbenchError("give --base-url and --model (or --embedded)")
+            base_url, model = args.base_url, args.model
+        result = load_test(base_url, model, **params)
+    return _report(result, args)
+
+
+def _report(result: LoadTestResult, args: argparse.Namespace) -> int:
+    if args.json:
+        print(json.dumps({"label": result.label, "stop_reason": result.stop_reason, **result.summary}, indent=2))
+    else:
+        print(result.summary_table())
+    if not args.no_save:
+        paths = save_load_test(result, args.results_dir)
+        print(f"appended a row to {paths['csv']}; per-request data in {paths['parquet']}", file=sys.stderr)
+    if result.stop_reason == "cancelled":
+        return 130
+    return 0 if result.summary["num_succeeded"] > 0 else 1
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    print(
+        "optbench demo: the embedded llama-server (SmolLM2-135M-Instruct, Q4_1, CPU) under a short "
+        f"closed-loop load test: {DEMO_SETTINGS['num_requests']} requests, concurrency "
+        f"{DEMO_SETTINGS['concurrency']}, {DEMO_SETTINGS['input_tokens']}-token prompts, "
+        f"{DEMO_SETTINGS['output_tokens']} output tokens, temperature 0",
+        file=sys.stderr,
+    )
+    parser = build_parser()
+    ns = parser.parse_args(["load-test", "--embedded", "--label", "demo-embedded", "--results-dir", args.results_dir])
+    ns.no_progress = args.no_progress
+    return _run_load_test(ns, overrides=dict(DEMO_SETTINGS))
+
+
+def _cmd_embedded_server(args: argparse.Namespace) -> int:
+    with LlamaServer(port=args.port, parallel=args.parallel, host=args.host) as server:
+        print(f"serving {server.model} at {server.base_url} (log {server.log_path}); Ctrl-C stops it", flush=True)
+        try:
+            while server.process and server.process.running():
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    info: dict[str, Any] = {"optbench": _core.__version__, "build_profile": _core.build_profile}
+    try:
+        binary = find_llama_server()
+        info["llama_server"] = str(binary)
+        info["llama_server_version"] = llama_server_version(binary)
+    except OptbenchError as e:
+        info["llama_server"] = f"missing: {e}"
+    try:
+        info["embedded_model"] = str(embedded_model_path())
+    except OptbenchError as e:
+        info["embedded_model"] = f"missing: {e}"
+    for k, v in info.items():
+        print(f"{k:>22}: {v}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="optbench", description="Decide how to serve an LLM: load tests you can trust.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("load-test", help="load-test an OpenAI-compatible server", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_load_test_options(p)
+    p.set_defaults(func=_run_load_test)
+    p = sub.add_parser("demo", help="start the embedded llama-server and run a short load test")
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("embedded-server", help="serve the embedded model until Ctrl-C")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=None, help="default: a free port")
+    p.add_argument("--parallel", type=int, default=8, help="slots (default 8)")
+    p.set_defaults(func=_cmd_embedded_server)
+    p = sub.add_parser("info", help="versions, build profile and where the embedded server is")
+    p.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except OptbenchError as e:
+        print(f"optbench: error: {e}", file=sys.stderr)
+        return 2
+    except json.JSONDecodeError as e:
+        print(f"optbench: error: --extra-body is not valid JSON: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("optbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
