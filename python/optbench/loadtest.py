@@ -365,13 +365,18 @@ def load_test(
         while not run.wait(progress_interval_s):
             if callback:
                 callback(run.progress())
+        if callback:
+            callback(run.progress())  # the final counts
     except KeyboardInterrupt:
+        # Stop sending, let in-flight requests end as `cancelled` rows, keep what finished.
         run.cancel()
         run.wait()
         warnings.warn("load test interrupted: returning the requests that finished", stacklevel=2)
+    except BaseException:
+        run.cancel()
+        run.wait()
+        raise
     finally:
-        if callback:
-            callback(run.progress())
         if closer:
             closer.close()
     return _finish(run, config, label, prompt_set)

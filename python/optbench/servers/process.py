@@ -101,7 +101,6 @@ class ManagedProcess:
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of the server's log."""
-        self._log.flush()
         return _tail(self.log_path, lines)
 
     def wait_ready(self, url: str, timeout_s: float, fallback_url: str | None = None) -> None:

@@ -1,0 +1,238 @@
+"""The Python API against the Rust mock server: timing truth, faults as rows, progress,
+interruption, asyncio, and what gets written."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+import optbench
+from optbench import _core
+from optbench.exceptions import ConfigError, DatasetError, OptbenchError
+from optbench.servers.process import free_port
+
+PROMPTS = [f"prompt {i}" for i in range(4)]
+
+
+def run(base_url: str, **kw):
+    kw.setdefault("num_requests", 6)
+    kw.setdefault("concurrency", 3)
+    kw.setdefault("output_tokens", 8)
+    kw.setdefault("prompts", PROMPTS)
+    kw.setdefault("progress", False)
+    return optbench.load_test(base_url, "mock", **kw)
+
+
+def test_extension_is_a_release_build():
+    # Timed work needs the optimised build (scripts/setup.sh builds it).
+    assert _core.build_profile == "release"
+
+
+def test_ttft_and_itl_within_1ms_of_the_servers_truth():
+    with _core.MockServer(ttft_ms=50, gap_ms=10, tokens=20) as server:
+        r = run(server.base_url, num_requests=16, concurrency=4, output_tokens=20)
+        truth = [(l["first_token_sent_s"] - l["received_s"]) * 1e3 for l in server.log()]
+    assert r.summary["num_succeeded"] == 16
+    truth_p50 = float(np.median(truth))
+    assert abs(truth_p50 - 50) < 1.0
+    assert abs(r.metric("ttft_ms") - truth_p50) < 1.0, (r.metric("ttft_ms"), truth_p50)
+    assert abs(r.metric("itl_ms") - 10.0) < 1.0
+    assert (r.requests["output_tokens"] == 20).all()
+    assert (r.requests["token_count_source"] == "usage").all()
+
+
+@pytest.mark.parametrize(
+    "fault,arg,kind,timeout_s",
+    [
+        ("status", 500, "http_5xx", None),
+        ("status", 429, "http_4xx", None),
+        ("reset", 3, "stream_reset", None),
+        ("malformed", 2, "malformed_chunk", None),
+        ("no_done", 0, "missing_done", None),
+        ("slow_headers", 3000, "deadline", 0.3),
+    ],
+)
+def test_every_fault_is_a_row_with_its_kind(fault, arg, kind, timeout_s):
+    with _core.MockServer(ttft_ms=5, gap_ms=1, tokens=8, fault=fault, fault_arg=arg) as server:
+        r = run(server.base_url, timeout_s=timeout_s)
+    df = r.requests
+    assert len(df) == 6 and r.summary["num_requests"] == 6
+    assert (df["error_kind"] == kind).all(), df[["error_kind", "error_message"]]
+    assert df["error_message"].str.len().gt(0).all()
+    assert r.summary["failures_by_kind"] == {kind: 6}
+    assert r.summary["num_succeeded"] == 0 and "ttft_ms" not in r.summary["metrics"]
+    if fault == "status":
+        assert (df["http_status"] == arg).all()
+        assert df["error_message"].str.contains(f"injected status {arg}").all()
+
+
+def test_connection_refused_is_a_row():
+    r = run(f"http://127.0.0.1:{free_port()}")
+    assert (r.requests["error_kind"] == "connect").all()
+    assert r.summary["num_failed"] == 6
+
+
+def test_open_loop_follows_the_seeded_schedule_and_excludes_warmup():
+    with _core.MockServer(ttft_ms=5, gap_ms=1, tokens=4) as server:
+        a = run(server.base_url, num_requests=12, request_rate=40, arrival="poisson", seed=3, warmup=2)
+        b = run(server.base_url, num_requests=12, request_rate=40, arrival="poisson", seed=3)
+    measured = a.requests[~a.requests["warmup"]]
+    assert a.requests["warmup"].sum() == 2 and a.summary["num_warmup"] == 2
+    assert a.summary["num_requests"] == 12
+    offsets_a = measured["scheduled_ns"].to_numpy() - measured["scheduled_ns"].iloc[0]
+    offsets_b = b.requests["scheduled_ns"].to_numpy() - b.requests["scheduled_ns"].iloc[0]
+    assert np.array_equal(offsets_a, offsets_b), "same seed, same schedule"
+    assert a.metric("queue_delay_ms", "p50") < 1.0
+
+
+def test_summary_is_recomputable_from_the_rows_with_pandas():
+    with _core.MockServer(ttft_ms=10, gap_ms=2, tokens=10) as server:
+        r = run(server.base_url, num_requests=10, output_tokens=10)
+    ok = r.requests[r.requests["success"] & ~r.requests["warmup"]]
+    for metric in ("ttft_ms", "e2e_ms", "tokens_per_s"):
+        for stat, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+            assert ok[metric].quantile(q) == pytest.approx(r.metric(metric, stat), rel=1e-12)
+    itl = np.concatenate(ok["itl_ms"].to_list())
+    assert np.percentile(itl, 50) == pytest.approx(r.metric("itl_ms"), rel=1e-12)
+    # tokens/s = output tokens / (E2E - TTFT)
+    row = ok.iloc[0]
+    assert row["tokens_per_s"] == pytest.approx(row["output_tokens"] / ((row["e2e_ms"] - row["ttft_ms"]) / 1e3))
+
+
+def test_progress_is_reported_in_batches_and_ends_complete():
+    seen = []
+    with _core.MockServer(ttft_ms=5, gap_ms=5, tokens=20) as server:
+        run(server.base_url, num_requests=8, concurrency=2, output_tokens=20, progress=seen.append, progress_interval_s=0.05)
+    # ~8 requests x 100 ms / 2 slots = 0.4 s: a handful of snapshots, not one per token.
+    assert 2 <= len(seen) < 40
+    last = seen[-1]
+    assert last["succeeded"] == 8 and last["failed"] == 0 and last["total"] == 8
+    assert last["chunks"] == 8 * 20
+
+
+def test_ctrl_c_returns_the_finished_rows():
+    calls = []
+
+    def interrupt_after_some(p):
+        calls.append(p)
+        if p["succeeded"] >= 2:
+            raise KeyboardInterrupt
+
+    with _core.MockServer(ttft_ms=5, gap_ms=5, tokens=40) as server:
+        with pytest.warns(UserWarning, match="interrupted"):
+            r = run(server.base_url, num_requests=50, concurrency=2, output_tokens=40,
+                    progress=interrupt_after_some, progress_interval_s=0.05)
+    assert r.stop_reason == "cancelled" and r.interrupted
+    df = r.requests
+    assert df["success"].sum() >= 2
+    assert set(df.loc[~df["success"], "error_kind"]) <= {"cancelled"}
+    assert len(df) < 50
+
+
+def test_aload_test_inside_a_running_event_loop():
+    async def main():
+        with _core.MockServer(ttft_ms=5, gap_ms=1, tokens=6) as server:
+            ticks = 0
+
+            async def ticker():
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await asyncio.sleep(0.01)
+
+            t = asyncio.create_task(ticker())
+            r = await optbench.aload_test(server.base_url, "mock", num_requests=10, concurrency=2,
+                                          output_tokens=6, prompts=PROMPTS)
+            t.cancel()
+            return r, ticks
+
+    r, ticks = asyncio.run(main())
+    assert r.summary["num_succeeded"] == 10
+    assert ticks > 3, "the event loop kept running during the load test"
+
+
+def test_cancelling_the_awaiting_task_cancels_the_run():
+    async def main():
+        with _core.MockServer(ttft_ms=5, gap_ms=10, tokens=500) as server:
+            task = asyncio.create_task(optbench.aload_test(
+                server.base_url, "mock", num_requests=4, concurrency=2, output_tokens=500, prompts=PROMPTS))
+            await asyncio.sleep(0.3)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(main())
+
+
+def test_results_are_written_and_rows_appended(tmp_path):
+    with _core.MockServer(ttft_ms=5, gap_ms=1, tokens=4) as server:
+        r1 = run(server.base_url, label="first")
+        r2 = run(server.base_url, label="second", num_requests=3)
+    p1 = optbench.save_load_test(r1, tmp_path)
+    p2 = optbench.save_load_test(r2, tmp_path)
+    csv = pd.read_csv(p2["csv"])
+    assert list(csv["label"]) == ["first", "second"]
+    assert list(csv.columns[:4]) == ["label", "ttft_p50_ms", "tokens_per_s_p50", "e2e_p50_ms"]
+    assert csv.loc[1, "num_requests"] == 3
+    table = pq.read_table(p1["parquet"])
+    assert table.num_rows == 6
+    meta = table.schema.metadata
+    assert json.loads(meta[b"optbench.summary"])["num_requests"] == 6
+    assert pd.read_parquet(p2["parquet"]).shape[0] == 3
+
+
+def test_user_prompts_from_jsonl_and_chat_messages(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n\n["not", "messages"]\n')
+    with pytest.raises(DatasetError, match=r"prompts.jsonl, line 3"):
+        optbench.load_user_prompts(path)
+    path.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"prompt": "x"}\n')
+    with pytest.raises(DatasetError, match="mixes"):
+        optbench.load_user_prompts(path)
+    path.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    with _core.MockServer(ttft_ms=5, gap_ms=1, tokens=4) as server:
+        r = run(server.base_url, prompts=str(path), endpoint="chat", num_requests=3)
+        assert r.summary["num_succeeded"] == 3
+        with pytest.raises(ConfigError, match="endpoint='chat'"):
+            run(server.base_url, prompts=str(path), endpoint="completions")
+    with pytest.raises(DatasetError, match="not found"):
+        optbench.load_user_prompts(tmp_path / "missing.jsonl")
+    with pytest.raises(DatasetError, match="line 1: not valid JSON"):
+        (tmp_path / "bad.jsonl").write_text("{oops\n")
+        optbench.load_user_prompts(tmp_path / "bad.jsonl")
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(num_requests=0), "num_requests"),
+        (dict(endpoint="embeddings"), "endpoint"),
+        (dict(concurrency=0), "concurrency"),
+        (dict(request_rate=-1.0), "request_rate"),
+        (dict(request_rate=1.0, arrival="weibull"), "arrival"),
+        (dict(api_key_env="OPTBENCH_SURELY_UNSET_VAR"), "not set"),
+        (dict(timeout_s=0), "timeout_s"),
+    ],
+)
+def test_bad_configuration_raises_a_clear_error(kwargs, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        run("http://127.0.0.1:9", **kwargs)
+    assert isinstance(info.value, OptbenchError)
+
+
+def test_base_url_needs_a_scheme():
+    with pytest.raises(ConfigError, match="http://"):
+        run("127.0.0.1:8000")
+
+
+def test_synthetic_prompts_without_tokenize_warn_and_estimate():
+    with _core.MockServer() as server:
+        ps = optbench.synthetic_prompts(server.base_url, "mock", 3, 100, seed=1)
+    assert ps.source == "estimate"
+    assert ps.warnings and "estimated" in ps.warnings[0]
+    assert len({p[:30] for p in ps.texts}) == 3
