@@ -3,6 +3,18 @@
 from collections.abc import Awaitable
 from typing import Any, Literal, final
 
+__all__ = [
+    "ConfigError",
+    "LoadTest",
+    "MockServer",
+    "OptbenchError",
+    "ServerError",
+    "TokenizerError",
+    "__version__",
+    "build_profile",
+    "count_tokens",
+    "make_prompts",
+]
 __version__: str
 #: "release" for optimised builds, "debug" otherwise.
 build_profile: Literal["release", "debug"]
@@ -14,8 +26,8 @@ class ServerError(OptbenchError): ...
 
 @final
 class LoadTest:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         base_url: str,
         model: str,
         *,
@@ -23,7 +35,7 @@ class LoadTest:
         messages_json: list[str] | None = None,
         endpoint: str = "completions",
         num_requests: int = 100,
-        concurrency: int | None = 8,
+        concurrency: int | None = ...,
         request_rate: float | None = None,
         arrival: str = "poisson",
         burstiness: float = 1.0,
@@ -37,7 +49,7 @@ class LoadTest:
         temperature: float = 0.0,
         extra_body_json: str | None = None,
         tokenizer: str | None = None,
-    ) -> None: ...
+    ) -> LoadTest: ...
     def progress(self) -> dict[str, Any]: ...
     def cancel(self) -> None: ...
     def done(self) -> bool: ...
@@ -63,8 +75,8 @@ def count_tokens(tokenizer: str, text: str, add_special: bool = True) -> int: ..
 
 @final
 class MockServer:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
         ttft_ms: float = 20.0,
         gap_ms: float = 5.0,
@@ -73,10 +85,10 @@ class MockServer:
         fault_arg: int = 0,
         host: str = "127.0.0.1",
         port: int = 0,
-    ) -> None: ...
+    ) -> MockServer: ...
     @property
     def base_url(self) -> str: ...
     def log(self) -> list[dict[str, Any]]: ...
     def stop(self) -> None: ...
     def __enter__(self) -> MockServer: ...
-    def __exit__(self, *args: object) -> None: ...
+    def __exit__(self, _t: object, _v: object, _tb: object) -> None: ...
