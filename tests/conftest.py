@@ -24,3 +24,14 @@ def llama_server():
         pytest.fail(f"the embedded llama-server is not installed ({e}); run scripts/setup.sh")
     with server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def shared_dir():
+    """../shared next to the project: real datasets and models, read-only."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1].parent / "shared"
+    if not path.is_dir():
+        pytest.fail(f"{path} is missing: the tests read real datasets and models from ../shared")
+    return path

@@ -236,3 +236,27 @@ def test_synthetic_prompts_without_tokenize_warn_and_estimate():
     assert ps.source == "estimate"
     assert ps.warnings and "estimated" in ps.warnings[0]
     assert len({p[:30] for p in ps.texts}) == 3
+
+
+def test_a_tokenizer_file_counts_when_the_server_cannot(shared_dir):
+    tok = str(shared_dir / "models" / "all-MiniLM-L6-v2" / "tokenizer.json")
+    # BERT's [CLS] and [SEP] count as the special tokens a server would add.
+    assert _core.count_tokens(tok, "hello world") == 4
+    assert _core.count_tokens(tok, "hello world", add_special=False) == 2
+    with _core.MockServer() as server:
+        ps = optbench.synthetic_prompts(server.base_url, "mock", 3, 120, seed=2, tokenizer=tok)
+        assert ps.source == "tokenizer" and not ps.warnings
+        assert all(115 <= _core.count_tokens(tok, t) <= 120 for t in ps.texts)
+        # Answers without usage are counted by the same tokenizer over the whole text.
+    with _core.MockServer(fault="no_usage", tokens=6) as server:
+        r = run(server.base_url, output_tokens=6, tokenizer=tok)
+    assert (r.requests["token_count_source"] == "tokenizer").all()
+    # " tok0 tok1 ... tok5" in BERT WordPiece: 'to', '##k', '##0' per word.
+    assert (r.requests["output_tokens"] == 18).all()
+
+
+def test_a_bad_tokenizer_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "tokenizer.json"
+    bad.write_text("{}")
+    with pytest.raises(optbench.TokenizerError, match="tokenizer.json"):
+        _core.count_tokens(str(bad), "x")

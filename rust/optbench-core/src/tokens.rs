@@ -46,11 +46,15 @@ struct TokenizeResponse {
 }
 
 impl TokenCounter {
-    /// Loads a `tokenizer.json` file.
+    /// Loads a `tokenizer.json` file. Its own padding and truncation settings are switched off:
+    /// a count must be the text's real length (some files pad every input to a fixed size).
     pub fn from_file(path: &str) -> Result<TokenCounter> {
-        let tok = tokenizers::Tokenizer::from_file(path).map_err(|e| {
+        let mut tok = tokenizers::Tokenizer::from_file(path).map_err(|e| {
             CoreError::Tokenizer(format!("cannot load {path:?} as a tokenizer.json: {e}"))
         })?;
+        tok.with_padding(None);
+        tok.with_truncation(None)
+            .map_err(|e| CoreError::Tokenizer(format!("{path:?}: {e}")))?;
         Ok(TokenCounter::File(Box::new(tok)))
     }
 
