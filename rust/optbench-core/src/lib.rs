@@ -18,6 +18,7 @@ pub mod prompts;
 pub mod record;
 pub mod runner;
 pub mod schedule;
+pub mod scoring;
 pub mod sse;
 pub mod tokens;
 
