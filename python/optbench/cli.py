@@ -4,6 +4,7 @@
     optbench load-test --embedded [options]                    ... or the embedded llama-server
     optbench demo                                              embedded server + short load test
     optbench embedded-server [--port N]                        serve the embedded model until Ctrl-C
+    optbench dataset build --source FOLDER|hub                 build data/test_dataset.json (520 prompts)
     optbench info                                              versions, build, where things are
 """
 
@@ -17,6 +18,7 @@ from contextlib import ExitStack
 from typing import Any, Sequence
 
 from optbench import _core
+from optbench.datasets import add_dataset_cli
 from optbench.exceptions import OptbenchError
 from optbench.loadtest import DEFAULT_TIMEOUT_S, LoadTestResult, load_test
 from optbench.results import save_load_test
@@ -173,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="default: a free port")
     p.add_argument("--parallel", type=int, default=8, help="slots (default 8)")
     p.set_defaults(func=_cmd_embedded_server)
+    add_dataset_cli(sub)
     p = sub.add_parser("info", help="versions, build profile and where the embedded server is")
     p.set_defaults(func=_cmd_info)
     return parser

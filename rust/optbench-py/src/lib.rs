@@ -11,6 +11,8 @@ use optbench_core::mock::{Fault, MockBehavior, MockServer as CoreMockServer};
 use optbench_core::prompts::synthetic_prompts;
 use optbench_core::runner::{run_load_test, LoadTestConfig, LoadTestOutcome, Progress, StopReason};
 use optbench_core::schedule::{Arrival, Schedule};
+use optbench_core::scoring::gsm8k::{self, Gsm8kMode};
+use optbench_core::scoring::{self, squad};
 use optbench_core::tokens::TokenCounter;
 use optbench_core::CoreError;
 use pyo3::create_exception;
@@ -444,6 +446,74 @@ impl MockServer {
     }
 }
 
+/// SQuAD v2 exact match and F1 of each prediction against its gold answer texts (an empty
+/// list for an unanswerable question), equal to the official script. A prediction whose normal
+/// form equals `no_answer_phrase`'s is read as the empty answer. Returns
+/// `(exact, f1, has_answer)` as three lists, one entry per prediction.
+#[pyfunction]
+#[pyo3(signature = (predictions, gold_answers, no_answer_phrase=None))]
+fn squad_v2_scores(
+    py: Python<'_>,
+    predictions: Vec<String>,
+    gold_answers: Vec<Vec<String>>,
+    no_answer_phrase: Option<String>,
+) -> PyResult<(Vec<f64>, Vec<f64>, Vec<bool>)> {
+    if predictions.len() != gold_answers.len() {
+        return Err(config_err(format!(
+            "{} predictions but {} gold answer lists: give one list per prediction",
+            predictions.len(),
+            gold_answers.len()
+        )));
+    }
+    Ok(py.detach(|| {
+        let mut out = (Vec::new(), Vec::new(), Vec::new());
+        for (p, g) in predictions.iter().zip(&gold_answers) {
+            let s = squad::score_squad_v2(p, g, no_answer_phrase.as_deref());
+            out.0.push(s.exact);
+            out.1.push(s.f1);
+            out.2.push(s.has_answer);
+        }
+        out
+    }))
+}
+
+/// The official SQuAD `normalize_answer` (lower-case, drop ASCII punctuation, drop the words
+/// a/an/the, collapse whitespace), with Python's Unicode semantics.
+#[pyfunction]
+fn squad_normalize(text: &str) -> String {
+    squad::normalize_answer(text)
+}
+
+/// The final answer GSM8K-style extraction finds in `text`; `mode` is `default`, `official`,
+/// `lmeval-strict` or `lmeval-flexible`. `[invalid]` when nothing is found.
+#[pyfunction]
+#[pyo3(signature = (text, mode="default"))]
+fn gsm8k_extract(text: &str, mode: &str) -> PyResult<String> {
+    let mode = Gsm8kMode::parse(mode).map_err(PyCoreError)?;
+    Ok(gsm8k::gsm8k_extract(text, mode))
+}
+
+/// Whether each prediction's extracted answer matches its gold answer (GSM8K's final answer or
+/// whole solution), under `mode`'s comparison rules.
+#[pyfunction]
+#[pyo3(signature = (predictions, golds, mode="default"))]
+fn gsm8k_correct(predictions: Vec<String>, golds: Vec<String>, mode: &str) -> PyResult<Vec<bool>> {
+    let mode = Gsm8kMode::parse(mode).map_err(PyCoreError)?;
+    if predictions.len() != golds.len() {
+        return Err(config_err(format!("{} predictions but {} gold answers", predictions.len(), golds.len())));
+    }
+    Ok(predictions.iter().zip(&golds).map(|(p, g)| gsm8k::gsm8k_correct(p, g, mode)).collect())
+}
+
+/// The unbiased pass@k estimator for `n` samples of which `c` passed.
+#[pyfunction]
+fn pass_at_k(n: u64, c: u64, k: u64) -> PyResult<f64> {
+    if c > n || k == 0 || k > n {
+        return Err(config_err(format!("pass_at_k needs c <= n and 1 <= k <= n (got n={n}, c={c}, k={k})")));
+    }
+    Ok(scoring::pass_at_k(n, c, k))
+}
+
 /// The Rust core of optbench. Import `optbench`, not this module.
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -459,5 +529,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<MockServer>()?;
     m.add_function(wrap_pyfunction!(make_prompts, m)?)?;
     m.add_function(wrap_pyfunction!(count_tokens, m)?)?;
+    m.add_function(wrap_pyfunction!(squad_v2_scores, m)?)?;
+    m.add_function(wrap_pyfunction!(squad_normalize, m)?)?;
+    m.add_function(wrap_pyfunction!(gsm8k_extract, m)?)?;
+    m.add_function(wrap_pyfunction!(gsm8k_correct, m)?)?;
+    m.add_function(wrap_pyfunction!(pass_at_k, m)?)?;
     Ok(())
 }
