@@ -9,11 +9,15 @@ Load-test OpenAI-compatible servers with a Rust streaming client whose numbers y
     result.to_parquet("results/run.parquet")
 
 In Jupyter, ``await optbench.aload_test(...)`` keeps the event loop free.
+
+Quality: ``optbench.evaluate(base_url, model, dataset="data/test_dataset.json")`` generates and
+scores answers (QA, math reasoning, chat, code); ``optbench.compare_quality`` gives the verdict.
 """
 
-from optbench import exceptions
+from optbench import datasets, exceptions, scoring
 from optbench._core import __version__, build_profile
 from optbench.exceptions import ConfigError, OptbenchError, ServerError, ServerStartError, TokenizerError
+from optbench.evaluate import EvaluationResult, aevaluate, compare_quality, evaluate, save_evaluation
 from optbench.loadtest import LoadTestResult, aload_test, load_test
 from optbench.prompts import PromptSet, load_user_prompts, synthetic_prompts
 from optbench.results import save_load_test
@@ -31,6 +35,13 @@ __all__ = [
     "save_load_test",
     "LlamaServer",
     "embedded_server",
+    "evaluate",
+    "aevaluate",
+    "EvaluationResult",
+    "compare_quality",
+    "save_evaluation",
+    "datasets",
+    "scoring",
     "exceptions",
     "OptbenchError",
     "ConfigError",

@@ -38,6 +38,7 @@ class LoadTest:
         *,
         prompts: list[str] | None = None,
         messages_json: list[str] | None = None,
+        requests_json: list[str] | None = None,
         endpoint: str = "completions",
         num_requests: int = 100,
         concurrency: int | None = ...,

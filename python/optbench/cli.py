@@ -5,6 +5,7 @@
     optbench demo                                              embedded server + short load test
     optbench embedded-server [--port N]                        serve the embedded model until Ctrl-C
     optbench dataset build --source FOLDER|hub                 build data/test_dataset.json (520 prompts)
+    optbench evaluate --base-url URL --model NAME [options]    generate and score on the dataset
     optbench info                                              versions, build, where things are
 """
 
@@ -132,6 +133,34 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _run_load_test(ns, overrides=dict(DEMO_SETTINGS))
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from optbench.evaluate import evaluate, save_evaluation
+
+    with ExitStack() as stack:
+        if args.embedded:
+            if args.base_url:
+                raise OptbenchError("give either --embedded or --base-url, not both")
+            server = stack.enter_context(LlamaServer(parallel=args.parallel or args.concurrency))
+            base_url, model = server.base_url, args.model or server.model
+        else:
+            if not (args.base_url and args.model):
+                raise OptbenchError("give --base-url and --model (or --embedded)")
+            base_url, model = args.base_url, args.model
+        result = evaluate(
+            base_url, model, dataset=args.dataset, label=args.label,
+            categories=args.categories.split(",") if args.categories else None, limit=args.limit,
+            concurrency=args.concurrency, endpoint_mode=args.endpoint_mode, gsm8k_mode=args.gsm8k_mode,
+            no_answer_phrase=args.no_answer_phrase or None, embedding_model=args.embedding_model,
+            code_timeout_s=args.code_timeout_s, timeout_s=args.timeout_s, api_key_env=args.api_key_env,
+            progress=not args.no_progress,
+        )
+    print(result)
+    if not args.no_save:
+        paths = save_evaluation(result, args.results_dir)
+        print(f"appended rows to {paths['csv']}; per-sample data in {paths['parquet']}", file=sys.stderr)
+    return 0
+
+
 def _cmd_embedded_server(args: argparse.Namespace) -> int:
     with LlamaServer(port=args.port, parallel=args.parallel, host=args.host) as server:
         print(f"serving {server.model} at {server.base_url} (log {server.log_path}); Ctrl-C stops it", flush=True)
@@ -176,6 +205,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=8, help="slots (default 8)")
     p.set_defaults(func=_cmd_embedded_server)
     add_dataset_cli(sub)
+    p = sub.add_parser("evaluate", help="generate and score answers on the evaluation dataset",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--base-url", help="server root (not with --embedded)")
+    p.add_argument("--model", help="model name sent with each request")
+    p.add_argument("--embedded", action="store_true", help="start the embedded llama-server for this run")
+    p.add_argument("--parallel", type=int, default=None, help="with --embedded: llama-server slots (default: --concurrency)")
+    p.add_argument("--dataset", default="data/test_dataset.json", help="file written by `optbench dataset build`")
+    p.add_argument("--categories", help="comma-separated subset of qa,reasoning,chat,code")
+    p.add_argument("--limit", type=int, default=None, help="at most this many scored items per category")
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    p.add_argument("--endpoint-mode", choices=["completions", "chat"], default="completions", help="endpoint for qa/reasoning/code")
+    p.add_argument("--gsm8k-mode", choices=["default", "official", "lmeval-strict", "lmeval-flexible"], default="default")
+    p.add_argument("--no-answer-phrase", default="unanswerable", help="QA answer meaning 'no answer' ('' for none)")
+    p.add_argument("--embedding-model", default=None, help="all-MiniLM-L6-v2 folder or hub id (chat scorer)")
+    p.add_argument("--code-timeout-s", type=float, default=10.0, help="per-program sandbox timeout")
+    p.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S, help="per-request deadline")
+    p.add_argument("--api-key-env", help="environment variable holding a bearer API key")
+    p.add_argument("--label", help="name of the configuration in results tables")
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--no-save", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
     p = sub.add_parser("info", help="versions, build profile and where the embedded server is")
     p.set_defaults(func=_cmd_info)
     return parser

@@ -51,6 +51,25 @@ pub enum Prompt {
     Messages(serde_json::Value),
 }
 
+/// One request of a batch whose requests differ: its prompt, optionally its own endpoint, and
+/// JSON fields that override the shared body (e.g. `max_tokens`, `stop`). Evaluation runs use
+/// this to send every category with its own settings in one run.
+#[derive(Debug, Clone)]
+pub struct RequestInput {
+    /// The prompt or conversation.
+    pub prompt: Prompt,
+    /// This request's endpoint; `None` uses the run's.
+    pub endpoint: Option<Endpoint>,
+    /// Fields merged into the body after the shared ones.
+    pub body: serde_json::Map<String, serde_json::Value>,
+}
+
+impl From<Prompt> for RequestInput {
+    fn from(prompt: Prompt) -> Self {
+        RequestInput { prompt, endpoint: None, body: Default::default() }
+    }
+}
+
 /// What every request of a run shares.
 #[derive(Debug, Clone)]
 pub struct RequestSettings {
@@ -115,9 +134,15 @@ pub struct PreparedRequest {
 impl RequestSettings {
     /// Serialises the request body for `prompt`.
     pub fn prepare(&self, prompt: &Prompt) -> Result<PreparedRequest> {
+        self.prepare_input(&RequestInput::from(prompt.clone()))
+    }
+
+    /// Serialises the request body for one input, its overrides applied last.
+    pub fn prepare_input(&self, input: &RequestInput) -> Result<PreparedRequest> {
+        let endpoint = input.endpoint.unwrap_or(self.endpoint);
         let mut body = serde_json::Map::new();
         body.insert("model".into(), self.model.clone().into());
-        match (self.endpoint, prompt) {
+        match (endpoint, &input.prompt) {
             (Endpoint::Completions, Prompt::Text(t)) => {
                 body.insert("prompt".into(), t.clone().into());
             }
@@ -143,12 +168,12 @@ impl RequestSettings {
         if self.ignore_eos {
             body.insert("ignore_eos".into(), true.into());
         }
-        for (k, v) in &self.extra_body {
+        for (k, v) in self.extra_body.iter().chain(&input.body) {
             body.insert(k.clone(), v.clone());
         }
         let root = server_root(&self.base_url)?;
         Ok(PreparedRequest {
-            url: format!("{root}{}", self.endpoint.path()),
+            url: format!("{root}{}", endpoint.path()),
             body: Bytes::from(serde_json::to_vec(&body).expect("a JSON map serialises")),
         })
     }
@@ -394,6 +419,24 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&p.body).unwrap();
         assert_eq!(v["messages"][0]["content"], "hi");
         assert!(p.url.ends_with("/v1/chat/completions"));
+    }
+
+    #[test]
+    fn per_request_endpoint_and_overrides() {
+        let mut body = serde_json::Map::new();
+        body.insert("max_tokens".into(), 3.into());
+        body.insert("stop".into(), serde_json::json!(["\n"]));
+        let input = RequestInput {
+            prompt: Prompt::Messages(serde_json::json!([{"role": "user", "content": "x"}])),
+            endpoint: Some(Endpoint::Chat),
+            body,
+        };
+        let p = settings(Endpoint::Completions).prepare_input(&input).unwrap();
+        assert!(p.url.ends_with("/v1/chat/completions"));
+        let v: serde_json::Value = serde_json::from_slice(&p.body).unwrap();
+        assert_eq!(v["max_tokens"], 3);
+        assert_eq!(v["stop"][0], "\n");
+        assert_eq!(v["stream_options"]["include_usage"], true);
     }
 
     #[test]

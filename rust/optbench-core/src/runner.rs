@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{build_http_client, stream_request, PreparedRequest, Prompt, RequestSettings};
+use crate::client::{build_http_client, stream_request, PreparedRequest, Prompt, RequestInput, RequestSettings};
 use crate::error::{CoreError, Result};
 use crate::record::{ErrorKind, RequestRecord, TokenCountSource};
 use crate::schedule::Schedule;
@@ -259,11 +259,24 @@ pub async fn run_load_test(
     cancel: CancellationToken,
     token_counter: Option<Arc<TokenCounter>>,
 ) -> Result<LoadTestOutcome> {
-    config.validate(prompts.len())?;
+    let inputs = prompts.into_iter().map(RequestInput::from).collect();
+    run_requests(config, inputs, progress, cancel, token_counter).await
+}
+
+/// [`run_load_test`] with per-request endpoints and body overrides: request `i` uses input
+/// `i % inputs.len()`.
+pub async fn run_requests(
+    config: LoadTestConfig,
+    inputs: Vec<RequestInput>,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+    token_counter: Option<Arc<TokenCounter>>,
+) -> Result<LoadTestOutcome> {
+    config.validate(inputs.len())?;
     // Serialise each distinct body once, before the clock starts.
-    let requests = prompts
+    let requests = inputs
         .iter()
-        .map(|p| config.request.prepare(p))
+        .map(|p| config.request.prepare_input(p))
         .collect::<Result<Vec<_>>>()?;
     let max_inflight = match &config.schedule {
         Schedule::Closed { concurrency } => *concurrency,

@@ -5,11 +5,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use optbench_core::arrow::records_to_batch;
-use optbench_core::client::{Endpoint, Prompt, RequestSettings};
+use optbench_core::client::{Endpoint, Prompt, RequestInput, RequestSettings};
 use optbench_core::metrics::Summary;
 use optbench_core::mock::{Fault, MockBehavior, MockServer as CoreMockServer};
 use optbench_core::prompts::synthetic_prompts;
-use optbench_core::runner::{run_load_test, LoadTestConfig, LoadTestOutcome, Progress, StopReason};
+use optbench_core::runner::{run_requests, LoadTestConfig, LoadTestOutcome, Progress, StopReason};
 use optbench_core::schedule::{Arrival, Schedule};
 use optbench_core::scoring::gsm8k::{self, Gsm8kMode};
 use optbench_core::scoring::{self, squad};
@@ -22,6 +22,8 @@ use pyo3::types::PyDict;
 use pyo3_arrow::PyRecordBatch;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+mod embeddings;
 
 create_exception!(optbench._core, OptbenchError, PyException, "Base class of every optbench error.");
 create_exception!(optbench._core, ConfigError, OptbenchError, "A parameter is invalid; the message says what to fix.");
@@ -44,6 +46,7 @@ impl From<PyCoreError> for PyErr {
             CoreError::Config(_) => ConfigError::new_err(msg),
             CoreError::Tokenizer(_) => TokenizerError::new_err(msg),
             CoreError::Http(_) => ServerError::new_err(msg),
+            CoreError::Model(_) => OptbenchError::new_err(msg),
             CoreError::Io { .. } => OptbenchError::new_err(msg),
         }
     }
@@ -67,6 +70,34 @@ fn parse_extra_body(extra_body_json: Option<&str>) -> PyResult<serde_json::Map<S
     }
 }
 
+/// One `requests_json` entry: `{"prompt": str}` or `{"messages": [...]}`, with optional
+/// `"endpoint"` and `"body"`.
+fn parse_request(index: usize, text: &str) -> PyResult<RequestInput> {
+    let bad = |what: &str| config_err(format!("requests_json[{index}]: {what}"));
+    let serde_json::Value::Object(mut obj) = serde_json::from_str(text).map_err(|e| bad(&format!("not JSON ({e})")))? else {
+        return Err(bad("expected a JSON object"));
+    };
+    let prompt = match (obj.remove("prompt"), obj.remove("messages")) {
+        (Some(serde_json::Value::String(t)), None) => Prompt::Text(t),
+        (None, Some(m @ serde_json::Value::Array(_))) => Prompt::Messages(m),
+        _ => return Err(bad("needs \"prompt\" (a string) or \"messages\" (a list), not both")),
+    };
+    let endpoint = match obj.remove("endpoint") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(e)) => Some(Endpoint::parse(&e).map_err(|e| bad(&e.to_string()))?),
+        Some(_) => return Err(bad("\"endpoint\" must be a string")),
+    };
+    let body = match obj.remove("body") {
+        None | Some(serde_json::Value::Null) => Default::default(),
+        Some(serde_json::Value::Object(b)) => b,
+        Some(_) => return Err(bad("\"body\" must be an object")),
+    };
+    if let Some(key) = obj.keys().next() {
+        return Err(bad(&format!("unknown key {key:?} (allowed: prompt, messages, endpoint, body)")));
+    }
+    Ok(RequestInput { prompt, endpoint, body })
+}
+
 enum RunState {
     Running,
     Finished(Result<LoadTestOutcome, CoreError>),
@@ -87,10 +118,12 @@ struct LoadTest {
 #[pymethods]
 impl LoadTest {
     /// Starts a load test. `prompts` are plain texts; `messages_json` (for the chat endpoint)
-    /// are JSON arrays of `{"role", "content"}` objects. Exactly one of them is given.
+    /// are JSON arrays of `{"role", "content"}` objects; `requests_json` are JSON objects with
+    /// `"prompt"` or `"messages"`, optionally `"endpoint"` and `"body"` (fields overriding the
+    /// shared request body). Exactly one of the three is given.
     #[new]
     #[pyo3(signature = (
-        base_url, model, *, prompts=None, messages_json=None, endpoint="completions",
+        base_url, model, *, prompts=None, messages_json=None, requests_json=None, endpoint="completions",
         num_requests=100, concurrency=Some(8), request_rate=None, arrival="poisson",
         burstiness=1.0, output_tokens=1024, seed=0, warmup=0, ignore_eos=false,
         timeout_s=None, time_limit_s=None, api_key=None, temperature=0.0,
@@ -102,6 +135,7 @@ impl LoadTest {
         model: String,
         prompts: Option<Vec<String>>,
         messages_json: Option<Vec<String>>,
+        requests_json: Option<Vec<String>>,
         endpoint: &str,
         num_requests: usize,
         concurrency: Option<usize>,
@@ -119,17 +153,18 @@ impl LoadTest {
         extra_body_json: Option<&str>,
         tokenizer: Option<String>,
     ) -> PyResult<Self> {
-        let prompts: Vec<Prompt> = match (prompts, messages_json) {
-            (Some(p), None) => p.into_iter().map(Prompt::Text).collect(),
-            (None, Some(m)) => m
+        let inputs: Vec<RequestInput> = match (prompts, messages_json, requests_json) {
+            (Some(p), None, None) => p.into_iter().map(|t| Prompt::Text(t).into()).collect(),
+            (None, Some(m), None) => m
                 .iter()
                 .enumerate()
                 .map(|(i, text)| match serde_json::from_str::<serde_json::Value>(text) {
-                    Ok(v @ serde_json::Value::Array(_)) => Ok(Prompt::Messages(v)),
+                    Ok(v @ serde_json::Value::Array(_)) => Ok(Prompt::Messages(v).into()),
                     _ => Err(config_err(format!("messages {i} is not a JSON array of messages"))),
                 })
                 .collect::<PyResult<_>>()?,
-            _ => return Err(config_err("give exactly one of prompts and messages_json")),
+            (None, None, Some(r)) => r.iter().enumerate().map(|(i, text)| parse_request(i, text)).collect::<PyResult<_>>()?,
+            _ => return Err(config_err("give exactly one of prompts, messages_json and requests_json")),
         };
         let duration = |name: &str, s: Option<f64>| -> PyResult<Option<Duration>> {
             match s {
@@ -168,10 +203,13 @@ impl LoadTest {
             warmup,
             time_limit: duration("time_limit_s", time_limit_s)?,
         };
-        config.validate(prompts.len()).map_err(PyCoreError)?;
-        // Prepare once now so that a bad prompt or URL fails here, not inside the run.
-        for p in prompts.iter().take(1) {
-            config.request.prepare(p).map_err(PyCoreError)?;
+        config.validate(inputs.len()).map_err(PyCoreError)?;
+        // Prepare now so that a bad prompt, endpoint or URL fails here, not inside the run.
+        for (i, input) in inputs.iter().enumerate() {
+            config
+                .request
+                .prepare_input(input)
+                .map_err(|e| config_err(format!("request {i}: {e}")))?;
         }
         // Counts tokens of answers that come without `usage`: the tokenizer file when given,
         // else the server's /tokenize (falling back to the chunk count if it has none).
@@ -194,7 +232,7 @@ impl LoadTest {
         let (done_tx, done_rx) = watch::channel(false);
         let (p, c, s) = (progress.clone(), cancel.clone(), state.clone());
         runtime().spawn(async move {
-            let outcome = run_load_test(config, prompts, p, c, Some(Arc::new(counter))).await;
+            let outcome = run_requests(config, inputs, p, c, Some(Arc::new(counter))).await;
             *s.lock().expect("run state") = RunState::Finished(outcome);
             let _ = done_tx.send(true);
         });
@@ -534,5 +572,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(gsm8k_extract, m)?)?;
     m.add_function(wrap_pyfunction!(gsm8k_correct, m)?)?;
     m.add_function(wrap_pyfunction!(pass_at_k, m)?)?;
+    embeddings::register(m)?;
     Ok(())
 }

@@ -1,0 +1,440 @@
+"""Quality evaluation: generate answers for the 520-prompt dataset through the Rust client,
+score them per category, and compare configurations.
+
+Prompting (the defaults; every template, ``max_tokens`` and stop list can be replaced):
+
+- the first 2 items of each category in the dataset file are the few-shot examples, shown in
+  every prompt of their category and never scored;
+- **qa** (completions): an instruction, then ``Context/Question/Answer`` blocks; the model
+  must answer with a short span or ``unanswerable`` (scored as the empty answer); stops at a
+  newline; 32 tokens;
+- **reasoning** (completions): ``Question/Answer`` blocks with GSM8K's worked solutions ending
+  in ``#### N``; stops at the next ``Question:``; 320 tokens;
+- **chat** (chat endpoint, always): the shot conversations with their chosen replies, then the
+  item's conversation; 160 tokens;
+- **code** (completions): the shots' prompts with their canonical solutions, then the item's
+  prompt; the completion stops at a new top-level ``def``/``class``/``if``/``print``; 384 tokens.
+
+With ``endpoint_mode="chat"`` the qa, reasoning and code prompts go to the chat endpoint as
+one user message each. Generation is at temperature 0.
+
+Scores (each in 0..1): qa = (EM + F1) / 2 (official SQuAD v2); reasoning = 1 when the GSM8K
+answer is right (``gsm8k_mode``); chat = cosine similarity of all-MiniLM-L6-v2 embeddings of
+the answer and the reference; code = 1 when HumanEval's tests pass in the sandbox. A category's
+score is the mean over its items; overall = the mean of the category scores. A request that
+failed scores 0 and is flagged (``error_kind``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from optbench import _core, scoring
+from optbench.datasets import CATEGORIES, load_test_dataset
+from optbench.exceptions import ConfigError
+from optbench.loadtest import DEFAULT_TIMEOUT_S, _api_key, _ProgressLine
+from optbench.results import append_csv_row, new_run_id
+
+NUM_SHOTS = 2
+EVALUATION_CSV = "evaluation_summary.csv"
+
+#: Prompt templates per category, as ``str.format`` templates with the item's prompt fields.
+DEFAULT_TEMPLATES: dict[str, dict[str, str]] = {
+    "qa": {
+        "instruction": (
+            "Answer each question with a short span copied from its context. If the context "
+            'does not contain the answer, answer "unanswerable".\n\n'
+        ),
+        "shot": "Context: {context}\nQuestion: {question}\nAnswer: {answer}\n\n",
+        "target": "Context: {context}\nQuestion: {question}\nAnswer:",
+    },
+    "reasoning": {
+        "instruction": 'Solve each math word problem step by step, then give the final number after "####".\n\n',
+        "shot": "Question: {question}\nAnswer: {answer}\n\n",
+        "target": "Question: {question}\nAnswer:",
+    },
+    "code": {
+        "instruction": "",
+        "shot": "{prompt}{answer}\n\n",
+        "target": "{prompt}",
+    },
+}
+DEFAULT_MAX_TOKENS = {"qa": 32, "reasoning": 320, "chat": 160, "code": 384}
+DEFAULT_STOP: dict[str, list[str]] = {
+    "qa": ["\n"],
+    "reasoning": ["\n\nQuestion:", "\nQuestion:"],
+    "chat": [],
+    "code": ["\ndef ", "\nclass ", "\nif ", "\nprint"],
+}
+
+
+@dataclass
+class EvaluationResult:
+    """What an evaluation measured.
+
+    Attributes:
+        samples: one row per scored item: ``id``, ``category``, ``prompt`` (as sent: text or
+            JSON messages), ``output``, ``score`` and the sub-scores (``exact``, ``f1`` for qa;
+            ``correct`` and ``extracted`` for reasoning; ``similarity`` for chat;
+            ``code_result`` for code), the latency (``e2e_ms``, ``ttft_ms``), ``output_tokens``,
+            ``error_kind``.
+        summary: ``{"categories": {cat: {"n", "score", ...}}, "overall": float, "num_failed": int}``.
+    """
+
+    samples: pd.DataFrame
+    summary: dict[str, Any]
+    label: str
+    config: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def overall(self) -> float:
+        """Mean of the category scores."""
+        return float(self.summary["overall"])
+
+    def category_scores(self) -> dict[str, float]:
+        return {c: v["score"] for c, v in self.summary["categories"].items()}
+
+    def summary_rows(self) -> list[dict[str, Any]]:
+        """Rows for ``evaluation_summary.csv``: one per category plus ``overall``."""
+        rows = []
+        for cat, v in self.summary["categories"].items():
+            rows.append({"label": self.label, "category": cat, **v})
+        rows.append({"label": self.label, "category": "overall", "n": int(sum(v["n"] for v in self.summary["categories"].values())),
+                     "score": self.overall})
+        return rows
+
+    def to_parquet(self, path: str | os.PathLike[str]) -> Path:
+        """Writes the per-sample rows, with the config and summary as metadata."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pandas(self.samples, preserve_index=False)
+        meta = dict(table.schema.metadata or {})
+        meta[b"optbench.config"] = json.dumps(self.config, default=str).encode()
+        meta[b"optbench.summary"] = json.dumps(self.summary).encode()
+        meta[b"optbench.label"] = self.label.encode()
+        pq.write_table(table.replace_schema_metadata(meta), path)
+        return path
+
+    def __str__(self) -> str:
+        lines = [f"{self.label}: overall quality {self.overall:.4f}"]
+        for cat, v in self.summary["categories"].items():
+            extra = f"  EM {v['exact']:.3f} F1 {v['f1']:.3f}" if cat == "qa" else ""
+            lines.append(f"  {cat:<10} n={v['n']:<4} score {v['score']:.4f}{extra}")
+        if self.summary["num_failed"]:
+            lines.append(f"  {self.summary['num_failed']} generations failed (scored 0)")
+        lines.extend(f"warning: {w}" for w in self.warnings)
+        return "\n".join(lines)
+
+
+def _shot_answer(item: Mapping[str, Any]) -> str:
+    cat = item["category"]
+    if cat == "qa":
+        return item["answers"][0] if item["answers"] else "unanswerable"
+    if cat == "reasoning":
+        return item["answer"]
+    if cat == "code":
+        return item["canonical_solution"]
+    return item["reference"]
+
+
+def render_prompt(item: Mapping[str, Any], shots: Sequence[Mapping[str, Any]], templates: Mapping[str, Mapping[str, str]]) -> str | list[dict[str, str]]:
+    """The prompt of ``item``: a text (qa, reasoning, code) or a conversation (chat)."""
+    cat = item["category"]
+    if cat == "chat":
+        messages: list[dict[str, str]] = []
+        for shot in shots:
+            messages += [dict(m) for m in shot["prompt"]["messages"]]
+            messages.append({"role": "assistant", "content": shot["reference"]})
+        return messages + [dict(m) for m in item["prompt"]["messages"]]
+    t = templates[cat]
+    parts = [t.get("instruction", "")]
+    parts += [t["shot"].format(**shot["prompt"], answer=_shot_answer(shot)) for shot in shots]
+    parts.append(t["target"].format(**item["prompt"]))
+    return "".join(parts)
+
+
+def build_requests(
+    items: Sequence[Mapping[str, Any]],
+    *,
+    categories: Sequence[str] | None = None,
+    limit: int | None = None,
+    endpoint_mode: str = "completions",
+    templates: Mapping[str, Mapping[str, str]] | None = None,
+    max_tokens: Mapping[str, int] | None = None,
+    stop: Mapping[str, list[str]] | None = None,
+) -> tuple[list[Mapping[str, Any]], list[dict[str, Any]]]:
+    """Chooses the scored items (all but the shots; at most ``limit`` per category) and builds
+    one request per item: ``{"prompt" | "messages", "endpoint", "body": {max_tokens, stop}}``."""
+    if endpoint_mode not in ("completions", "chat"):
+        raise ConfigError(f"endpoint_mode must be 'completions' or 'chat', got {endpoint_mode!r}")
+    cats = list(categories) if categories else list(CATEGORIES)
+    unknown = set(cats) - set(CATEGORIES)
+    if unknown:
+        raise ConfigError(f"unknown categories {sorted(unknown)}; choose from {list(CATEGORIES)}")
+    tmpl = {**DEFAULT_TEMPLATES, **(templates or {})}
+    mt = {**DEFAULT_MAX_TOKENS, **(max_tokens or {})}
+    stops = {**DEFAULT_STOP, **(stop or {})}
+    scored: list[Mapping[str, Any]] = []
+    requests: list[dict[str, Any]] = []
+    for cat in cats:
+        of_cat = [it for it in items if it["category"] == cat]
+        if len(of_cat) <= NUM_SHOTS:
+            raise ConfigError(f"the dataset has {len(of_cat)} {cat} items: at least {NUM_SHOTS + 1} are needed ({NUM_SHOTS} are few-shot examples)")
+        shots, rest = of_cat[:NUM_SHOTS], of_cat[NUM_SHOTS:]
+        for item in rest[:limit] if limit else rest:
+            prompt = render_prompt(item, shots, tmpl)
+            body: dict[str, Any] = {"max_tokens": mt[cat]}
+            if stops[cat]:
+                body["stop"] = stops[cat]
+            if isinstance(prompt, list):
+                req: dict[str, Any] = {"messages": prompt, "endpoint": "chat"}
+            elif endpoint_mode == "chat":
+                req = {"messages": [{"role": "user", "content": prompt}], "endpoint": "chat"}
+            else:
+                req = {"prompt": prompt, "endpoint": "completions"}
+            req["body"] = body
+            scored.append(item)
+            requests.append(req)
+    return scored, requests
+
+
+def _score(samples: pd.DataFrame, items: Sequence[Mapping[str, Any]], opts: dict[str, Any]) -> None:
+    """Fills the score columns of ``samples`` in place (rows aligned with ``items``)."""
+    n = len(samples)
+    samples["score"] = 0.0
+    for col in ("exact", "f1", "similarity"):
+        samples[col] = np.nan
+    samples["correct"] = pd.array([pd.NA] * n, dtype="boolean")
+    samples["extracted"] = pd.Series([None] * n, dtype=object)
+    samples["code_result"] = pd.Series([None] * n, dtype=object)
+    cats = samples["category"]
+    qa = np.flatnonzero(cats == "qa")
+    if len(qa):
+        res = scoring.squad_v2(
+            [samples.at[i, "output"].strip() for i in qa], [items[i]["answers"] for i in qa],
+            no_answer_phrase=opts["no_answer_phrase"],
+        )
+        samples.loc[qa, "exact"] = res.exact
+        samples.loc[qa, "f1"] = res.f1
+        samples.loc[qa, "score"] = res.qa_score
+    rs = np.flatnonzero(cats == "reasoning")
+    if len(rs):
+        outputs = [samples.at[i, "output"] for i in rs]
+        correct = scoring.gsm8k_correct(outputs, [items[i]["final_answer"] for i in rs], opts["gsm8k_mode"])
+        samples.loc[rs, "extracted"] = [scoring.gsm8k_extract(o, opts["gsm8k_mode"]) for o in outputs]
+        samples.loc[rs, "correct"] = correct
+        samples.loc[rs, "score"] = np.asarray(correct, dtype=float)
+    ch = np.flatnonzero(cats == "chat")
+    if len(ch):
+        sims = scoring.chat_similarity(
+            [samples.at[i, "output"] for i in ch], [items[i]["reference"] for i in ch], model=opts["embedding_model"]
+        )
+        samples.loc[ch, "similarity"] = sims
+        samples.loc[ch, "score"] = sims
+    cd = np.flatnonzero(cats == "code")
+    if len(cd):
+        results = scoring.humaneval(
+            [items[i] for i in cd], [samples.at[i, "output"] for i in cd],
+            workers=opts["sandbox_workers"], timeout_s=opts["code_timeout_s"],
+        )
+        samples.loc[cd, "code_result"] = [r.text for r in results]
+        samples.loc[cd, "score"] = [1.0 if r.status == "passed" else 0.0 for r in results]
+    # A failed generation scores 0 whatever its partial text scored.
+    samples.loc[samples["error_kind"].notna(), "score"] = 0.0
+
+
+def _summarize(samples: pd.DataFrame) -> dict[str, Any]:
+    cats: dict[str, Any] = {}
+    for cat in CATEGORIES:
+        rows = samples[samples["category"] == cat]
+        if rows.empty:
+            continue
+        entry: dict[str, Any] = {"n": int(len(rows)), "score": float(rows["score"].mean())}
+        if cat == "qa":
+            entry["exact"] = float(rows["exact"].mean())
+            entry["f1"] = float(rows["f1"].mean())
+        entry["num_failed"] = int(rows["error_kind"].notna().sum())
+        cats[cat] = entry
+    overall = float(np.mean([v["score"] for v in cats.values()])) if cats else 0.0
+    return {"categories": cats, "overall": overall, "num_failed": int(samples["error_kind"].notna().sum())}
+
+
+def _start_generation(base_url: str, model: str, requests: list[dict[str, Any]], opts: dict[str, Any]) -> _core.LoadTest:
+    return _core.LoadTest(
+        base_url, model,
+        requests_json=[json.dumps(r) for r in requests],
+        num_requests=len(requests),
+        concurrency=opts["concurrency"],
+        output_tokens=max(DEFAULT_MAX_TOKENS.values()),
+        temperature=0.0,
+        timeout_s=opts["timeout_s"],
+        api_key=opts["api_key"],
+    )
+
+
+def _finish(run: _core.LoadTest, items: Sequence[Mapping[str, Any]], requests: list[dict[str, Any]], opts: dict[str, Any], label: str) -> EvaluationResult:
+    rec = pa.Table.from_batches([pa.record_batch(run.records())]).to_pandas().sort_values("request_id")
+    rec = rec.set_index("request_id").reindex(range(len(items)))  # unsent rows (Ctrl-C) stay, as failures
+    samples = pd.DataFrame({
+        "id": [it["id"] for it in items],
+        "category": [it["category"] for it in items],
+        "prompt": [r.get("prompt") if "prompt" in r else json.dumps(r["messages"], ensure_ascii=False) for r in requests],
+        "output": rec["output_text"].fillna("").to_numpy(),
+        "e2e_ms": rec["e2e_ms"].to_numpy(),
+        "ttft_ms": rec["ttft_ms"].to_numpy(),
+        "output_tokens": rec["output_tokens"].to_numpy(),
+        "finish_reason": rec["finish_reason"].to_numpy(),
+        "error_kind": rec["error_kind"].where(rec["error_kind"].notna(), None).to_numpy(),
+    })
+    samples.loc[samples["error_kind"].isna() & rec["success"].isna().to_numpy(), "error_kind"] = "not_sent"
+    # An answer that is empty on purpose (e.g. a QA stop at once) is an answer, not a failure.
+    samples.loc[samples["error_kind"] == "empty_output", "error_kind"] = None
+    _score(samples, items, opts)
+    summary = _summarize(samples)
+    warns = []
+    if summary["num_failed"]:
+        warns.append(f"{summary['num_failed']} generations failed and scored 0 (see error_kind)")
+    config = {k: v for k, v in opts.items() if k != "api_key"}
+    return EvaluationResult(samples=samples, summary=summary, label=label, config=config, warnings=warns)
+
+
+def _options(**kw: Any) -> dict[str, Any]:
+    if kw["concurrency"] < 1:
+        raise ConfigError("concurrency must be at least 1")
+    if kw["gsm8k_mode"] not in scoring.GSM8K_MODES:
+        raise ConfigError(f"gsm8k_mode must be one of {scoring.GSM8K_MODES}, got {kw['gsm8k_mode']!r}")
+    return kw
+
+
+def _load(dataset: str | os.PathLike[str] | Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    if isinstance(dataset, (str, os.PathLike)):
+        return list(load_test_dataset(dataset))
+    return list(dataset)
+
+
+def evaluate(
+    base_url: str,
+    model: str,
+    *,
+    dataset: str | os.PathLike[str] | Sequence[Mapping[str, Any]] = "data/test_dataset.json",
+    label: str | None = None,
+    categories: Sequence[str] | None = None,
+    limit: int | None = None,
+    concurrency: int = 8,
+    endpoint_mode: str = "completions",
+    templates: Mapping[str, Mapping[str, str]] | None = None,
+    max_tokens: Mapping[str, int] | None = None,
+    stop: Mapping[str, list[str]] | None = None,
+    gsm8k_mode: str = "default",
+    no_answer_phrase: str | None = scoring.DEFAULT_NO_ANSWER_PHRASE,
+    embedding_model: str | None = None,
+    sandbox_workers: int | None = None,
+    code_timeout_s: float = 10.0,
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
+    api_key_env: str | None = None,
+    progress: bool | Callable[[dict[str, Any]], None] = True,
+) -> EvaluationResult:
+    """Generates answers for the dataset's items on a running server and scores them.
+
+    Args:
+        dataset: the file ``optbench dataset build`` wrote (or its items).
+        categories: a subset of ``qa``, ``reasoning``, ``chat``, ``code`` (default all).
+        limit: at most this many scored items per category (a quick slice).
+        concurrency: requests in flight while generating.
+        endpoint_mode: ``completions`` or ``chat`` for the qa, reasoning and code prompts
+            (chat items always use the chat endpoint).
+        templates, max_tokens, stop: per-category overrides of the defaults (module docs).
+        gsm8k_mode: ``default``, ``official``, ``lmeval-strict`` or ``lmeval-flexible``.
+        no_answer_phrase: the QA answer that means "no answer" (None: none).
+        embedding_model: all-MiniLM-L6-v2 folder or hub id for the chat scorer.
+        sandbox_workers, code_timeout_s: the code sandbox's parallelism and per-program timeout.
+        timeout_s: per-request deadline.
+    """
+    opts = _options(concurrency=concurrency, gsm8k_mode=gsm8k_mode, no_answer_phrase=no_answer_phrase,
+                    embedding_model=embedding_model, sandbox_workers=sandbox_workers, code_timeout_s=code_timeout_s,
+                    timeout_s=timeout_s, api_key=_api_key(api_key_env), endpoint_mode=endpoint_mode,
+                    categories=list(categories) if categories else None, limit=limit,
+                    dataset=str(dataset) if isinstance(dataset, (str, os.PathLike)) else "<items>",
+                    base_url=base_url, model=model)
+    items, requests = build_requests(_load(dataset), categories=categories, limit=limit, endpoint_mode=endpoint_mode,
+                                     templates=templates, max_tokens=max_tokens, stop=stop)
+    label = label or model
+    run = _start_generation(base_url, model, requests, opts)
+    line = _ProgressLine(f"{label} evaluation") if progress is True and os.isatty(2) else None
+    callback = progress if callable(progress) else line
+    try:
+        while not run.wait(0.25):
+            if callback:
+                callback(run.progress())
+    except KeyboardInterrupt:
+        run.cancel()
+        run.wait()
+        warnings.warn("evaluation interrupted: scoring the generations that finished", stacklevel=2)
+    except BaseException:
+        run.cancel()
+        run.wait()
+        raise
+    finally:
+        if line:
+            line.close()
+    return _finish(run, items, requests, opts, label)
+
+
+async def aevaluate(base_url: str, model: str, **kwargs: Any) -> EvaluationResult:
+    """:func:`evaluate` for asyncio code and Jupyter: the event loop stays free."""
+    kwargs.setdefault("progress", False)
+    return await asyncio.to_thread(evaluate, base_url, model, **kwargs)
+
+
+def save_evaluation(result: EvaluationResult, results_dir: str | os.PathLike[str] = "results") -> dict[str, Path]:
+    """Writes ``runs/<run id>/samples.parquet`` and appends the category rows to
+    ``evaluation_summary.csv``."""
+    results_dir = Path(results_dir)
+    run_id = new_run_id(result.label)
+    parquet = result.to_parquet(results_dir / "runs" / run_id / "samples.parquet")
+    stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    csv = results_dir / EVALUATION_CSV
+    for row in result.summary_rows():
+        append_csv_row(csv, {**row, "run_id": run_id, "timestamp_utc": stamp, "samples_parquet": str(parquet.relative_to(results_dir))})
+    return {"csv": csv, "parquet": parquet}
+
+
+def compare_quality(baseline: EvaluationResult | Mapping[str, Any], candidate: EvaluationResult | Mapping[str, Any], threshold: float = 0.05) -> dict[str, Any]:
+    """The brief's verdict: the candidate is acceptable when its overall score is at least
+    ``(1 - threshold)`` times the baseline's. Returns the overall scores, the relative change,
+    ``acceptable`` and per-category ``baseline``/``candidate``/``delta``/``relative_change``."""
+    if not 0 <= threshold < 1:
+        raise ConfigError(f"threshold must be in [0, 1), got {threshold}")
+
+    def summary(x: EvaluationResult | Mapping[str, Any]) -> Mapping[str, Any]:
+        return x.summary if isinstance(x, EvaluationResult) else x
+
+    b, c = summary(baseline), summary(candidate)
+    rel = (c["overall"] - b["overall"]) / b["overall"] if b["overall"] else float("nan")
+    cats = {}
+    for cat in b["categories"]:
+        if cat in c["categories"]:
+            bs, cs = b["categories"][cat]["score"], c["categories"][cat]["score"]
+            cats[cat] = {"baseline": bs, "candidate": cs, "delta": cs - bs,
+                         "relative_change": (cs - bs) / bs if bs else float("nan")}
+    return {
+        "baseline_overall": b["overall"],
+        "candidate_overall": c["overall"],
+        "relative_change": rel,
+        "threshold": threshold,
+        "acceptable": bool(c["overall"] >= (1 - threshold) * b["overall"]),
+        "categories": cats,
+    }

@@ -1,0 +1,120 @@
+"""Evaluation: prompts built from the real dataset, generation through the Rust client,
+scoring, results files, and the quality verdict."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+import optbench
+from optbench import _core
+from optbench.datasets import build_test_dataset, load_test_dataset
+from optbench.evaluate import DEFAULT_STOP, NUM_SHOTS, build_requests, compare_quality
+from optbench.exceptions import ConfigError, DatasetError
+
+SMALL = {"qa": 6, "reasoning": 5, "chat": 5, "code": 5}
+
+
+@pytest.fixture(scope="module")
+def dataset_path(shared_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "test_dataset.json"
+    build_test_dataset(str(shared_dir / "datasets"), output=path, counts=SMALL)
+    return path
+
+
+def test_requests_leave_out_the_shots_and_follow_the_templates(dataset_path):
+    items = load_test_dataset(dataset_path)
+    scored, requests = build_requests(items, limit=2)
+    assert len(scored) == len(requests) == 8
+    by_cat = {}
+    for it, req in zip(scored, requests):
+        by_cat.setdefault(it["category"], []).append((it, req))
+    for cat, pairs in by_cat.items():
+        shots = [it for it in items if it["category"] == cat][:NUM_SHOTS]
+        assert all(it["id"] not in {s["id"] for s in shots} for it, _ in pairs), "shots are never scored"
+        it, req = pairs[0]
+        if cat == "chat":
+            msgs = req["messages"]
+            assert req["endpoint"] == "chat" and msgs[-1]["role"] == "user"
+            assert msgs[-1]["content"] == it["prompt"]["messages"][-1]["content"]
+            assert {"role": "assistant", "content": shots[0]["reference"]} in msgs
+        else:
+            text = req["prompt"]
+            assert req["endpoint"] == "completions"
+            if cat == "qa":
+                assert text.endswith(f"Question: {it['prompt']['question']}\nAnswer:")
+                assert shots[0]["prompt"]["context"] in text
+            if cat == "reasoning":
+                assert shots[1]["answer"] in text and text.endswith("Answer:")
+            if cat == "code":
+                assert text.endswith(it["prompt"]["prompt"]) and shots[0]["canonical_solution"] in text
+                assert req["body"]["stop"] == DEFAULT_STOP["code"]
+    _, chat_mode = build_requests(items, categories=["qa"], limit=1, endpoint_mode="chat")
+    assert chat_mode[0]["endpoint"] == "chat" and chat_mode[0]["messages"][0]["role"] == "user"
+    with pytest.raises(ConfigError, match="unknown categories"):
+        build_requests(items, categories=["poetry"])
+
+
+def test_generation_failures_are_kept_and_scored_zero(dataset_path, tmp_path):
+    with _core.MockServer(fault="status", fault_arg=503) as server:
+        r = optbench.evaluate(server.base_url, "mock", dataset=dataset_path, categories=["qa", "reasoning"],
+                              limit=2, progress=False)
+    assert len(r.samples) == 4
+    assert (r.samples["error_kind"] == "http_5xx").all() and (r.samples["score"] == 0).all()
+    assert r.summary["num_failed"] == 4 and r.warnings
+
+
+def test_mock_generation_is_scored_and_saved(dataset_path, tmp_path):
+    with _core.MockServer(ttft_ms=1, gap_ms=0, tokens=5) as server:
+        r = optbench.evaluate(server.base_url, "mock", dataset=dataset_path, categories=["qa", "reasoning"],
+                              limit=3, concurrency=2, progress=False, label="mock")
+    s = r.samples
+    assert list(s["category"]) == ["qa"] * 3 + ["reasoning"] * 3
+    assert (s["output"] == " tok0 tok1 tok2 tok3 tok4").all()
+    # " tok0 ... tok4" has no right answer; its last number is 4.
+    assert (s.loc[s["category"] == "reasoning", "extracted"] == "4").all()
+    assert r.summary["categories"]["qa"]["n"] == 3
+    assert s["e2e_ms"].notna().all()
+    paths = optbench.save_evaluation(r, tmp_path)
+    csv = pd.read_csv(paths["csv"])
+    assert list(csv["category"]) == ["qa", "reasoning", "overall"]
+    assert pd.read_parquet(paths["parquet"]).shape[0] == 6
+
+
+def test_compare_quality_applies_the_5_percent_rule():
+    base = {"overall": 0.80, "categories": {"qa": {"score": 0.7}, "code": {"score": 0.9}}}
+    ok = {"overall": 0.761, "categories": {"qa": {"score": 0.75}, "code": {"score": 0.772}}}
+    bad = {"overall": 0.759, "categories": {"qa": {"score": 0.6}, "code": {"score": 0.918}}}
+    v = compare_quality(base, ok)
+    assert v["acceptable"] and v["categories"]["qa"]["delta"] == pytest.approx(0.05)
+    assert not compare_quality(base, bad)["acceptable"]
+    assert compare_quality(base, bad, threshold=0.06)["acceptable"]
+    with pytest.raises(ConfigError):
+        compare_quality(base, ok, threshold=1.5)
+
+
+def test_a_malformed_dataset_names_the_file_and_item(tmp_path, dataset_path):
+    data = json.loads(dataset_path.read_text())
+    del data["items"][3]["category"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=r"bad.json.*item 3"):
+        optbench.evaluate("http://127.0.0.1:9", "m", dataset=bad, progress=False)
+
+
+@pytest.mark.llama
+@pytest.mark.slow
+def test_evaluate_against_the_real_llama_server(llama_server, dataset_path, tmp_path):
+    r = optbench.evaluate(llama_server.base_url, llama_server.model, dataset=dataset_path,
+                          categories=["qa", "reasoning"], limit=2, concurrency=4, progress=False)
+    s = r.samples
+    assert len(s) == 4 and s["error_kind"].isna().all(), s[["error_kind"]]
+    assert (s["output_tokens"] > 0).sum() >= 3
+    # QA answers stop at the newline; reasoning answers stop before the next question.
+    assert not s.loc[s["category"] == "qa", "output"].str.contains("\n").any()
+    assert not s.loc[s["category"] == "reasoning", "output"].str.contains("Question:").any()
+    assert 0.0 <= r.overall <= 1.0
+    saved = optbench.save_evaluation(r, tmp_path)
+    assert pd.read_csv(saved["csv"]).shape[0] == 3
