@@ -106,15 +106,22 @@ def test_a_malformed_dataset_names_the_file_and_item(tmp_path, dataset_path):
 
 @pytest.mark.llama
 @pytest.mark.slow
-def test_evaluate_against_the_real_llama_server(llama_server, dataset_path, tmp_path):
-    r = optbench.evaluate(llama_server.base_url, llama_server.model, dataset=dataset_path,
-                          categories=["qa", "reasoning"], limit=2, concurrency=4, progress=False)
+def test_evaluate_against_the_real_llama_server(llama_server, dataset_path, tmp_path, shared_dir):
+    r = optbench.evaluate(llama_server.base_url, llama_server.model, dataset=dataset_path, limit=2,
+                          concurrency=4, progress=False, max_tokens={"code": 128, "chat": 64, "reasoning": 160},
+                          embedding_model=str(shared_dir / "models" / "all-MiniLM-L6-v2"))
     s = r.samples
-    assert len(s) == 4 and s["error_kind"].isna().all(), s[["error_kind"]]
-    assert (s["output_tokens"] > 0).sum() >= 3
+    assert len(s) == 8 and s["error_kind"].isna().all(), s[["error_kind"]]
+    assert list(r.summary["categories"]) == ["qa", "reasoning", "chat", "code"]
+    assert (s["output_tokens"] > 0).sum() >= 6
+    chat = s[s["category"] == "chat"]
+    assert chat["similarity"].between(-1, 1).all() and (chat["score"] == chat["similarity"]).all()
+    code = s[s["category"] == "code"]
+    assert code["code_result"].str.match(r"^(passed|timed out|failed: )").all()
+    assert "network_namespace" in r.summary["code_isolation"]
     # QA answers stop at the newline; reasoning answers stop before the next question.
     assert not s.loc[s["category"] == "qa", "output"].str.contains("\n").any()
     assert not s.loc[s["category"] == "reasoning", "output"].str.contains("Question:").any()
     assert 0.0 <= r.overall <= 1.0
     saved = optbench.save_evaluation(r, tmp_path)
-    assert pd.read_csv(saved["csv"]).shape[0] == 3
+    assert pd.read_csv(saved["csv"]).shape[0] == 5

@@ -217,6 +217,14 @@ def test_pass_at_k():
         scoring.pass_at_k(3, 4, 1)
 
 
-def test_unbuilt_scorers_say_so():
-    with pytest.raises(NotImplementedError):
-        scoring.chat_similarity(["a"], ["b"])
+def test_chat_similarity_with_the_real_model(shared_dir):
+    model = str(shared_dir / "models" / "all-MiniLM-L6-v2")
+    sims = scoring.chat_similarity(
+        ["I can help you bake bread.", "The stock market fell today.", ""],
+        ["I can help you bake bread.", "Here is a recipe for sourdough.", "Hello"],
+        model=model,
+    )
+    assert sims[0] == pytest.approx(1.0, abs=1e-6)
+    assert -1.0 <= sims[1] < 0.5 and -1.0 <= sims[2] <= 1.0
+    with pytest.raises(ConfigError):
+        scoring.chat_similarity(["a"], [], model=model)

@@ -14,7 +14,7 @@ Quality: ``optbench.evaluate(base_url, model, dataset="data/test_dataset.json")`
 scores answers (QA, math reasoning, chat, code); ``optbench.compare_quality`` gives the verdict.
 """
 
-from optbench import datasets, exceptions, scoring
+from optbench import datasets, embeddings, exceptions, sandbox, scoring
 from optbench._core import __version__, build_profile
 from optbench.exceptions import ConfigError, OptbenchError, ServerError, ServerStartError, TokenizerError
 from optbench.evaluate import EvaluationResult, aevaluate, compare_quality, evaluate, save_evaluation
@@ -41,6 +41,8 @@ __all__ = [
     "compare_quality",
     "save_evaluation",
     "datasets",
+    "embeddings",
+    "sandbox",
     "scoring",
     "exceptions",
     "OptbenchError",

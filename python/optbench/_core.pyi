@@ -1,10 +1,16 @@
 """Type stub of optbench's Rust extension (see rust/optbench-py)."""
 
 from collections.abc import Awaitable
+from os import PathLike
+from pathlib import Path
 from typing import Any, Literal, final
+
+import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "ConfigError",
+    "Embedder",
     "LoadTest",
     "MockServer",
     "OptbenchError",
@@ -15,8 +21,10 @@ __all__ = [
     "count_tokens",
     "gsm8k_correct",
     "gsm8k_extract",
+    "humaneval_program",
     "make_prompts",
     "pass_at_k",
+    "run_programs",
     "squad_normalize",
     "squad_v2_scores",
 ]
@@ -106,3 +114,37 @@ def squad_normalize(text: str) -> str: ...
 def gsm8k_extract(text: str, mode: str = "default") -> str: ...
 def gsm8k_correct(predictions: list[str], golds: list[str], mode: str = "default") -> list[bool]: ...
 def pass_at_k(n: int, c: int, k: int) -> float: ...
+
+@final
+class Embedder:
+    """Sentence embedding model (BERT encoder, mean pooling, L2 norm) run by ONNX Runtime.
+    Use optbench.embeddings.Embedder, which finds the model folder and the library."""
+
+    def __new__(
+        cls,
+        model_dir: str | PathLike[str],
+        ort_library: str | PathLike[str],
+        *,
+        threads: int | None = None,
+        max_length: int = 256,
+    ) -> Embedder: ...
+    def encode(self, texts: list[str], batch_size: int = 32) -> npt.NDArray[np.float32]: ...
+    def tokenize(self, texts: list[str]) -> list[list[int]]: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def max_length(self) -> int: ...
+    @property
+    def model_path(self) -> Path: ...
+
+def run_programs(
+    programs: list[str],
+    *,
+    workers: int | None = None,
+    timeout_s: float = 10.0,
+    memory_mb: int = 1024,
+    cpu_s: int = 10,
+    python: str | PathLike[str] | None = None,
+    max_output_bytes: int = 65536,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]: ...
+def humaneval_program(prompt: str, completion: str, test: str, entry_point: str) -> str: ...

@@ -246,12 +246,13 @@ def _score(samples: pd.DataFrame, items: Sequence[Mapping[str, Any]], opts: dict
         samples.loc[ch, "score"] = sims
     cd = np.flatnonzero(cats == "code")
     if len(cd):
-        results = scoring.humaneval(
+        code = scoring.humaneval(
             [items[i] for i in cd], [samples.at[i, "output"] for i in cd],
             workers=opts["sandbox_workers"], timeout_s=opts["code_timeout_s"],
         )
-        samples.loc[cd, "code_result"] = [r.text for r in results]
-        samples.loc[cd, "score"] = [1.0 if r.status == "passed" else 0.0 for r in results]
+        samples.loc[cd, "code_result"] = [r.text for r in code.results]
+        samples.loc[cd, "score"] = code.passed.astype(float)
+        samples.attrs["code_isolation"] = code.isolation
     # A failed generation scores 0 whatever its partial text scored.
     samples.loc[samples["error_kind"].notna(), "score"] = 0.0
 
@@ -304,6 +305,9 @@ def _finish(run: _core.LoadTest, items: Sequence[Mapping[str, Any]], requests: l
     samples.loc[samples["error_kind"] == "empty_output", "error_kind"] = None
     _score(samples, items, opts)
     summary = _summarize(samples)
+    if "code_isolation" in samples.attrs:
+        # What the sandbox actually achieved on this machine, kept with the scores.
+        summary["code_isolation"] = samples.attrs.pop("code_isolation")
     warns = []
     if summary["num_failed"]:
         warns.append(f"{summary['num_failed']} generations failed and scored 0 (see error_kind)")

@@ -7,18 +7,20 @@
   exact-match normalisation);
 - :func:`pass_at_k`: HumanEval's unbiased estimator.
 
-The chat (embedding similarity) and code (sandboxed execution) scorers are not built yet:
-:func:`chat_similarity` and :func:`humaneval` raise ``NotImplementedError``.
+- :func:`chat_similarity`: cosine similarity of all-MiniLM-L6-v2 sentence embeddings;
+- :func:`humaneval`: HumanEval pass/fail through the sandbox.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Sequence, overload
 
 import numpy as np
 
 from optbench import _core
+from optbench.exceptions import ConfigError
 
 #: The answer QA prompts ask for when the context does not contain one; it scores as "".
 DEFAULT_NO_ANSWER_PHRASE = "unanswerable"
@@ -100,11 +102,64 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return _core.pass_at_k(n, c, k)
 
 
-def chat_similarity(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
-    """Cosine similarity of all-MiniLM-L6-v2 embeddings. Not built yet."""
-    raise NotImplementedError("chat_similarity (ONNX embeddings) is not built yet: see issue 3")
+_EMBEDDERS: dict[str, Any] = {}
 
 
-def humaneval(*args: Any, **kwargs: Any) -> Any:
-    """HumanEval pass@1 through the sandbox. Not built yet."""
-    raise NotImplementedError("the HumanEval sandbox is not built yet: see issue 3")
+def chat_similarity(
+    predictions: Sequence[str], references: Sequence[str], *, model: str | None = None
+) -> np.ndarray:
+    """Cosine similarity of each prediction's and reference's all-MiniLM-L6-v2 embedding (ONNX
+    Runtime, as sentence-transformers computes them). ``model``: a local folder or a hub id
+    (default: ``$OPTBENCH_EMBEDDING_MODEL``, else ``optbench.embeddings.DEFAULT_MODEL`` from the
+    hub); the loaded model is reused."""
+    from optbench.embeddings import DEFAULT_MODEL, Embedder
+
+    if len(predictions) != len(references):
+        raise ConfigError(f"{len(predictions)} predictions but {len(references)} references")
+    key = str(model or os.environ.get("OPTBENCH_EMBEDDING_MODEL") or DEFAULT_MODEL)
+    if key not in _EMBEDDERS:
+        _EMBEDDERS[key] = Embedder(key)
+    return np.asarray(_EMBEDDERS[key].similarity(list(predictions), list(references)), dtype=float)
+
+
+@dataclass(frozen=True)
+class HumanEvalScores:
+    """One sandbox result per completion, pass@1, and the isolation the sandbox achieved."""
+
+    results: list[Any]
+    isolation: dict[str, Any]
+
+    @property
+    def passed(self) -> np.ndarray:
+        return np.array([r.status == "passed" for r in self.results], dtype=bool)
+
+    @property
+    def pass_at_1(self) -> float:
+        return float(self.passed.mean()) if self.results else 0.0
+
+
+def humaneval(
+    items: Sequence[Any],
+    completions: Sequence[str],
+    *,
+    workers: int | None = None,
+    timeout_s: float = 10.0,
+    memory_mb: int = 1024,
+    python: str | None = None,
+) -> HumanEvalScores:
+    """Runs ``prompt + completion + "\\n" + test + "\\n" + f"check({entry_point})"`` for each
+    HumanEval item in the sandbox (own process group, resource limits, timeout, empty
+    environment, throwaway directory, no network where possible, unprivileged uid under root).
+    A completion passes when the program exits 0."""
+    from optbench import sandbox
+
+    if len(items) != len(completions):
+        raise ConfigError(f"{len(items)} items but {len(completions)} completions: give one completion per item")
+    programs = []
+    for i, item in enumerate(items):
+        prompt = item["prompt"]["prompt"] if isinstance(item["prompt"], dict) else item["prompt"]
+        programs.append(sandbox.humaneval_program(prompt, completions[i], item["test"], item["entry_point"]))
+    results, isolation = sandbox.run_programs(
+        programs, workers=workers, timeout_s=timeout_s, memory_mb=memory_mb, cpu_s=max(1, int(timeout_s)), python=python
+    )
+    return HumanEvalScores(results=results, isolation=isolation)

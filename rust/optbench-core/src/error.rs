@@ -10,6 +10,9 @@ pub enum CoreError {
     /// A tokenizer could not be loaded or used.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A model (the chat scorer's embedding model) could not be loaded or run.
+    #[error("model: {0}")]
+    Model(String),
     /// An HTTP exchange that a run depends on (not a measured request) failed.
     #[error("http: {0}")]
     Http(String),

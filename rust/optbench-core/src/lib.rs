@@ -5,18 +5,23 @@
 //! - [`record`]: the per-request record and its metrics; [`metrics`]: the aggregates;
 //! - [`tokens`] and [`prompts`]: prompts of a target length in the server's tokens;
 //! - [`arrow`]: records as an Arrow record batch;
+//! - [`embeddings`]: sentence embeddings (all-MiniLM-L6-v2 through ONNX Runtime) for the chat scorer;
+//! - [`scoring`]: SQuAD v2, GSM8K and pass@k, equal to their references;
+//! - [`sandbox`]: runs untrusted Python programs (HumanEval) isolated and bounded;
 //! - [`mock`]: an OpenAI-compatible streaming server with known timing and injectable faults.
 //!
-//! Everything runs on the caller's tokio runtime; nothing here starts servers or draws plots.
+//! Async work runs on the caller's tokio runtime; nothing here starts servers or draws plots.
 
 pub mod arrow;
 pub mod client;
+pub mod embeddings;
 pub mod error;
 pub mod metrics;
 pub mod mock;
 pub mod prompts;
 pub mod record;
 pub mod runner;
+pub mod sandbox;
 pub mod schedule;
 pub mod scoring;
 pub mod sse;

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 mod embeddings;
+mod sandbox;
 
 create_exception!(optbench._core, OptbenchError, PyException, "Base class of every optbench error.");
 create_exception!(optbench._core, ConfigError, OptbenchError, "A parameter is invalid; the message says what to fix.");
@@ -573,5 +574,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(gsm8k_correct, m)?)?;
     m.add_function(wrap_pyfunction!(pass_at_k, m)?)?;
     embeddings::register(m)?;
+    sandbox::register(m)?;
     Ok(())
 }

@@ -1,0 +1,138 @@
+"""Run untrusted Python programs in optbench's sandbox; score HumanEval completions.
+
+Each program runs in its own ``python3 -I -B`` process (Rust, ``optbench-core``'s ``sandbox``):
+own session and process group, killed as a whole at the wall-clock timeout; limits on CPU
+time, address space, processes, file size and open files, no core dumps; an empty environment,
+stdin from ``/dev/null``, a fresh temporary working directory removed afterwards; a new network
+namespace where the kernel allows one; when run as root, an unprivileged uid of its own; and,
+where the kernel has Landlock, no writes outside the working directory and no TCP. The report
+returned with the results says which of these this machine actually gave.
+
+Programs run the way HumanEval's reference harness runs them: ``exec`` of the whole program in
+fresh globals, which must return (``os._exit(0)`` or ``sys.exit(0)`` before the end fails, as
+in the reference). Results read "passed", "timed out" or "failed: <reason>"::
+
+    from optbench.sandbox import score_humaneval
+    results = score_humaneval(items, completions, workers=2)
+    pass_at_1 = sum(r.passed for r in results) / len(results)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from optbench import _core
+from optbench.exceptions import ConfigError
+
+__all__ = ["SandboxResult", "run_programs", "humaneval_program", "score_humaneval"]
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    """The outcome of one program.
+
+    ``status`` is "passed" (the program ran to its end and exited with code 0), "timed out"
+    (killed at the wall-clock timeout) or "failed", with a concise ``reason`` such as
+    ``"exit code 1: AssertionError"``, ``"memory limit: MemoryError"`` or
+    ``"CPU time limit (SIGXCPU)"``. ``text`` is "passed", "timed out" or "failed: <reason>".
+    ``stdout`` / ``stderr`` hold at most ``max_output_bytes`` each; ``truncated`` says whether
+    either was longer."""
+
+    status: Literal["passed", "timed out", "failed"]
+    reason: str | None
+    text: str
+    exit_code: int | None
+    signal: int | None
+    duration_s: float
+    cpu_time_s: float
+    stdout: str
+    stderr: str
+    truncated: bool
+
+    @property
+    def passed(self) -> bool:
+        """Whether the program passed."""
+        return self.status == "passed"
+
+
+def run_programs(
+    programs: Sequence[str],
+    *,
+    workers: int | None = None,
+    timeout_s: float = 10.0,
+    memory_mb: int = 1024,
+    cpu_s: int = 10,
+    python: str | os.PathLike[str] | None = None,
+    max_output_bytes: int = 65536,
+) -> tuple[list[SandboxResult], dict[str, Any]]:
+    """Runs each program in the sandbox, ``workers`` at a time (None: one per CPU).
+
+    Returns the results in input order and the isolation report: the weakest any run got,
+    with ``python`` / ``python_version`` (the interpreter used), ``dropped_to_uid`` (the
+    unprivileged uid programs ran as, None if they kept the parent's; each run leases its own
+    uid from a range, this is one of them), ``network_namespace``, ``landlock_abi``,
+    ``filesystem_writes_confined``, ``tcp_denied``, ``signals_scoped``, ``no_new_privs``,
+    ``limits`` (the resource limits applied; ``processes`` None when not applied),
+    ``wall_timeout_s`` and ``notes`` (why anything is missing).
+
+    ``python`` defaults to ``python3`` on PATH, else the system interpreter: under root,
+    programs run as an unprivileged uid, which cannot start an interpreter installed under
+    ``/root`` (a pyenv or a virtual environment there), so ``sys.executable`` is often not
+    usable. Raises :class:`~optbench.exceptions.ConfigError` for bad parameters or when no
+    interpreter runs in the sandbox, and ``KeyboardInterrupt`` (after killing the programs in
+    flight) on Ctrl-C.
+    """
+    if isinstance(programs, str):
+        raise ConfigError("programs must be a sequence of program texts, not one string")
+    dicts, isolation = _core.run_programs(
+        list(programs),
+        workers=workers,
+        timeout_s=timeout_s,
+        memory_mb=memory_mb,
+        cpu_s=cpu_s,
+        python=None if python is None else os.fspath(python),
+        max_output_bytes=max_output_bytes,
+    )
+    return [SandboxResult(**d) for d in dicts], isolation
+
+
+def humaneval_program(prompt: str, completion: str, test: str, entry_point: str) -> str:
+    """The program HumanEval's reference harness runs for one completion:
+    ``prompt + completion + "\\n" + test + "\\n" + f"check({entry_point})"``."""
+    return _core.humaneval_program(prompt, completion, test, entry_point)
+
+
+def score_humaneval(
+    items: Sequence[Mapping[str, Any]],
+    completions: Sequence[str],
+    *,
+    workers: int | None = None,
+    timeout_s: float = 10.0,
+    memory_mb: int = 1024,
+    cpu_s: int = 10,
+    python: str | os.PathLike[str] | None = None,
+) -> list[SandboxResult]:
+    """Runs each completion against its HumanEval item's tests; one result per completion.
+
+    ``items`` are HumanEval rows (``prompt``, ``test``, ``entry_point``) or code items of the
+    evaluation dataset (whose ``prompt`` is ``{"prompt": ...}``); ``completions[i]`` completes
+    ``items[i]``'s prompt. pass@1 is the share of results that passed.
+    """
+    if len(items) != len(completions):
+        raise ConfigError(f"{len(items)} items but {len(completions)} completions: give one completion per item")
+    programs = []
+    for i, item in enumerate(items):
+        try:
+            prompt = item["prompt"]
+            if isinstance(prompt, Mapping):
+                prompt = prompt["prompt"]
+            programs.append(humaneval_program(prompt, completions[i], item["test"], item["entry_point"]))
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"item {i} is not a HumanEval item (needs prompt, test and entry_point): {e!r}") from e
+    results, _ = run_programs(
+        programs, workers=workers, timeout_s=timeout_s, memory_mb=memory_mb, cpu_s=cpu_s, python=python
+    )
+    return results
