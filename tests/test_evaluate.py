@@ -125,3 +125,22 @@ def test_evaluate_against_the_real_llama_server(llama_server, dataset_path, tmp_
     assert 0.0 <= r.overall <= 1.0
     saved = optbench.save_evaluation(r, tmp_path)
     assert pd.read_csv(saved["csv"]).shape[0] == 5
+
+
+@pytest.mark.llama
+@pytest.mark.slow
+def test_cli_evaluate_writes_rows_and_samples(llama_server, dataset_path, tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "optbench.cli", "evaluate", "--base-url", llama_server.base_url,
+         "--model", llama_server.model, "--dataset", str(dataset_path), "--categories", "qa",
+         "--limit", "2", "--label", "cli-eval", "--results-dir", str(tmp_path), "--no-progress"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "overall quality" in out.stdout
+    csv = pd.read_csv(tmp_path / "evaluation_summary.csv")
+    assert list(csv["category"]) == ["qa", "overall"] and (csv["label"] == "cli-eval").all()
+    assert pd.read_parquet(tmp_path / csv.loc[0, "samples_parquet"]).shape[0] == 2
