@@ -31,7 +31,6 @@ import asyncio
 import datetime as _dt
 import json
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -44,7 +43,7 @@ import pyarrow.parquet as pq
 from optbench import _core, scoring
 from optbench.datasets import CATEGORIES, load_test_dataset
 from optbench.exceptions import ConfigError
-from optbench.loadtest import DEFAULT_TIMEOUT_S, _api_key, _ProgressLine
+from optbench.loadtest import DEFAULT_TIMEOUT_S, _api_key, drive
 from optbench.results import append_csv_row, new_run_id
 
 NUM_SHOTS = 2
@@ -377,23 +376,7 @@ def evaluate(
                                      templates=templates, max_tokens=max_tokens, stop=stop)
     label = label or model
     run = _start_generation(base_url, model, requests, opts)
-    line = _ProgressLine(f"{label} evaluation") if progress is True and os.isatty(2) else None
-    callback = progress if callable(progress) else line
-    try:
-        while not run.wait(0.25):
-            if callback:
-                callback(run.progress())
-    except KeyboardInterrupt:
-        run.cancel()
-        run.wait()
-        warnings.warn("evaluation interrupted: scoring the generations that finished", stacklevel=2)
-    except BaseException:
-        run.cancel()
-        run.wait()
-        raise
-    finally:
-        if line:
-            line.close()
+    drive(run, progress, f"{label} evaluation", 0.25, what="evaluation")
     return _finish(run, items, requests, opts, label)
 
 

@@ -171,6 +171,32 @@ class _ProgressLine:
         self.stream.flush()
 
 
+def drive(
+    run: _core.LoadTest, progress: bool | ProgressCallback, label: str, interval_s: float, what: str
+) -> None:
+    """Waits for a run while reporting progress every ``interval_s``. Ctrl-C stops sending,
+    lets requests in flight end as ``cancelled`` rows and returns normally (the finished rows
+    are kept); any other exception cancels the run and propagates."""
+    callback, closer = _progress_fn(progress, label)
+    try:
+        while not run.wait(interval_s):
+            if callback:
+                callback(run.progress())
+        if callback:
+            callback(run.progress())  # the final counts
+    except KeyboardInterrupt:
+        run.cancel()
+        run.wait()
+        warnings.warn(f"{what} interrupted: returning the requests that finished", stacklevel=3)
+    except BaseException:
+        run.cancel()
+        run.wait()
+        raise
+    finally:
+        if closer:
+            closer.close()
+
+
 def _api_key(api_key_env: str | None) -> str | None:
     if api_key_env is None:
         return None
@@ -360,25 +386,7 @@ def load_test(
     for w in prompt_set.warnings:
         warnings.warn(w, stacklevel=2)
     run = _start(base_url, model, prompt_set, config, key, tokenizer)
-    callback, closer = _progress_fn(progress, label)
-    try:
-        while not run.wait(progress_interval_s):
-            if callback:
-                callback(run.progress())
-        if callback:
-            callback(run.progress())  # the final counts
-    except KeyboardInterrupt:
-        # Stop sending, let in-flight requests end as `cancelled` rows, keep what finished.
-        run.cancel()
-        run.wait()
-        warnings.warn("load test interrupted: returning the requests that finished", stacklevel=2)
-    except BaseException:
-        run.cancel()
-        run.wait()
-        raise
-    finally:
-        if closer:
-            closer.close()
+    drive(run, progress, label, progress_interval_s, what="load test")
     return _finish(run, config, label, prompt_set)
 
 
