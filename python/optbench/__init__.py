@@ -21,6 +21,8 @@ from optbench.evaluate import EvaluationResult, aevaluate, compare_quality, eval
 from optbench.loadtest import LoadTestResult, aload_test, load_test
 from optbench.prompts import PromptSet, load_user_prompts, synthetic_prompts
 from optbench.results import save_load_test
+from optbench.config import ServerConfig, load_config
+from optbench.servers.engines import Server, serve
 from optbench.servers.llama_cpp import LlamaServer, embedded_server
 
 __all__ = [
@@ -34,6 +36,10 @@ __all__ = [
     "synthetic_prompts",
     "save_load_test",
     "LlamaServer",
+    "ServerConfig",
+    "load_config",
+    "Server",
+    "serve",
     "embedded_server",
     "evaluate",
     "aevaluate",

@@ -6,6 +6,7 @@
     optbench embedded-server [--port N]                        serve the embedded model until Ctrl-C
     optbench dataset build --source FOLDER|hub                 build data/test_dataset.json (520 prompts)
     optbench evaluate --base-url URL --model NAME [options]    generate and score on the dataset
+    optbench serve [--print-command] CONFIG                    start a configuration's server (or print its command)
     optbench info                                              versions, build, where things are
 """
 
@@ -161,6 +162,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from optbench.servers.engines import print_command, serve
+
+    if args.print_command:
+        print(print_command(args.config))
+        return 0
+    with serve(args.config) as server:
+        print(f"{server.config.name}: {server.model} at {server.base_url} (log {server.log_path}); Ctrl-C stops it", flush=True)
+        try:
+            while True:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
 def _cmd_embedded_server(args: argparse.Namespace) -> int:
     with LlamaServer(port=args.port, parallel=args.parallel, host=args.host) as server:
         print(f"serving {server.model} at {server.base_url} (log {server.log_path}); Ctrl-C stops it", flush=True)
@@ -199,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", default="results")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("serve", help="start a configuration's server until Ctrl-C, or print its command")
+    p.add_argument("config", help="a configuration file, e.g. configs/vllm.toml")
+    p.add_argument("--print-command", action="store_true", help="print the equivalent shell command and exit")
+    p.set_defaults(func=_cmd_serve)
     p = sub.add_parser("embedded-server", help="serve the embedded model until Ctrl-C")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=None, help="default: a free port")

@@ -1,0 +1,130 @@
+"""Server configurations: validation naming the key, the engines' argument lists, and
+`optbench.serve` starting and always stopping a real server."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import optbench
+from optbench.config import load_config, parse_config
+from optbench.exceptions import ConfigError, ServerStartError
+from optbench.servers.engines import print_command, server_command
+from optbench.servers.process import free_port
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.stem)
+def test_every_committed_configuration_is_valid(path):
+    cfg = load_config(path)
+    assert cfg.name == path.stem
+    assert print_command(cfg)
+
+
+def test_the_brief_s_five_serve_llama_3_1_8b_on_port_8000():
+    five = ["baseline_llama_cpp", "vllm", "vllm_fp8_quantization", "sglang", "sglang_torch_compile"]
+    for name in five:
+        cfg = load_config(CONFIGS / f"{name}.toml")
+        assert cfg.model == "meta-llama/Llama-3.1-8B-Instruct" and cfg.port == 8000
+    assert load_config(CONFIGS / "baseline_llama_cpp.toml").baseline
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ({"model": "m"}, "missing key 'engine'"),
+        ({"engine": "tgi", "model": "m"}, "key 'engine' must be one of"),
+        ({"engine": "vllm", "model": "m", "prot": 1}, "unknown key 'prot'"),
+        ({"engine": "vllm", "model": "m", "port": "8000"}, "key 'port' must be an integer"),
+        ({"engine": "vllm", "model": "m", "port": 70000}, "key 'port' must be between"),
+        ({"engine": "vllm", "model": "m", "server": {"max_num_seqs": "a"}}, "key 'server.max_num_seqs' must be an integer"),
+        ({"engine": "vllm", "model": "m", "server": {"ctx_size": 4}}, "unknown key 'server.ctx_size'"),
+        ({"engine": "vllm", "model": "m", "server": {"gpu_memory_utilization": 1.5}}, "server.gpu_memory_utilization"),
+        ({"engine": "vllm", "model": "m", "server": {"extra_args": "--x 1"}}, "key 'server.extra_args' must be a list"),
+        ({"engine": "sglang", "model": "m", "server": {"enable_torch_compile": 1}}, "true or false"),
+        ({"engine": "openai", "model": "m"}, "server.base_url"),
+        ({"engine": "vllm", "model": "m", "load_test": {"num_requets": 5}}, "unknown key 'load_test.num_requets'"),
+        ({"engine": "vllm", "model": "m", "env": {"X": 1}}, "key 'env.X' must be a string"),
+    ],
+)
+def test_validation_errors_name_the_file_and_key(data, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        parse_config(data, "configs/x.toml")
+    assert str(info.value).startswith("configs/x.toml: ")
+
+
+def test_bad_toml_and_missing_files(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("engine = \n")
+    with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_vllm_fp8_command():
+    args = server_command(load_config(CONFIGS / "vllm_fp8_quantization.toml"))
+    assert args[:3] == ["vllm", "serve", "meta-llama/Llama-3.1-8B-Instruct"]
+    assert args[args.index("--quantization") + 1] == "fp8"
+    assert args[args.index("--port") + 1] == "8000"
+    assert args[args.index("--max-model-len") + 1] == "8192"
+    assert args[args.index("--gpu-memory-utilization") + 1] == "0.9"
+    assert "--quantization" not in server_command(load_config(CONFIGS / "vllm.toml"))
+
+
+def test_sglang_commands():
+    plain = server_command(load_config(CONFIGS / "sglang.toml"))
+    compiled = server_command(load_config(CONFIGS / "sglang_torch_compile.toml"))
+    assert plain[:3] == ["python3", "-m", "sglang.launch_server"]
+    assert plain[plain.index("--model-path") + 1] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert "--enable-torch-compile" not in plain and "--enable-torch-compile" in compiled
+    assert compiled[compiled.index("--mem-fraction-static") + 1] == "0.85"
+
+
+def test_print_command_cli_is_a_shell_line_of_the_argument_list():
+    out = subprocess.run([sys.executable, "-m", "optbench.cli", "serve", "--print-command",
+                          str(CONFIGS / "vllm_fp8_quantization.toml")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert shlex.split(out.stdout) == server_command(load_config(CONFIGS / "vllm_fp8_quantization.toml"))
+
+
+def test_an_engine_that_is_not_installed_is_reported():
+    cfg = parse_config({"engine": "vllm", "model": "m", "port": free_port()}, "x.toml")
+    if __import__("shutil").which("vllm"):
+        pytest.skip("vllm is installed here")
+    with pytest.raises(ServerStartError, match="not installed"):
+        with optbench.serve(cfg):
+            pass
+
+
+def test_openai_engine_checks_the_server_is_there():
+    cfg = parse_config({"engine": "openai", "model": "m", "server": {"base_url": f"http://127.0.0.1:{free_port()}/v1"}})
+    with pytest.raises(ServerStartError, match="did not answer"):
+        with optbench.serve(cfg):
+            pass
+
+
+@pytest.mark.llama
+@pytest.mark.slow
+def test_serve_the_embedded_configuration_and_always_stop_it(tmp_path):
+    with optbench.serve(CONFIGS / "embedded.toml", log_dir=tmp_path) as server:
+        assert server.model == "SmolLM2-135M-Instruct" and server.version != "unknown"
+        r = optbench.load_test(server.base_url, server.model, num_requests=2, concurrency=2,
+                               input_tokens=32, output_tokens=4, progress=False)
+        assert r.summary["num_succeeded"] == 2
+        pid = server._llama.process.pid
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)
+    assert (tmp_path / "embedded.log").stat().st_size > 0
+    with pytest.raises(RuntimeError):
+        with optbench.serve(CONFIGS / "embedded.toml", log_dir=tmp_path) as server:
+            pid = server._llama.process.pid
+            raise RuntimeError("the body failed")
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)
