@@ -22,6 +22,8 @@ from optbench.loadtest import LoadTestResult, aload_test, load_test
 from optbench.prompts import PromptSet, load_user_prompts, synthetic_prompts
 from optbench.results import save_load_test
 from optbench.config import ServerConfig, load_config
+from optbench.report import build_report
+from optbench.run import run
 from optbench.servers.engines import Server, serve
 from optbench.servers.llama_cpp import LlamaServer, embedded_server
 
@@ -40,6 +42,8 @@ __all__ = [
     "load_config",
     "Server",
     "serve",
+    "run",
+    "build_report",
     "embedded_server",
     "evaluate",
     "aevaluate",

@@ -7,6 +7,8 @@
     optbench dataset build --source FOLDER|hub                 build data/test_dataset.json (520 prompts)
     optbench evaluate --base-url URL --model NAME [options]    generate and score on the dataset
     optbench serve [--print-command] CONFIG                    start a configuration's server (or print its command)
+    optbench run CONFIG [CONFIG ...] [--profile quick]         the whole comparison: results.csv + RESULTS.md
+    optbench report [RUN_DIR]                                  rebuild results.csv + RESULTS.md from Parquet
     optbench info                                              versions, build, where things are
 """
 
@@ -162,6 +164,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from optbench.run import run
+
+    report = run(args.configs, profile=args.profile, dataset=args.dataset, dataset_source=args.dataset_source,
+                 results_dir=args.results_dir, report_path=args.report, progress=not args.no_progress)
+    print(report["markdown"])
+    print(f"wrote {report['csv']} and {report['report']}", file=sys.stderr)
+    return 0 if (report["table"]["status"] == "ok").any() else 1
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from optbench.report import build_report, latest_run
+
+    run_dir = args.run_dir or latest_run(args.results_dir)
+    report = build_report(run_dir, results_dir=args.results_dir, report_path=args.report)
+    print(report["markdown"])
+    print(f"rebuilt {report['csv']} and {report['report']} from {run_dir}", file=sys.stderr)
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from optbench.servers.engines import print_command, serve
 
@@ -216,6 +238,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", default="results")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("run", help="serve, load-test and evaluate each configuration; write results.csv and RESULTS.md")
+    p.add_argument("configs", nargs="+", help="configuration files, e.g. configs/*.toml")
+    p.add_argument("--profile", choices=["full", "quick"], default="full", help="quick: a short load test and a small dataset slice (CPU machines)")
+    p.add_argument("--dataset", default="data/test_dataset.json")
+    p.add_argument("--dataset-source", default=None, help="build the dataset from this folder (or 'hub') when it is missing")
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--report", default="RESULTS.md", help="where RESULTS.md goes")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_run)
+    p = sub.add_parser("report", help="rebuild results.csv and RESULTS.md from a run's Parquet files")
+    p.add_argument("run_dir", nargs="?", default=None, help="results/runs/<run id> (default: the newest)")
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--report", default="RESULTS.md")
+    p.set_defaults(func=_cmd_report)
     p = sub.add_parser("serve", help="start a configuration's server until Ctrl-C, or print its command")
     p.add_argument("config", help="a configuration file, e.g. configs/vllm.toml")
     p.add_argument("--print-command", action="store_true", help="print the equivalent shell command and exit")

@@ -1,0 +1,202 @@
+"""The comparison table and RESULTS.md, rebuilt from a run's Parquet files alone
+(``optbench report``), so every number can be checked with pandas.
+
+Speed: from ``requests.parquet`` (measured = not warm-up; latencies over successful requests;
+percentiles interpolate linearly): P50/P99 TTFT, P50 tokens/s, P50/P99 E2E; request and
+output-token throughput over the measured window (first scheduled start to last end).
+Quality: from ``samples.parquet``: each category's mean score; overall = mean of the categories.
+The baseline is the configuration marked ``baseline = true`` (else the first); a configuration
+is acceptable when its overall quality is at least 95% of the baseline's. The recommendation
+is the acceptable configuration with the highest output-token throughput.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from optbench.datasets import CATEGORIES
+from optbench.exceptions import ConfigError
+
+QUALITY_THRESHOLD = 0.05
+RESULTS_CSV = "results.csv"
+
+
+def speed_metrics(requests: pd.DataFrame) -> dict[str, float]:
+    """The load-test columns of the comparison table, from per-request rows."""
+    measured = requests[~requests["warmup"]]
+    ok = measured[measured["success"]]
+    end = measured["done_ns"].fillna(measured["last_token_ns"]).fillna(measured["sent_ns"])
+    window_s = (end.max() - measured["scheduled_ns"].min()) / 1e9 if len(measured) else float("nan")
+    q = lambda col, p: float(ok[col].quantile(p)) if ok[col].notna().any() else float("nan")  # noqa: E731
+    return {
+        "ttft_p50_ms": q("ttft_ms", 0.5),
+        "ttft_p99_ms": q("ttft_ms", 0.99),
+        "tokens_per_s_p50": q("tokens_per_s", 0.5),
+        "e2e_p50_ms": q("e2e_ms", 0.5),
+        "e2e_p99_ms": q("e2e_ms", 0.99),
+        "request_throughput": len(ok) / window_s if window_s > 0 else float("nan"),
+        "output_token_throughput": float(ok["output_tokens"].sum()) / window_s if window_s > 0 else float("nan"),
+        "num_requests": int(len(measured)),
+        "num_failed": int((~measured["success"]).sum()),
+    }
+
+
+def quality_metrics(samples: pd.DataFrame) -> dict[str, float]:
+    """Each category's mean score and the overall (mean of the category means)."""
+    out: dict[str, float] = {}
+    for cat in CATEGORIES:
+        rows = samples[samples["category"] == cat]
+        if len(rows):
+            out[f"quality_{cat}"] = float(rows["score"].mean())
+    cats = [v for k, v in out.items()]
+    out["quality_overall"] = float(np.mean(cats)) if cats else float("nan")
+    return out
+
+
+def comparison_table(run_dir: str | os.PathLike[str]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """One row per configuration of the run, and the configurations' meta.json contents."""
+    run_dir = Path(run_dir)
+    metas = []
+    for meta_file in sorted(run_dir.glob("*/meta.json"), key=lambda p: p.stat().st_mtime):
+        meta = json.loads(meta_file.read_text())
+        meta["_dir"] = str(meta_file.parent)
+        metas.append(meta)
+    if not metas:
+        raise ConfigError(f"{run_dir}: no configuration results (*/meta.json) found")
+    rows = []
+    for meta in metas:
+        d = Path(meta["_dir"])
+        row: dict[str, Any] = {"configuration": meta["name"], "status": meta["status"]}
+        if (d / "requests.parquet").exists():
+            row.update(speed_metrics(pd.read_parquet(d / "requests.parquet")))
+        if (d / "samples.parquet").exists():
+            row.update(quality_metrics(pd.read_parquet(d / "samples.parquet")))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    base_i = next((i for i, m in enumerate(metas) if m.get("baseline")), 0)
+    base_q = table.loc[base_i, "quality_overall"] if "quality_overall" in table else float("nan")
+    if "quality_overall" in table and pd.notna(base_q) and base_q > 0:
+        table["quality_change_vs_baseline"] = (table["quality_overall"] - base_q) / base_q
+        table["acceptable"] = (table["quality_overall"] >= (1 - QUALITY_THRESHOLD) * base_q) & (table["status"] == "ok")
+    else:
+        table["quality_change_vs_baseline"] = np.nan
+        table["acceptable"] = table["status"] == "ok"
+    table["baseline"] = [i == base_i for i in range(len(table))]
+    return table, metas
+
+
+def _fmt(v: Any, digits: int = 1) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (float, np.floating)):
+        return "–" if np.isnan(v) else f"{v:,.{digits}f}"
+    return str(v)
+
+
+def render_markdown(table: pd.DataFrame, metas: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """RESULTS.md's text and the findings it states."""
+    base = table[table["baseline"]].iloc[0]
+    ok = table[table["acceptable"] & table["output_token_throughput"].notna()] if "output_token_throughput" in table else table.iloc[0:0]
+    best = ok.sort_values("output_token_throughput", ascending=False).iloc[0] if len(ok) else None
+    findings: dict[str, Any] = {"baseline": base["configuration"], "recommended": None if best is None else best["configuration"]}
+    lines = ["# optbench results", ""]
+    m0 = metas[0]
+    lt = m0.get("load_test", {})
+    lines += [
+        "## Method",
+        "",
+        f"Each configuration's server was started by optbench, warmed up with {lt.get('warmup', 0)} requests, then "
+        f"load-tested with {lt.get('num_requests')} streaming requests at concurrency {lt.get('concurrency')} "
+        f"({lt.get('input_tokens')}-token prompts, {lt.get('output_tokens')} output tokens, temperature 0"
+        f"{', ignore_eos' if lt.get('ignore_eos') else ''}), then evaluated on the quality dataset "
+        "(QA: SQuAD v2 (EM+F1)/2; reasoning: GSM8K accuracy; chat: embedding similarity to the chosen reply; "
+        "code: HumanEval pass@1 in a sandbox), then stopped. TTFT, tokens/s (output tokens / (E2E − TTFT)) and E2E "
+        "are per-request percentiles over successful requests; throughputs are over the measured window. A "
+        f"configuration is acceptable when its overall quality is at least {100 * (1 - QUALITY_THRESHOLD):.0f}% of "
+        f"the baseline's (`{base['configuration']}`). Profile: `{m0.get('profile')}`.",
+        "",
+        "## Results",
+        "",
+    ]
+    cols = [("configuration", "configuration", 0), ("status", "status", 0), ("ttft_p50_ms", "P50 TTFT (ms)", 1),
+            ("ttft_p99_ms", "P99 TTFT (ms)", 1), ("tokens_per_s_p50", "P50 tokens/s", 2), ("e2e_p50_ms", "P50 E2E (ms)", 1),
+            ("e2e_p99_ms", "P99 E2E (ms)", 1), ("request_throughput", "req/s", 3), ("output_token_throughput", "output tok/s", 1)]
+    cols += [(f"quality_{c}", c, 3) for c in CATEGORIES if f"quality_{c}" in table]
+    cols += [("quality_overall", "overall quality", 3), ("quality_change_vs_baseline", "vs baseline", 3), ("acceptable", "acceptable", 0)]
+    cols = [c for c in cols if c[0] in table]
+    lines.append("| " + " | ".join(h for _, h, _ in cols) + " |")
+    lines.append("|" + "---|" * len(cols))
+    for _, r in table.iterrows():
+        cells = []
+        for key, _, d in cols:
+            v = r[key]
+            cells.append(f"{100 * v:+.1f}%" if key == "quality_change_vs_baseline" and pd.notna(v) else _fmt(v, d))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Findings", ""]
+    if best is not None:
+        speedup = best["output_token_throughput"] / base["output_token_throughput"] if base.get("output_token_throughput") else float("nan")
+        findings["speedup_vs_baseline"] = float(speedup)
+        lines.append(
+            f"- Fastest acceptable configuration: **{best['configuration']}**, {_fmt(best['output_token_throughput'])} "
+            f"output tokens/s, {speedup:.2f}x the baseline's {_fmt(base['output_token_throughput'])} "
+            f"(P50 tokens/s {_fmt(best['tokens_per_s_p50'], 2)} vs {_fmt(base['tokens_per_s_p50'], 2)})."
+        )
+    else:
+        lines.append("- No configuration finished with acceptable quality.")
+    for _, r in table.iterrows():
+        if r["configuration"] == base["configuration"] or "quality_overall" not in table or pd.isna(r.get("quality_overall")):
+            continue
+        deltas = ", ".join(f"{c} {r[f'quality_{c}'] - base[f'quality_{c}']:+.3f}" for c in CATEGORIES
+                           if f"quality_{c}" in table and pd.notna(r[f"quality_{c}"]) and pd.notna(base[f"quality_{c}"]))
+        lines.append(f"- {r['configuration']}: quality changes against the baseline: {deltas}.")
+    for m in metas:
+        if m["status"] != "ok":
+            lines.append(f"- {m['name']} failed: {m.get('reason')}.")
+    lines += ["", "## Caveats", ""]
+    gpus = {g["name"] for m in metas if m.get("gpu") for g in m["gpu"].get("gpus", [])}
+    lines.append(f"- Hardware: {', '.join(sorted(gpus)) if gpus else 'no GPU (CPU only)'}; host {platform.machine()} "
+                 f"with {os.cpu_count()} CPUs (where the report was built).")
+    for m in metas:
+        lines.append(f"- {m['name']}: engine {m['engine']} {m.get('engine_version', 'unknown')}, model {m['model']}.")
+    if m0.get("profile") != "full":
+        lines.append(f"- The `{m0.get('profile')}` profile used a small slice of the dataset and a short load test: "
+                     "differences within a few percent are noise.")
+    lines += ["", "## Recommendation", ""]
+    if best is not None:
+        lines.append(f"Deploy **{best['configuration']}**: it is the fastest configuration whose quality stays within "
+                     f"{100 * QUALITY_THRESHOLD:.0f}% of the baseline.")
+    else:
+        lines.append("No recommendation: no configuration both finished and kept the baseline's quality.")
+    return "\n".join(lines) + "\n", findings
+
+
+def build_report(
+    run_dir: str | os.PathLike[str],
+    *,
+    results_dir: str | os.PathLike[str] = "results",
+    report_path: str | os.PathLike[str] | None = "RESULTS.md",
+) -> dict[str, Any]:
+    """Writes ``<results_dir>/results.csv`` and RESULTS.md from ``run_dir``'s Parquet files."""
+    table, metas = comparison_table(run_dir)
+    csv = Path(results_dir) / RESULTS_CSV
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(csv, index=False)
+    text, findings = render_markdown(table, metas)
+    if report_path:
+        Path(report_path).write_text(text)
+    return {"table": table, "findings": findings, "csv": csv, "report": report_path, "markdown": text}
+
+
+def latest_run(results_dir: str | os.PathLike[str] = "results") -> Path:
+    """The newest run folder under ``results/runs`` that holds configuration results."""
+    runs = sorted(p.parent.parent for p in Path(results_dir).glob("runs/*/*/meta.json"))
+    if not runs:
+        raise ConfigError(f"no runs with results under {Path(results_dir) / 'runs'}")
+    return runs[-1]
