@@ -2,7 +2,7 @@
 
     optbench load-test --base-url URL --model NAME [options]   load-test a running server
     optbench load-test --embedded [options]                    ... or the embedded llama-server
-    optbench demo                                              embedded server + short load test
+    optbench demo                                              `run` on the embedded server, quick profile
     optbench embedded-server [--port N]                        serve the embedded model until Ctrl-C
     optbench dataset build --source FOLDER|hub                 build data/test_dataset.json (520 prompts)
     optbench evaluate --base-url URL --model NAME [options]    generate and score on the dataset
@@ -27,12 +27,6 @@ from optbench.exceptions import OptbenchError
 from optbench.loadtest import DEFAULT_TIMEOUT_S, LoadTestResult, load_test
 from optbench.results import save_load_test
 from optbench.servers.llama_cpp import LlamaServer, embedded_model_path, find_llama_server, llama_server_version
-
-#: Small settings that finish in about a minute on a 2-core CPU with the embedded model.
-DEMO_SETTINGS: dict[str, Any] = dict(
-    num_requests=16, concurrency=4, input_tokens=256, output_tokens=64, warmup=2, ignore_eos=True
-)
-
 
 def _add_load_test_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("target")
@@ -68,7 +62,7 @@ def _add_load_test_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no live progress line")
 
 
-def _run_load_test(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> int:
+def _run_load_test(args: argparse.Namespace) -> int:
     params: dict[str, Any] = dict(
         num_requests=args.num_requests,
         concurrency=args.concurrency if args.concurrency is not None else (None if args.request_rate else 8),
@@ -91,7 +85,6 @@ def _run_load_test(args: argparse.Namespace, overrides: dict[str, Any] | None = 
         label=args.label,
         progress=not args.no_progress,
     )
-    params.update(overrides or {})
     with ExitStack() as stack:
         if args.embedded:
             if args.base_url:
@@ -123,17 +116,37 @@ def _report(result: LoadTestResult, args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from optbench.config import EMBEDDED_CONFIG, parse_config
+    from optbench.run import default_dataset_source, default_embedding_model, run
+
     print(
-        "optbench demo: the embedded llama-server (SmolLM2-135M-Instruct, Q4_1, CPU) under a short "
-        f"closed-loop load test: {DEMO_SETTINGS['num_requests']} requests, concurrency "
-        f"{DEMO_SETTINGS['concurrency']}, {DEMO_SETTINGS['input_tokens']}-token prompts, "
-        f"{DEMO_SETTINGS['output_tokens']} output tokens, temperature 0",
+        "optbench demo: `optbench run` on the embedded configuration (llama.cpp's llama-server with "
+        "SmolLM2-135M-Instruct Q4_1 on CPU) with the quick profile: a short load test, then a small "
+        "slice of the quality dataset, then results.csv and RESULTS.md",
         file=sys.stderr,
     )
-    parser = build_parser()
-    ns = parser.parse_args(["load-test", "--embedded", "--label", "demo-embedded", "--results-dir", args.results_dir])
-    ns.no_progress = args.no_progress
-    return _run_load_test(ns, overrides=dict(DEMO_SETTINGS))
+    dataset: str | None = args.dataset
+    source = default_dataset_source()
+    if not Path(args.dataset).is_file() and source is None:
+        print("optbench demo: no evaluation data (no ../shared/datasets and no `datasets` library for the hub: "
+              'pip install "optbench[hub]"); running the load test only', file=sys.stderr)
+        dataset = None
+    config = dict(EMBEDDED_CONFIG)
+    embedding_model = default_embedding_model()
+    if embedding_model == "":
+        print("optbench demo: no embedding model for the chat scorer (no ../shared/models and no huggingface_hub: "
+              'pip install "optbench[hub]"); skipping the chat category', file=sys.stderr)
+        config["evaluation"] = {"categories": ["qa", "reasoning", "code"]}
+    elif embedding_model:
+        config["evaluation"] = {"embedding_model": embedding_model}
+    report = run([parse_config(config, "embedded")], profile="quick", dataset=dataset,
+                 dataset_source=source, results_dir=args.results_dir, report_path=args.report,
+                 progress=not args.no_progress)
+    print(report["markdown"])
+    print(f"wrote {report['csv']} and {report['report']}", file=sys.stderr)
+    return 0 if (report["table"]["status"] == "ok").all() else 1
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -234,8 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("load-test", help="load-test an OpenAI-compatible server", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_load_test_options(p)
     p.set_defaults(func=_run_load_test)
-    p = sub.add_parser("demo", help="start the embedded llama-server and run a short load test")
+    p = sub.add_parser("demo", help="optbench run on the embedded server with the quick profile")
     p.add_argument("--results-dir", default="results")
+    p.add_argument("--dataset", default="data/test_dataset.json", help="built from ../shared/datasets or the hub if missing")
+    p.add_argument("--report", default="RESULTS.md")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_demo)
     p = sub.add_parser("run", help="serve, load-test and evaluate each configuration; write results.csv and RESULTS.md")

@@ -196,6 +196,17 @@ def parse_config(data: dict[str, Any], where: str = "<config>", path: Path | Non
     )
 
 
+#: The embedded default (the same as configs/embedded.toml), for installs without the repo.
+EMBEDDED_CONFIG: dict[str, Any] = {
+    "name": "embedded",
+    "engine": "llama_cpp",
+    "model": "SmolLM2-135M-Instruct",
+    "baseline": True,
+    "ready_timeout_s": 120,
+    "server": {"model_path": "embedded", "parallel": 4, "ctx_size": 16384},
+}
+
+
 def load_config(path: str | os.PathLike[str]) -> ServerConfig:
     """Reads and validates a configuration file."""
     path = Path(path)

@@ -112,7 +112,7 @@ def render_markdown(table: pd.DataFrame, metas: list[dict[str, Any]]) -> tuple[s
     lines += [
         "## Method",
         "",
-        f"Each configuration's server was started by optbench, warmed up with {lt.get('warmup', 0)} requests, then "
+        f"Each configuration's server was started by optbench, warmed up with {lt.get('warmup', 0)} request(s), then "
         f"load-tested with {lt.get('num_requests')} streaming requests at concurrency {lt.get('concurrency')} "
         f"({lt.get('input_tokens')}-token prompts, {lt.get('output_tokens')} output tokens, temperature 0"
         f"{', ignore_eos' if lt.get('ignore_eos') else ''}), then evaluated on the quality dataset "

@@ -59,6 +59,33 @@ def _log(msg: str) -> None:
     print(f"[optbench run] {msg}", file=sys.stderr, flush=True)
 
 
+def default_dataset_source() -> str | None:
+    """Where the demo gets its evaluation data: ``../shared/datasets`` when it exists (this
+    project's development machines), else the Hugging Face hub when ``datasets`` is installed,
+    else nowhere (quality is then skipped)."""
+    import importlib.util
+
+    local = Path("..") / "shared" / "datasets"
+    if (local / "gsm8k_test.jsonl").exists():
+        return str(local)
+    if importlib.util.find_spec("datasets") is not None:
+        return "hub"
+    return None
+
+
+def default_embedding_model() -> str | None:
+    """The chat scorer's model for the demo: ``../shared/models/all-MiniLM-L6-v2`` when it
+    exists, else the hub id when ``huggingface_hub`` is installed, else None (chat is skipped)."""
+    import importlib.util
+
+    local = Path("..") / "shared" / "models" / "all-MiniLM-L6-v2"
+    if (local / "model.onnx").exists():
+        return str(local)
+    if os.environ.get("OPTBENCH_EMBEDDING_MODEL") or importlib.util.find_spec("huggingface_hub") is not None:
+        return None  # the scorer's own default (env var or hub id) will do
+    return ""
+
+
 def ensure_dataset(dataset: str | os.PathLike[str], source: str | None) -> Path:
     """The dataset file, built first from ``source`` (a folder or ``hub``) when it is missing."""
     path = Path(dataset)
@@ -71,7 +98,7 @@ def ensure_dataset(dataset: str | os.PathLike[str], source: str | None) -> Path:
     return path
 
 
-def run_one(cfg: ServerConfig, run_dir: Path, profile: str, dataset: Path, progress: bool) -> ConfigOutcome:
+def run_one(cfg: ServerConfig, run_dir: Path, profile: str, dataset: Path | None, progress: bool) -> ConfigOutcome:
     """Serves, load-tests and evaluates one configuration; never raises for the configuration's
     own failures (they are recorded in meta.json)."""
     out = run_dir / cfg.name
@@ -92,12 +119,13 @@ def run_one(cfg: ServerConfig, run_dir: Path, profile: str, dataset: Path, progr
             _log(f"{cfg.name}: load test ({lt['num_requests']} requests, concurrency {lt['concurrency']})")
             result = load_test(server.base_url, server.model, label=cfg.name, progress=progress, **lt)
             result.to_parquet(out / "requests.parquet")
-            phase = "evaluation"
-            _log(f"{cfg.name}: evaluation ({dataset})")
-            evaluation = evaluate(server.base_url, server.model, dataset=dataset, label=cfg.name, progress=progress, **ev)
-            evaluation.to_parquet(out / "samples.parquet")
-            if "code_isolation" in evaluation.summary:
-                meta["code_isolation"] = evaluation.summary["code_isolation"]
+            if dataset is not None:
+                phase = "evaluation"
+                _log(f"{cfg.name}: evaluation ({dataset})")
+                evaluation = evaluate(server.base_url, server.model, dataset=dataset, label=cfg.name, progress=progress, **ev)
+                evaluation.to_parquet(out / "samples.parquet")
+                if "code_isolation" in evaluation.summary:
+                    meta["code_isolation"] = evaluation.summary["code_isolation"]
         meta.update(status="ok", reason=None)
     except KeyboardInterrupt:
         meta.update(status="failed", reason=f"interrupted during {phase}")
@@ -122,7 +150,7 @@ def run(
     configs: Sequence[str | os.PathLike[str] | ServerConfig],
     *,
     profile: str = "full",
-    dataset: str | os.PathLike[str] = "data/test_dataset.json",
+    dataset: str | os.PathLike[str] | None = "data/test_dataset.json",
     dataset_source: str | None = None,
     results_dir: str | os.PathLike[str] = "results",
     report_path: str | os.PathLike[str] | None = "RESULTS.md",
@@ -131,8 +159,9 @@ def run(
 ) -> dict[str, Any]:
     """Runs every configuration in turn and writes ``results/results.csv`` and RESULTS.md.
 
-    A configuration that fails is recorded with its reason and the others still run. Returns
-    the report (see :func:`optbench.report.build_report`)."""
+    A configuration that fails is recorded with its reason and the others still run.
+    ``dataset=None`` skips the quality evaluation (speed only). Returns the report (see
+    :func:`optbench.report.build_report`)."""
     from optbench.report import build_report
 
     if profile not in PROFILES:
@@ -143,7 +172,7 @@ def run(
     names = [c.name for c in cfgs]
     if len(set(names)) != len(names):
         raise ConfigError(f"configuration names must differ, got {names}")
-    data = ensure_dataset(dataset, dataset_source)
+    data = None if dataset is None else ensure_dataset(dataset, dataset_source)
     run_dir = Path(results_dir) / "runs" / (run_id or new_run_id("run"))
     for i, cfg in enumerate(cfgs, 1):
         _log(f"configuration {i}/{len(cfgs)}: {cfg.name}")
