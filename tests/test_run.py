@@ -61,6 +61,9 @@ def test_run_two_configurations_and_rebuild_the_report(shared_dir, tmp_path):
     np4 = table.set_index("configuration").loc["np4"]
     assert f"{np4['ttft_p50_ms']:,.1f}" in md and f"{np4['output_token_throughput']:,.1f}" in md
     assert "broken failed: start:" in md and "## Recommendation" in md
+    plots_dir = tmp_path / "results" / "plots"
+    assert {p.name for p in plots_dir.glob("*.png")} >= {"decision.png", "latency_cdfs.png", "quality_by_category.png"}
+    assert "](results/plots/decision.png)" in md
     # `optbench report` rebuilds the same table from the Parquet files alone.
     (tmp_path / "results" / "results.csv").unlink()
     out = subprocess.run([sys.executable, "-m", "optbench.cli", "report", str(run_dir), "--results-dir",

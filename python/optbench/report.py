@@ -1,4 +1,4 @@
-"""The comparison table and RESULTS.md, rebuilt from a run's Parquet files alone
+"""The comparison table, the plots and RESULTS.md, rebuilt from a run's Parquet files alone
 (``optbench report``), so every number can be checked with pandas.
 
 Speed: from ``requests.parquet`` (measured = not warm-up; latencies over successful requests;
@@ -100,8 +100,10 @@ def _fmt(v: Any, digits: int = 1) -> str:
     return str(v)
 
 
-def render_markdown(table: pd.DataFrame, metas: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
-    """RESULTS.md's text and the findings it states."""
+def render_markdown(
+    table: pd.DataFrame, metas: list[dict[str, Any]], decision_png: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """RESULTS.md's text and the findings it states; ``decision_png`` is embedded when given."""
     base = table[table["baseline"]].iloc[0]
     ok = table[table["acceptable"] & table["output_token_throughput"].notna()] if "output_token_throughput" in table else table.iloc[0:0]
     best = ok.sort_values("output_token_throughput", ascending=False).iloc[0] if len(ok) else None
@@ -139,6 +141,9 @@ def render_markdown(table: pd.DataFrame, metas: list[dict[str, Any]]) -> tuple[s
             v = r[key]
             cells.append(f"{100 * v:+.1f}%" if key == "quality_change_vs_baseline" and pd.notna(v) else _fmt(v, d))
         lines.append("| " + " | ".join(cells) + " |")
+    if decision_png:
+        lines += ["", f"![Speed against quality: the baseline's {100 * QUALITY_THRESHOLD:.0f}% band is shaded, "
+                      f"acceptable configurations are filled]({decision_png})"]
     lines += ["", "## Findings", ""]
     if best is not None:
         speedup = best["output_token_throughput"] / base["output_token_throughput"] if base.get("output_token_throughput") else float("nan")
@@ -184,14 +189,20 @@ def build_report(
     report_path: str | os.PathLike[str] | None = "RESULTS.md",
 ) -> dict[str, Any]:
     """Writes ``<results_dir>/results.csv`` and RESULTS.md from ``run_dir``'s Parquet files."""
+    from optbench.plots import plot_run
+
     table, metas = comparison_table(run_dir)
     csv = Path(results_dir) / RESULTS_CSV
     csv.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(csv, index=False)
-    text, findings = render_markdown(table, metas)
+    plots = plot_run(run_dir, table, Path(results_dir) / "plots")
+    decision = None
+    if report_path and "decision" in plots:
+        decision = os.path.relpath(plots["decision"], Path(report_path).resolve().parent)
+    text, findings = render_markdown(table, metas, decision)
     if report_path:
         Path(report_path).write_text(text)
-    return {"table": table, "findings": findings, "csv": csv, "report": report_path, "markdown": text}
+    return {"table": table, "findings": findings, "csv": csv, "report": report_path, "markdown": text, "plots": plots}
 
 
 def latest_run(results_dir: str | os.PathLike[str] = "results") -> Path:
