@@ -106,9 +106,10 @@ def test_a_malformed_dataset_names_the_file_and_item(tmp_path, dataset_path):
 
 @pytest.mark.llama
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_evaluate_against_the_real_llama_server(llama_server, dataset_path, tmp_path, shared_dir):
     r = optbench.evaluate(llama_server.base_url, llama_server.model, dataset=dataset_path, limit=2,
-                          concurrency=4, progress=False, max_tokens={"code": 128, "chat": 64, "reasoning": 160},
+                          concurrency=4, progress=False, max_tokens={"code": 64, "chat": 32, "reasoning": 64},
                           embedding_model=str(shared_dir / "models" / "all-MiniLM-L6-v2"))
     s = r.samples
     assert len(s) == 8 and s["error_kind"].isna().all(), s[["error_kind"]]

@@ -172,7 +172,7 @@ class _ProgressLine:
 
 
 def drive(
-    run: _core.LoadTest, progress: bool | ProgressCallback, label: str, interval_s: float, what: str
+    run: _core.LoadTest, progress: bool | str | ProgressCallback, label: str, interval_s: float, what: str
 ) -> None:
     """Waits for a run while reporting progress every ``interval_s``. Ctrl-C stops sending,
     lets requests in flight end as ``cancelled`` rows and returns normally (the finished rows
@@ -306,9 +306,44 @@ def _default_label(model: str, base_url: str) -> str:
     return f"{Path(model).name or model}@{host}"
 
 
-def _progress_fn(progress: bool | ProgressCallback, label: str) -> tuple[ProgressCallback | None, Any]:
+class _TqdmProgress:
+    """A tqdm bar (tqdm.auto: a widget in Jupyter) fed from progress snapshots, never per token."""
+
+    def __init__(self, label: str) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=None, desc=label, unit="req")
+        self.done = 0
+
+    def __call__(self, p: dict[str, Any]) -> None:
+        if self.bar.total is None:
+            self.bar.total = p["total"]
+        done = p["succeeded"] + p["failed"]
+        self.bar.update(done - self.done)
+        self.done = done
+        self.bar.set_postfix(failed=p["failed"], tokens=p["chunks"], refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython  # type: ignore[import-not-found]
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def _progress_fn(progress: bool | str | ProgressCallback, label: str) -> tuple[ProgressCallback | None, Any]:
+    """``True``: a tqdm bar in Jupyter, a live line on a terminal, nothing otherwise; ``"tqdm"``:
+    always a tqdm bar; ``False``: nothing; a callable: called with each progress snapshot."""
     if callable(progress):
         return progress, None
+    if progress == "tqdm" or (progress is True and _in_notebook()):
+        bar = _TqdmProgress(label)
+        return bar, bar
     if progress and sys.stderr.isatty():
         line = _ProgressLine(label)
         return line, line
@@ -368,8 +403,9 @@ def load_test(
         tokenizer: a ``tokenizer.json`` for servers without ``/tokenize``.
         extra_body: extra JSON fields for every request (override the defaults).
         label: the run's name in tables (default ``model@host``).
-        progress: True for a live line on a terminal, False for none, or a callback receiving
-            progress dicts a few times a second.
+        progress: True for a tqdm bar in Jupyter or a live line on a terminal, ``"tqdm"`` for a
+            tqdm bar anywhere, False for none, or a callback receiving progress dicts a few
+            times a second (never one call per token).
 
     Ctrl-C stops the run and returns the finished rows (``result.interrupted`` is True).
     """
