@@ -301,6 +301,21 @@ def _config(**kw: Any) -> dict[str, Any]:
     return kw
 
 
+#: The parameters of load_test / aload_test recorded in a result's config.
+_CONFIG_KEYS = (
+    "base_url", "model", "num_requests", "concurrency", "request_rate", "arrival", "burstiness",
+    "input_tokens", "output_tokens", "endpoint", "seed", "warmup", "ignore_eos", "timeout_s",
+    "time_limit_s", "temperature", "extra_body",
+)
+
+
+def _plan(params: dict[str, Any]) -> tuple[dict[str, Any], str, str | None]:
+    """The validated config, the label and the API key from load_test's / aload_test's arguments."""
+    config = _config(**{k: params[k] for k in _CONFIG_KEYS}, user_prompts=params["prompts"] is not None)
+    label = params["label"] or _default_label(params["model"], params["base_url"])
+    return config, label, _api_key(params["api_key_env"])
+
+
 def _default_label(model: str, base_url: str) -> str:
     host = urlparse(base_url).netloc or base_url
     return f"{Path(model).name or model}@{host}"
@@ -409,15 +424,7 @@ def load_test(
 
     Ctrl-C stops the run and returns the finished rows (``result.interrupted`` is True).
     """
-    config = _config(
-        base_url=base_url, model=model, num_requests=num_requests, concurrency=concurrency,
-        request_rate=request_rate, arrival=arrival, burstiness=burstiness, input_tokens=input_tokens,
-        output_tokens=output_tokens, endpoint=endpoint, seed=seed, warmup=warmup, ignore_eos=ignore_eos,
-        timeout_s=timeout_s, time_limit_s=time_limit_s, temperature=temperature, extra_body=extra_body,
-        user_prompts=prompts is not None,
-    )
-    label = label or _default_label(model, base_url)
-    key = _api_key(api_key_env)
+    config, label, key = _plan(locals())
     prompt_set = _prepare(base_url, model, num_requests, warmup, input_tokens, prompts, seed, tokenizer, key)
     for w in prompt_set.warnings:
         warnings.warn(w, stacklevel=2)
@@ -457,15 +464,7 @@ async def aload_test(
     The event loop stays free while the run goes on. Cancelling the awaiting task cancels the
     run; a KeyboardInterrupt returns the finished rows like :func:`load_test`.
     """
-    config = _config(
-        base_url=base_url, model=model, num_requests=num_requests, concurrency=concurrency,
-        request_rate=request_rate, arrival=arrival, burstiness=burstiness, input_tokens=input_tokens,
-        output_tokens=output_tokens, endpoint=endpoint, seed=seed, warmup=warmup, ignore_eos=ignore_eos,
-        timeout_s=timeout_s, time_limit_s=time_limit_s, temperature=temperature, extra_body=extra_body,
-        user_prompts=prompts is not None,
-    )
-    label = label or _default_label(model, base_url)
-    key = _api_key(api_key_env)
+    config, label, key = _plan(locals())
     prompt_set = await asyncio.to_thread(
         _prepare, base_url, model, num_requests, warmup, input_tokens, prompts, seed, tokenizer, key
     )
