@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use ort::environment::Environment;
+use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{Tensor, ValueType};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
@@ -159,8 +160,13 @@ impl Embedder {
         let environment = ort_environment(ort_dylib_path.as_ref())?;
         let session = Session::builder(&environment)
             .and_then(|b| Ok(b.with_intra_threads(threads)?))
+            // The same settings as onnxruntime's Python API defaults: every graph optimisation
+            // (ORT_ENABLE_ALL), sequential execution (so one inter-op thread).
+            .and_then(|b| Ok(b.with_inter_threads(1)?))
+            .and_then(|b| Ok(b.with_optimization_level(GraphOptimizationLevel::All)?))
             // Spinning threads would burn the cores between batches, which a shared machine
             // (or a load test running next to the scorer) pays for; the batches are large.
+            // (Measured: spinning on gains ~5% at 2 threads, within this machine's noise.)
             .and_then(|b| Ok(b.with_intra_op_spinning(false)?))
             .and_then(|mut b| b.commit_from_file(&model_path))
             .map_err(|e| model_err(format!("cannot load {}: {e}", model_path.display())))?;

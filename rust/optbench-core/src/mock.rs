@@ -8,7 +8,7 @@
 //! where it is told (tests use `127.0.0.1:0`).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +36,17 @@ pub enum Fault {
     NoUsage,
 }
 
+/// How the server waits for a token's deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MockTimer {
+    /// Sleeps to 1 ms before the deadline, then yields until it: sub-millisecond sends, but each
+    /// waiting stream spins for up to 1 ms, so it suits tests with a few streams.
+    Precise,
+    /// tokio's timer alone: sends up to ~1 ms after the deadline, with no spinning, so hundreds
+    /// of streams fit on one core. The log records when each token was actually written.
+    Coarse,
+}
+
 /// How the server answers.
 #[derive(Debug, Clone)]
 pub struct MockBehavior {
@@ -47,21 +58,38 @@ pub struct MockBehavior {
     pub tokens: usize,
     /// The fault to inject.
     pub fault: Fault,
+    /// How deadlines are waited for.
+    pub timer: MockTimer,
+    /// The model name `/v1/models` lists.
+    pub model: String,
 }
 
 impl Default for MockBehavior {
     fn default() -> Self {
-        MockBehavior { ttft: Duration::from_millis(20), gap: Duration::from_millis(5), tokens: 16, fault: Fault::None }
+        MockBehavior {
+            ttft: Duration::from_millis(20),
+            gap: Duration::from_millis(5),
+            tokens: 16,
+            fault: Fault::None,
+            timer: MockTimer::Precise,
+            model: "optbench-mock".to_string(),
+        }
     }
 }
 
 /// Server-side truth about one answered request.
 #[derive(Debug, Clone)]
 pub struct MockRequestLog {
+    /// Arrival order, from 0, never reused (also not after `clear_log`).
+    pub id: u64,
     /// When the request was fully read, relative to the server's start.
     pub received: Duration,
     /// When the first token chunk was written (if it was).
     pub first_token_sent: Option<Duration>,
+    /// When the last token chunk was written (if any was).
+    pub last_token_sent: Option<Duration>,
+    /// Token chunks written.
+    pub tokens_sent: usize,
     /// Requests in flight when this one arrived (itself included).
     pub concurrent_at_arrival: usize,
 }
@@ -70,6 +98,7 @@ struct State {
     behavior: MockBehavior,
     started: Instant,
     in_flight: AtomicUsize,
+    next_id: AtomicU64,
     log: Mutex<Vec<MockRequestLog>>,
 }
 
@@ -106,6 +135,7 @@ impl MockServer {
             behavior,
             started: Instant::now(),
             in_flight: AtomicUsize::new(0),
+            next_id: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
         })
     }
@@ -155,6 +185,11 @@ impl MockServer {
         self.state.log.lock().expect("mock log").clone()
     }
 
+    /// Empties the log (between benchmark runs against one server).
+    pub fn clear_log(&self) {
+        self.state.log.lock().expect("mock log").clear();
+    }
+
     /// Stops accepting connections and cuts answers in progress.
     pub fn stop(&self) {
         self.stop.cancel();
@@ -170,8 +205,15 @@ impl Drop for MockServer {
     }
 }
 
-/// Reads one HTTP request; returns (path, body). Bytes past it stay in `buf` for the next.
-async fn read_request(socket: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<(String, Vec<u8>)>> {
+/// One parsed HTTP request.
+struct Request {
+    method: String,
+    path: String,
+    body: Vec<u8>,
+}
+
+/// Reads one HTTP request. Bytes past it stay in `buf` for the next.
+async fn read_request(socket: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<Request>> {
     let mut tmp = [0u8; 8192];
     let header_end = loop {
         if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -184,7 +226,9 @@ async fn read_request(socket: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Res
         buf.extend_from_slice(&tmp[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
-    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let mut words = head.split_whitespace();
+    let method = words.next().unwrap_or("GET").to_string();
+    let path = words.next().unwrap_or("/").to_string();
     let content_length = head
         .lines()
         .find_map(|l| {
@@ -202,7 +246,7 @@ async fn read_request(socket: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Res
     let end = (header_end + content_length).min(buf.len());
     let body = buf[header_end..end].to_vec();
     buf.drain(..end);
-    Ok(Some((path, body)))
+    Ok(Some(Request { method, path, body }))
 }
 
 struct InFlight<'a>(&'a AtomicUsize);
@@ -214,8 +258,13 @@ impl Drop for InFlight<'_> {
 
 async fn serve(mut socket: TcpStream, state: &State) -> std::io::Result<()> {
     let mut pending = Vec::new();
-    while let Some((path, body)) = read_request(&mut socket, &mut pending).await? {
-        if !answer(&mut socket, state, &path, &body).await? {
+    while let Some(request) = read_request(&mut socket, &mut pending).await? {
+        let path = request.path.split('?').next().unwrap_or("/");
+        if request.method == "GET" || path.starts_with("/mock/") {
+            answer_other(&mut socket, state, &request.method, path).await?;
+            continue;
+        }
+        if !answer(&mut socket, state, path, &request.body).await? {
             break;
         }
     }
@@ -230,19 +279,77 @@ async fn chunk(socket: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
     socket.write_all(&framed).await
 }
 
+/// Writes a complete JSON response on a kept-alive connection.
+async fn json_response(socket: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
+    let head = format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
+    socket.write_all(head.as_bytes()).await?;
+    socket.write_all(body.as_bytes()).await
+}
+
+/// The log as JSON: one object per request, times in seconds since the server started.
+pub fn log_json(log: &[MockRequestLog]) -> String {
+    let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+    let rows: Vec<serde_json::Value> = log
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "id": l.id,
+                "received_s": l.received.as_secs_f64(),
+                "first_token_sent_s": secs(l.first_token_sent),
+                "last_token_sent_s": secs(l.last_token_sent),
+                "tokens_sent": l.tokens_sent,
+                "concurrent_at_arrival": l.concurrent_at_arrival,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(rows).to_string()
+}
+
+/// Health, model list and the truth log: what clients and benchmarks ask besides completions.
+async fn answer_other(socket: &mut TcpStream, state: &State, method: &str, path: &str) -> std::io::Result<()> {
+    match (method, path) {
+        ("GET", "/health") => json_response(socket, "200 OK", "{\"status\":\"ok\"}").await,
+        ("GET", "/v1/models") => {
+            let body = serde_json::json!({
+                "object": "list",
+                "data": [{"id": state.behavior.model, "object": "model", "owned_by": "optbench"}],
+            });
+            json_response(socket, "200 OK", &body.to_string()).await
+        }
+        ("GET", "/mock/log") => {
+            let body = log_json(&state.log.lock().expect("mock log"));
+            json_response(socket, "200 OK", &body).await
+        }
+        ("GET", "/mock/clock") => {
+            let body = serde_json::json!({"now_s": state.started.elapsed().as_secs_f64()});
+            json_response(socket, "200 OK", &body.to_string()).await
+        }
+        ("POST", "/mock/reset") => {
+            state.log.lock().expect("mock log").clear();
+            json_response(socket, "200 OK", "{\"status\":\"ok\"}").await
+        }
+        _ => json_response(socket, "404 Not Found", "{\"error\":\"not found\"}").await,
+    }
+}
+
 /// Answers one request; returns whether the connection can be reused.
 async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) -> std::io::Result<bool> {
     let received_at = Instant::now();
     let concurrent = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     let _guard = InFlight(&state.in_flight);
-    let log_index = {
+    // The id is taken under the log's lock so the log stays sorted by id.
+    let id = {
         let mut log = state.log.lock().expect("mock log");
+        let id = state.next_id.fetch_add(1, Ordering::SeqCst);
         log.push(MockRequestLog {
+            id,
             received: received_at - state.started,
             first_token_sent: None,
+            last_token_sent: None,
+            tokens_sent: 0,
             concurrent_at_arrival: concurrent,
         });
-        log.len() - 1
+        id
     };
     let b = &state.behavior;
     let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
@@ -277,13 +384,22 @@ async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) 
     socket
         .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n")
         .await?;
+    // The fields real servers put in every chunk; some clients insist on them.
+    let model = request["model"].as_str().unwrap_or(&b.model);
+    let model = serde_json::to_string(model).unwrap_or_else(|_| "\"\"".into());
+    let object = if chat { "chat.completion.chunk" } else { "text_completion" };
+    let head = format!("\"id\":\"cmpl-{id}\",\"object\":\"{object}\",\"created\":0,\"model\":{model}");
     if chat {
-        chunk(socket, b"data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n").await?;
+        let role = format!("data: {{{head},\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":\"\"}}}}]}}\n\n");
+        chunk(socket, role.as_bytes()).await?;
     }
     let first_at = received_at + b.ttft;
     for i in 0..tokens {
         let due = first_at + b.gap * i as u32;
-        crate::schedule::precise_sleep_until(due).await;
+        match b.timer {
+            MockTimer::Precise => crate::schedule::precise_sleep_until(due).await,
+            MockTimer::Coarse => tokio::time::sleep_until(due).await,
+        }
         match &b.fault {
             Fault::ResetAfter(n) if i == *n => {
                 // SO_LINGER 0 makes the close send RST instead of FIN.
@@ -297,25 +413,34 @@ async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) 
             _ => {}
         }
         let event = if chat {
-            format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" tok{i}\"}},\"finish_reason\":null}}]}}\n\n")
+            format!("data: {{{head},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" tok{i}\"}},\"finish_reason\":null}}]}}\n\n")
         } else {
-            format!("data: {{\"choices\":[{{\"index\":0,\"text\":\" tok{i}\",\"finish_reason\":null}}]}}\n\n")
+            format!("data: {{{head},\"choices\":[{{\"index\":0,\"text\":\" tok{i}\",\"finish_reason\":null}}]}}\n\n")
         };
         chunk(socket, event.as_bytes()).await?;
-        if i == 0 {
-            let sent = Instant::now() - state.started;
-            state.log.lock().expect("mock log")[log_index].first_token_sent = Some(sent);
+        let sent = Instant::now() - state.started;
+        // The log may have been cleared (between benchmark runs) while this request streamed;
+        // requests are logged in id order, so a binary search finds this one if it is still there.
+        let mut log = state.log.lock().expect("mock log");
+        if let Ok(at) = log.binary_search_by_key(&id, |l| l.id) {
+            let entry = &mut log[at];
+            if i == 0 {
+                entry.first_token_sent = Some(sent);
+            }
+            entry.last_token_sent = Some(sent);
+            entry.tokens_sent = i + 1;
         }
+        drop(log);
     }
     let finish = if chat {
-        "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n".to_string()
+        format!("data: {{{head},\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"length\"}}]}}\n\n")
     } else {
-        "data: {\"choices\":[{\"index\":0,\"text\":\"\",\"finish_reason\":\"length\"}]}\n\n".to_string()
+        format!("data: {{{head},\"choices\":[{{\"index\":0,\"text\":\"\",\"finish_reason\":\"length\"}}]}}\n\n")
     };
     chunk(socket, finish.as_bytes()).await?;
     if b.fault != Fault::NoUsage {
         let usage = format!(
-            "data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":7,\"completion_tokens\":{tokens},\"total_tokens\":{}}}}}\n\n",
+            "data: {{{head},\"choices\":[],\"usage\":{{\"prompt_tokens\":7,\"completion_tokens\":{tokens},\"total_tokens\":{}}}}}\n\n",
             tokens + 7
         );
         chunk(socket, usage.as_bytes()).await?;

@@ -717,7 +717,23 @@ fn find_on_path(name: &OsStr) -> Option<PathBuf> {
 }
 
 /// `python3` on `PATH` (through shims to the real executable), then the system interpreters.
+/// Remembered per value of `PATH` for the life of the process: asking a pyenv shim for its
+/// interpreter runs several shell scripts (~0.2 s), which each batch of programs would pay.
 fn default_python_candidates() -> Vec<PathBuf> {
+    static CACHE: std::sync::Mutex<Option<(Option<std::ffi::OsString>, Vec<PathBuf>)>> = std::sync::Mutex::new(None);
+    let path = std::env::var_os("PATH");
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((cached_path, candidates)) = cache.as_ref() {
+        if *cached_path == path && candidates.iter().all(|c| c.is_file()) {
+            return candidates.clone();
+        }
+    }
+    let candidates = find_default_python_candidates();
+    *cache = Some((path, candidates.clone()));
+    candidates
+}
+
+fn find_default_python_candidates() -> Vec<PathBuf> {
     let mut candidates = Vec::new();
     if let Some(shim_or_real) = find_on_path(OsStr::new("python3")) {
         // pyenv-style shims are scripts that need the parent's environment; ask the

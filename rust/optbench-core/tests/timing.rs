@@ -45,6 +45,7 @@ async fn ttft_and_itl_match_the_servers_truth() {
         gap: Duration::from_millis(10),
         tokens: 20,
         fault: Fault::None,
+        ..MockBehavior::default()
     };
     let server = MockServer::start_dedicated("127.0.0.1:0", behavior).unwrap();
     let cfg = LoadTestConfig {
@@ -98,7 +99,7 @@ async fn ttft_and_itl_match_the_servers_truth() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_loop_sends_on_schedule_and_warmup_is_excluded() {
-    let behavior = MockBehavior { ttft: Duration::from_millis(5), gap: Duration::from_millis(1), tokens: 4, fault: Fault::None };
+    let behavior = MockBehavior { ttft: Duration::from_millis(5), gap: Duration::from_millis(1), tokens: 4, fault: Fault::None, ..MockBehavior::default() };
     let server = MockServer::start_dedicated("127.0.0.1:0", behavior).unwrap();
     let cfg = LoadTestConfig {
         request: settings(&server.base_url(), 4),

@@ -439,6 +439,7 @@ impl MockServer {
             gap: Duration::from_secs_f64(gap_ms / 1e3),
             tokens,
             fault,
+            ..MockBehavior::default()
         };
         let server = CoreMockServer::start_dedicated(&format!("{host}:{port}"), behavior)
             .map_err(|e| ServerError::new_err(format!("cannot start the mock server on {host}:{port}: {e}")))?;
@@ -452,8 +453,9 @@ impl MockServer {
         self.base_url.clone()
     }
 
-    /// Server-side truth per answered request: `received_s`, `first_token_sent_s` (seconds
-    /// since the server started) and `concurrent_at_arrival`.
+    /// Server-side truth per answered request: `received_s`, `first_token_sent_s`,
+    /// `last_token_sent_s` (seconds since the server started), `tokens_sent` and
+    /// `concurrent_at_arrival`.
     fn log<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
         let guard = self.inner.lock().expect("mock");
         let Some(server) = guard.as_ref() else { return Ok(Vec::new()) };
@@ -464,6 +466,8 @@ impl MockServer {
                 let d = PyDict::new(py);
                 d.set_item("received_s", l.received.as_secs_f64())?;
                 d.set_item("first_token_sent_s", l.first_token_sent.map(|t| t.as_secs_f64()))?;
+                d.set_item("last_token_sent_s", l.last_token_sent.map(|t| t.as_secs_f64()))?;
+                d.set_item("tokens_sent", l.tokens_sent)?;
                 d.set_item("concurrent_at_arrival", l.concurrent_at_arrival)?;
                 Ok(d)
             })

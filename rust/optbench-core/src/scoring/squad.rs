@@ -10,8 +10,6 @@
 //! - gold answers whose normal form is empty are dropped; a question with none left (an
 //!   unanswerable one) has the single gold answer `""`; scores are the max over gold answers.
 
-use std::collections::HashMap;
-
 use unicode_general_category::{get_general_category, GeneralCategory as Gc};
 
 /// `string.punctuation`.
@@ -40,31 +38,134 @@ fn is_python_word(c: char) -> bool {
     )
 }
 
-/// The official `normalize_answer`: lower, remove punctuation, remove articles, fix whitespace.
-pub fn normalize_answer(s: &str) -> String {
-    let lowered = s.to_lowercase();
-    let no_punct: Vec<char> = lowered.chars().filter(|c| !PUNCTUATION.contains(*c)).collect();
-    // Replace every maximal run of word characters equal to a/an/the with one space.
-    let mut out = String::with_capacity(no_punct.len());
+/// ASCII bytes deleted by punctuation removal (`string.punctuation`).
+const ASCII_PUNCT: [bool; 128] = {
+    let mut t = [false; 128];
+    let p = PUNCTUATION.as_bytes();
     let mut i = 0;
-    while i < no_punct.len() {
-        if is_python_word(no_punct[i]) {
-            let start = i;
-            while i < no_punct.len() && is_python_word(no_punct[i]) {
-                i += 1;
-            }
-            let run: String = no_punct[start..i].iter().collect();
-            if matches!(run.as_str(), "a" | "an" | "the") {
-                out.push(' ');
-            } else {
-                out.push_str(&run);
-            }
+    while i < p.len() {
+        t[p[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
+/// Python's `str.isspace()` for an ASCII byte: `\t\n\x0b\x0c\r`, `\x1c`..`\x1f` and space.
+fn is_ascii_python_space(b: u8) -> bool {
+    matches!(b, b'\t'..=b'\r' | 0x1c..=0x20)
+}
+
+fn is_article(word: &[u8]) -> bool {
+    matches!(word, b"a" | b"an" | b"the")
+}
+
+/// Builds a normal form into `out` one character at a time: runs of word characters that are
+/// articles become separators, whitespace runs become one space, no leading or trailing space
+/// (the same string as the official replace-then-`" ".join(text.split())`).
+struct NormalFormWriter<'a> {
+    out: &'a mut String,
+    /// A separator is due before the next emitted character.
+    pending_space: bool,
+    /// Where the current word run starts in `out` (before its separator), if in one.
+    run_mark: Option<usize>,
+    /// Where the current word run's own characters start in `out`.
+    run_start: usize,
+}
+
+impl<'a> NormalFormWriter<'a> {
+    fn new(out: &'a mut String) -> Self {
+        out.clear();
+        NormalFormWriter { out, pending_space: false, run_mark: None, run_start: 0 }
+    }
+
+    fn emit(&mut self, c: char) {
+        if self.pending_space && !self.out.is_empty() {
+            self.out.push(' ');
+        }
+        self.pending_space = false;
+        self.out.push(c);
+    }
+
+    fn word_char(&mut self, c: char) {
+        if self.run_mark.is_none() {
+            let mark = self.out.len();
+            self.run_mark = Some(mark);
+            self.emit(c);
+            self.run_start = self.out.len() - c.len_utf8();
         } else {
-            out.push(no_punct[i]);
-            i += 1;
+            self.out.push(c);
         }
     }
-    out.split(is_python_space).filter(|t| !t.is_empty()).collect::<Vec<_>>().join(" ")
+
+    /// Ends a word run, if in one: an article is replaced by a separator.
+    fn end_run(&mut self) {
+        if let Some(mark) = self.run_mark.take() {
+            if is_article(&self.out.as_bytes()[self.run_start..]) {
+                self.out.truncate(mark);
+                self.pending_space = true;
+            }
+        }
+    }
+
+    fn space(&mut self) {
+        self.end_run();
+        self.pending_space = true;
+    }
+
+    fn other(&mut self, c: char) {
+        self.end_run();
+        self.emit(c);
+    }
+
+    fn finish(mut self) {
+        self.end_run();
+    }
+}
+
+/// [`normalize_answer`] into a reused buffer.
+pub fn normalize_answer_into(s: &str, out: &mut String) {
+    if s.is_ascii() {
+        // ASCII: lower-casing is per byte, word characters are the alphanumerics (`_` is
+        // punctuation, deleted before the article step), spaces are Python's ASCII spaces.
+        let mut w = NormalFormWriter::new(out);
+        for &b in s.as_bytes() {
+            let b = b.to_ascii_lowercase();
+            if ASCII_PUNCT[b as usize] {
+                continue;
+            }
+            if b.is_ascii_alphanumeric() {
+                w.word_char(b as char);
+            } else if is_ascii_python_space(b) {
+                w.space();
+            } else {
+                w.other(b as char);
+            }
+        }
+        w.finish();
+        return;
+    }
+    let lowered = s.to_lowercase();
+    let mut w = NormalFormWriter::new(out);
+    for c in lowered.chars() {
+        if c.is_ascii() && ASCII_PUNCT[c as usize] {
+            continue;
+        }
+        if is_python_word(c) {
+            w.word_char(c);
+        } else if is_python_space(c) {
+            w.space();
+        } else {
+            w.other(c);
+        }
+    }
+    w.finish();
+}
+
+/// The official `normalize_answer`: lower, remove punctuation, remove articles, fix whitespace.
+pub fn normalize_answer(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    normalize_answer_into(s, &mut out);
+    out
 }
 
 /// The official `get_tokens`: `[]` for an empty string, else the normal form split on whitespace.
@@ -80,27 +181,43 @@ pub fn compute_exact(gold: &str, pred: &str) -> f64 {
     f64::from(u8::from(normalize_answer(gold) == normalize_answer(pred)))
 }
 
-/// The official `compute_f1`: token-overlap F1 of the normal forms (1 when both are empty).
-pub fn compute_f1(gold: &str, pred: &str) -> f64 {
-    let gold_toks = get_tokens(gold);
-    let pred_toks = get_tokens(pred);
-    if gold_toks.is_empty() || pred_toks.is_empty() {
-        return f64::from(u8::from(gold_toks == pred_toks));
+/// The tokens of a normal form, sorted (for counting common tokens by merging).
+fn sorted_tokens(normal: &str) -> Vec<&str> {
+    let mut toks: Vec<&str> = if normal.is_empty() { Vec::new() } else { normal.split(' ').collect() };
+    toks.sort_unstable();
+    toks
+}
+
+/// F1 of two sorted token lists, as the official `compute_f1` computes it.
+fn f1_of_sorted(gold: &[&str], pred: &[&str]) -> f64 {
+    if gold.is_empty() || pred.is_empty() {
+        return f64::from(u8::from(gold.len() == pred.len()));
     }
-    let mut counts: HashMap<&str, (usize, usize)> = HashMap::new();
-    for t in &gold_toks {
-        counts.entry(t).or_default().0 += 1;
+    // The multiset intersection size: sum over tokens of min(count in gold, count in pred).
+    let (mut i, mut j, mut num_same) = (0, 0, 0usize);
+    while i < gold.len() && j < pred.len() {
+        match gold[i].cmp(pred[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                num_same += 1;
+                i += 1;
+                j += 1;
+            }
+        }
     }
-    for t in &pred_toks {
-        counts.entry(t).or_default().1 += 1;
-    }
-    let num_same: usize = counts.values().map(|(g, p)| (*g).min(*p)).sum();
     if num_same == 0 {
         return 0.0;
     }
-    let precision = num_same as f64 / pred_toks.len() as f64;
-    let recall = num_same as f64 / gold_toks.len() as f64;
+    let precision = num_same as f64 / pred.len() as f64;
+    let recall = num_same as f64 / gold.len() as f64;
     (2.0 * precision * recall) / (precision + recall)
+}
+
+/// The official `compute_f1`: token-overlap F1 of the normal forms (1 when both are empty).
+pub fn compute_f1(gold: &str, pred: &str) -> f64 {
+    let (g, p) = (normalize_answer(gold), normalize_answer(pred));
+    f1_of_sorted(&sorted_tokens(&g), &sorted_tokens(&p))
 }
 
 /// One question's scores.
@@ -117,23 +234,33 @@ pub struct SquadScore {
 /// Scores one prediction against its raw gold answer texts (empty for an unanswerable question).
 /// `no_answer_phrase`: a prediction whose normal form equals this phrase's is read as the empty
 /// answer (for prompts that ask the model to say e.g. "unanswerable").
+///
+/// Each text is normalised once (the official script normalises each several times; the
+/// results are the same).
 pub fn score_squad_v2(prediction: &str, gold_answers: &[String], no_answer_phrase: Option<&str>) -> SquadScore {
-    let mut pred = prediction;
+    let mut pred = normalize_answer(prediction);
     if let Some(phrase) = no_answer_phrase {
-        if !phrase.is_empty() && normalize_answer(prediction) == normalize_answer(phrase) {
-            pred = "";
+        if !phrase.is_empty() && pred == normalize_answer(phrase) {
+            pred.clear(); // the empty answer's normal form
         }
     }
-    let mut golds: Vec<&str> = gold_answers
-        .iter()
-        .map(String::as_str)
-        .filter(|a| !normalize_answer(a).is_empty())
-        .collect();
-    if golds.is_empty() {
-        golds.push("");
+    let pred_toks = sorted_tokens(&pred);
+    let (mut exact, mut f1, mut any_gold) = (0.0f64, 0.0f64, false);
+    let mut gold = String::new();
+    for answer in gold_answers {
+        normalize_answer_into(answer, &mut gold);
+        if gold.is_empty() {
+            continue; // dropped, as the official script drops answers with an empty normal form
+        }
+        any_gold = true;
+        exact = exact.max(f64::from(u8::from(gold == pred)));
+        f1 = f1.max(f1_of_sorted(&sorted_tokens(&gold), &pred_toks));
     }
-    let exact = golds.iter().map(|g| compute_exact(g, pred)).fold(0.0, f64::max);
-    let f1 = golds.iter().map(|g| compute_f1(g, pred)).fold(0.0, f64::max);
+    if !any_gold {
+        // Unanswerable (or only empty answers): the single gold answer "".
+        exact = f64::from(u8::from(pred.is_empty()));
+        f1 = exact;
+    }
     SquadScore { exact, f1, has_answer: !gold_answers.is_empty() }
 }
 
@@ -198,6 +325,20 @@ mod tests {
         assert_eq!(normalize_answer("the\u{301} end"), "\u{301} end");
         // Python's lower() applies the final-sigma rule, as Rust's does.
         assert_eq!(normalize_answer("ΟΔΟΣ ΣΟΦΟΣ"), "\u{3bf}\u{3b4}\u{3bf}\u{3c2} \u{3c3}\u{3bf}\u{3c6}\u{3bf}\u{3c2}");
+    }
+
+    #[test]
+    fn ascii_and_unicode_paths_agree() {
+        // Articles next to non-word, non-space characters become separators.
+        assert_eq!(normalize_answer("x\x01a\x01y"), "x\x01 \x01y");
+        assert_eq!(normalize_answer("«a»"), "« »");
+        assert_eq!(normalize_answer("  The  "), "");
+        assert_eq!(normalize_answer("a an the"), "");
+        assert_eq!(normalize_answer("\x1cthe\x1dcat\x1e"), "cat");
+        for s in ["x\x01a\x01y é", "The cat\tsat é", "an apple é", "theé a é"] {
+            let ascii = s.trim_end_matches(" é");
+            assert_eq!(normalize_answer(s), format!("{} é", normalize_answer(ascii)).trim_start(), "{s:?}");
+        }
     }
 
     #[test]
