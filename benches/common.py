@@ -23,7 +23,19 @@ from typing import Any
 BENCHES = Path(__file__).resolve().parent
 ROOT = BENCHES.parent
 VENVS = BENCHES / ".venvs"
-MOCK_BINARY = ROOT / "target" / "release" / "optbench-mock-server"
+
+
+def mock_binary() -> Path:
+    """``$OPTBENCH_MOCK_SERVER``, else the release build, else the quick-release build (the
+    smoke test's; timing claims come from release)."""
+    env = os.environ.get("OPTBENCH_MOCK_SERVER")
+    if env:
+        return Path(env)
+    for profile in ("release", "quick-release"):
+        path = ROOT / "target" / profile / "optbench-mock-server"
+        if path.is_file():
+            return path
+    raise SystemExit("optbench-mock-server is not built: cargo build --release -p optbench-mock-server")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -52,11 +64,9 @@ class TruthServer:
     """``optbench-mock-server`` on its own core; the log is the truth clients are judged by."""
 
     def __init__(self, ttft_ms: float, gap_ms: float, tokens: int, model: str = "optbench-mock"):
-        if not MOCK_BINARY.is_file():
-            raise SystemExit(f"{MOCK_BINARY} is missing: cargo build --release -p optbench-mock-server")
         server_cpus, _ = server_and_client_cores()
         self.model = model
-        cmd = [str(MOCK_BINARY), "--port", "0", "--ttft-ms", str(ttft_ms), "--gap-ms", str(gap_ms),
+        cmd = [str(mock_binary()), "--port", "0", "--ttft-ms", str(ttft_ms), "--gap-ms", str(gap_ms),
                "--tokens", str(tokens), "--model", model, "--timer", "coarse"]
         self.command = cmd
         self.proc = subprocess.Popen(pinned(cmd, server_cpus), stdout=subprocess.PIPE, text=True)
@@ -208,6 +218,8 @@ def venv_python(name: str) -> Path:
 
 def install_error(name: str) -> str | None:
     """The recorded pip output when a peer did not install, else None."""
+    if os.environ.get("OPTBENCH_BENCH_PEERS") == "none":
+        return "skipped: the run was asked not to use peers (benches/run.sh --no-peers)"
     err = VENVS / f"{name}.error"
     if err.is_file():
         return err.read_text()[-3000:].strip() or "install failed with no output"

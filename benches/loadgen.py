@@ -312,7 +312,7 @@ def render(rows: list[dict[str, Any]], skipped: dict[str, str], tokens: int, inp
              "TTFT err P50 ms", "TTFT err P99 ms", "ITL err P50 ms", "ITL err P99 ms"], table))
         out.append("")
     for name, e in skipped.items():
-        out.append(f"**{name}: not measured** — it did not install:\n\n```\n{e}\n```\n")
+        out.append(f"**{name}: not measured** (benches/.venvs/{VENV_OF.get(name)}):\n\n```\n{e}\n```\n")
     failed = [r for r in rows if "error" in r]
     for r in failed:
         out.append(f"**{r['client']} at gap {r['gap_ms']:g} ms, concurrency {r['concurrency']} failed.** "

@@ -244,6 +244,8 @@ json.dump({"wall_s": wall, "passed": passed, "total": total, "pass_at_1": float(
 
 def setup_reference() -> tuple[str | None, str | None, float]:
     """Runs benches/setup_reference.sh; returns (venv python, error text, seconds)."""
+    if os.environ.get("OPTBENCH_BENCH_PEERS") == "none":
+        return None, "skipped: the run was asked not to use peers (benches/run.sh --no-peers)", 0.0
     t0 = time.perf_counter()
     proc = subprocess.run(["bash", str(BENCHES / "setup_reference.sh")], capture_output=True, text=True)
     took = time.perf_counter() - t0
