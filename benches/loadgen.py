@@ -219,6 +219,9 @@ def measure(name: str, s: Setting, server: TruthServer, tok: Path, work: Path) -
         "ttft_err_p50_ms": err(ttft, truth_ttft, 50), "ttft_err_p99_ms": err(ttft, truth_ttft, 99),
         "itl_err_p50_ms": err(itl, truth_itl, 50), "itl_err_p99_ms": err(itl, truth_itl, 99),
     })
+    headers = [r["headers_ms"] for r in ok if r.get("headers_ms") is not None]
+    if headers:  # optbench only: where a TTFT error comes from (request path vs token path)
+        row["headers_p50_ms"], row["headers_p99_ms"] = percentile(headers, 50), percentile(headers, 99)
     if row["offered_tok_s"]:
         row["keep_up"] = row["output_tok_s"] / row["offered_tok_s"]
     if len(reported) != s.num_requests:

@@ -47,6 +47,8 @@ def main() -> None:
             "e2e_ms": None if r.e2e_ms != r.e2e_ms else float(r.e2e_ms),
             "tokens": n,
             "chunks": chunks,
+            # Response headers: the truth server writes them the moment it has read the request.
+            "headers_ms": (r.first_byte_ns - r.sent_ns) / 1e6 if r.first_byte_ns == r.first_byte_ns else None,
             "error": None if r.success else f"{r.error_kind}: {r.error_message}",
         })
     with open(args.out, "w") as f:

@@ -56,5 +56,5 @@ eval "\"$PY\" benches/gpu/sweep.py --model \"$MODEL\" --out \"$OUT\" --binary \"
 RC=$?
 set -e
 ls -la "$OUT" | sed 's/^/    /'
-log "step 2 done in $(( $(date +%s) - T0 ))s (rc $RC); copy GPU_RESULTS.md and the PNGs from \$OUT to benches/gpu/ and benches/gpu/results/"
+log "step 2 done in $(( $(date +%s) - T0 ))s (rc $RC); copy GPU_RESULTS.md, summary.csv and the PNGs from \$OUT into benches/gpu/results/<date>-<label>/ (benches/run.py shows the newest)"
 exit $RC
