@@ -96,7 +96,16 @@ def main() -> None:
         raise SystemExit(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    sections: list[tuple[dict[str, Any], float]] = [run_section(n, args.small, args.out_dir) for n in names]
+    sections: list[tuple[dict[str, Any], float]] = []
+    for name in SECTIONS:
+        if name in names:
+            sections.append(run_section(name, args.small, args.out_dir))
+        elif (kept := args.out_dir / f"{name}.json").is_file():
+            # --only re-measures some sections; the others keep their last measurement.
+            section = json.loads(kept.read_text())
+            stamp = datetime.datetime.fromtimestamp(kept.stat().st_mtime, datetime.timezone.utc)
+            section["markdown"] = f"_Measured {stamp:%Y-%m-%d %H:%M} UTC (an earlier run of this section)._\n\n" + section["markdown"]
+            sections.append((section, float("nan")))
     total = time.monotonic() - started
 
     import optbench
@@ -126,13 +135,17 @@ def main() -> None:
             ratio_rows.append([r["name"], fmt_value(r["value"], r["unit"]),
                                f"{r['direction']} {fmt_value(r['target'], r['unit'])}", met(r)])
     lines += [markdown_table(["measure", "measured", "target", "met"], ratio_rows), ""]
+    limits = BENCHES / "limits.md"  # the analysis of missed targets (profiles, what bounds them)
+    if limits.is_file() and not args.small:
+        lines += [limits.read_text().strip(), ""]
     for section, took in sections:
         lines += [f"## {section['section']}", "", section["markdown"], ""]
         if section.get("versions"):
             lines += ["Versions: " + ", ".join(f"{k} {v}" for k, v in section["versions"].items()) + ".", ""]
         if section.get("commands"):
             lines += ["Commands:", "", "```", *section["commands"], "```", ""]
-        lines += [f"_Section time: {took:.0f} s._", ""]
+        if took == took:  # not NaN: measured in this run
+            lines += [f"_Section time: {took:.0f} s._", ""]
     gpu = newest_gpu_section()
     if gpu:
         lines += ["## GPU: the llama.cpp baseline on an NVIDIA H200", "", gpu.split("\n", 1)[1] if gpu.startswith("## ") else gpu, ""]

@@ -252,6 +252,9 @@ fn is_stale_connection(e: &reqwest::Error) -> bool {
     error_chain(e).contains("connection closed before message completed")
 }
 
+/// How long to wait for the end of a body after `data: [DONE]` before giving the connection up.
+const DRAIN_AFTER_DONE: Duration = Duration::from_millis(200);
+
 fn elapsed_ns(t0: Instant) -> i64 {
     t0.elapsed().as_nanos() as i64
 }
@@ -317,6 +320,7 @@ pub async fn stream_request(
         for event in &events {
             if let Step::Done = handle_event(event, arrived, rec)? {
                 rec.done_ns = Some(arrived);
+                drain_to_end(&mut stream).await;
                 return finish(rec);
             }
         }
@@ -324,6 +328,20 @@ pub async fn stream_request(
     rec.done_ns = Some(elapsed_ns(t0));
     let partial = if parser.has_partial_event() { " (the last event was cut off)" } else { "" };
     Err((ErrorKind::MissingDone, format!("the stream ended without data: [DONE]{partial}")))
+}
+
+/// Reads what follows `data: [DONE]` (the chunked body's last, empty chunk) so the connection
+/// goes back to the pool: a body dropped before its end closes the connection, and the next
+/// request would pay a new TCP handshake and an accept on the server, inside its TTFT. Bounded,
+/// for servers that keep a stream open after `[DONE]`; the request's timings are already taken.
+async fn drain_to_end<S>(stream: &mut S)
+where
+    S: futures_util::Stream + Unpin,
+{
+    let _ = tokio::time::timeout(DRAIN_AFTER_DONE, async {
+        while stream.next().await.is_some() {}
+    })
+    .await;
 }
 
 fn handle_event(event: &SseEvent, arrived: i64, rec: &mut RequestRecord) -> Result<Step, Failure> {

@@ -98,6 +98,7 @@ struct State {
     behavior: MockBehavior,
     started: Instant,
     in_flight: AtomicUsize,
+    connections: AtomicUsize,
     next_id: AtomicU64,
     log: Mutex<Vec<MockRequestLog>>,
 }
@@ -117,6 +118,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, stop: Cancellatio
             a = listener.accept() => a,
         };
         let Ok((socket, _)) = accepted else { continue };
+        state.connections.fetch_add(1, Ordering::SeqCst);
         let _ = socket.set_nodelay(true);
         let state = state.clone();
         let stop = stop.clone();
@@ -135,6 +137,7 @@ impl MockServer {
             behavior,
             started: Instant::now(),
             in_flight: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
             next_id: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
         })
@@ -183,6 +186,11 @@ impl MockServer {
     /// The server-side log of every request answered so far.
     pub fn log(&self) -> Vec<MockRequestLog> {
         self.state.log.lock().expect("mock log").clone()
+    }
+
+    /// TCP connections accepted so far (a client that reuses connections opens few).
+    pub fn connections_accepted(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
     }
 
     /// Empties the log (between benchmark runs against one server).
@@ -321,7 +329,10 @@ async fn answer_other(socket: &mut TcpStream, state: &State, method: &str, path:
             json_response(socket, "200 OK", &body).await
         }
         ("GET", "/mock/clock") => {
-            let body = serde_json::json!({"now_s": state.started.elapsed().as_secs_f64()});
+            let body = serde_json::json!({
+                "now_s": state.started.elapsed().as_secs_f64(),
+                "connections_accepted": state.connections.load(Ordering::SeqCst),
+            });
             json_response(socket, "200 OK", &body.to_string()).await
         }
         ("POST", "/mock/reset") => {

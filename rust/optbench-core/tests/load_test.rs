@@ -205,3 +205,15 @@ async fn bad_configuration_is_an_error_not_a_row() {
         .unwrap_err();
     assert!(err.to_string().contains("num_requests"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_reused_across_requests() {
+    // The body is read to its end after `[DONE]`, so each connection goes back to the pool;
+    // dropping it early closed a connection per request, and the next one paid a handshake.
+    let behavior = MockBehavior { ttft: Duration::from_millis(2), gap: Duration::from_millis(1), tokens: 8, ..MockBehavior::default() };
+    let server = MockServer::start_dedicated("127.0.0.1:0", behavior).unwrap();
+    let out = run(closed(&server.base_url(), 4, 40, 8)).await;
+    assert!(out.records.iter().all(|r| r.is_success()));
+    let opened = server.connections_accepted();
+    assert!(opened <= 6, "{opened} connections for 40 requests at concurrency 4");
+}
