@@ -51,7 +51,10 @@ def run_section(name: str, small: bool, out_dir: Path) -> tuple[dict[str, Any], 
         error = f"did not finish within {small_limit if small else limit} s"
     took = time.monotonic() - started
     if out.is_file() and not error:
-        return json.loads(out.read_text()), took
+        section = json.loads(out.read_text())
+        section["seconds"] = took
+        out.write_text(json.dumps(section, indent=1))  # kept for --only / --report-only runs
+        return section, took
     return {"section": name, "markdown": f"**This section failed.**\n\n```\n{error}\n```", "commands": [" ".join(cmd)],
             "versions": {}, "ratios": [{"name": f"{name} ran", "value": None, "target": 1, "direction": ">=", "unit": ""}]}, took
 
@@ -78,6 +81,8 @@ def newest_gpu_section() -> str | None:
     path = runs[-1]
     rel = path.parent.relative_to(BENCHES)
     text = path.read_text()
+    if text.startswith("## "):  # its own heading; RESULTS.md gives the section one
+        text = text.split("\n", 1)[1].lstrip()
     # Its image links are relative to the run folder; RESULTS.md sits in benches/.
     text = text.replace("](results/", f"]({rel}/")
     return f"_From `{path.relative_to(ROOT)}` (benches/gpu/README.md says how to reproduce it)._\n\n" + text
@@ -89,14 +94,16 @@ def main() -> None:
     p.add_argument("--only", default=None, help="comma-separated sections: " + ",".join(SECTIONS))
     p.add_argument("--out-dir", type=Path, default=BENCHES / "out", help="per-section JSON files")
     p.add_argument("--results", type=Path, default=BENCHES / "RESULTS.md", help="the report to write")
+    p.add_argument("--report-only", action="store_true", help="measure nothing: rewrite the report from --out-dir")
     args = p.parse_args()
-    names = [n for n in SECTIONS if not args.only or n in args.only.split(",")]
+    names = [] if args.report_only else [n for n in SECTIONS if not args.only or n in args.only.split(",")]
     unknown = set(args.only.split(",")) - set(SECTIONS) if args.only else set()
     if unknown:
         raise SystemExit(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     sections: list[tuple[dict[str, Any], float]] = []
+    kept_names: list[str] = []
     for name in SECTIONS:
         if name in names:
             sections.append(run_section(name, args.small, args.out_dir))
@@ -105,7 +112,8 @@ def main() -> None:
             section = json.loads(kept.read_text())
             stamp = datetime.datetime.fromtimestamp(kept.stat().st_mtime, datetime.timezone.utc)
             section["markdown"] = f"_Measured {stamp:%Y-%m-%d %H:%M} UTC (an earlier run of this section)._\n\n" + section["markdown"]
-            sections.append((section, float("nan")))
+            sections.append((section, float(section.get("seconds", float("nan")))))
+            kept_names.append(name)
     total = time.monotonic() - started
 
     import optbench
@@ -116,8 +124,13 @@ def main() -> None:
         "# optbench benchmarks against the tools users would pick instead",
         "",
         f"Written by `benches/run.sh{' --small' if args.small else ''}` on "
-        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC in {total / 60:.1f} minutes "
-        "(measurements only; installing the peers' environments is extra, once per machine). "
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
+        + ("rewritten from each section's last measurement (`--report-only`). " if not names else
+           f"this invocation measured {', '.join(names)} in {total / 60:.1f} minutes and kept "
+           f"{', '.join(kept_names)} from an earlier run. " if kept_names else
+           f"measuring took {total / 60:.1f} minutes. ")
+        + "Section times (measurement only; installing the peers' environments is extra, once per machine): "
+        + ", ".join(f"{s['section'].split(':')[0]} {t / 60:.1f} min" for s, t in sections if t == t) + ". "
         "Machines like this one are noisy: read the ratios, measured side by side in one run, not the absolute times.",
         "",
         "## Machine and versions",
@@ -148,7 +161,7 @@ def main() -> None:
             lines += [f"_Section time: {took:.0f} s._", ""]
     gpu = newest_gpu_section()
     if gpu:
-        lines += ["## GPU: the llama.cpp baseline on an NVIDIA H200", "", gpu.split("\n", 1)[1] if gpu.startswith("## ") else gpu, ""]
+        lines += ["## GPU: the llama.cpp baseline on an NVIDIA H200", "", gpu, ""]
     args.results.write_text("\n".join(lines))
     print(f"\nwrote {args.results} ({total / 60:.1f} min)\n")
     width = max(len(r[0]) for r in ratio_rows) if ratio_rows else 10
