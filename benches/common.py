@@ -303,3 +303,19 @@ def write_word_tokenizer(folder: Path, mock_tokens: int) -> Path:
     (folder / "special_tokens_map.json").write_text(json.dumps(
         {"bos_token": "<s>", "eos_token": "</s>"}))
     return folder / "tokenizer.json"
+
+
+# --- the reference environment (embeddings.py, scorers.py) -------------------------------------
+def setup_reference() -> tuple[str | None, str | None, float]:
+    """Runs benches/setup_reference.sh; returns (venv python, error text, seconds)."""
+    if os.environ.get("OPTBENCH_BENCH_PEERS") == "none":
+        return None, "skipped: the run was asked not to use peers (benches/run.sh --no-peers)", 0.0
+    t0 = time.perf_counter()
+    proc = subprocess.run(["bash", str(BENCHES / "setup_reference.sh")], capture_output=True, text=True)
+    took = time.perf_counter() - t0
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return None, f"setup_reference.sh exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-2000:]}", took
+    return proc.stdout.strip().splitlines()[-1], None, took
+
+def fmt(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None else f"{x:,.{digits}f}"

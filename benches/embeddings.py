@@ -46,6 +46,9 @@ import numpy as np
 BENCHES = Path(__file__).resolve().parent
 ROOT = BENCHES.parent
 SHARED = Path(os.environ.get("OPTBENCH_SHARED", ROOT.parent / "shared"))
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import fmt, setup_reference  # noqa: E402
 MODEL_DIR = SHARED / "models" / "all-MiniLM-L6-v2"
 HH_RLHF = SHARED / "datasets" / "hh_rlhf_harmless_base_test.jsonl.gz"
 
@@ -275,16 +278,6 @@ def load_texts(n: int) -> list[str]:
     return texts
 
 
-def setup_reference() -> tuple[str | None, str | None, float]:
-    """Runs benches/setup_reference.sh; returns (venv python, error text, seconds)."""
-    if os.environ.get("OPTBENCH_BENCH_PEERS") == "none":
-        return None, "skipped: the run was asked not to use peers (benches/run.sh --no-peers)", 0.0
-    t0 = time.perf_counter()
-    proc = subprocess.run(["bash", str(BENCHES / "setup_reference.sh")], capture_output=True, text=True)
-    took = time.perf_counter() - t0
-    if proc.returncode != 0 or not proc.stdout.strip():
-        return None, f"setup_reference.sh exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-2000:]}", took
-    return proc.stdout.strip().splitlines()[-1], None, took
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
@@ -293,8 +286,6 @@ def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     return {"min_cosine": float(cos.min()), "max_abs_diff": float(np.abs(a64 - b64).max())}
 
 
-def fmt(x: float | None, digits: int = 2) -> str:
-    return "n/a" if x is None else f"{x:,.{digits}f}"
 
 
 def main() -> int:

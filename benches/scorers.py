@@ -42,6 +42,9 @@ from typing import Any
 BENCHES = Path(__file__).resolve().parent
 ROOT = BENCHES.parent
 SHARED = Path(os.environ.get("OPTBENCH_SHARED", ROOT.parent / "shared"))
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import fmt, setup_reference  # noqa: E402
 SQUAD = SHARED / "datasets" / "squad_v2_dev_subset.json"
 HUMANEVAL = SHARED / "datasets" / "HumanEval.jsonl.gz"
 
@@ -242,16 +245,6 @@ json.dump({"wall_s": wall, "passed": passed, "total": total, "pass_at_1": float(
 """
 
 
-def setup_reference() -> tuple[str | None, str | None, float]:
-    """Runs benches/setup_reference.sh; returns (venv python, error text, seconds)."""
-    if os.environ.get("OPTBENCH_BENCH_PEERS") == "none":
-        return None, "skipped: the run was asked not to use peers (benches/run.sh --no-peers)", 0.0
-    t0 = time.perf_counter()
-    proc = subprocess.run(["bash", str(BENCHES / "setup_reference.sh")], capture_output=True, text=True)
-    took = time.perf_counter() - t0
-    if proc.returncode != 0 or not proc.stdout.strip():
-        return None, f"setup_reference.sh exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-2000:]}", took
-    return proc.stdout.strip().splitlines()[-1], None, took
 
 
 def reference_versions(python: str | None) -> dict[str, str]:
@@ -322,8 +315,6 @@ def bench_humaneval(small: bool, python: str | None, setup_error: str | None, wo
 # --------------------------------------------------------------------------------------------
 
 
-def fmt(x: float | None, digits: int = 2) -> str:
-    return "n/a" if x is None else f"{x:,.{digits}f}"
 
 
 def main() -> int:
