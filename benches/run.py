@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import re
 import subprocess
 import sys
 import time
@@ -75,7 +76,11 @@ def fmt_value(v: float | None, unit: str) -> str:
 
 
 def newest_gpu_section() -> str | None:
-    runs = sorted((BENCHES / "gpu" / "results").glob("*/GPU_RESULTS.md"))
+    def measured_at(path: Path) -> str:  # the ISO time sweep.py writes ("Measured <time> by")
+        m = re.search(r"Measured (\S+) by", path.read_text())
+        return m.group(1) if m else ""
+
+    runs = sorted((BENCHES / "gpu" / "results").glob("*/GPU_RESULTS.md"), key=measured_at)
     if not runs:
         return None
     path = runs[-1]
