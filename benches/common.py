@@ -23,6 +23,8 @@ from typing import Any
 BENCHES = Path(__file__).resolve().parent
 ROOT = BENCHES.parent
 VENVS = BENCHES / ".venvs"
+# The shared datasets and models (read, never copied into the project).
+SHARED = Path(os.environ.get("OPTBENCH_SHARED", ROOT.parent / "shared"))
 
 
 def mock_binary() -> Path:

@@ -43,12 +43,9 @@ from typing import Any
 
 import numpy as np
 
-BENCHES = Path(__file__).resolve().parent
-ROOT = BENCHES.parent
-SHARED = Path(os.environ.get("OPTBENCH_SHARED", ROOT.parent / "shared"))
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fmt, setup_reference  # noqa: E402
+from common import BENCHES, ROOT, SHARED, fmt, setup_reference  # noqa: E402,F401
+
 MODEL_DIR = SHARED / "models" / "all-MiniLM-L6-v2"
 HH_RLHF = SHARED / "datasets" / "hh_rlhf_harmless_base_test.jsonl.gz"
 

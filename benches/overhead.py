@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, Section, _stat, markdown_table  # noqa: E402
+from common import ROOT, SHARED, Section, _stat, markdown_table  # noqa: E402
 
 from optbench.servers.llama_cpp import LlamaServer  # noqa: E402
 
@@ -57,13 +57,13 @@ limit = {limit}
 """)
         cmd = [sys.executable, "-m", "optbench.cli", "run", str(config), "--profile", "quick",
                "--results-dir", str(Path(tmp) / "results"), "--report", str(Path(tmp) / "RESULTS.md"),
-               "--dataset", str(Path(tmp) / "dataset.json"), "--dataset-source", str(ROOT.parent / "shared" / "datasets")]
+               "--dataset", str(Path(tmp) / "dataset.json"), "--dataset-source", str(SHARED / "datasets")]
         assert server.process is not None
         server_pid = server.process.pid
         server_before = _stat(server_pid)[1]
         started = time.monotonic()
         env = dict(os.environ)
-        local_model = ROOT.parent / "shared" / "models" / "all-MiniLM-L6-v2"
+        local_model = SHARED / "models" / "all-MiniLM-L6-v2"
         if "OPTBENCH_EMBEDDING_MODEL" not in env and local_model.is_dir():
             env["OPTBENCH_EMBEDDING_MODEL"] = str(local_model)  # offline: the chat scorer's model
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)

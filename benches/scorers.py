@@ -39,12 +39,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-BENCHES = Path(__file__).resolve().parent
-ROOT = BENCHES.parent
-SHARED = Path(os.environ.get("OPTBENCH_SHARED", ROOT.parent / "shared"))
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fmt, setup_reference  # noqa: E402
+from common import BENCHES, ROOT, SHARED, fmt, setup_reference  # noqa: E402,F401
+
 SQUAD = SHARED / "datasets" / "squad_v2_dev_subset.json"
 HUMANEVAL = SHARED / "datasets" / "HumanEval.jsonl.gz"
 
