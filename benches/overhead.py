@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, SHARED, Section, _stat, markdown_table  # noqa: E402
+from common import SHARED, Section, _stat, markdown_table  # noqa: E402
 
 from optbench.servers.llama_cpp import LlamaServer  # noqa: E402
 
