@@ -270,8 +270,25 @@ class Section:
         self.ratios.append({"name": name, "value": value, "target": target, "direction": direction, "unit": unit})
 
     def write(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.__dict__, indent=1))
+        write_section(path, self.__dict__)
+
+
+def ratio_met(r: dict[str, Any]) -> bool | None:
+    """Whether a ratio meets its target (None when it was not measured)."""
+    if r["value"] is None:
+        return None
+    return r["value"] >= r["target"] if r["direction"] == ">=" else r["value"] <= r["target"]
+
+
+def write_section(path: Path, section: dict[str, Any]) -> None:
+    """Writes a section's JSON for run.py and prints its ratios against their targets."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(section, indent=1, default=float) + "\n")
+    for r in section["ratios"]:
+        ok = ratio_met(r)
+        status = "n/a" if ok is None else ("met" if ok else "MISSED")
+        value = "n/a" if r["value"] is None else f"{r['value']:.4g}"
+        print(f"ratio: {r['name']}: {value}{r['unit']} (target {r['direction']} {r['target']}) {status}")
 
 
 # --- a tokenizer every client can load offline ---------------------------------------------------

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCHES, ROOT, SHARED, fmt, setup_reference  # noqa: E402,F401
+from common import BENCHES, ROOT, SHARED, fmt, setup_reference, write_section  # noqa: E402,F401
 
 MODEL_DIR = SHARED / "models" / "all-MiniLM-L6-v2"
 HH_RLHF = SHARED / "datasets" / "hh_rlhf_harmless_base_test.jsonl.gz"
@@ -461,11 +461,7 @@ def main() -> int:
               "commands": ["benches/setup_reference.sh", command], "versions": versions, "ratios": ratios,
               "details": {str(k): v for k, v in results.items()} | {"reference": {
                   k: v for k, v in info.items() if k not in ("versions",)}, "setup_s": setup_s}}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2, default=float) + "\n")
-    for r in ratios:
-        status = "n/a" if r["value"] is None else ("met" if r["value"] >= r["target"] else "MISSED")
-        print(f"ratio: {r['name']}: {fmt(r['value'])}{r['unit']} (target {r['direction']} {r['target']}) {status}")
+    write_section(Path(args.out), report)
     return 0
 
 

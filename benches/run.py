@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCHES, ROOT, machine_facts, markdown_table, mock_binary  # noqa: E402
+from common import BENCHES, ROOT, machine_facts, markdown_table, mock_binary, ratio_met  # noqa: E402
 
 SECTIONS = {  # name: (script, time limit in seconds for the full and the small setting)
     "loadgen": ("loadgen.py", 1500, 300),
@@ -61,11 +61,8 @@ def run_section(name: str, small: bool, out_dir: Path) -> tuple[dict[str, Any], 
 
 
 def met(r: dict[str, Any]) -> str:
-    v, t = r["value"], r["target"]
-    if v is None:
-        return "not measured"
-    ok = v >= t if r["direction"] == ">=" else v <= t
-    return "yes" if ok else "**no**"
+    ok = ratio_met(r)
+    return "not measured" if ok is None else ("yes" if ok else "**no**")
 
 
 def fmt_value(v: float | None, unit: str) -> str:

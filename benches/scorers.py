@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCHES, ROOT, SHARED, fmt, setup_reference  # noqa: E402,F401
+from common import BENCHES, ROOT, SHARED, fmt, setup_reference, write_section  # noqa: E402,F401
 
 SQUAD = SHARED / "datasets" / "squad_v2_dev_subset.json"
 HUMANEVAL = SHARED / "datasets" / "HumanEval.jsonl.gz"
@@ -434,11 +434,7 @@ def main() -> int:
                  "the ratios are measured side by side in one run.\n")
     report = {"section": "Scorers", "markdown": "\n".join(md), "commands": commands, "versions": versions,
               "ratios": ratios}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    for r in ratios:
-        status = "n/a" if r["value"] is None else ("met" if r["value"] >= r["target"] else "MISSED")
-        print(f"ratio: {r['name']}: {fmt(r['value'])}{r['unit']} (target {r['direction']} {r['target']}) {status}")
+    write_section(Path(args.out), report)
     return 0
 
 
