@@ -157,7 +157,12 @@ def plan_runs(small: bool, concurrencies: list[int] | None, requests: dict[int, 
     if concurrencies:
         known = {r["concurrency"]: r for r in runs}
         runs = [known.get(c, dict(concurrency=c, num_requests=max(2 * c, 8), warmup=0, cap_s=150)) for c in concurrencies]
-    for r in runs:
+    for i, r in enumerate(runs):
+        # A prompt seed of its own per run: with a shared seed, run B's prompt k equals run A's
+        # prompt k, and llama-server reuses a slot that still holds it (its prompt eval becomes
+        # "1 token"), which turned half of the concurrency 32/64 TTFTs of the 03:17 H200 run into
+        # prefix-cache hits.
+        r["seed"] = 1000 + i
         if r["concurrency"] in requests:
             r["num_requests"] = requests[r["concurrency"]]
         r.update(base)
@@ -224,8 +229,9 @@ def write_report(out: Path, env: dict[str, Any], cfg_text: str, server_cmd: str,
         "",
         "### Results per concurrency",
         "",
-        f"Closed loop; every request has a {runs[0]['input_tokens']}-token prompt (distinct per request, measured "
-        f"with the server's /tokenize) and asks for {runs[0]['output_tokens']} tokens with `ignore_eos`, streaming, "
+        f"Closed loop; every request has a {runs[0]['input_tokens']}-token prompt (distinct per request and across "
+        "runs: each run has its own prompt seed, so no prompt ever hits the server's slot cache; measured with the "
+        f"server's /tokenize) and asks for {runs[0]['output_tokens']} tokens with `ignore_eos`, streaming, "
         "temperature 0. TTFT = first token - sent; E2E = last token - sent; tokens/s per request = output tokens / "
         "(E2E - TTFT); throughput = output tokens / window. Client CPU = CPU time of the Python process that runs "
         "optbench (its Rust client included; `getrusage(RUSAGE_SELF)`) over the load test's wall time (1.0 = one "
@@ -415,14 +421,14 @@ def main(argv: list[str] | None = None) -> int:
                 res = optbench.load_test(
                     server.base_url, server.model, num_requests=r["num_requests"], concurrency=r["concurrency"],
                     input_tokens=r["input_tokens"], output_tokens=r["output_tokens"], ignore_eos=True,
-                    warmup=r["warmup"], temperature=0.0, time_limit_s=limit, label=label, progress=meter,
+                    warmup=r["warmup"], temperature=0.0, seed=r["seed"], time_limit_s=limit, label=label, progress=meter,
                     progress_interval_s=0.5,
                 )
                 total_wall = time.monotonic() - t0
                 print(res.summary_table(), file=sys.stderr, flush=True)
                 row = res.summary_row()
                 row.update(meter.shares())
-                row.update(brief=r["brief"], warmup=r["warmup"], time_limit_s=limit,
+                row.update(brief=r["brief"], warmup=r["warmup"], prompt_seed=r["seed"], time_limit_s=limit,
                            call_wall_s=total_wall, call_client_cpu_s=self_cpu_s() - cpu0,
                            parallel=parallel, ctx_size=ctx)
                 if res.interrupted:
