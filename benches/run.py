@@ -85,8 +85,9 @@ def newest_gpu_section() -> str | None:
     text = path.read_text()
     if text.startswith("## "):  # its own heading; RESULTS.md gives the section one
         text = text.split("\n", 1)[1].lstrip()
-    # Its image links are relative to the run folder; RESULTS.md sits in benches/.
-    text = text.replace("](results/", f"]({rel}/")
+    # Its image links are relative to the run folder (older runs wrote "results/NAME.png");
+    # RESULTS.md sits in benches/.
+    text = re.sub(r"\]\((?:results/)?([\w.-]+\.png)\)", lambda m: f"]({rel}/{m.group(1)})", text)
     return f"_From `{path.relative_to(ROOT)}` (benches/gpu/README.md says how to reproduce it)._\n\n" + text
 
 

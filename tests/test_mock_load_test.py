@@ -115,6 +115,17 @@ def test_progress_is_reported_in_batches_and_ends_complete():
     assert last["chunks"] == 8 * 20
 
 
+def test_progress_starts_with_a_snapshot_even_for_a_run_shorter_than_the_interval():
+    # A caller measuring between snapshots (CPU time, say) needs one at the start: a 0.1 s run
+    # with a 30 s interval gets the start and the final counts, not only the end.
+    for load_test in (optbench.load_test, lambda *a, **kw: asyncio.run(optbench.aload_test(*a, **kw))):
+        seen = []
+        with _core.MockServer(ttft_ms=5, gap_ms=2, tokens=10) as server:
+            load_test(server.base_url, "mock", num_requests=4, concurrency=2, output_tokens=10, prompts=PROMPTS,
+                      progress=seen.append, progress_interval_s=30)
+        assert [p["succeeded"] for p in seen] == [0, 4], seen
+
+
 def test_ctrl_c_returns_the_finished_rows():
     calls = []
 

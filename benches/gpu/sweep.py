@@ -124,6 +124,14 @@ class CpuMeter:
             log(f"  progress: {done}/{p['total']} done, {p['failed']} failed, {p['sent'] - done} in flight, "
                 f"{p['chunks']} chunks, {p['elapsed_s']:.0f} s")
 
+    def finish(self) -> None:
+        """The closing snapshot, taken when load_test has returned: a run shorter than the
+        progress interval may otherwise have a single snapshot and no window."""
+        sample = (time.monotonic(), self_cpu_s(), proc_cpu_s(self.pid))
+        if self.first is None:
+            self.first = sample
+        self.last = sample
+
     def shares(self) -> dict[str, float | None]:
         if not self.first or not self.last or self.last[0] <= self.first[0]:
             return {"client_cpu_s": None, "client_cpu_share": None, "server_cpu_s": None, "server_cpu_share": None,
@@ -149,10 +157,12 @@ def plan_runs(small: bool, concurrencies: list[int] | None, requests: dict[int, 
     else:
         base = dict(input_tokens=2048, output_tokens=1024)
         runs = [
-            dict(concurrency=8, num_requests=100, warmup=2, cap_s=240, brief=True),
-            dict(concurrency=1, num_requests=8, warmup=0, cap_s=80),
-            dict(concurrency=32, num_requests=64, warmup=0, cap_s=110),
-            dict(concurrency=64, num_requests=128, warmup=0, cap_s=140),
+            # Caps: the 03:32 H200 run took 178 / 46 / 106 / 140+ s (one concurrency-64 request
+            # was still running at a 140 s cap), so each has ~10-20% room within step 2's 570 s.
+            dict(concurrency=8, num_requests=100, warmup=2, cap_s=220, brief=True),
+            dict(concurrency=1, num_requests=8, warmup=0, cap_s=70),
+            dict(concurrency=32, num_requests=64, warmup=0, cap_s=125),
+            dict(concurrency=64, num_requests=128, warmup=0, cap_s=160),
         ]
     if concurrencies:
         known = {r["concurrency"]: r for r in runs}
@@ -259,7 +269,7 @@ def write_report(out: Path, env: dict[str, Any], cfg_text: str, server_cmd: str,
         lines.append("")
     if plots:
         lines += ["### Plots", ""]
-        lines += [f"![{p}](results/{p})" for p in plots]
+        lines += [f"![{p}]({p})" for p in plots]  # beside GPU_RESULTS.md in its run folder
         lines.append("")
     lines += [
         "Files: `summary.csv` (one row per concurrency, every statistic), `requests.parquet` (one row per request, "
@@ -424,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
                     warmup=r["warmup"], temperature=0.0, seed=r["seed"], time_limit_s=limit, label=label, progress=meter,
                     progress_interval_s=0.5,
                 )
+                meter.finish()
                 total_wall = time.monotonic() - t0
                 print(res.summary_table(), file=sys.stderr, flush=True)
                 row = res.summary_row()

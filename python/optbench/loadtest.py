@@ -179,6 +179,8 @@ def drive(
     are kept); any other exception cancels the run and propagates."""
     callback, closer = _progress_fn(progress, label)
     try:
+        if callback:
+            callback(run.progress())  # the start: a window measured between snapshots covers the run
         while not run.wait(interval_s):
             if callback:
                 callback(run.progress())
@@ -419,8 +421,9 @@ def load_test(
         extra_body: extra JSON fields for every request (override the defaults).
         label: the run's name in tables (default ``model@host``).
         progress: True for a tqdm bar in Jupyter or a live line on a terminal, ``"tqdm"`` for a
-            tqdm bar anywhere, False for none, or a callback receiving progress dicts a few
-            times a second (never one call per token).
+            tqdm bar anywhere, False for none, or a callback receiving progress dicts: one as
+            the run starts (after the prompts are ready), then every ``progress_interval_s``
+            (never one call per token), and the final counts.
 
     Ctrl-C stops the run and returns the finished rows (``result.interrupted`` is True).
     """
@@ -474,6 +477,8 @@ async def aload_test(
     callback, closer = _progress_fn(progress, label)
     done = run.wait_async()
     try:
+        if callback:
+            callback(run.progress())  # the start, as in drive()
         while not run.done():
             await asyncio.wait([done], timeout=progress_interval_s)
             if callback:
