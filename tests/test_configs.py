@@ -108,6 +108,8 @@ def test_openai_engine_checks_the_server_is_there():
     with pytest.raises(ServerStartError, match="did not answer"):
         with optbench.serve(cfg):
             pass
+    server = optbench.serve(cfg)  # not started; an openai endpoint never has a process of ours
+    assert server.pid is None and server.command is None
 
 
 @pytest.mark.llama
@@ -118,13 +120,17 @@ def test_serve_the_embedded_configuration_and_always_stop_it(tmp_path):
         r = optbench.load_test(server.base_url, server.model, num_requests=2, concurrency=2,
                                input_tokens=32, output_tokens=4, progress=False)
         assert r.summary["num_succeeded"] == 2
-        pid = server._llama.process.pid
+        pid = server.pid
+        # pid and command describe the process actually running, with the port it was given.
+        cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[:-1]
+        assert [a.decode() for a in cmdline] == server.command
+        assert server.command[server.command.index("--port") + 1] == server.base_url.rsplit(":", 1)[1]
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)
     assert (tmp_path / "embedded.log").stat().st_size > 0
     with pytest.raises(RuntimeError):
         with optbench.serve(CONFIGS / "embedded.toml", log_dir=tmp_path) as server:
-            pid = server._llama.process.pid
+            pid = server.pid
             raise RuntimeError("the body failed")
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)

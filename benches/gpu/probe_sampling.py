@@ -71,10 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         }, "<probe>")
         try:
             with optbench.serve(cfg, log_dir=scratch) as server:
-                pid = server._llama.process.pid if getattr(server, "_llama", None) else None
                 for c in concurrencies:
                     seed += 1
-                    meter = sweep.CpuMeter(pid)
+                    meter = sweep.CpuMeter(server.pid)
                     res = optbench.load_test(
                         server.base_url, server.model, num_requests=c, concurrency=c,
                         input_tokens=args.input_tokens, output_tokens=args.output_tokens, ignore_eos=True,

@@ -411,10 +411,9 @@ def main(argv: list[str] | None = None) -> int:
                              f"{used / 1024:.1f} GiB")
                 if used < 10 * 1024:
                     notes.append("WARNING: under 10 GiB of GPU memory in use: the model may not be on the GPU")
-            llama = getattr(server, "_llama", None)
-            pid = llama.process.pid if llama is not None and llama.process is not None else None
-            if llama is not None:
-                server_cmd_box[0] = shlex.join(llama.command())  # with the port actually used
+            pid = server.pid
+            if server.command:
+                server_cmd_box[0] = shlex.join(server.command)  # with the port actually used
             for i, r in enumerate(runs):
                 later_min = 30.0 * (len(runs) - i - 1)
                 budget = deadline - time.monotonic() - args.reserve_s - later_min

@@ -151,7 +151,8 @@ def gpu_info() -> dict[str, Any] | None:
 
 class Server:
     """A configuration's server while it runs: ``base_url``, ``model``, ``version``,
-    ``gpu`` (after the model loaded, where ``nvidia-smi`` exists) and ``log_path``."""
+    ``gpu`` (after the model loaded, where ``nvidia-smi`` exists), ``log_path``, ``pid`` and
+    ``command``."""
 
     def __init__(self, cfg: ServerConfig, log_dir: str | os.PathLike[str] | None = None) -> None:
         self.config = cfg
@@ -193,6 +194,21 @@ class Server:
             self._process.wait_ready(f"{self.base_url}/health", cfg.ready_timeout_s, fallback_url=f"{self.base_url}/v1/models")
         self.gpu = gpu_info()
         return self
+
+    @property
+    def pid(self) -> int | None:
+        """The server process's id while it runs (for reading its CPU time, say); None for
+        ``openai`` or before ``start``."""
+        proc = self._llama.process if self._llama else self._process
+        return proc.pid if proc is not None else None
+
+    @property
+    def command(self) -> list[str] | None:
+        """The command line the server runs with (the port actually chosen included); None for
+        ``openai`` or before ``start``."""
+        if self._llama:
+            return self._llama.command()
+        return self._process.args if self._process else None
 
     def stop(self) -> None:
         """Stops the server's whole process group (nothing for ``openai``). Safe to call twice."""
