@@ -79,7 +79,6 @@ def main(argv: list[str] | None = None) -> int:
                         input_tokens=args.input_tokens, output_tokens=args.output_tokens, ignore_eos=True,
                         temperature=0.0, seed=seed, time_limit_s=60, label=f"{name} c={c}", progress=meter,
                         progress_interval_s=0.5)
-                    meter.finish()
                     row = {"variant": name, "server_args": " ".join(extra), "concurrency": c,
                            "succeeded": res.summary["num_succeeded"], "tpot_ms_p50": res.metric("tpot_ms"),
                            "itl_ms_p50": res.metric("itl_ms"), "ttft_ms_p50": res.metric("ttft_ms"),

@@ -104,8 +104,8 @@ def self_cpu_s() -> float:
 class CpuMeter:
     """A load_test progress callback that samples this process's and the server's CPU time.
 
-    The first snapshot comes once the run has started (after the prompts were prepared), the
-    last when it is over, so the window is the load test itself."""
+    load_test calls it as the run starts (after the prompts were prepared) and with the final
+    counts when it is over, so the window is the load test itself."""
 
     def __init__(self, server_pid: int | None) -> None:
         self.pid = server_pid
@@ -123,14 +123,6 @@ class CpuMeter:
             done = p["succeeded"] + p["failed"]
             log(f"  progress: {done}/{p['total']} done, {p['failed']} failed, {p['sent'] - done} in flight, "
                 f"{p['chunks']} chunks, {p['elapsed_s']:.0f} s")
-
-    def finish(self) -> None:
-        """The closing snapshot, taken when load_test has returned: a run shorter than the
-        progress interval may otherwise have a single snapshot and no window."""
-        sample = (time.monotonic(), self_cpu_s(), proc_cpu_s(self.pid))
-        if self.first is None:
-            self.first = sample
-        self.last = sample
 
     def shares(self) -> dict[str, float | None]:
         if not self.first or not self.last or self.last[0] <= self.first[0]:
@@ -433,7 +425,6 @@ def main(argv: list[str] | None = None) -> int:
                     warmup=r["warmup"], temperature=0.0, seed=r["seed"], time_limit_s=limit, label=label, progress=meter,
                     progress_interval_s=0.5,
                 )
-                meter.finish()
                 total_wall = time.monotonic() - t0
                 print(res.summary_table(), file=sys.stderr, flush=True)
                 row = res.summary_row()
