@@ -29,7 +29,7 @@ import tarfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import sweep  # noqa: E402  (the sweep's CPU meter and logging)
+import sweep  # noqa: E402  (the sweep's server arguments, CPU meter and logging)
 
 VARIANTS = [
     ("default", []),
@@ -64,10 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, extra in VARIANTS:
         cfg = parse_config({
             "name": f"probe_{name.replace(' ', '_').replace('-', '_')}", "engine": "llama_cpp",
-            "model": "llama-3.1-8b-shapes-random-f16", "ready_timeout_s": 300,
+            "model": sweep.MODEL_NAME, "ready_timeout_s": 300,
             "server": {"model_path": str(args.model.resolve()), "binary": args.binary, "gpu_layers": 999,
-                       "parallel": args.parallel, "ctx_size": ctx,
-                       "extra_args": ["--flash-attn", "on", "--cont-batching", "--cache-ram", "0", *extra]},
+                       "parallel": args.parallel, "ctx_size": ctx, "extra_args": sweep.BASELINE_ARGS + extra},
         }, "<probe>")
         try:
             with optbench.serve(cfg, log_dir=scratch) as server:

@@ -34,6 +34,13 @@ from pathlib import Path
 from typing import Any
 
 T_START = time.monotonic()
+MODEL_NAME = "llama-3.1-8b-shapes-random-f16"
+# The baseline's llama-server arguments beyond slots, context and GPU layers (as in
+# configs/baseline_llama_cpp.toml). --cache-ram 0: llama-server's host-RAM prompt cache copies a
+# slot's whole KV state (384 MiB at 3,200 tokens) to host memory each time a slot takes a new
+# request, ~300 ms on the server's single loop thread; with unique prompts it never hits. The
+# first H200 run (results/2026-11-29-prompt-cache-stall/) stalled on it: 1,299 evictions, TTFT of 15 s.
+BASELINE_ARGS = ["--flash-attn", "on", "--cont-batching", "--cache-ram", "0"]
 
 
 def log(msg: str) -> None:
@@ -337,11 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"note: concurrency above parallel={parallel}: requests beyond the slots wait in llama-server's queue")
     per_slot = runs[0]["input_tokens"] + runs[0]["output_tokens"] + args.ctx_margin
     ctx = parallel * per_slot
-    # --cache-ram 0: llama-server's host-RAM prompt cache copies a slot's whole KV state (384 MiB
-    # at 3,200 tokens) to host memory each time a slot takes a new request, ~300 ms on the
-    # server's single loop thread; with unique prompts it never hits. The first H200 run
-    # (results/2026-11-29-prompt-cache-stall/) stalled on it: 1,299 evictions, TTFT of 15 s.
-    extra = ["--flash-attn", "on", "--cont-batching", "--cache-ram", "0"] + shlex.split(args.extra_args)
+    extra = BASELINE_ARGS + shlex.split(args.extra_args)
 
     env = environment(binary, args.build_info)
     log("environment: " + json.dumps(env, default=str))
@@ -350,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     config = {
         "name": "baseline_llama_cpp_gpu" if not args.small else "baseline_llama_cpp_cpu_smoke",
         "engine": "llama_cpp",
-        "model": "llama-3.1-8b-shapes-random-f16" if not args.small else "tiny-random",
+        "model": MODEL_NAME if not args.small else "tiny-random",
         "baseline": True,
         "ready_timeout_s": 300 if not args.small else 120,
         "server": {
