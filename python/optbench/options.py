@@ -1,0 +1,426 @@
+"""The parameters of a load test and of an evaluation, each declared once.
+
+:class:`LoadTestOptions` and :class:`EvaluationOptions` are frozen dataclasses: every field has
+its type, its default and one line of documentation (``field.metadata["doc"]``). Everything
+else is derived from them:
+
+- ``optbench.load_test`` / ``aload_test`` / ``evaluate`` / ``aevaluate`` take ``options=`` and
+  the same names as keyword arguments (validated once, here, when the object is built);
+- the command line's options (:func:`add_cli_options`, :func:`options_from_cli`);
+- a configuration file's ``[load_test]`` / ``[evaluation]`` keys (:func:`check_table`);
+- the README's parameter tables (:func:`markdown_table`; a test compares them);
+- what a result records: ``result.options`` and its ``to_dict()`` in the Parquet metadata, from
+  which :meth:`from_dict` rebuilds the options of the run.
+
+Values are checked against the declared types here (a wrong type, a value outside a
+``Literal``, a negative count); the rules between values (``concurrency`` at least 1, a
+positive ``request_rate``...) are the Rust core's, raised as ``ConfigError`` naming the field
+when the run is built. Adding an option is adding a field (plus its handling where it is used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import types
+import typing
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, TypeVar, Union
+
+from optbench.exceptions import ConfigError
+
+#: Per-request deadline in seconds by default: long enough for 1024 tokens on a slow CPU server.
+DEFAULT_TIMEOUT_S = 600.0
+
+#: The GSM8K answer extraction modes (see ``optbench.scoring``).
+Gsm8kMode = Literal["marked-or-last", "official", "lmeval-strict", "lmeval-flexible"]
+#: Former names of values, still accepted with a deprecation warning.
+RENAMED_VALUES: dict[str, dict[str, str]] = {"gsm8k_mode": {"default": "marked-or-last"}}
+
+
+def option(default: Any, doc: str, *, minimum: int | None = None, cli: str | None = None, core: bool = True) -> Any:
+    """A field of an options class: its default, one line of documentation, and optionally the
+    smallest integer its (unsigned) type holds, the CLI's name for its value, and ``core=False``
+    for a load-test option that Python consumes instead of passing it to the Rust core."""
+    metadata: dict[str, Any] = {"doc": doc, "core": core}
+    if minimum is not None:
+        metadata["minimum"] = minimum
+    if cli is not None:
+        metadata["cli"] = cli
+    return field(default=default, metadata=metadata)
+
+
+OptionsT = TypeVar("OptionsT", bound="Options")
+
+
+class Options:
+    """What the options classes share: checking, merging, (de)serialising."""
+
+    #: The configuration file's section of these options.
+    section: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            renamed = RENAMED_VALUES.get(f.name, {})
+            if isinstance(value, str) and value in renamed:
+                warnings.warn(
+                    f"{f.name}={value!r} is deprecated: use {renamed[value]!r} (the same thing)",
+                    DeprecationWarning,
+                    stacklevel=4,
+                )
+                value = renamed[value]
+            value = _normalise(value)
+            object.__setattr__(self, f.name, value)
+            problem = type_problem(value, hints[f.name])
+            if problem is None and f.metadata.get("minimum") is not None and isinstance(value, int):
+                if value < f.metadata["minimum"]:
+                    problem = f"at least {f.metadata['minimum']}"
+            if problem is not None:
+                raise ConfigError(f"{f.name} must be {problem}, got {value!r}")
+
+    @classmethod
+    def make(cls: type[OptionsT], options: OptionsT | Mapping[str, Any] | None = None, **overrides: Any) -> OptionsT:
+        """``options`` (an instance, a mapping of field values, or None for the defaults) with
+        ``overrides`` applied; unknown names raise ``ConfigError`` listing the allowed ones."""
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        base: dict[str, Any] = {}
+        if isinstance(options, cls):
+            base = {f.name: getattr(options, f.name) for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        elif isinstance(options, Mapping):
+            base = dict(options)
+        elif options is not None:
+            raise ConfigError(f"options must be a {cls.__name__} or a dict, got {type(options).__name__}")
+        values = {**base, **overrides}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} field(s) {unknown} (allowed: {', '.join(sorted(names))})")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, as JSON-ready values (what results record)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls: type[OptionsT], data: Mapping[str, Any]) -> OptionsT:
+        """The options recorded by :meth:`to_dict` (other keys, such as ``base_url``, ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def core_arguments(self) -> dict[str, Any]:
+        """The fields the Rust core takes as they are (``LoadTest``'s keyword arguments)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+            if f.metadata["core"]
+        }
+
+    def changed(self) -> dict[str, Any]:
+        """The fields that differ from their defaults."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+            if getattr(self, f.name) != f.default
+        }
+
+
+@dataclass(frozen=True)
+class LoadTestOptions(Options):
+    """The parameters of a load test (``optbench.load_test``): a closed loop by default
+    (``num_requests`` with ``concurrency`` in flight), an open loop with ``request_rate``."""
+
+    section: ClassVar[str] = "load_test"
+
+    num_requests: int = option(100, "measured requests", minimum=0)
+    concurrency: int | None = option(
+        8, "closed loop: requests in flight; open loop: a cap on them (None: no cap; waiting shows as queue delay)",
+        minimum=0,
+    )
+    request_rate: float | None = option(None, "requests per second: turns the run into an open loop")
+    arrival: Literal["constant", "poisson", "gamma"] = option("poisson", "open-loop gaps between requests")
+    burstiness: float = option(
+        1.0, "gamma shape: below 1 burstier than Poisson, above 1 more regular (with poisson, not 1 means gamma)"
+    )
+    input_tokens: int = option(2048, "synthetic prompt length in the server's tokens", minimum=0, core=False)
+    output_tokens: int = option(1024, "`max_tokens` of each request", minimum=0)
+    endpoint: Literal["completions", "chat"] = option(
+        "completions", "`completions` (/v1/completions) or `chat` (/v1/chat/completions)"
+    )
+    prompts: str | list[Any] | None = option(
+        None, "your own prompts instead of synthetic ones: a JSONL path, or a list of strings or conversations",
+        cli="FILE.jsonl", core=False,
+    )
+    seed: int = option(0, "seed of the synthetic prompts and of the open-loop schedule", minimum=0)
+    warmup: int = option(0, "requests sent first, kept as rows with warmup=True, excluded from every metric", minimum=0)
+    ignore_eos: bool = option(False, "ask the server to generate exactly output_tokens (llama.cpp, vLLM, SGLang)")
+    timeout_s: float | None = option(
+        DEFAULT_TIMEOUT_S, "per-request deadline in seconds (a `deadline` row); None waits forever"
+    )
+    time_limit_s: float | None = option(
+        None, "stop the measured phase after this many seconds; requests in flight become `cancelled` rows"
+    )
+    temperature: float = option(0.0, "sampling temperature")
+    api_key_env: str | None = option(
+        None, "name of an environment variable holding a bearer API key", cli="VAR", core=False
+    )
+    tokenizer: str | None = option(None, "a tokenizer.json for servers without /tokenize", cli="PATH")
+    extra_body: dict[str, Any] | None = option(
+        None, "extra JSON fields for every request body (they override the defaults)", cli="JSON"
+    )
+
+
+@dataclass(frozen=True)
+class EvaluationOptions(Options):
+    """The parameters of a quality evaluation (``optbench.evaluate``)."""
+
+    section: ClassVar[str] = "evaluation"
+
+    categories: list[str] | None = option(None, "a subset of qa, reasoning, chat, code (None: all)", cli="LIST")
+    limit: int | None = option(None, "at most this many scored items per category (a quick slice)", minimum=0)
+    concurrency: int = option(8, "requests in flight while generating", minimum=0)
+    endpoint_mode: Literal["completions", "chat"] = option(
+        "completions", "endpoint of the qa, reasoning and code prompts (chat items always use chat)"
+    )
+    templates: dict[str, dict[str, str]] | None = option(
+        None, "per-category prompt templates replacing the defaults (optbench.evaluate.DEFAULT_TEMPLATES)",
+        cli="JSON",
+    )
+    max_tokens: dict[str, int] | None = option(
+        None, "per-category max_tokens replacing the defaults (optbench.evaluate.DEFAULT_MAX_TOKENS)", cli="JSON"
+    )
+    stop: dict[str, list[str]] | None = option(
+        None, "per-category stop sequences replacing the defaults (optbench.evaluate.DEFAULT_STOP)", cli="JSON"
+    )
+    gsm8k_mode: Gsm8kMode = option("marked-or-last", "how reasoning answers are extracted (optbench.scoring)")
+    no_answer_phrase: str | None = option(
+        "unanswerable", "the QA answer that means 'no answer' and scores as the empty answer (None: none)"
+    )
+    embedding_model: str | None = option(
+        None, "all-MiniLM-L6-v2 folder or hub id for the chat scorer (None: $OPTBENCH_EMBEDDING_MODEL or the hub)",
+        cli="PATH",
+    )
+    sandbox_workers: int | None = option(None, "code programs run at once (None: one per CPU)", minimum=0)
+    code_timeout_s: float = option(10.0, "per-program timeout of the code sandbox in seconds")
+    timeout_s: float | None = option(DEFAULT_TIMEOUT_S, "per-request deadline in seconds; None waits forever")
+    api_key_env: str | None = option(None, "name of an environment variable holding a bearer API key", cli="VAR")
+
+
+# --------------------------------------------------------------------------- types
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _normalise(value: Any) -> Any:
+    """Paths become strings and tuples lists, so options compare and serialise as JSON."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, tuple):
+        return [_normalise(v) for v in value]
+    return value
+
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (Union, types.UnionType)
+
+
+def type_problem(value: Any, tp: Any) -> str | None:
+    """None when ``value`` is of type ``tp``, else what it should be (e.g. "an integer")."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return None
+    if tp is type(None):
+        return None if value is None else "None"
+    if _is_union(tp):
+        problems = [type_problem(value, a) for a in args]
+        if any(p is None for p in problems):
+            return None
+        literal = [p for a, p in zip(args, problems) if typing.get_origin(a) is Literal]
+        return literal[0] if literal and isinstance(value, str) else " or ".join(p for p in problems if p)
+    if origin is Literal:
+        return None if value in args else "one of " + ", ".join(repr(a) for a in args)
+    if tp is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if tp is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if tp is float:
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
+    if tp is str:
+        return None if isinstance(value, str) else "a string"
+    if origin in (list, Sequence) or tp is list:
+        if not isinstance(value, list):
+            return "a list"
+        inner = args[0] if args else Any
+        bad = [type_problem(v, inner) for v in value]
+        first = next((p for p in bad if p), None)
+        return None if first is None else f"a list of {_plural(first)}"
+    if origin in (dict, Mapping) or tp is dict:
+        if not isinstance(value, dict):
+            return "a table (dict)"
+        key_t, value_t = args if args else (Any, Any)
+        for k, v in value.items():
+            if type_problem(k, key_t) or type_problem(v, value_t):
+                return f"a table of {_plural(type_problem(v, value_t) or 'values')}"
+        return None
+    if origin in (Callable, typing.get_origin(Callable[..., Any])):
+        return None if callable(value) else "a function"
+    raise TypeError(f"options: no check for type {tp!r}")  # a field of a type this module does not know
+
+
+def _plural(what: str) -> str:
+    return what.removeprefix("an ").removeprefix("a ") + ("" if what.endswith("s") else "s")
+
+
+def type_name(tp: Any) -> str:
+    """The type as a person reads it: ``int | None``, ``'completions' | 'chat'``."""
+    if _is_union(tp):
+        return " | ".join(type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(f"`{a}`" for a in typing.get_args(tp))
+    if tp is type(None):
+        return "None"
+    if isinstance(tp, type) and not typing.get_args(tp):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+# --------------------------------------------------------------------------- configuration files
+
+
+def check_table(cls: type[Options], where: str, table: Mapping[str, Any]) -> dict[str, Any]:
+    """Checks a configuration file's ``[load_test]`` / ``[evaluation]`` table against the
+    options' fields; errors name the file and the key. Returns the table as a dict."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = _hints(cls)
+    for key, value in table.items():
+        full = f"{cls.section}.{key}"
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key '{full}' (allowed: {', '.join(sorted(fields))})")
+        try:
+            cls.make(**{key: value})
+        except ConfigError as e:
+            problem = type_problem(value, hints[key])
+            detail = f"must be {problem}, got {value!r}" if problem else str(e).removeprefix(f"{key} ")
+            raise ConfigError(f"{where}: key '{full}' {detail}") from None
+    return dict(table)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _cli_flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg} at column {e.colno}): {text!r}") from None
+
+
+def _cli_parser(tp: Any) -> Callable[[str], Any]:
+    """How the command line turns a string into a value of ``tp``."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)] if _is_union(tp) else [tp]
+    if str in args:
+        return str
+    core = args[0] if len(args) == 1 else tp
+    origin = typing.get_origin(core)
+    if core is int:
+        return int
+    if core is float:
+        return float
+    if origin is list and typing.get_args(core) == (str,):
+        return lambda s: [x.strip() for x in s.split(",") if x.strip()]
+    if origin in (dict, list) or _is_union(core):
+        return _json_value
+    return str
+
+
+def _cli_core(tp: Any) -> Any:
+    """``X`` of ``X | None``."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)] if _is_union(tp) else [tp]
+    return args[0] if len(args) == 1 else tp
+
+
+def _show(value: Any) -> str:
+    return "None" if value is None else json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
+def add_cli_options(parser: argparse.ArgumentParser | Any, cls: type[Options], *, title: str | None = None) -> None:
+    """Adds one ``--flag`` per field of ``cls`` (help = the field's doc and default). An option
+    not given is left out (``None`` in the namespace), so the field's default applies."""
+    group = parser.add_argument_group(title or f"{cls.section.replace('_', ' ')} options")
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        tp = hints[f.name]
+        doc = f.metadata["doc"]
+        flag = _cli_flag(f.name)
+        if tp is bool:
+            group.add_argument(flag, action="store_true", default=None, help=doc)
+            continue
+        literal = next((a for a in ((tp,) if not _is_union(tp) else typing.get_args(tp))
+                        if typing.get_origin(a) is Literal), None)
+        shown = "" if f.default is None else f" (default {_show(f.default)})"
+        kwargs: dict[str, Any] = {"default": None, "help": doc + shown}
+        if literal is not None:
+            choices = list(typing.get_args(literal))
+            renamed = RENAMED_VALUES.get(f.name, {})
+            kwargs["choices"] = choices + sorted(renamed)  # former names still parse (with a warning)
+            kwargs["metavar"] = "{" + ",".join(choices) + "}"
+        else:
+            kwargs["type"] = _cli_parser(tp)
+            plain = {int: "N", float: "X", str: "TEXT"}
+            kwargs["metavar"] = f.metadata.get("cli") or plain.get(_cli_core(tp), f.name.upper())
+        if f.default is not None and _is_union(tp) and str in typing.get_args(tp):
+            kwargs["help"] += "; '' for None"
+        group.add_argument(flag, **kwargs)
+
+
+def options_from_cli(cls: type[OptionsT], args: argparse.Namespace) -> dict[str, Any]:
+    """The options given on the command line (those left out keep their defaults); for a
+    ``str | None`` option an empty string means None."""
+    hints = _hints(cls)
+    given: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        value = getattr(args, f.name, None)
+        if value is None:
+            continue
+        if value == "" and _is_union(hints[f.name]) and type(None) in typing.get_args(hints[f.name]):
+            value = None
+        given[f.name] = value
+    return given
+
+
+# --------------------------------------------------------------------------- documentation
+
+
+def markdown_table(cls: type[Options]) -> str:
+    """The README's table of ``cls``: option, type, default, meaning."""
+    hints = _hints(cls)
+    lines = ["| option | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        default = "`None`" if f.default is None else f"`{_show(f.default)}`"
+        type_text = type_name(hints[f.name]).replace("|", "\\|")
+        lines.append(f"| `{f.name}` | {type_text} | {default} | {f.metadata['doc'].replace('|', '/')} |")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "EvaluationOptions",
+    "Gsm8kMode",
+    "LoadTestOptions",
+    "Options",
+    "add_cli_options",
+    "check_table",
+    "markdown_table",
+    "options_from_cli",
+    "type_problem",
+]
