@@ -1,0 +1,473 @@
+//! A sandbox for untrusted Python programs: the code scorer runs each HumanEval sample here.
+//!
+//! Every program runs in its own `python3 -I -B` process, in a fresh temporary directory that is
+//! removed afterwards, with:
+//!
+//! - its own session and process group; a wall-clock timeout (and the program's own end) kills
+//!   the whole group with `SIGKILL`;
+//! - resource limits: CPU time, address space, processes, file size, open files, no core dumps;
+//! - an empty environment (only `HOME` and `TMPDIR`, both the work directory; `-I` makes
+//!   CPython ignore `PYTHON*` variables anyway), stdin from `/dev/null`, stdout and stderr
+//!   captured up to a cap (the rest is read and discarded), no other inherited descriptor but
+//!   the control pipe on which the child reports its setup and the end of the program;
+//! - a new network namespace (no interfaces but a down loopback) where the kernel allows one;
+//! - when the parent is root: an unprivileged uid/gid of its own, leased for the run from
+//!   [`SandboxConfig::uids`], so that `RLIMIT_NPROC` binds and everything left running under
+//!   that uid (even processes that left the group with `setsid`) is killed at the end;
+//! - `no_new_privs` and, where the kernel has Landlock, a Landlock domain that denies writing
+//!   anywhere but the work directory (and `/dev/null`), TCP `bind`/`connect`, and signalling
+//!   or connecting to abstract Unix sockets outside the sandbox.
+//!
+//! What was achieved is reported per run as an [`Isolation`]; nothing silently pretends.
+//!
+//! The program is executed the way HumanEval's reference harness executes it: compiled from
+//! its file and `exec`uted in fresh, empty globals (so `__name__` is not `"__main__"`), and it
+//! passes only if that `exec` returns and the process then exits with code 0. A program that
+//! leaves early with `os._exit(0)` or `sys.exit(0)` fails, as in the reference (which reports
+//! "timed out" and "failed: 0" for those).
+
+mod child;
+mod config;
+mod landlock;
+mod python;
+mod report;
+mod supervise;
+mod uid_lease;
+mod workdir;
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crate::{CoreError, Result};
+
+use child::{pipe_above_stdio, read_setup_failure, ChildSetup, SetupHeader};
+use config::applied_limits;
+pub use config::{AppliedLimits, SandboxConfig};
+use python::{default_python_candidates, resolve_python};
+pub use report::{Isolation, SandboxResult, Status};
+use supervise::{classify, supervise};
+use uid_lease::UidLease;
+use workdir::{write_program, WorkDir};
+
+/// The HumanEval program for one completion, exactly as the reference harness builds it:
+/// `prompt + completion + "\n" + test + "\n" + f"check({entry_point})"`.
+pub fn humaneval_program(prompt: &str, completion: &str, test: &str, entry_point: &str) -> String {
+    format!("{prompt}{completion}\n{test}\ncheck({entry_point})")
+}
+
+/// The default number of parallel workers: the number of CPUs.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Runs untrusted Python programs; see the module documentation for what it enforces.
+///
+/// Construction resolves the interpreter and runs a probe program through the full sandbox,
+/// so a `Sandbox` that exists is known to work on this machine.
+#[derive(Debug)]
+pub struct Sandbox {
+    config: SandboxConfig,
+    python: PathBuf,
+    python_version: String,
+    isolation: Isolation,
+}
+
+/// Runs the program file in fresh globals, as HumanEval's harness does, then tells the parent
+/// on the control pipe (its descriptor is the last argument) that the program reached its end,
+/// so that an early `os._exit(0)` is not a pass. `os.write` is bound before the program runs,
+/// so the program replacing it does not matter.
+const DRIVER: &str = "\
+import os, sys
+_end, _fd = os.write, int(sys.argv.pop())
+with open(sys.argv[1], encoding='utf-8') as _f:
+    _code = compile(_f.read(), sys.argv[1], 'exec')
+exec(_code, {})
+_end(_fd, b'\\0optbench-sandbox-end\\0')
+";
+const END_MARKER: &[u8] = b"\0optbench-sandbox-end\0";
+/// The program's file name inside the work directory (as shown in tracebacks).
+const PROGRAM_FILE: &str = "program.py";
+/// The probe run by [`Sandbox::new`]; it prints the interpreter's version.
+const PROBE: &str = "import sys\nprint('%d.%d.%d' % sys.version_info[:3])\n";
+
+impl Sandbox {
+    /// Validates `config`, finds the interpreter and checks, by running a probe program, that
+    /// the sandbox works. Errors are [`CoreError::Config`] with what to fix.
+    pub fn new(config: SandboxConfig) -> Result<Sandbox> {
+        config.validate()?;
+        let candidates = match &config.python {
+            Some(p) => vec![resolve_python(p)?],
+            None => default_python_candidates(),
+        };
+        if candidates.is_empty() {
+            return Err(CoreError::config(
+                "no python3 found on PATH, in /usr/bin or in /usr/local/bin",
+            ));
+        }
+        let mut failures = Vec::new();
+        for python in candidates {
+            // Filled in from the probe's result below.
+            let mut sandbox = Sandbox {
+                isolation: Isolation::unknown(&python, &config),
+                config: config.clone(),
+                python,
+                python_version: String::new(),
+            };
+            match sandbox.run(PROBE) {
+                Ok(r) if r.passed() => {
+                    sandbox.python_version = r.stdout.trim().to_string();
+                    sandbox.isolation = r.isolation;
+                    return Ok(sandbox);
+                }
+                Ok(r) => failures.push(format!(
+                    "{}: probe {} {}",
+                    sandbox.python.display(),
+                    r.status,
+                    r.stderr.trim()
+                )),
+                Err(e) => failures.push(format!("{}: {e}", sandbox.python.display())),
+            }
+        }
+        let who = if is_root() && config.uids.is_some() {
+            " (programs run as an unprivileged uid, which must be able to read and execute the \
+             interpreter and its standard library)"
+        } else {
+            ""
+        };
+        Err(CoreError::config(format!(
+            "no Python interpreter runs in the sandbox{who}: {}",
+            failures.join("; ")
+        )))
+    }
+
+    /// The interpreter programs run with.
+    pub fn python(&self) -> &Path {
+        &self.python
+    }
+
+    /// Its version, e.g. "3.11.2".
+    pub fn python_version(&self) -> &str {
+        &self.python_version
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// The isolation the probe run got at construction: what this machine allows.
+    pub fn isolation(&self) -> &Isolation {
+        &self.isolation
+    }
+
+    /// Runs one program. `Err` only when the sandbox itself fails (no temporary directory, no
+    /// process); whatever the program does is a [`SandboxResult`].
+    pub fn run(&self, program: &str) -> Result<SandboxResult> {
+        let never = AtomicBool::new(false);
+        Ok(self.run_one(program, &never)?.expect("not cancelled"))
+    }
+
+    /// Runs the programs on `workers` threads (at least 1), each program in its own sandboxed
+    /// process; results come back in input order. The first sandbox error stops the rest.
+    pub fn run_programs<S: AsRef<str> + Sync>(&self, programs: &[S], workers: usize) -> Result<Vec<SandboxResult>> {
+        let never = AtomicBool::new(false);
+        Ok(self
+            .run_programs_cancellable(programs, workers, &never)?
+            .expect("not cancelled"))
+    }
+
+    /// [`Sandbox::run_programs`] that stops, killing the programs in flight, once `cancel` is
+    /// set; it then returns `Ok(None)`.
+    pub fn run_programs_cancellable<S: AsRef<str> + Sync>(
+        &self,
+        programs: &[S],
+        workers: usize,
+        cancel: &AtomicBool,
+    ) -> Result<Option<Vec<SandboxResult>>> {
+        let next = AtomicUsize::new(0);
+        // Set on the first sandbox error so that the other workers stop too.
+        let failed = AtomicBool::new(false);
+        let stop = StopFlags {
+            cancel,
+            failed: &failed,
+        };
+        let workers = workers.clamp(1, programs.len().max(1));
+        let mut slots: Vec<Option<Result<Option<SandboxResult>>>> = (0..programs.len()).map(|_| None).collect();
+        let finished: Vec<Vec<(usize, Result<Option<SandboxResult>>)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut done = Vec::new();
+                        while !stop.is_set() {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(program) = programs.get(i) else { break };
+                            let outcome = self.run_one(program.as_ref(), &stop);
+                            if outcome.is_err() {
+                                failed.store(true, Ordering::SeqCst);
+                            }
+                            done.push((i, outcome));
+                        }
+                        done
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("sandbox worker panicked"))
+                .collect()
+        });
+        for (i, outcome) in finished.into_iter().flatten() {
+            slots[i] = Some(outcome);
+        }
+        // The first error in input order wins over cancellation and over missing results.
+        if let Some(Some(Err(e))) = slots.iter_mut().find(|s| matches!(s, Some(Err(_)))).map(Option::take) {
+            return Err(e);
+        }
+        let mut results = Vec::with_capacity(slots.len());
+        for slot in slots {
+            match slot {
+                Some(Ok(Some(r))) => results.push(r),
+                _ => return Ok(None), // cancelled before or while this one ran
+            }
+        }
+        Ok(Some(results))
+    }
+
+    /// One program from start to cleanup; `Ok(None)` if `stop` was set while it ran.
+    fn run_one(&self, program: &str, stop: &dyn Stop) -> Result<Option<SandboxResult>> {
+        let lease = match &self.config.uids {
+            Some(range) if is_root() => Some(UidLease::acquire(range)?),
+            _ => None,
+        };
+        let run_as = lease.as_ref().map(|l| l.uid);
+        let workdir = WorkDir::create(run_as)?;
+        let program_path = workdir.path.join(PROGRAM_FILE);
+        write_program(&program_path, program, run_as).map_err(|e| io_err(&program_path, e))?;
+
+        let mut notes = Vec::new();
+        let ruleset = match landlock::Ruleset::for_workdir(&workdir.path) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                notes.push(format!("Landlock unavailable: {e}"));
+                None
+            }
+        };
+        let limits = applied_limits(&self.config, run_as.is_some());
+        if run_as.is_none() {
+            notes.push(if is_root() {
+                "running as root: no uid was configured, so RLIMIT_NPROC is not applied".to_string()
+            } else {
+                "not root: programs keep the parent's uid, so RLIMIT_NPROC is not applied and a \
+                 process that leaves the process group (setsid) can outlive the run"
+                    .to_string()
+            });
+        }
+        let (ctl_read, ctl_write) = pipe_above_stdio().map_err(|e| sandbox_err("cannot create a pipe", e))?;
+        let setup = ChildSetup::new(
+            &limits,
+            run_as,
+            ruleset.as_ref().map(|r| r.fd.as_raw_fd()),
+            ctl_write.as_raw_fd(),
+        );
+
+        let mut command = Command::new(&self.python);
+        command
+            .args([
+                "-I",
+                "-B",
+                "-c",
+                DRIVER,
+                PROGRAM_FILE,
+                &ctl_write.as_raw_fd().to_string(),
+            ])
+            .env_clear()
+            .env("HOME", &workdir.path)
+            .env("TMPDIR", &workdir.path)
+            .current_dir(&workdir.path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: `ChildSetup::apply` makes only async-signal-safe system calls on data
+        // prepared above (no allocation, no locks), as `pre_exec` requires after `fork`.
+        unsafe {
+            command.pre_exec(move || setup.apply());
+        }
+        let spawned = command.spawn();
+        drop(ctl_write); // the child has its copy; ours must go for the pipe to end with it
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                let detail = read_setup_failure(&ctl_read).unwrap_or_default();
+                return Err(sandbox_err(
+                    &format!("cannot start {}{detail}", self.python.display()),
+                    e,
+                ));
+            }
+        };
+        drop(ruleset); // the child holds the Landlock domain now
+
+        let stdout = OwnedFd::from(child.stdout.take().expect("piped stdout"));
+        let stderr = OwnedFd::from(child.stderr.take().expect("piped stderr"));
+        let pid = child.id() as libc::pid_t;
+        let supervised = supervise(
+            pid,
+            [stdout, stderr, ctl_read],
+            self.config.timeout,
+            self.config.max_output_bytes,
+            lease.as_ref(),
+            stop,
+        );
+        drop(child); // already reaped by `supervise`; dropping a `Child` neither waits nor kills
+        drop(workdir); // removed here, after every process that could write to it is gone
+        drop(lease);
+        let Some(s) = supervised else { return Ok(None) };
+
+        let isolation = self.isolation_from_header(&s.control.head, run_as, limits, notes);
+        let status = classify(&s, &self.config);
+        Ok(Some(SandboxResult {
+            status,
+            exit_code: s.exit_code,
+            signal: s.signal,
+            duration: s.duration,
+            cpu_time: s.cpu_time,
+            stdout: String::from_utf8_lossy(&s.stdout.head).into_owned(),
+            stderr: String::from_utf8_lossy(&s.stderr.head).into_owned(),
+            stdout_truncated: s.stdout.truncated(),
+            stderr_truncated: s.stderr.truncated(),
+            isolation,
+        }))
+    }
+
+    /// The isolation report from the header the child wrote before `exec`.
+    fn isolation_from_header(
+        &self,
+        head: &[u8],
+        run_as: Option<u32>,
+        limits: AppliedLimits,
+        mut notes: Vec<String>,
+    ) -> Isolation {
+        let header = SetupHeader::parse(head);
+        if header.is_none() {
+            notes.push("the child's setup report is missing".into());
+        }
+        let h = header.unwrap_or_default();
+        if let Some(errno) = h.netns_errno {
+            notes.push(format!(
+                "no network namespace: unshare failed: {}",
+                io::Error::from_raw_os_error(errno)
+            ));
+        }
+        if let Some(errno) = h.landlock_errno {
+            notes.push(format!(
+                "Landlock not applied: landlock_restrict_self failed: {}",
+                io::Error::from_raw_os_error(errno)
+            ));
+        }
+        let abi = if h.landlock { landlock::abi().ok() } else { None };
+        Isolation {
+            python: self.python.clone(),
+            dropped_to_uid: run_as,
+            network_namespace: h.netns,
+            landlock_abi: abi,
+            filesystem_writes_confined: abi.is_some(),
+            tcp_denied: abi.is_some_and(|a| a >= 4),
+            signals_scoped: abi.is_some_and(|a| a >= 6),
+            no_new_privs: h.no_new_privs,
+            limits,
+            wall_timeout: self.config.timeout,
+            notes,
+        }
+    }
+}
+
+/// Why a worker should stop early: cancelled by the caller, or another worker failed.
+trait Stop: Sync {
+    fn is_set(&self) -> bool;
+}
+
+impl Stop for AtomicBool {
+    fn is_set(&self) -> bool {
+        self.load(Ordering::SeqCst)
+    }
+}
+
+struct StopFlags<'a> {
+    cancel: &'a AtomicBool,
+    failed: &'a AtomicBool,
+}
+
+impl Stop for StopFlags<'_> {
+    fn is_set(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst) || self.failed.load(Ordering::SeqCst)
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn io_err(path: &Path, source: io::Error) -> CoreError {
+    CoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn sandbox_err(what: &str, e: io::Error) -> CoreError {
+    CoreError::Io {
+        path: format!("sandbox: {what}"),
+        source: e,
+    }
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn humaneval_program_is_the_reference_formula() {
+        assert_eq!(
+            humaneval_program(
+                "def f():\n",
+                "    return 1\n",
+                "def check(c):\n    assert c() == 1\n",
+                "f"
+            ),
+            "def f():\n    return 1\n\ndef check(c):\n    assert c() == 1\n\ncheck(f)"
+        );
+    }
+
+    #[test]
+    fn status_text() {
+        assert_eq!(Status::Passed.to_string(), "passed");
+        assert_eq!(Status::TimedOut.as_text(), "timed out");
+        assert_eq!(
+            Status::Failed("exit code 1: AssertionError".into()).to_string(),
+            "failed: exit code 1: AssertionError"
+        );
+    }
+
+    #[test]
+    fn bad_config_is_rejected() {
+        let c = SandboxConfig {
+            timeout: Duration::ZERO,
+            ..SandboxConfig::default()
+        };
+        assert!(matches!(Sandbox::new(c), Err(CoreError::Config(_))));
+        let c = SandboxConfig {
+            python: Some("/nonexistent/python3".into()),
+            ..SandboxConfig::default()
+        };
+        assert!(matches!(Sandbox::new(c), Err(CoreError::Config(_))));
+    }
+}
