@@ -72,7 +72,9 @@ def fmt_value(v: float | None, unit: str) -> str:
     return f"{text}{'x' if unit == 'x' else (' ' + unit if unit else '')}"
 
 
-def newest_gpu_section() -> str | None:
+def newest_gpu_section() -> tuple[str, str] | None:
+    """(heading, text) of the newest GPU run: the llama.cpp baseline's sweep, or the run of every
+    serving configuration (vLLM, SGLang, the llama.cpp baseline) that engines_report.py writes."""
     def measured_at(path: Path) -> str:  # the ISO time sweep.py writes ("Measured <time> by")
         m = re.search(r"Measured (\S+) by", path.read_text())
         return m.group(1) if m else ""
@@ -83,12 +85,18 @@ def newest_gpu_section() -> str | None:
     path = runs[-1]
     rel = path.parent.relative_to(BENCHES)
     text = path.read_text()
-    if text.startswith("## "):  # its own heading; RESULTS.md gives the section one
-        text = text.split("\n", 1)[1].lstrip()
+    heading = "## GPU: the llama.cpp baseline on an NVIDIA H200"
+    if text.startswith("## "):  # its own heading; an engines run names the configurations
+        first, text = text.split("\n", 1)
+        text = text.lstrip()
+        if first.startswith("## GPU:"):
+            heading = first
     # Its image links are relative to the run folder (older runs wrote "results/NAME.png");
     # RESULTS.md sits in benches/.
     text = re.sub(r"\]\((?:results/)?([\w.-]+\.png)\)", lambda m: f"]({rel}/{m.group(1)})", text)
-    return f"_From `{path.relative_to(ROOT)}` (benches/gpu/README.md says how to reproduce it)._\n\n" + text
+    # Its links to the configurations' folders likewise.
+    text = re.sub(r"\]\(([\w.-]+/GPU_RESULTS\.md)\)", lambda m: f"]({rel}/{m.group(1)})", text)
+    return heading, f"_From `{path.relative_to(ROOT)}` (benches/gpu/README.md says how to reproduce it)._\n\n" + text
 
 
 def main() -> None:
@@ -164,7 +172,7 @@ def main() -> None:
             lines += [f"_Section time: {took:.0f} s._", ""]
     gpu = newest_gpu_section()
     if gpu:
-        lines += ["## GPU: the llama.cpp baseline on an NVIDIA H200", "", gpu, ""]
+        lines += [gpu[0], "", gpu[1], ""]
     args.results.write_text("\n".join(lines))
     print(f"\nwrote {args.results} ({total / 60:.1f} min)\n")
     width = max(len(r[0]) for r in ratio_rows) if ratio_rows else 10
