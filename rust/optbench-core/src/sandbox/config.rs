@@ -19,16 +19,24 @@ pub struct SandboxConfig {
     pub timeout: Duration,
     /// `RLIMIT_CPU` in seconds (`SIGXCPU` at the limit, `SIGKILL` one second later). Default 10.
     pub cpu_time_s: u64,
-    /// `RLIMIT_AS`: address space in bytes. Default 1 GiB.
+    /// `RLIMIT_AS`: address space in bytes, per process. Default 1 GiB. Where the run has a
+    /// cgroup, also the memory of the whole program (plus `max_disk_bytes`, see there).
     pub memory_bytes: u64,
     /// `RLIMIT_NPROC`: processes and threads of the sandbox uid. Applied only when the parent
     /// is root and programs run under a uid of their own (the limit counts every process of a
-    /// uid, so it would be meaningless, or harmful, on a shared one). Default 64.
+    /// uid, so it would be meaningless, or harmful, on a shared one). Also the run's cgroup
+    /// `pids.max` where it has one. Default 64.
     pub max_processes: u64,
     /// `RLIMIT_FSIZE`: the largest file a program may write, in bytes. Default 16 MiB.
     pub max_file_size_bytes: u64,
     /// `RLIMIT_NOFILE`: open file descriptors. Default 64.
     pub max_open_files: u64,
+    /// The total size of the work directory (a tmpfs of its own, where the run has a mount
+    /// namespace: as root). Default 256 MiB. Its pages count as memory in the run's cgroup,
+    /// whose memory limit is `memory_bytes + max_disk_bytes`.
+    pub max_disk_bytes: u64,
+    /// The most files and directories in the work directory (its tmpfs's inodes). Default 10000.
+    pub max_disk_files: u64,
     /// Bytes of stdout and of stderr kept (each); the rest is read and discarded. Default 64 KiB.
     pub max_output_bytes: usize,
     /// When the parent is root, each run leases one uid of this range for itself (gid = uid),
@@ -48,6 +56,8 @@ impl Default for SandboxConfig {
             max_processes: 64,
             max_file_size_bytes: 16 << 20,
             max_open_files: 64,
+            max_disk_bytes: 256 << 20,
+            max_disk_files: 10_000,
             max_output_bytes: 64 << 10,
             uids: Some(60000..61000),
         }
@@ -59,10 +69,7 @@ impl SandboxConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(CoreError::config(msg));
         if self.timeout.is_zero() || self.timeout > Duration::from_secs(24 * 3600) {
-            return bad(format!(
-                "sandbox timeout must be in (0 s, 24 h], got {:?}",
-                self.timeout
-            ));
+            return bad(format!("sandbox timeout must be in (0 s, 24 h], got {:?}", self.timeout));
         }
         if self.cpu_time_s == 0 {
             return bad("sandbox cpu_time_s must be at least 1".into());
@@ -82,11 +89,15 @@ impl SandboxConfig {
                 self.max_open_files
             ));
         }
+        if self.max_disk_bytes < 1 << 20 || self.max_disk_files < 16 {
+            return bad(format!(
+                "sandbox max_disk_bytes must be at least 1 MiB and max_disk_files at least 16, got {} and {}",
+                self.max_disk_bytes, self.max_disk_files
+            ));
+        }
         if let Some(uids) = &self.uids {
             if uids.is_empty() || uids.start == 0 {
-                return bad(format!(
-                    "sandbox uids must be a non-empty range of non-root uids, got {uids:?}"
-                ));
+                return bad(format!("sandbox uids must be a non-empty range of non-root uids, got {uids:?}"));
             }
         }
         Ok(())
@@ -108,16 +119,18 @@ pub struct AppliedLimits {
     pub open_files: u64,
     /// `RLIMIT_CORE`, always 0.
     pub core_file_bytes: u64,
+    /// The memory of the whole program (all its processes, its tmpfs work directory included):
+    /// the run's cgroup's limit; `None` without a cgroup.
+    pub program_memory_bytes: Option<u64>,
+    /// The processes and threads of the whole program: the run's cgroup's `pids.max`.
+    pub program_processes: Option<u64>,
 }
 
 /// The limits for `config`, clamped to the parent's hard limits (which an unprivileged parent
 /// cannot raise). `RLIMIT_NPROC` only with a uid of its own.
 pub(super) fn applied_limits(config: &SandboxConfig, own_uid: bool) -> AppliedLimits {
     let clamp = |resource, want: u64| -> u64 {
-        let mut current = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
+        let mut current = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: getrlimit writes into the struct we pass.
         if unsafe { libc::getrlimit(resource, &mut current) } == 0 && !is_root() {
             want.min(current.rlim_max)
@@ -132,5 +145,7 @@ pub(super) fn applied_limits(config: &SandboxConfig, own_uid: bool) -> AppliedLi
         file_size_bytes: clamp(libc::RLIMIT_FSIZE, config.max_file_size_bytes),
         open_files: clamp(libc::RLIMIT_NOFILE, config.max_open_files),
         core_file_bytes: 0,
+        program_memory_bytes: None,
+        program_processes: None,
     }
 }

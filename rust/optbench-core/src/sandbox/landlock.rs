@@ -70,13 +70,17 @@ pub(super) fn abi() -> std::result::Result<u32, String> {
 /// A ruleset, ready for `landlock_restrict_self` in the child.
 pub(super) struct Ruleset {
     pub(super) fd: OwnedFd,
+    /// The rights to grant beneath the work directory, which the child adds once its mounts
+    /// are in place (a rule names an inode, and the work directory may become a tmpfs).
+    pub(super) workdir_access: u64,
 }
 
 impl Ruleset {
-    /// Denies every write outside `workdir` (writing `/dev/null` stays allowed), and by
-    /// ABI: TCP bind/connect (4+), signals and abstract Unix sockets outside the domain (6+).
-    /// Reading and executing are left to the ordinary file permissions.
-    pub(super) fn for_workdir(workdir: &Path) -> std::result::Result<Ruleset, String> {
+    /// Denies every write outside the work directory (added by the child, see
+    /// [`add_path_rule`]; writing `/dev/null` stays allowed), and by ABI: TCP bind/connect
+    /// (4+), signals and abstract Unix sockets outside the domain (6+). Reading and executing
+    /// are left to the ordinary file permissions.
+    pub(super) fn new() -> std::result::Result<Ruleset, String> {
         let abi = abi()?;
         let mut writes = WRITE_FILE
             | REMOVE_DIR
@@ -97,11 +101,7 @@ impl Ruleset {
         let attr = RulesetAttr {
             handled_access_fs: writes,
             handled_access_net: if abi >= 4 { BIND_TCP | CONNECT_TCP } else { 0 },
-            scoped: if abi >= 6 {
-                SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
-            } else {
-                0
-            },
+            scoped: if abi >= 6 { SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL } else { 0 },
         };
         // Older kernels read only the fields they know; the size tells them which.
         let size = match abi {
@@ -110,21 +110,14 @@ impl Ruleset {
             _ => std::mem::size_of::<RulesetAttr>(),
         };
         // SAFETY: a valid attribute of `size` bytes; the result is a new descriptor or -1.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_landlock_create_ruleset,
-                &attr as *const RulesetAttr,
-                size,
-                0u32,
-            )
-        };
+        let fd = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, &attr as *const RulesetAttr, size, 0u32) };
         if fd < 0 {
             return Err(format!("landlock_create_ruleset: {}", io::Error::last_os_error()));
         }
-        let ruleset = Ruleset {
-            fd: fd_above_stdio(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }).map_err(|e| e.to_string())?,
-        };
-        ruleset.allow(workdir, writes)?;
+        // SAFETY: `fd` is the open descriptor landlock_create_ruleset just returned; nothing
+        // else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        let ruleset = Ruleset { fd: fd_above_stdio(fd).map_err(|e| e.to_string())?, workdir_access: writes };
         ruleset.allow(Path::new("/dev/null"), writes & (WRITE_FILE | TRUNCATE))?;
         Ok(ruleset)
     }
@@ -135,10 +128,7 @@ impl Ruleset {
             .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
             .open(path)
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        let rule = PathBeneathAttr {
-            allowed_access: access,
-            parent_fd: file.as_raw_fd(),
-        };
+        let rule = PathBeneathAttr { allowed_access: access, parent_fd: file.as_raw_fd() };
         // SAFETY: a valid rule for a ruleset descriptor we own.
         let r = unsafe {
             libc::syscall(
@@ -150,12 +140,18 @@ impl Ruleset {
             )
         };
         if r != 0 {
-            return Err(format!(
-                "landlock_add_rule({}): {}",
-                path.display(),
-                io::Error::last_os_error()
-            ));
+            return Err(format!("landlock_add_rule({}): {}", path.display(), io::Error::last_os_error()));
         }
         Ok(())
+    }
+}
+
+/// Allows `access` beneath the directory open at `dir` (an `O_PATH` descriptor); 0 or -1.
+/// Async-signal-safe: the child calls it after `fork`.
+pub(super) fn add_path_rule(ruleset: RawFd, dir: RawFd, access: u64) -> libc::c_long {
+    let rule = PathBeneathAttr { allowed_access: access, parent_fd: dir };
+    // SAFETY: a valid rule, read by the kernel during the call, for a ruleset descriptor.
+    unsafe {
+        libc::syscall(libc::SYS_landlock_add_rule, ruleset, RULE_PATH_BENEATH, &rule as *const PathBeneathAttr, 0u32)
     }
 }

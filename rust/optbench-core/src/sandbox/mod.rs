@@ -26,17 +26,20 @@
 //! leaves early with `os._exit(0)` or `sys.exit(0)` fails, as in the reference (which reports
 //! "timed out" and "failed: 0" for those).
 
+mod cgroup;
 mod child;
 mod config;
 mod landlock;
 mod python;
 mod report;
+mod seccomp;
 mod supervise;
 mod uid_lease;
 mod workdir;
 
-use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::fs::File;
+use std::io::{self, Seek, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -44,19 +47,66 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::{CoreError, Result};
 
-use child::{pipe_above_stdio, read_setup_failure, ChildSetup, SetupHeader};
+use cgroup::RunCgroup;
+use child::{fd_above_stdio, got, pipe_above_stdio, read_setup_failure, ChildFds, ChildSetup, SetupHeader};
 use config::applied_limits;
 pub use config::{AppliedLimits, SandboxConfig};
 use python::{default_python_candidates, resolve_python};
 pub use report::{Isolation, SandboxResult, Status};
 use supervise::{classify, supervise};
 use uid_lease::UidLease;
-use workdir::{write_program, WorkDir};
+use workdir::WorkDir;
 
 /// The HumanEval program for one completion, exactly as the reference harness builds it:
 /// `prompt + completion + "\n" + test + "\n" + f"check({entry_point})"`.
 pub fn humaneval_program(prompt: &str, completion: &str, test: &str, entry_point: &str) -> String {
     format!("{prompt}{completion}\n{test}\ncheck({entry_point})")
+}
+
+/// One HumanEval-style test of a completion: `prompt` and `test` are trusted (they come from
+/// the dataset), `completion` is not. Run by [`Sandbox::run_test`]: `prompt + completion` in
+/// one process, `prompt`, then `test` and `check(<entry_point>)` in another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeTest {
+    /// The function's signature and docstring (and any helpers the test uses).
+    pub prompt: String,
+    /// The model's completion of the prompt.
+    pub completion: String,
+    /// The test code; it defines `check(candidate)`.
+    pub test: String,
+    /// The name of the function under test.
+    pub entry_point: String,
+}
+
+/// What one run executes.
+#[derive(Clone, Copy)]
+enum Job<'a> {
+    Program(&'a str),
+    Test(&'a CodeTest),
+}
+
+impl Job<'_> {
+    /// The driver's mode.
+    fn mode(&self) -> &'static str {
+        match self {
+            Job::Program(_) => "program",
+            Job::Test(_) => "test",
+        }
+    }
+
+    /// What the driver reads from its task descriptor: a line of byte lengths, then the texts.
+    fn task(&self) -> Vec<u8> {
+        let parts: Vec<&str> = match self {
+            Job::Program(p) => vec![p],
+            Job::Test(t) => vec![&t.prompt, &t.completion, &t.entry_point, &t.test],
+        };
+        let lengths: Vec<String> = parts.iter().map(|p| p.len().to_string()).collect();
+        let mut task = format!("{}\n", lengths.join(" ")).into_bytes();
+        for p in parts {
+            task.extend_from_slice(p.as_bytes());
+        }
+        task
+    }
 }
 
 /// The default number of parallel workers: the number of CPUs.
@@ -76,21 +126,10 @@ pub struct Sandbox {
     isolation: Isolation,
 }
 
-/// Runs the program file in fresh globals, as HumanEval's harness does, then tells the parent
-/// on the control pipe (its descriptor is the last argument) that the program reached its end,
-/// so that an early `os._exit(0)` is not a pass. `os.write` is bound before the program runs,
-/// so the program replacing it does not matter.
-const DRIVER: &str = "\
-import os, sys
-_end, _fd = os.write, int(sys.argv.pop())
-with open(sys.argv[1], encoding='utf-8') as _f:
-    _code = compile(_f.read(), sys.argv[1], 'exec')
-exec(_code, {})
-_end(_fd, b'\\0optbench-sandbox-end\\0')
-";
+/// The Python driver of every run (see the file's comments): `program` mode runs a program in
+/// its own process; `test` mode runs a completion and its test in two processes.
+const DRIVER: &str = include_str!("driver.py");
 const END_MARKER: &[u8] = b"\0optbench-sandbox-end\0";
-/// The program's file name inside the work directory (as shown in tracebacks).
-const PROGRAM_FILE: &str = "program.py";
 /// The probe run by [`Sandbox::new`]; it prints the interpreter's version.
 const PROBE: &str = "import sys\nprint('%d.%d.%d' % sys.version_info[:3])\n";
 
@@ -104,9 +143,7 @@ impl Sandbox {
             None => default_python_candidates(),
         };
         if candidates.is_empty() {
-            return Err(CoreError::config(
-                "no python3 found on PATH, in /usr/bin or in /usr/local/bin",
-            ));
+            return Err(CoreError::config("no python3 found on PATH, in /usr/bin or in /usr/local/bin"));
         }
         let mut failures = Vec::new();
         for python in candidates {
@@ -123,12 +160,7 @@ impl Sandbox {
                     sandbox.isolation = r.isolation;
                     return Ok(sandbox);
                 }
-                Ok(r) => failures.push(format!(
-                    "{}: probe {} {}",
-                    sandbox.python.display(),
-                    r.status,
-                    r.stderr.trim()
-                )),
+                Ok(r) => failures.push(format!("{}: probe {} {}", sandbox.python.display(), r.status, r.stderr.trim())),
                 Err(e) => failures.push(format!("{}: {e}", sandbox.python.display())),
             }
         }
@@ -138,10 +170,7 @@ impl Sandbox {
         } else {
             ""
         };
-        Err(CoreError::config(format!(
-            "no Python interpreter runs in the sandbox{who}: {}",
-            failures.join("; ")
-        )))
+        Err(CoreError::config(format!("no Python interpreter runs in the sandbox{who}: {}", failures.join("; "))))
     }
 
     /// The interpreter programs run with.
@@ -168,16 +197,14 @@ impl Sandbox {
     /// process); whatever the program does is a [`SandboxResult`].
     pub fn run(&self, program: &str) -> Result<SandboxResult> {
         let never = AtomicBool::new(false);
-        Ok(self.run_one(program, &never)?.expect("not cancelled"))
+        Ok(self.run_one(Job::Program(program), &never)?.expect("not cancelled"))
     }
 
     /// Runs the programs on `workers` threads (at least 1), each program in its own sandboxed
     /// process; results come back in input order. The first sandbox error stops the rest.
     pub fn run_programs<S: AsRef<str> + Sync>(&self, programs: &[S], workers: usize) -> Result<Vec<SandboxResult>> {
         let never = AtomicBool::new(false);
-        Ok(self
-            .run_programs_cancellable(programs, workers, &never)?
-            .expect("not cancelled"))
+        Ok(self.run_programs_cancellable(programs, workers, &never)?.expect("not cancelled"))
     }
 
     /// [`Sandbox::run_programs`] that stops, killing the programs in flight, once `cancel` is
@@ -188,15 +215,36 @@ impl Sandbox {
         workers: usize,
         cancel: &AtomicBool,
     ) -> Result<Option<Vec<SandboxResult>>> {
+        let jobs: Vec<Job<'_>> = programs.iter().map(|p| Job::Program(p.as_ref())).collect();
+        self.run_jobs(&jobs, workers, cancel)
+    }
+
+    /// Runs one test: passed only if the test's `check` returned, which the completion's code
+    /// cannot fake (see the module documentation).
+    pub fn run_test(&self, test: &CodeTest) -> Result<SandboxResult> {
+        let never = AtomicBool::new(false);
+        Ok(self.run_one(Job::Test(test), &never)?.expect("not cancelled"))
+    }
+
+    /// [`Sandbox::run_test`] for each test on `workers` threads; results in input order,
+    /// `Ok(None)` once `cancel` is set (the tests in flight are killed).
+    pub fn run_tests_cancellable(
+        &self,
+        tests: &[CodeTest],
+        workers: usize,
+        cancel: &AtomicBool,
+    ) -> Result<Option<Vec<SandboxResult>>> {
+        let jobs: Vec<Job<'_>> = tests.iter().map(Job::Test).collect();
+        self.run_jobs(&jobs, workers, cancel)
+    }
+
+    fn run_jobs(&self, jobs: &[Job<'_>], workers: usize, cancel: &AtomicBool) -> Result<Option<Vec<SandboxResult>>> {
         let next = AtomicUsize::new(0);
         // Set on the first sandbox error so that the other workers stop too.
         let failed = AtomicBool::new(false);
-        let stop = StopFlags {
-            cancel,
-            failed: &failed,
-        };
-        let workers = workers.clamp(1, programs.len().max(1));
-        let mut slots: Vec<Option<Result<Option<SandboxResult>>>> = (0..programs.len()).map(|_| None).collect();
+        let stop = StopFlags { cancel, failed: &failed };
+        let workers = workers.clamp(1, jobs.len().max(1));
+        let mut slots: Vec<Option<Result<Option<SandboxResult>>>> = (0..jobs.len()).map(|_| None).collect();
         let finished: Vec<Vec<(usize, Result<Option<SandboxResult>>)>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..workers)
                 .map(|_| {
@@ -204,8 +252,8 @@ impl Sandbox {
                         let mut done = Vec::new();
                         while !stop.is_set() {
                             let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(program) = programs.get(i) else { break };
-                            let outcome = self.run_one(program.as_ref(), &stop);
+                            let Some(&job) = jobs.get(i) else { break };
+                            let outcome = self.run_one(job, &stop);
                             if outcome.is_err() {
                                 failed.store(true, Ordering::SeqCst);
                             }
@@ -215,10 +263,7 @@ impl Sandbox {
                     })
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("sandbox worker panicked"))
-                .collect()
+            handles.into_iter().map(|h| h.join().expect("sandbox worker panicked")).collect()
         });
         for (i, outcome) in finished.into_iter().flatten() {
             slots[i] = Some(outcome);
@@ -238,18 +283,18 @@ impl Sandbox {
     }
 
     /// One program from start to cleanup; `Ok(None)` if `stop` was set while it ran.
-    fn run_one(&self, program: &str, stop: &dyn Stop) -> Result<Option<SandboxResult>> {
+    fn run_one(&self, job: Job<'_>, stop: &dyn Stop) -> Result<Option<SandboxResult>> {
+        static RUNS: AtomicUsize = AtomicUsize::new(0);
         let lease = match &self.config.uids {
             Some(range) if is_root() => Some(UidLease::acquire(range)?),
             _ => None,
         };
         let run_as = lease.as_ref().map(|l| l.uid);
-        let workdir = WorkDir::create(run_as)?;
-        let program_path = workdir.path.join(PROGRAM_FILE);
-        write_program(&program_path, program, run_as).map_err(|e| io_err(&program_path, e))?;
+        let mut workdir = WorkDir::create(run_as)?;
+        let task = task_descriptor(&job.task()).map_err(|e| sandbox_err("cannot pass the program on", e))?;
 
         let mut notes = Vec::new();
-        let ruleset = match landlock::Ruleset::for_workdir(&workdir.path) {
+        let ruleset = match landlock::Ruleset::new() {
             Ok(r) => Some(r),
             Err(e) => {
                 notes.push(format!("Landlock unavailable: {e}"));
@@ -257,6 +302,28 @@ impl Sandbox {
             }
         };
         let limits = applied_limits(&self.config, run_as.is_some());
+        // The program's memory, plus its tmpfs work directory (whose pages count as memory).
+        let cgroup_memory = self.config.memory_bytes.saturating_add(self.config.max_disk_bytes);
+        let cgroup = if is_root() {
+            let name = match run_as {
+                Some(uid) => format!("optbench-sandbox-uid-{uid}"),
+                None => format!("optbench-sandbox-{}-{}", std::process::id(), RUNS.fetch_add(1, Ordering::Relaxed)),
+            };
+            match RunCgroup::create(&name, cgroup_memory, self.config.max_processes) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    notes.push(format!(
+                        "no cgroup for the run ({e}): memory ({} bytes) and processes are limited per \
+                         process, so a program of N processes can hold N times the memory",
+                        limits.address_space_bytes
+                    ));
+                    None
+                }
+            }
+        } else {
+            notes.push("not root: no cgroup, memory is limited per process".to_string());
+            None
+        };
         if run_as.is_none() {
             notes.push(if is_root() {
                 "running as root: no uid was configured, so RLIMIT_NPROC is not applied".to_string()
@@ -270,9 +337,17 @@ impl Sandbox {
         let setup = ChildSetup::new(
             &limits,
             run_as,
-            ruleset.as_ref().map(|r| r.fd.as_raw_fd()),
-            ctl_write.as_raw_fd(),
-        );
+            ChildFds {
+                control: ctl_write.as_raw_fd(),
+                source: task.as_raw_fd(),
+                landlock: ruleset.as_ref().map(|r| (r.fd.as_raw_fd(), r.workdir_access)),
+                cgroup_procs: cgroup.as_ref().map_or([-1, -1], RunCgroup::procs_fds),
+                workdir: &workdir.path,
+                disk_bytes: self.config.max_disk_bytes,
+                disk_files: self.config.max_disk_files,
+            },
+        )
+        .map_err(|e| sandbox_err("cannot prepare the child", e))?;
 
         let mut command = Command::new(&self.python);
         command
@@ -281,7 +356,8 @@ impl Sandbox {
                 "-B",
                 "-c",
                 DRIVER,
-                PROGRAM_FILE,
+                job.mode(),
+                &task.as_raw_fd().to_string(),
                 &ctl_write.as_raw_fd().to_string(),
             ])
             .env_clear()
@@ -298,14 +374,12 @@ impl Sandbox {
         }
         let spawned = command.spawn();
         drop(ctl_write); // the child has its copy; ours must go for the pipe to end with it
+        drop(task);
         let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {
                 let detail = read_setup_failure(&ctl_read).unwrap_or_default();
-                return Err(sandbox_err(
-                    &format!("cannot start {}{detail}", self.python.display()),
-                    e,
-                ));
+                return Err(sandbox_err(&format!("cannot start {}{detail}", self.python.display()), e));
             }
         };
         drop(ruleset); // the child holds the Landlock domain now
@@ -322,12 +396,33 @@ impl Sandbox {
             stop,
         );
         drop(child); // already reaped by `supervise`; dropping a `Child` neither waits nor kills
-        drop(workdir); // removed here, after every process that could write to it is gone
+        let oom_killed = cgroup.as_ref().is_some_and(RunCgroup::oom_killed);
+        let cgroup_version = cgroup.as_ref().map(|c| c.version);
+        drop(cgroup); // removed once its processes are gone
+                      // Removed here, after every process that could write to it is gone, and checked.
+        let cleanup = workdir.remove();
         drop(lease);
         let Some(s) = supervised else { return Ok(None) };
 
-        let isolation = self.isolation_from_header(&s.control.head, run_as, limits, notes);
-        let status = classify(&s, &self.config);
+        let mut isolation = self.isolation_from_header(&s.control.head, run_as, limits, notes);
+        if let Some(version) = cgroup_version {
+            if isolation.memory_limit_whole_program {
+                isolation.cgroup = Some(version.to_string());
+                isolation.limits.program_memory_bytes = Some(cgroup_memory);
+                isolation.limits.program_processes = Some(self.config.max_processes);
+            }
+        }
+        let mut status = classify(&s, &self.config);
+        if oom_killed && status != Status::Passed && status != Status::TimedOut {
+            status = Status::Failed(format!(
+                "memory limit: the program's processes ran out of their {} bytes (killed by the kernel)",
+                cgroup_memory
+            ));
+        }
+        if let Err(e) = cleanup {
+            isolation.notes.push(format!("work directory left behind: {e}"));
+            status = Status::Failed(format!("work directory left behind: {e}"));
+        }
         Ok(Some(SandboxResult {
             status,
             exit_code: s.exit_code,
@@ -351,15 +446,13 @@ impl Sandbox {
         mut notes: Vec<String>,
     ) -> Isolation {
         let header = SetupHeader::parse(head);
+        let header_ok = header.is_some();
         if header.is_none() {
             notes.push("the child's setup report is missing".into());
         }
         let h = header.unwrap_or_default();
         if let Some(errno) = h.netns_errno {
-            notes.push(format!(
-                "no network namespace: unshare failed: {}",
-                io::Error::from_raw_os_error(errno)
-            ));
+            notes.push(format!("no network namespace: unshare failed: {}", io::Error::from_raw_os_error(errno)));
         }
         if let Some(errno) = h.landlock_errno {
             notes.push(format!(
@@ -367,11 +460,42 @@ impl Sandbox {
                 io::Error::from_raw_os_error(errno)
             ));
         }
+        if let Some(errno) = h.seccomp_errno {
+            notes.push(format!("no seccomp filter: {}", io::Error::from_raw_os_error(errno)));
+        } else if !h.seccomp && header_ok {
+            notes.push(match seccomp::filters() {
+                Err(e) => format!("no seccomp filter: {e}"),
+                Ok(_) => "no seccomp filter: no_new_privs could not be set".to_string(),
+            });
+        }
+        let has = |bit: u8| h.got & bit != 0;
+        if header_ok && !has(got::PID_NAMESPACE) {
+            notes.push(
+                "no PID namespace (root only): processes that leave the process group are killed \
+                 through their uid, and not at all if the host dies; other processes are visible in /proc"
+                    .to_string(),
+            );
+        }
+        if header_ok && !has(got::PRIVATE_WORKDIR) {
+            notes.push(format!(
+                "no private tmpfs work directory (root only): no total disk cap, only files of at most \
+                 {} bytes each",
+                limits.file_size_bytes
+            ));
+        }
         let abi = if h.landlock { landlock::abi().ok() } else { None };
         Isolation {
             python: self.python.clone(),
             dropped_to_uid: run_as,
             network_namespace: h.netns,
+            ipc_namespace: has(got::IPC_NAMESPACE),
+            pid_namespace: has(got::PID_NAMESPACE),
+            private_proc: has(got::PRIVATE_PROC),
+            disk_bytes: has(got::PRIVATE_WORKDIR).then_some(self.config.max_disk_bytes),
+            host_run_hidden: has(got::HOST_RUN_HIDDEN),
+            cgroup: None,
+            memory_limit_whole_program: has(got::CGROUP),
+            seccomp: h.seccomp,
             landlock_abi: abi,
             filesystem_writes_confined: abi.is_some(),
             tcp_denied: abi.is_some_and(|a| a >= 4),
@@ -382,6 +506,21 @@ impl Sandbox {
             notes,
         }
     }
+}
+
+/// A memory file holding `task`, read by the driver (so that no program file lies in the work
+/// directory, and the test's text never reaches the candidate's process).
+fn task_descriptor(task: &[u8]) -> io::Result<OwnedFd> {
+    // SAFETY: memfd_create with a NUL-terminated name returns a new descriptor or -1.
+    let fd = unsafe { libc::memfd_create(c"optbench-task".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.write_all(task)?;
+    file.rewind()?;
+    fd_above_stdio(OwnedFd::from(file))
 }
 
 /// Why a worker should stop early: cancelled by the caller, or another worker failed.
@@ -412,17 +551,11 @@ fn is_root() -> bool {
 }
 
 fn io_err(path: &Path, source: io::Error) -> CoreError {
-    CoreError::Io {
-        path: path.display().to_string(),
-        source,
-    }
+    CoreError::Io { path: path.display().to_string(), source }
 }
 
 fn sandbox_err(what: &str, e: io::Error) -> CoreError {
-    CoreError::Io {
-        path: format!("sandbox: {what}"),
-        source: e,
-    }
+    CoreError::Io { path: format!("sandbox: {what}"), source: e }
 }
 
 fn errno() -> i32 {
@@ -437,12 +570,7 @@ mod tests {
     #[test]
     fn humaneval_program_is_the_reference_formula() {
         assert_eq!(
-            humaneval_program(
-                "def f():\n",
-                "    return 1\n",
-                "def check(c):\n    assert c() == 1\n",
-                "f"
-            ),
+            humaneval_program("def f():\n", "    return 1\n", "def check(c):\n    assert c() == 1\n", "f"),
             "def f():\n    return 1\n\ndef check(c):\n    assert c() == 1\n\ncheck(f)"
         );
     }
@@ -459,15 +587,9 @@ mod tests {
 
     #[test]
     fn bad_config_is_rejected() {
-        let c = SandboxConfig {
-            timeout: Duration::ZERO,
-            ..SandboxConfig::default()
-        };
+        let c = SandboxConfig { timeout: Duration::ZERO, ..SandboxConfig::default() };
         assert!(matches!(Sandbox::new(c), Err(CoreError::Config(_))));
-        let c = SandboxConfig {
-            python: Some("/nonexistent/python3".into()),
-            ..SandboxConfig::default()
-        };
+        let c = SandboxConfig { python: Some("/nonexistent/python3".into()), ..SandboxConfig::default() };
         assert!(matches!(Sandbox::new(c), Err(CoreError::Config(_))));
     }
 }

@@ -19,9 +19,7 @@ pub(super) fn resolve_python(python: &Path) -> Result<PathBuf> {
 
 fn find_on_path(name: &OsStr) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
 }
 
 /// `python3` on `PATH` (through shims to the real executable), then the system interpreters.

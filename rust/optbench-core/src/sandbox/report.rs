@@ -62,6 +62,25 @@ pub struct Isolation {
     pub dropped_to_uid: Option<u32>,
     /// A new, empty network namespace: no network at all, loopback included.
     pub network_namespace: bool,
+    /// A new IPC namespace: SysV IPC objects and POSIX message queues die with the run.
+    pub ipc_namespace: bool,
+    /// A new PID namespace whose first process is the program: everything it starts dies
+    /// with it, and with the host.
+    pub pid_namespace: bool,
+    /// `/proc` of the PID namespace: no other process, nor its command line, is visible.
+    pub private_proc: bool,
+    /// The total disk cap: the work directory is a tmpfs of this many bytes, gone with the
+    /// run. `None`: a directory of the host's temporary folder, capped per file only.
+    pub disk_bytes: Option<u64>,
+    /// `/run` is an empty read-only tmpfs (the host's sockets there are out of sight).
+    pub host_run_hidden: bool,
+    /// The run's cgroup: "v2" or "v1"; `None`: limits per process only.
+    pub cgroup: Option<String>,
+    /// The memory and process limits hold for the whole program (a cgroup), not per process.
+    pub memory_limit_whole_program: bool,
+    /// The seccomp filter (no namespaces, keyrings, io_uring, BPF, ptrace, mounts, Unix or
+    /// other non-IP sockets) is installed.
+    pub seccomp: bool,
     /// The Landlock ABI version of the domain the program ran in; `None`: no Landlock.
     pub landlock_abi: Option<u32>,
     /// Writes confined to the work directory (and `/dev/null`) by Landlock.
@@ -87,6 +106,14 @@ impl Isolation {
             python: python.to_path_buf(),
             dropped_to_uid: None,
             network_namespace: false,
+            ipc_namespace: false,
+            pid_namespace: false,
+            private_proc: false,
+            disk_bytes: None,
+            host_run_hidden: false,
+            cgroup: None,
+            memory_limit_whole_program: false,
+            seccomp: false,
             landlock_abi: None,
             filesystem_writes_confined: false,
             tcp_denied: false,
@@ -111,6 +138,14 @@ impl Isolation {
             python: self.python.clone(),
             dropped_to_uid: self.dropped_to_uid.and(other.dropped_to_uid),
             network_namespace: self.network_namespace && other.network_namespace,
+            ipc_namespace: self.ipc_namespace && other.ipc_namespace,
+            pid_namespace: self.pid_namespace && other.pid_namespace,
+            private_proc: self.private_proc && other.private_proc,
+            disk_bytes: self.disk_bytes.zip(other.disk_bytes).map(|(a, b)| a.max(b)),
+            host_run_hidden: self.host_run_hidden && other.host_run_hidden,
+            cgroup: if self.cgroup == other.cgroup { self.cgroup.clone() } else { None },
+            memory_limit_whole_program: self.memory_limit_whole_program && other.memory_limit_whole_program,
+            seccomp: self.seccomp && other.seccomp,
             landlock_abi: self.landlock_abi.zip(other.landlock_abi).map(|(a, b)| a.min(b)),
             filesystem_writes_confined: self.filesystem_writes_confined && other.filesystem_writes_confined,
             tcp_denied: self.tcp_denied && other.tcp_denied,
@@ -118,6 +153,8 @@ impl Isolation {
             no_new_privs: self.no_new_privs && other.no_new_privs,
             limits: AppliedLimits {
                 processes: self.limits.processes.and(other.limits.processes),
+                program_memory_bytes: self.limits.program_memory_bytes.and(other.limits.program_memory_bytes),
+                program_processes: self.limits.program_processes.and(other.limits.program_processes),
                 ..self.limits.clone()
             },
             wall_timeout: self.wall_timeout.max(other.wall_timeout),

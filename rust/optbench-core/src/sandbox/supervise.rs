@@ -24,13 +24,7 @@ pub(super) struct Capture {
 
 impl Capture {
     fn new(cap: usize, tail_cap: usize) -> Capture {
-        Capture {
-            head: Vec::new(),
-            cap,
-            tail: Vec::new(),
-            tail_cap,
-            total: 0,
-        }
+        Capture { head: Vec::new(), cap, tail: Vec::new(), tail_cap, total: 0 }
     }
 
     fn push(&mut self, data: &[u8]) {
@@ -94,12 +88,11 @@ pub(super) fn supervise(
     // A pidfd wakes poll the moment the program exits; without one, poll in short ticks.
     // SAFETY: pidfd_open returns a new descriptor that we own, or -1.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let pidfd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) });
-    let tick = if pidfd.is_some() {
-        Duration::from_millis(50)
-    } else {
-        Duration::from_millis(5)
-    };
+    let pidfd = (pidfd >= 0).then(|| {
+        // SAFETY: a non-negative result is the open pidfd just made; nothing else owns it.
+        unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) }
+    });
+    let tick = if pidfd.is_some() { Duration::from_millis(50) } else { Duration::from_millis(5) };
     let mut buf = vec![0u8; 64 << 10];
 
     let mut timed_out = false;
@@ -118,13 +111,7 @@ pub(super) fn supervise(
             break;
         }
         let wait = (deadline - now).min(tick);
-        poll_and_read(
-            &mut open,
-            &mut captures,
-            pidfd.as_ref().map(|f| f.as_raw_fd()),
-            wait,
-            &mut buf,
-        );
+        poll_and_read(&mut open, &mut captures, pidfd.as_ref().map(|f| f.as_raw_fd()), wait, &mut buf);
     }
     let duration = start.elapsed();
 
@@ -143,6 +130,7 @@ pub(super) fn supervise(
     // SAFETY: an all-zero rusage is valid; wait4 fills it and `status`.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let reaped = loop {
+        // SAFETY: wait4 on our own child, writing into `status` and `usage`, which we own.
         match unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } {
             r if r < 0 && errno() == libc::EINTR => continue,
             r => break r == pid,
@@ -174,12 +162,7 @@ fn leader_exited(pid: libc::pid_t) -> bool {
     // SAFETY: waitid with WNOWAIT only inspects our child.
     unsafe {
         let mut info: libc::siginfo_t = std::mem::zeroed();
-        let r = libc::waitid(
-            libc::P_PID,
-            pid as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        );
+        let r = libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT);
         (r == 0 && info.si_pid() != 0) || (r < 0 && errno() == libc::ECHILD)
     }
 }
@@ -194,19 +177,9 @@ fn poll_and_read(
     wait: Duration,
     buf: &mut [u8],
 ) {
-    let mut pfds: Vec<libc::pollfd> = open
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    pfds.push(libc::pollfd {
-        fd: pidfd.unwrap_or(-1),
-        events: libc::POLLIN,
-        revents: 0,
-    });
+    let mut pfds: Vec<libc::pollfd> =
+        open.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    pfds.push(libc::pollfd { fd: pidfd.unwrap_or(-1), events: libc::POLLIN, revents: 0 });
     let ms = wait.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
     // SAFETY: poll over a vector of pollfd structs we own.
     let ready = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
@@ -318,9 +291,6 @@ mod tests {
         assert_eq!(c.head, b"abcd");
         assert_eq!(c.tail(), b"fgh");
         assert!(c.truncated());
-        assert_eq!(
-            last_line(b"Traceback\n  x\nAssertionError: no\n\n"),
-            "AssertionError: no"
-        );
+        assert_eq!(last_line(b"Traceback\n  x\nAssertionError: no\n\n"), "AssertionError: no");
     }
 }

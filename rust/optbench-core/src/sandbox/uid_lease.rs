@@ -60,9 +60,7 @@ impl UidLease {
                 }
             }
             if Instant::now() > give_up {
-                return Err(CoreError::config(format!(
-                    "all sandbox uids {range:?} are in use; give a larger range"
-                )));
+                return Err(CoreError::config(format!("all sandbox uids {range:?} are in use; give a larger range")));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -86,15 +84,11 @@ fn lock_dir() -> Result<&'static Path> {
         }
         let meta = fs::symlink_metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
-            return Err(format!(
-                "{} must be a directory owned by root and writable by root alone",
-                dir.display()
-            ));
+            return Err(format!("{} must be a directory owned by root and writable by root alone", dir.display()));
         }
         Ok(dir)
     });
-    dir.as_deref()
-        .map_err(|e| CoreError::config(format!("sandbox uid locks: {e}")))
+    dir.as_deref().map_err(|e| CoreError::config(format!("sandbox uid locks: {e}")))
 }
 
 /// Sends `SIGKILL` to every process of `uid`, from a helper process that becomes `uid` and

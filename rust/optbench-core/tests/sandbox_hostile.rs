@@ -1,0 +1,349 @@
+//! Hostile programs against the sandbox: each test is one attempt of issue 18 (a forged verdict,
+//! state that outlives the run, limits that do not bind, kernel interfaces a test never needs).
+//! A test passes when the attempt fails. Where the kernel does not give the isolation that
+//! stops an attempt, the test says so on stderr and checks that the isolation report says so too.
+
+use std::io::Read;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use optbench_core::sandbox::{CodeTest, Sandbox, SandboxConfig, SandboxResult, Status};
+
+fn sandbox() -> Sandbox {
+    Sandbox::new(SandboxConfig::default()).expect("the sandbox works on this machine")
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A HumanEval-style item whose check fails for a `pass` body.
+fn add_test(completion: &str) -> CodeTest {
+    CodeTest {
+        prompt: "def add(a, b):\n    \"\"\"Add two numbers.\"\"\"\n".into(),
+        completion: completion.into(),
+        test: "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n".into(),
+        entry_point: "add".into(),
+    }
+}
+
+/// Scores one completion the way the code scorer does.
+fn score(sb: &Sandbox, test: &CodeTest) -> SandboxResult {
+    sb.run_test(test).unwrap()
+}
+
+/// The three forgeries of issue 18, each followed by `os._exit(0)`: the end-of-test marker
+/// written to the driver's control descriptor found through `__main__`, written to every
+/// descriptor, and written through the driver's frame.
+const FORGERIES: [&str; 3] = [
+    "    pass\nimport __main__, os\nos.write(__main__._fd, b'\\0optbench-sandbox-end\\0')\nos._exit(0)\n",
+    "    pass\nimport os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'\\0optbench-sandbox-end\\0')\n    except OSError:\n        pass\nos._exit(0)\n",
+    "    pass\nimport os, sys\nf = sys._getframe(1)\nf.f_globals['_end'](f.f_globals['_fd'], b'\\0optbench-sandbox-end\\0')\nos._exit(0)\n",
+];
+
+#[test]
+fn a_forged_end_of_test_marker_is_not_a_pass() {
+    let sb = sandbox();
+    for forgery in FORGERIES {
+        let r = score(&sb, &add_test(forgery));
+        assert!(!r.passed(), "forged a pass with:\n{forgery}\n{r:?}");
+    }
+    // A generic forgery: every descriptor, every frame, any marker-looking global, then exit 0.
+    let everything = "    pass\nimport os, sys, gc\nfor f in [sys._getframe(i) for i in range(1, 3) if sys._getframe(i - 1).f_back]:\n    for v in list(f.f_globals.values()) + list(f.f_locals.values()):\n        if isinstance(v, (bytes, bytearray)) and len(v) > 4:\n            for fd in range(3, 64):\n                try: os.write(fd, bytes(v))\n                except OSError: pass\nfor fd in range(3, 64):\n    try: os.write(fd, b'P\\0optbench-sandbox-end\\0')\n    except OSError: pass\nos._exit(0)\n";
+    assert!(!score(&sb, &add_test(everything)).passed());
+    // The honest answer still passes, and a wrong one fails with the check's reason.
+    let r = score(&sb, &add_test("    return a + b\n"));
+    assert!(r.passed(), "{r:?}");
+    let r = score(&sb, &add_test("    return a - b\n"));
+    assert_eq!(r.status, Status::Failed("exit code 1: AssertionError".into()), "{r:?}");
+}
+
+#[test]
+fn the_candidate_cannot_read_the_test() {
+    // The candidate's process never holds the test's text (not in a file, a descriptor or its
+    // memory), so it cannot build an answer table from the test's asserts.
+    let completion = "    return a + b\nimport os, sys\nseen = []\nfor fd in range(0, 64):\n    try:\n        seen.append(os.pread(fd, 1 << 20, 0))\n    except OSError:\n        pass\nfor name in os.listdir('.'):\n    try:\n        seen.append(open(name, 'rb').read())\n    except OSError:\n        pass\nf = sys._getframe(0)\nwhile f is not None:\n    seen += [repr(v).encode() for v in list(f.f_globals.values()) + list(f.f_locals.values())]\n    f = f.f_back\nassert not [s for s in seen if (b'7f' + b'3a') in s]\n";
+    let mut t = add_test(completion);
+    t.test.push_str("    assert candidate(0, 0) == 0, '7f3a'\n");
+    let r = score(&sandbox(), &t);
+    assert!(r.passed(), "{r:?}");
+}
+
+/// SysV shared memory segments whose key is `key`, as the host sees them.
+fn shm_segments_with_key(key: i32) -> Vec<i32> {
+    let text = std::fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.first()?.parse::<i32>().ok()? == key).then(|| f.get(1)?.parse().ok())?
+        })
+        .collect()
+}
+
+#[test]
+fn shared_memory_does_not_outlive_the_program() {
+    let key = 0x0b7e_0000 | (std::process::id() as i32 & 0xffff);
+    let program = format!(
+        "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nshmid = libc.shmget({key}, 1 << 20, 0o1666)\nassert shmid >= 0, ctypes.get_errno()\nprint(shmid)\n"
+    );
+    let r = sandbox().run(&program).unwrap();
+    assert!(r.passed(), "{r:?}");
+    let left = shm_segments_with_key(key);
+    for id in &left {
+        // SAFETY: removing a segment by id; a null buffer is allowed for IPC_RMID.
+        unsafe { libc::shmctl(*id, libc::IPC_RMID, std::ptr::null_mut()) };
+    }
+    assert!(left.is_empty(), "the program's segment outlived it: {left:?} ({:?})", r.isolation);
+}
+
+#[test]
+fn memory_limit_covers_the_whole_program() {
+    let config = SandboxConfig { memory_bytes: 256 << 20, ..SandboxConfig::default() };
+    let sb = Sandbox::new(config).unwrap();
+    // Four processes of 150 MiB each: 600 MiB from a program allowed 256 MiB.
+    let program = "import os, time\nkids = []\nfor i in range(4):\n    pid = os.fork()\n    if pid == 0:\n        x = bytearray(150 << 20)\n        for j in range(0, len(x), 4096):\n            x[j] = 1\n        time.sleep(1.5)\n        os._exit(0)\n    kids.append(pid)\nfor pid in kids:\n    _, status = os.waitpid(pid, 0)\n    assert status == 0, status\n";
+    let r = sb.run(program).unwrap();
+    let iso = &r.isolation;
+    if iso.memory_limit_whole_program {
+        assert!(!r.passed(), "600 MiB held under a 256 MiB limit: {r:?}");
+    } else {
+        eprintln!("no cgroup here: the memory limit is per process ({:?})", iso.notes);
+        assert!(r.passed(), "{r:?}");
+    }
+}
+
+#[test]
+fn processes_limit_covers_the_whole_program() {
+    let config = SandboxConfig { max_processes: 8, ..SandboxConfig::default() };
+    let sb = Sandbox::new(config).unwrap();
+    let program = "import os, time\nn = 0\nfor i in range(20):\n    try:\n        pid = os.fork()\n    except OSError:\n        break\n    if pid == 0:\n        time.sleep(2)\n        os._exit(0)\n    n += 1\nprint(n)\n";
+    let r = sb.run(program).unwrap();
+    assert!(r.passed(), "{r:?}");
+    let n: u32 = r.stdout.trim().parse().unwrap();
+    if r.isolation.limits.processes.is_some() {
+        assert!(n < 8, "{n} processes forked under a limit of 8");
+    }
+}
+
+/// Work directories of the sandbox in the system temporary folder.
+fn sandbox_dirs() -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("optbench-sandbox-")))
+        .collect()
+}
+
+#[test]
+fn a_deep_tree_is_removed_even_with_a_low_fd_limit() {
+    // The host's soft descriptor limit at 1024, as on many machines: a tree 1100 deep.
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_cur.min(1024);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    let program = "import os\nprint(os.getcwd(), flush=True)\nfor i in range(1100):\n    os.mkdir('d')\n    os.chdir('d')\n    with open('f', 'wb') as f:\n        f.write(b'x' * 1000)\n";
+    let r = sandbox().run(program).unwrap();
+    let dir = r.stdout.lines().next().unwrap_or_default().to_string();
+    assert!(dir.contains("optbench-sandbox-"), "{r:?}");
+    assert!(r.passed(), "{r:?}");
+    assert!(!Path::new(&dir).exists(), "{dir} is still there after the run");
+}
+
+#[test]
+fn the_work_directory_has_a_total_size_cap() {
+    // 24 files of 16 MiB (each within the file size limit): 384 MiB in all.
+    let program = "for i in range(24):\n    with open(f'f{i}', 'wb') as f:\n        f.write(b'x' * (16 << 20))\n";
+    let r = sandbox().run(program).unwrap();
+    if r.isolation.disk_bytes.is_some() {
+        let reason = r.status.reason().unwrap_or_else(|| panic!("384 MiB written: {r:?}"));
+        assert!(reason.contains("No space left") || reason.contains("Disk quota"), "{reason}");
+    } else {
+        eprintln!("no disk cap here: {:?}", r.isolation.notes);
+    }
+    assert!(sandbox_dirs().iter().all(|d| d.metadata().map(|m| m.len() < 1 << 20).unwrap_or(true)));
+}
+
+#[test]
+fn a_host_unix_socket_is_unreachable() {
+    let path = std::env::temp_dir().join(format!("optbench-hostile-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let program = format!(
+        "import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({:?})\ns.sendall(b'hello')\n",
+        path.display().to_string()
+    );
+    let r = sandbox().run(&program).unwrap();
+    let mut got = Vec::new();
+    if let Ok((mut stream, _)) = listener.accept() {
+        stream.set_nonblocking(false).unwrap();
+        stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let _ = stream.read_to_end(&mut got);
+    }
+    let _ = std::fs::remove_file(&path);
+    assert!(!r.passed() && got.is_empty(), "the program reached a host socket: {r:?}");
+}
+
+/// Runs `body` (Python, after `import ctypes, os, socket`; `libc` is the C library) and
+/// asserts that it fails: it asserts that the kernel interface worked.
+fn assert_denied(what: &str, body: &str) {
+    let program = format!("import ctypes, os, socket\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.syscall.restype = ctypes.c_long\n{body}");
+    let r = sandbox().run(&program).unwrap();
+    assert!(!r.passed(), "{what} is allowed: {r:?}");
+    assert!(r.status.reason().is_some_and(|s| s.contains("AssertionError") || s.contains("Error")), "{what}: {r:?}");
+}
+
+#[test]
+fn add_key_is_denied() {
+    assert_denied(
+        "add_key",
+        "r = libc.syscall(248, b'user', b'optbench-hostile', b'x', 1, ctypes.c_long(-4))\nassert r >= 0, ctypes.get_errno()\n",
+    );
+    assert_denied("keyctl", "r = libc.syscall(250, 0, ctypes.c_long(-4), 0)\nassert r >= 0, ctypes.get_errno()\n");
+}
+
+#[test]
+fn unshare_is_denied() {
+    assert_denied("unshare(CLONE_NEWUSER)", "assert libc.unshare(0x10000000) == 0, ctypes.get_errno()\n");
+    assert_denied(
+        "clone(CLONE_NEWUSER)",
+        "pid = libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0)\nif pid == 0:\n    os._exit(0)\nassert pid > 0, ctypes.get_errno()\n",
+    );
+}
+
+#[test]
+fn io_uring_is_denied() {
+    assert_denied(
+        "io_uring_setup",
+        "params = ctypes.create_string_buffer(120)\nr = libc.syscall(425, 4, params)\nassert r >= 0, ctypes.get_errno()\n",
+    );
+}
+
+#[test]
+fn bpf_and_vsock_are_denied() {
+    assert_denied("AF_VSOCK", "socket.socket(40, socket.SOCK_STREAM)\n");
+    assert_denied(
+        "bpf",
+        "attr = ctypes.create_string_buffer(128)\nr = libc.syscall(321, 0, attr, 128)\nassert r >= 0 or ctypes.get_errno() != 1, ctypes.get_errno()\n",
+    );
+}
+
+#[test]
+fn other_processes_command_lines_are_unreadable() {
+    let secret = format!("optbench-hostile-secret-{}", std::process::id());
+    let mut sleeper = Command::new("sh").args(["-c", "sleep 30", &secret]).spawn().unwrap();
+    let program = format!(
+        "import os\nfound = []\nfor p in os.listdir('/proc'):\n    try:\n        c = open(f'/proc/{{p}}/cmdline', 'rb').read()\n    except OSError:\n        continue\n    if b'{secret}' in c:\n        found.append(p)\nassert found, 'not visible'\n"
+    );
+    let r = sandbox().run(&program).unwrap();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(!r.passed(), "another process's command line was readable: {r:?}");
+}
+
+/// Processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(marker.len()).any(|w| w == marker.as_bytes()))
+                && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+        })
+        .collect()
+}
+
+/// The host of `setsid_children_die_with_the_host`: runs a program that leaves a `setsid`
+/// child behind, in this test binary started again (so that it can be SIGKILLed).
+#[test]
+#[ignore = "started by setsid_children_die_with_the_host"]
+fn host_for_the_kill_test() {
+    let Ok(marker) = std::env::var("OPTBENCH_HOSTILE_MARKER") else { return };
+    let program = format!(
+        "import os, time\nif os.fork() == 0:\n    os.setsid()\n    os.execv('/bin/sh', ['sh', '-c', 'sleep 60', '{marker}'])\ntime.sleep(60)\n"
+    );
+    let _ = sandbox().run(&program);
+}
+
+#[test]
+fn setsid_children_die_with_the_host() {
+    if !is_root() {
+        eprintln!("not root: no uid of its own, no PID namespace");
+        return;
+    }
+    let marker = format!("optbench-hostile-orphan-{}", std::process::id());
+    let mut host = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "host_for_the_kill_test", "--ignored", "--nocapture"])
+        .env("OPTBENCH_HOSTILE_MARKER", &marker)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    while processes_with(&marker).is_empty() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!processes_with(&marker).is_empty(), "the program did not start its child");
+    host.kill().unwrap(); // SIGKILL
+    host.wait().unwrap();
+    let until = Instant::now() + Duration::from_secs(3);
+    while !processes_with(&marker).is_empty() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = processes_with(&marker);
+    for pid in &left {
+        // SAFETY: killing the leftover we just found.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    assert!(left.is_empty(), "the program's setsid child outlived its SIGKILLed host: {left:?}");
+}
+
+/// The 164 canonical HumanEval solutions through the code scorer's path, timed (a measurement,
+/// not a check of hostility): `OPTBENCH_HUMANEVAL_JSONL=<decompressed HumanEval.jsonl> cargo
+/// test ... -- --ignored --nocapture canonical_solutions_timed`.
+#[test]
+#[ignore = "a measurement; needs OPTBENCH_HUMANEVAL_JSONL"]
+fn canonical_solutions_timed() {
+    let path = std::env::var("OPTBENCH_HUMANEVAL_JSONL").expect("OPTBENCH_HUMANEVAL_JSONL");
+    let tests: Vec<CodeTest> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let s = |k: &str| v[k].as_str().unwrap().to_string();
+            CodeTest {
+                prompt: s("prompt"),
+                completion: s("canonical_solution"),
+                test: s("test"),
+                entry_point: s("entry_point"),
+            }
+        })
+        .collect();
+    let sb = sandbox();
+    let workers = 2;
+    let started = Instant::now();
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let results = sb.run_tests_cancellable(&tests, workers, &never).unwrap().unwrap();
+    let wall = started.elapsed();
+    let failed: Vec<String> = results.iter().filter(|r| !r.passed()).map(|r| r.status.to_string()).collect();
+    let mean_ms = results.iter().map(|r| r.duration.as_secs_f64()).sum::<f64>() / results.len() as f64 * 1e3;
+    eprintln!(
+        "{} canonical solutions, {workers} workers: {:.2} s wall, {mean_ms:.0} ms per run on average, {} failed {failed:?}",
+        results.len(),
+        wall.as_secs_f64(),
+        failed.len()
+    );
+    assert!(failed.is_empty());
+}
