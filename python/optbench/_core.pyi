@@ -3,18 +3,22 @@
 from collections.abc import Awaitable
 from os import PathLike
 from pathlib import Path
-from typing import Any, Literal, final
+from typing import Any, Literal, TypedDict, final, type_check_only
 
 import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "METRIC_NAMES",
+    "STATISTIC_NAMES",
     "ConfigError",
     "Embedder",
     "LoadTest",
     "MockServer",
     "OptbenchError",
+    "ServerConnectionError",
     "ServerError",
+    "ServerTimeoutError",
     "TokenizerError",
     "__version__",
     "build_profile",
@@ -36,6 +40,114 @@ class OptbenchError(Exception): ...
 class ConfigError(OptbenchError): ...
 class TokenizerError(OptbenchError): ...
 class ServerError(OptbenchError): ...
+class ServerConnectionError(ServerError, ConnectionError): ...
+class ServerTimeoutError(ServerError, TimeoutError): ...
+
+_MetricName = Literal[
+    "ttft_ms", "e2e_ms", "tokens_per_s", "tpot_ms", "itl_ms", "queue_delay_ms", "output_tokens", "prompt_tokens"
+]
+_StatisticName = Literal["count", "mean", "p50", "p90", "p95", "p99", "min", "max"]
+#: The keys of ``LoadTest.summary()["metrics"]``, in the order they are computed.
+METRIC_NAMES: tuple[_MetricName, ...]
+#: The keys of each metric's statistics, in order.
+STATISTIC_NAMES: tuple[_StatisticName, ...]
+
+@type_check_only
+class Progress(TypedDict):
+    """``LoadTest.progress()``: live counters."""
+
+    sent: int
+    succeeded: int
+    failed: int
+    #: Token-carrying chunks received so far.
+    chunks: int
+    total: int
+    elapsed_s: float
+
+@type_check_only
+class MetricStats(TypedDict):
+    """The statistics of one metric over the measured requests."""
+
+    count: int
+    mean: float
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+    min: float
+    max: float
+
+@type_check_only
+class Summary(TypedDict):
+    """``LoadTest.summary()``: the aggregates over measured requests."""
+
+    num_requests: int
+    num_succeeded: int
+    num_failed: int
+    num_warmup: int
+    failures_by_kind: dict[str, int]
+    duration_s: float
+    request_throughput: float
+    output_token_throughput: float
+    total_output_tokens: int
+    total_prompt_tokens: int
+    num_token_counts_estimated: int
+    #: A metric with no values is absent.
+    metrics: dict[_MetricName, MetricStats]
+
+@type_check_only
+class MockLogEntry(TypedDict):
+    """``MockServer.log()``: the server's truth about one answered request (seconds since it started)."""
+
+    received_s: float
+    first_token_sent_s: float | None
+    last_token_sent_s: float | None
+    tokens_sent: int
+    concurrent_at_arrival: int
+
+@type_check_only
+class ProgramResult(TypedDict):
+    """One program's outcome in ``run_programs``."""
+
+    status: Literal["passed", "timed out", "failed"]
+    reason: str | None
+    #: "passed", "timed out" or "failed: <reason>".
+    text: str
+    exit_code: int | None
+    signal: int | None
+    duration_s: float
+    cpu_time_s: float
+    stdout: str
+    stderr: str
+    truncated: bool
+
+@type_check_only
+class SandboxLimits(TypedDict):
+    """The resource limits the sandbox applied."""
+
+    cpu_time_s: int
+    address_space_bytes: int
+    processes: int | None
+    file_size_bytes: int
+    open_files: int
+    core_file_bytes: int
+
+@type_check_only
+class Isolation(TypedDict):
+    """How isolated ``run_programs``' programs were (the weakest any run got)."""
+
+    python: str
+    python_version: str
+    dropped_to_uid: int | None
+    network_namespace: bool
+    landlock_abi: int | None
+    filesystem_writes_confined: bool
+    tcp_denied: bool
+    signals_scoped: bool
+    no_new_privs: bool
+    limits: SandboxLimits
+    wall_timeout_s: float
+    notes: list[str]
 
 @final
 class LoadTest:
@@ -45,8 +157,8 @@ class LoadTest:
         model: str,
         *,
         prompts: list[str] | None = None,
-        messages_json: list[str] | None = None,
-        requests_json: list[str] | None = None,
+        messages: list[list[dict[str, Any]]] | None = None,
+        requests: list[dict[str, Any]] | None = None,
         endpoint: str = "completions",
         num_requests: int = 100,
         concurrency: int | None = ...,
@@ -61,19 +173,19 @@ class LoadTest:
         time_limit_s: float | None = None,
         api_key: str | None = None,
         temperature: float = 0.0,
-        extra_body_json: str | None = None,
+        extra_body: dict[str, Any] | None = None,
         tokenizer: str | None = None,
     ) -> LoadTest: ...
-    def progress(self) -> dict[str, Any]: ...
+    def progress(self) -> Progress: ...
     def cancel(self) -> None: ...
     def done(self) -> bool: ...
     def wait(self, timeout_s: float | None = None) -> bool: ...
     def wait_async(self) -> Awaitable[None]: ...
-    def stop_reason(self) -> str: ...
+    def stop_reason(self) -> Literal["completed", "cancelled", "time_limit"]: ...
     def wall_s(self) -> float: ...
     def records(self) -> Any:
         """An Arrow record batch (Arrow PyCapsule interface)."""
-    def summary(self) -> dict[str, Any]: ...
+    def summary(self) -> Summary: ...
 
 def make_prompts(
     base_url: str,
@@ -102,7 +214,7 @@ class MockServer:
     ) -> MockServer: ...
     @property
     def base_url(self) -> str: ...
-    def log(self) -> list[dict[str, Any]]: ...
+    def log(self) -> list[MockLogEntry]: ...
     def stop(self) -> None: ...
     def __enter__(self) -> MockServer: ...
     def __exit__(self, _t: object, _v: object, _tb: object) -> None: ...
@@ -146,5 +258,5 @@ def run_programs(
     cpu_s: int = 10,
     python: str | PathLike[str] | None = None,
     max_output_bytes: int = 65536,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]: ...
+) -> tuple[list[ProgramResult], Isolation]: ...
 def humaneval_program(prompt: str, completion: str, test: str, entry_point: str) -> str: ...

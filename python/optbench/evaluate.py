@@ -275,7 +275,7 @@ def _summarize(samples: pd.DataFrame) -> dict[str, Any]:
 def _start_generation(base_url: str, model: str, requests: list[dict[str, Any]], opts: dict[str, Any]) -> _core.LoadTest:
     return _core.LoadTest(
         base_url, model,
-        requests_json=[json.dumps(r) for r in requests],
+        requests=requests,
         num_requests=len(requests),
         concurrency=opts["concurrency"],
         output_tokens=max(DEFAULT_MAX_TOKENS.values()),

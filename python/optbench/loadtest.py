@@ -269,7 +269,7 @@ def _start(
         base_url,
         model,
         prompts=prompt_set.texts,
-        messages_json=prompt_set.messages_json,
+        messages=prompt_set.messages,
         endpoint=config["endpoint"],
         num_requests=config["num_requests"],
         concurrency=config["concurrency"],
@@ -284,7 +284,7 @@ def _start(
         time_limit_s=config["time_limit_s"],
         api_key=api_key,
         temperature=config["temperature"],
-        extra_body_json=json.dumps(config["extra_body"]) if config["extra_body"] else None,
+        extra_body=config["extra_body"] or None,
         tokenizer=tokenizer,
     )
 

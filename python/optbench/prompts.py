@@ -21,17 +21,18 @@ PromptsInput = Union[str, "os.PathLike[str]", Sequence[Any]]
 
 @dataclass
 class PromptSet:
-    """Prompts ready for the Rust client: either texts or conversations (JSON), never both."""
+    """Prompts ready for the Rust client: either texts or conversations, never both."""
 
     texts: list[str] | None = None
-    messages_json: list[str] | None = None
+    #: Chat conversations, each a list of ``{"role", "content"}`` dicts.
+    messages: list[list[dict[str, Any]]] | None = None
     #: ``server`` (the server's /tokenize), ``tokenizer`` (a tokenizer.json), ``estimate``
     #: (characters per token) or ``user`` (prompts given by the caller).
     source: str = "user"
     warnings: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.texts if self.texts is not None else self.messages_json or [])
+        return len(self.texts if self.texts is not None else self.messages or [])
 
 
 def _one(item: Any, where: str) -> tuple[str, Any]:
@@ -60,7 +61,7 @@ def _from_items(items: list[tuple[str, Any]], origin: str) -> PromptSet:
     if kinds == {"text"}:
         return PromptSet(texts=[v for _, v in items])
     if kinds == {"messages"}:
-        return PromptSet(messages_json=[json.dumps(v) for _, v in items])
+        return PromptSet(messages=[v for _, v in items])
     raise DatasetError(f"{origin}: mixes plain prompts and chat conversations; use one kind per run")
 
 

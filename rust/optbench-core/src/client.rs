@@ -28,9 +28,7 @@ impl Endpoint {
         match name {
             "completions" => Ok(Endpoint::Completions),
             "chat" | "chat_completions" => Ok(Endpoint::Chat),
-            other => Err(CoreError::config(format!(
-                "endpoint must be 'completions' or 'chat', got {other:?}"
-            ))),
+            other => Err(CoreError::config(format!("endpoint must be 'completions' or 'chat', got {other:?}"))),
         }
     }
 
@@ -98,9 +96,7 @@ pub fn server_root(base_url: &str) -> Result<String> {
     let trimmed = base_url.trim().trim_end_matches('/');
     let root = trimmed.strip_suffix("/v1").unwrap_or(trimmed);
     if !(root.starts_with("http://") || root.starts_with("https://")) {
-        return Err(CoreError::config(format!(
-            "base_url must start with http:// or https://, got {base_url:?}"
-        )));
+        return Err(CoreError::config(format!("base_url must start with http:// or https://, got {base_url:?}")));
     }
     Ok(root.to_string())
 }
@@ -120,6 +116,36 @@ pub fn build_http_client(pool_size: usize) -> Result<reqwest::Client> {
         .connect_timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| CoreError::Http(format!("cannot build the HTTP client: {e}")))
+}
+
+/// A failed HTTP exchange that a run depends on (not a measured request) as the error of its
+/// kind: [`CoreError::Timeout`] past its deadline, [`CoreError::Connection`] when the server
+/// could not be reached or dropped the connection, else [`CoreError::Http`]. `context` starts
+/// the message (usually the URL).
+pub fn exchange_error(context: &str, e: &reqwest::Error) -> CoreError {
+    let message = format!("{context}: {e}");
+    if e.is_timeout() {
+        return CoreError::Timeout(message);
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            match io.kind() {
+                TimedOut => return CoreError::Timeout(message),
+                ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected | BrokenPipe | UnexpectedEof => {
+                    return CoreError::Connection(message)
+                }
+                _ => {}
+            }
+        }
+        source = cause.source();
+    }
+    if e.is_connect() {
+        CoreError::Connection(message)
+    } else {
+        CoreError::Http(message)
+    }
 }
 
 /// A request whose body is serialised before the run, so sending costs no JSON work.
@@ -147,15 +173,10 @@ impl RequestSettings {
                 body.insert("prompt".into(), t.clone().into());
             }
             (Endpoint::Completions, Prompt::Messages(_)) => {
-                return Err(CoreError::config(
-                    "a chat conversation (messages) needs endpoint='chat'",
-                ))
+                return Err(CoreError::config("a chat conversation (messages) needs endpoint='chat'"))
             }
             (Endpoint::Chat, Prompt::Text(t)) => {
-                body.insert(
-                    "messages".into(),
-                    serde_json::json!([{ "role": "user", "content": t }]),
-                );
+                body.insert("messages".into(), serde_json::json!([{ "role": "user", "content": t }]));
             }
             (Endpoint::Chat, Prompt::Messages(m)) => {
                 body.insert("messages".into(), m.clone());
@@ -338,10 +359,7 @@ async fn drain_to_end<S>(stream: &mut S)
 where
     S: futures_util::Stream + Unpin,
 {
-    let _ = tokio::time::timeout(DRAIN_AFTER_DONE, async {
-        while stream.next().await.is_some() {}
-    })
-    .await;
+    let _ = tokio::time::timeout(DRAIN_AFTER_DONE, async { while stream.next().await.is_some() {} }).await;
 }
 
 fn handle_event(event: &SseEvent, arrived: i64, rec: &mut RequestRecord) -> Result<Step, Failure> {
@@ -352,9 +370,8 @@ fn handle_event(event: &SseEvent, arrived: i64, rec: &mut RequestRecord) -> Resu
     if data.is_empty() {
         return Ok(Step::Continue);
     }
-    let chunk: StreamChunk = serde_json::from_str(data).map_err(|e| {
-        (ErrorKind::MalformedChunk, format!("{e} in chunk {:?}", snippet(data, 200)))
-    })?;
+    let chunk: StreamChunk = serde_json::from_str(data)
+        .map_err(|e| (ErrorKind::MalformedChunk, format!("{e} in chunk {:?}", snippet(data, 200))))?;
     if let Some(err) = chunk.error {
         return Err((ErrorKind::StreamError, snippet(err.get(), 500)));
     }
@@ -363,12 +380,10 @@ fn handle_event(event: &SseEvent, arrived: i64, rec: &mut RequestRecord) -> Resu
     }
     if let Some(choice) = chunk.choices.first() {
         let text = choice.text.as_deref().or_else(|| {
-            choice.delta.as_ref().and_then(|d| {
-                d.content
-                    .as_deref()
-                    .filter(|c| !c.is_empty())
-                    .or(d.reasoning_content.as_deref())
-            })
+            choice
+                .delta
+                .as_ref()
+                .and_then(|d| d.content.as_deref().filter(|c| !c.is_empty()).or(d.reasoning_content.as_deref()))
         });
         if let Some(text) = text.filter(|t| !t.is_empty()) {
             if rec.first_token_ns.is_none() {
@@ -398,10 +413,7 @@ fn handle_event(event: &SseEvent, arrived: i64, rec: &mut RequestRecord) -> Resu
 
 fn finish(rec: &mut RequestRecord) -> Result<(), Failure> {
     if rec.first_token_ns.is_none() {
-        return Err((
-            ErrorKind::EmptyOutput,
-            "the stream completed without any generated text".to_string(),
-        ));
+        return Err((ErrorKind::EmptyOutput, "the stream completed without any generated text".to_string()));
     }
     Ok(())
 }
@@ -471,21 +483,13 @@ mod tests {
     #[test]
     fn role_only_and_empty_chunks_are_not_tokens() {
         let mut rec = RequestRecord::default();
-        handle_event(&ev(r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#), 5, &mut rec)
-            .ok()
-            .unwrap();
+        handle_event(&ev(r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#), 5, &mut rec).ok().unwrap();
         assert!(rec.first_token_ns.is_none());
         handle_event(&ev(r#"{"choices":[{"delta":{"content":"Hi"}}]}"#), 7, &mut rec).ok().unwrap();
-        handle_event(&ev(r#"{"choices":[{"delta":{"reasoning_content":"hm"}}]}"#), 9, &mut rec)
+        handle_event(&ev(r#"{"choices":[{"delta":{"reasoning_content":"hm"}}]}"#), 9, &mut rec).ok().unwrap();
+        handle_event(&ev(r#"{"choices":[],"usage":{"completion_tokens":3,"prompt_tokens":4}}"#), 11, &mut rec)
             .ok()
             .unwrap();
-        handle_event(
-            &ev(r#"{"choices":[],"usage":{"completion_tokens":3,"prompt_tokens":4}}"#),
-            11,
-            &mut rec,
-        )
-        .ok()
-        .unwrap();
         assert_eq!(rec.first_token_ns, Some(7));
         assert_eq!(rec.last_token_ns, Some(9));
         assert_eq!(rec.output_text, "Hihm");
@@ -502,5 +506,20 @@ mod tests {
         let e = handle_event(&ev(r#"{"error":{"message":"overloaded"}}"#), 1, &mut rec).err().unwrap();
         assert_eq!(e.0, ErrorKind::StreamError);
         assert!(e.1.contains("overloaded"));
+    }
+
+    #[tokio::test]
+    async fn exchange_errors_keep_their_kind() {
+        let client = build_http_client(1).unwrap();
+        // Refused: a port that was just free.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("http://127.0.0.1:{port}/tokenize");
+        let e = client.post(&url).send().await.unwrap_err();
+        assert!(matches!(exchange_error(&url, &e), CoreError::Connection(m) if m.starts_with(&url)));
+        // Timed out: a server that accepts and never answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/tokenize", silent.local_addr().unwrap());
+        let e = client.post(&url).timeout(Duration::from_millis(100)).send().await.unwrap_err();
+        assert!(matches!(exchange_error(&url, &e), CoreError::Timeout(_)));
     }
 }

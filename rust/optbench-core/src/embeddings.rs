@@ -16,6 +16,7 @@
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ort::environment::Environment;
@@ -58,8 +59,7 @@ fn ort_environment(dylib: &Path) -> Result<Environment> {
         )));
     }
     // Compare canonical paths so that two spellings of the same file are one library.
-    let dylib =
-        dylib.canonicalize().map_err(|source| CoreError::Io { path: dylib.display().to_string(), source })?;
+    let dylib = dylib.canonicalize().map_err(|source| CoreError::Io { path: dylib.display().to_string(), source })?;
     let mut env = ORT_ENV.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((loaded, environment)) = env.as_ref() {
         if *loaded != dylib {
@@ -94,16 +94,9 @@ pub fn find_model_file(model_dir: &Path) -> Result<PathBuf> {
             model_dir.display()
         )));
     }
-    ["model.onnx", "onnx/model.onnx"]
-        .iter()
-        .map(|name| model_dir.join(name))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            CoreError::config(format!(
-                "no ONNX model in {}: expected model.onnx or onnx/model.onnx",
-                model_dir.display()
-            ))
-        })
+    ["model.onnx", "onnx/model.onnx"].iter().map(|name| model_dir.join(name)).find(|p| p.is_file()).ok_or_else(|| {
+        CoreError::config(format!("no ONNX model in {}: expected model.onnx or onnx/model.onnx", model_dir.display()))
+    })
 }
 
 /// A sentence-transformers style embedding model (BERT encoder, mean pooling, L2 norm) run by
@@ -242,6 +235,18 @@ impl Embedder {
     /// most `batch_size` so that little padding is computed; the result does not depend on
     /// the batching beyond float rounding (~1e-7). Blocks the calling thread.
     pub fn encode(&self, texts: &[&str], batch_size: usize) -> Result<Vec<f32>> {
+        let never = AtomicBool::new(false);
+        Ok(self.encode_cancellable(texts, batch_size, &never)?.expect("never cancelled"))
+    }
+
+    /// [`encode`](Self::encode) that stops between batches once `cancel` is set, returning
+    /// `None` (so Ctrl-C in a caller does not wait for the whole input).
+    pub fn encode_cancellable(
+        &self,
+        texts: &[&str],
+        batch_size: usize,
+        cancel: &AtomicBool,
+    ) -> Result<Option<Vec<f32>>> {
         if batch_size == 0 {
             return Err(CoreError::config("batch_size must be at least 1"));
         }
@@ -252,6 +257,9 @@ impl Embedder {
 
         let mut out = vec![0f32; texts.len() * self.dim];
         for chunk in order.chunks(batch_size) {
+            if cancel.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
             let batch: Vec<Tokens> = chunk.iter().map(|&i| tokenized[i].clone()).collect();
             let (embeddings, dim) = self.run_batch(&batch)?;
             debug_assert_eq!(dim, self.dim);
@@ -259,7 +267,7 @@ impl Embedder {
                 out[i * dim..(i + 1) * dim].copy_from_slice(&embeddings[row * dim..(row + 1) * dim]);
             }
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// [`encode`](Self::encode) for async code: the work runs on tokio's blocking pool, so the
@@ -354,10 +362,13 @@ impl From<&tokenizers::Encoding> for Tokens {
 /// each batch to its longest text ourselves).
 fn load_tokenizer(path: &Path, max_length: usize) -> Result<Tokenizer> {
     if !path.is_file() {
-        return Err(CoreError::config(format!("{} does not exist: the model folder needs its tokenizer.json", path.display())));
+        return Err(CoreError::config(format!(
+            "{} does not exist: the model folder needs its tokenizer.json",
+            path.display()
+        )));
     }
-    let mut tokenizer = Tokenizer::from_file(path)
-        .map_err(|e| CoreError::Tokenizer(format!("cannot load {}: {e}", path.display())))?;
+    let mut tokenizer =
+        Tokenizer::from_file(path).map_err(|e| CoreError::Tokenizer(format!("cannot load {}: {e}", path.display())))?;
     tokenizer.with_padding(None);
     tokenizer
         .with_truncation(Some(TruncationParams {

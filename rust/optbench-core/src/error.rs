@@ -13,13 +13,19 @@ pub enum CoreError {
     /// A model (the chat scorer's embedding model) could not be loaded or run.
     #[error("model: {0}")]
     Model(String),
-    /// An HTTP exchange that a run depends on (not a measured request) failed.
+    /// An HTTP exchange that a run depends on (not a measured request) got a wrong answer.
     #[error("http: {0}")]
     Http(String),
-    /// A file could not be read.
+    /// A server that a run depends on could not be reached: refused, reset or unresolvable.
+    #[error("http: {0}")]
+    Connection(String),
+    /// A server that a run depends on did not answer within its deadline.
+    #[error("http: {0}")]
+    Timeout(String),
+    /// A file or an operating-system resource could not be used.
     #[error("{path}: {source}")]
     Io {
-        /// The file that could not be read.
+        /// The file (or what was being done) that failed.
         path: String,
         /// The underlying error.
         #[source]

@@ -103,6 +103,13 @@ pub struct Summary {
     pub metrics: BTreeMap<&'static str, Stats>,
 }
 
+/// The names of [`Summary::metrics`], in the order they are computed.
+pub const METRIC_NAMES: [&str; 8] =
+    ["ttft_ms", "e2e_ms", "tokens_per_s", "tpot_ms", "itl_ms", "queue_delay_ms", "output_tokens", "prompt_tokens"];
+
+/// The names of [`Stats::fields`], in order.
+pub const STATISTIC_NAMES: [&str; 8] = ["count", "mean", "p50", "p90", "p95", "p99", "min", "max"];
+
 impl Summary {
     /// Aggregates `records`. Latency metrics use successful measured requests only; queue
     /// delay uses every measured request that was sent (it describes the client, not the server).
@@ -123,19 +130,14 @@ impl Summary {
             }
         }
         let start = measured.iter().map(|r| r.scheduled_ns).min();
-        let end = measured
-            .iter()
-            .filter_map(|r| r.done_ns.or(r.last_token_ns).or(r.sent_ns))
-            .max();
+        let end = measured.iter().filter_map(|r| r.done_ns.or(r.last_token_ns).or(r.sent_ns)).max();
         if let (Some(start), Some(end)) = (start, end) {
             s.duration_s = ns_to_ms(end - start) / 1e3;
         }
         s.total_output_tokens = ok.iter().filter_map(|r| r.output_tokens).map(u64::from).sum();
         s.total_prompt_tokens = ok.iter().filter_map(|r| r.prompt_tokens).map(u64::from).sum();
-        s.num_token_counts_estimated = ok
-            .iter()
-            .filter(|r| r.token_count_source == Some(crate::record::TokenCountSource::Chunks))
-            .count();
+        s.num_token_counts_estimated =
+            ok.iter().filter(|r| r.token_count_source == Some(crate::record::TokenCountSource::Chunks)).count();
         if s.duration_s > 0.0 {
             s.request_throughput = ok.len() as f64 / s.duration_s;
             s.output_token_throughput = s.total_output_tokens as f64 / s.duration_s;
@@ -160,6 +162,19 @@ impl Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_name_lists_match_what_is_computed() {
+        let stats = Stats::from_values(vec![1.0, 2.0]).expect("values");
+        assert_eq!(stats.fields().map(|(name, _)| name), STATISTIC_NAMES);
+        let records: Vec<RequestRecord> =
+            (0..2).map(|id| RequestRecord { prompt_tokens: Some(5), ..ok_record(id, 0, 10, 4, 5) }).collect();
+        let mut names: Vec<&str> = Summary::from_records(&records).metrics.keys().copied().collect();
+        let mut expected = METRIC_NAMES.to_vec();
+        names.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(names, expected);
+    }
 
     #[test]
     fn percentiles_interpolate_like_numpy() {

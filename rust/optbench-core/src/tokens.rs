@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::client::{build_http_client, server_root};
+use crate::client::{build_http_client, exchange_error, server_root};
 use crate::error::{CoreError, Result};
 
 /// Characters per token assumed when neither the server nor a tokenizer file can count.
@@ -49,12 +49,10 @@ impl TokenCounter {
     /// Loads a `tokenizer.json` file. Its own padding and truncation settings are switched off:
     /// a count must be the text's real length (some files pad every input to a fixed size).
     pub fn from_file(path: &str) -> Result<TokenCounter> {
-        let mut tok = tokenizers::Tokenizer::from_file(path).map_err(|e| {
-            CoreError::Tokenizer(format!("cannot load {path:?} as a tokenizer.json: {e}"))
-        })?;
+        let mut tok = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| CoreError::Tokenizer(format!("cannot load {path:?} as a tokenizer.json: {e}")))?;
         tok.with_padding(None);
-        tok.with_truncation(None)
-            .map_err(|e| CoreError::Tokenizer(format!("{path:?}: {e}")))?;
+        tok.with_truncation(None).map_err(|e| CoreError::Tokenizer(format!("{path:?}: {e}")))?;
         Ok(TokenCounter::File(Box::new(tok)))
     }
 
@@ -123,27 +121,24 @@ impl TokenCounter {
                 if let Some(k) = api_key {
                     req = req.bearer_auth(k);
                 }
-                let resp = req.send().await.map_err(|e| CoreError::Http(format!("{url}: {e}")))?;
+                let resp = req.send().await.map_err(|e| exchange_error(url, &e))?;
                 let status = resp.status();
                 if !status.is_success() {
                     return Err(CoreError::Http(format!("{url} answered HTTP {}", status.as_u16())));
                 }
-                let parsed: TokenizeResponse = resp
-                    .json()
-                    .await
-                    .map_err(|e| CoreError::Http(format!("{url} answered with unexpected JSON: {e}")))?;
+                let parsed: TokenizeResponse = resp.json().await.map_err(|e| match exchange_error(url, &e) {
+                    CoreError::Http(_) => CoreError::Http(format!("{url} answered with unexpected JSON: {e}")),
+                    failed => failed,
+                })?;
                 parsed
                     .count
                     .or(parsed.tokens.map(|t| t.len()))
                     .ok_or_else(|| CoreError::Http(format!("{url} answered without tokens or count")))
             }
-            TokenCounter::File(tok) => tok
-                .encode(text, add_special)
-                .map(|e| e.len())
-                .map_err(|e| CoreError::Tokenizer(e.to_string())),
-            TokenCounter::Estimate => {
-                Ok((text.chars().count() as f64 / ESTIMATED_CHARS_PER_TOKEN).ceil() as usize)
+            TokenCounter::File(tok) => {
+                tok.encode(text, add_special).map(|e| e.len()).map_err(|e| CoreError::Tokenizer(e.to_string()))
             }
+            TokenCounter::Estimate => Ok((text.chars().count() as f64 / ESTIMATED_CHARS_PER_TOKEN).ceil() as usize),
         }
     }
 }

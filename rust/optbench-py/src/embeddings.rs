@@ -9,7 +9,7 @@ use numpy::{IntoPyArray, PyArray2};
 use optbench_core::embeddings::{Embedder as CoreEmbedder, DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH};
 use pyo3::prelude::*;
 
-use crate::PyCoreError;
+use crate::native_call;
 
 // The signatures spell the defaults as literals so that Python's introspection (and the stub
 // test) sees them; these keep them equal to the core's.
@@ -37,15 +37,14 @@ impl PyEmbedder {
         max_length: usize,
     ) -> PyResult<Self> {
         // Loading parses a 90 MB model: let other Python threads run meanwhile.
-        let inner = py
-            .detach(|| CoreEmbedder::new(&model_dir, &ort_library, threads, max_length))
-            .map_err(PyCoreError)?;
+        let inner =
+            native_call::run_blocking(py, |_| CoreEmbedder::new(&model_dir, &ort_library, threads, max_length))?;
         Ok(PyEmbedder { inner })
     }
 
     /// Embeddings of `texts` as a float32 array `[len(texts), dim]` in the order given, each
     /// row L2-normalised. Texts of similar token length are batched together, `batch_size` at
-    /// a time. Runs without the GIL.
+    /// a time. Runs without the GIL; Ctrl-C stops it between batches.
     #[pyo3(signature = (texts, batch_size=32))]
     fn encode<'py>(
         &self,
@@ -53,12 +52,12 @@ impl PyEmbedder {
         texts: Vec<String>,
         batch_size: usize,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let data = py
-            .detach(|| {
-                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                self.inner.encode(&refs, batch_size)
-            })
-            .map_err(PyCoreError)?;
+        let data = native_call::run_blocking(py, |cancel| {
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            self.inner.encode_cancellable(&refs, batch_size, cancel.flag())
+        })?
+        // Only cancellation yields None, and run_blocking raises KeyboardInterrupt then.
+        .expect("not cancelled");
         let array = Array2::from_shape_vec((texts.len(), self.inner.dim()), data)
             .expect("encode returns len(texts) * dim values");
         Ok(array.into_pyarray(py))
@@ -66,11 +65,10 @@ impl PyEmbedder {
 
     /// The token ids the model sees for each text (`[CLS] ... [SEP]`, truncated, unpadded).
     fn tokenize(&self, py: Python<'_>, texts: Vec<String>) -> PyResult<Vec<Vec<u32>>> {
-        py.detach(|| {
+        native_call::run_blocking(py, |_| {
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             self.inner.tokenize(&refs)
         })
-        .map_err(|e| PyCoreError(e).into())
     }
 
     /// The embedding size (384 for all-MiniLM-L6-v2).

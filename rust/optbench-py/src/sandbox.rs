@@ -2,19 +2,14 @@
 //! wrapper `optbench.sandbox` turns the dicts returned here into dataclasses.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use optbench_core::sandbox::{self, Isolation, Sandbox, SandboxConfig, SandboxResult};
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::{ConfigError, PyCoreError};
-
-/// How often a running batch checks for Ctrl-C.
-const SIGNAL_CHECK: Duration = Duration::from_millis(100);
+use crate::errors::ConfigError;
+use crate::native_call;
 
 /// Runs each program in its own sandboxed `python3 -I -B` process, `workers` at a time (None:
 /// one per CPU), and returns `(results, isolation)`: one dict per program in input order
@@ -57,51 +52,20 @@ fn run_programs<'py>(
     };
     let workers = workers.map_or_else(sandbox::default_workers, |w| w as usize);
 
-    // The batch runs on its own thread so that this one can wake every SIGNAL_CHECK, take
-    // the GIL and look for Ctrl-C, which then cancels the batch.
-    let cancel = AtomicBool::new(false);
-    let outcome = std::thread::scope(|scope| {
-        let (tx, rx) = mpsc::channel();
-        let (programs, cancel) = (&programs, &cancel);
-        scope.spawn(move || {
-            let run = Sandbox::new(config).and_then(|sb| {
-                let results = sb.run_programs_cancellable(programs, workers, cancel)?;
-                Ok((sb, results))
-            });
-            let _ = tx.send(run);
-        });
-        let mut rx = rx;
-        loop {
-            // The receiver is not Sync, so it moves into the GIL-free closure and back.
-            let (received, back) = py.detach(move || (rx.recv_timeout(SIGNAL_CHECK), rx));
-            rx = back;
-            match received {
-                Ok(run) => return Ok(run),
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Err(interrupt) = py.check_signals() {
-                        cancel.store(true, Ordering::SeqCst);
-                        // The scope joins the batch thread, which stops within a tick.
-                        return Err(interrupt);
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(PyRuntimeError::new_err("the sandbox batch thread died"));
-                }
-            }
-        }
+    // Ctrl-C sets the cancel flag, which kills the programs in flight within a tick.
+    let (sb, results) = native_call::run_blocking(py, |cancel| {
+        let sb = Sandbox::new(config)?;
+        let results = sb.run_programs_cancellable(&programs, workers, cancel.flag())?;
+        Ok((sb, results))
     })?;
-    let (sb, results) = outcome.map_err(PyCoreError)?;
-    // Only cancellation yields None, and cancellation only comes from the signal check above.
+    // Only cancellation yields None, and run_blocking raises KeyboardInterrupt then.
     let results = results.expect("not cancelled");
 
     let mut isolation = sb.isolation().clone();
     for r in &results {
         isolation = isolation.weakest(&r.isolation);
     }
-    let dicts = results
-        .iter()
-        .map(|r| result_dict(py, r))
-        .collect::<PyResult<Vec<_>>>()?;
+    let dicts = results.iter().map(|r| result_dict(py, r)).collect::<PyResult<Vec<_>>>()?;
     let iso = isolation_dict(py, &isolation)?;
     iso.set_item("python_version", sb.python_version())?;
     Ok((dicts, iso))

@@ -1,0 +1,340 @@
+//! Bindings for the core's load generator: the `LoadTest` class. The Python driver
+//! (`optbench.load_test`, `optbench.evaluate`) builds one, polls its progress and reads its
+//! records and summary.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use optbench_core::arrow::records_to_batch;
+use optbench_core::client::{build_http_client, server_root, Endpoint, Prompt, RequestInput, RequestSettings};
+use optbench_core::metrics::{Summary, METRIC_NAMES, STATISTIC_NAMES};
+use optbench_core::runner::{run_requests, LoadTestConfig, LoadTestOutcome, Progress, StopReason};
+use optbench_core::schedule::{Arrival, Schedule};
+use optbench_core::tokens::TokenCounter;
+use optbench_core::CoreError;
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use pyo3_arrow::PyRecordBatch;
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::errors::{config_err, core_error_to_py, OptbenchError, PyCoreError};
+use crate::native_call::{self, runtime};
+use crate::py_json::{sequence_items, to_json, to_json_object};
+
+/// One `requests` entry: `{"prompt": str}` or `{"messages": [...]}`, with optional
+/// `"endpoint"` and `"body"`.
+fn parse_request(index: usize, item: &Bound<'_, PyAny>) -> PyResult<RequestInput> {
+    let root = format!("requests[{index}]");
+    let bad = |what: &str| config_err(format!("{root}: {what}"));
+    let mut obj = to_json_object(item, &root)?;
+    let prompt = match (obj.remove("prompt"), obj.remove("messages")) {
+        (Some(Value::String(t)), None) => Prompt::Text(t),
+        (None, Some(m @ Value::Array(_))) => Prompt::Messages(m),
+        _ => return Err(bad("needs \"prompt\" (a string) or \"messages\" (a list), not both")),
+    };
+    let endpoint = match obj.remove("endpoint") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(e)) => Some(Endpoint::parse(&e).map_err(|e| bad(&e.to_string()))?),
+        Some(_) => return Err(bad("\"endpoint\" must be a string")),
+    };
+    let body = match obj.remove("body") {
+        None | Some(Value::Null) => Default::default(),
+        Some(Value::Object(b)) => b,
+        Some(_) => return Err(bad("\"body\" must be a dict")),
+    };
+    if let Some(key) = obj.keys().next() {
+        return Err(bad(&format!("unknown key {key:?} (allowed: prompt, messages, endpoint, body)")));
+    }
+    Ok(RequestInput { prompt, endpoint, body })
+}
+
+/// The run's inputs from exactly one of `prompts`, `messages` and `requests`.
+fn request_inputs(
+    prompts: Option<Vec<String>>,
+    messages: Option<&Bound<'_, PyAny>>,
+    requests: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Vec<RequestInput>> {
+    match (prompts, messages, requests) {
+        (Some(p), None, None) => Ok(p.into_iter().map(|t| Prompt::Text(t).into()).collect()),
+        (None, Some(m), None) => sequence_items(m, "messages")?
+            .iter()
+            .enumerate()
+            .map(|(i, conversation)| {
+                let root = format!("messages[{i}]");
+                match to_json(conversation, &root)? {
+                    v @ Value::Array(_) => Ok(Prompt::Messages(v).into()),
+                    _ => Err(config_err(format!("{root}: expected a list of messages (dicts)"))),
+                }
+            })
+            .collect(),
+        (None, None, Some(r)) => {
+            sequence_items(r, "requests")?.iter().enumerate().map(|(i, item)| parse_request(i, item)).collect()
+        }
+        _ => Err(config_err("give exactly one of prompts, messages and requests")),
+    }
+}
+
+enum RunState {
+    Running,
+    Finished(Result<LoadTestOutcome, CoreError>),
+}
+
+/// A load test running on optbench's Rust runtime. It starts when constructed; poll it with
+/// `progress()`, wait with `wait()` / `wait_async()`, stop it with `cancel()`, and read the
+/// records and summary once `done()`. Use `optbench.load_test` rather than this class directly.
+#[pyclass(frozen, module = "optbench._core")]
+pub struct LoadTest {
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+    state: Arc<Mutex<RunState>>,
+    done_rx: watch::Receiver<bool>,
+    started: std::time::Instant,
+}
+
+#[pymethods]
+impl LoadTest {
+    /// Starts a load test. `prompts` are plain texts; `messages` (for the chat endpoint) are
+    /// conversations, each a list of `{"role", "content"}` dicts; `requests` are dicts with
+    /// `"prompt"` or `"messages"`, optionally `"endpoint"` and `"body"` (fields overriding the
+    /// shared request body). Exactly one of the three is given. `extra_body`: a dict of fields
+    /// added to every request's JSON body.
+    #[new]
+    #[pyo3(signature = (
+        base_url, model, *, prompts=None, messages=None, requests=None, endpoint="completions",
+        num_requests=100, concurrency=Some(8), request_rate=None, arrival="poisson",
+        burstiness=1.0, output_tokens=1024, seed=0, warmup=0, ignore_eos=false,
+        timeout_s=None, time_limit_s=None, api_key=None, temperature=0.0,
+        extra_body=None, tokenizer=None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        base_url: String,
+        model: String,
+        prompts: Option<Vec<String>>,
+        messages: Option<&Bound<'_, PyAny>>,
+        requests: Option<&Bound<'_, PyAny>>,
+        endpoint: &str,
+        num_requests: usize,
+        concurrency: Option<usize>,
+        request_rate: Option<f64>,
+        arrival: &str,
+        burstiness: f64,
+        output_tokens: u32,
+        seed: u64,
+        warmup: usize,
+        ignore_eos: bool,
+        timeout_s: Option<f64>,
+        time_limit_s: Option<f64>,
+        api_key: Option<String>,
+        temperature: f64,
+        extra_body: Option<&Bound<'_, PyAny>>,
+        tokenizer: Option<String>,
+    ) -> PyResult<Self> {
+        let inputs = request_inputs(prompts, messages, requests)?;
+        let duration = |name: &str, s: Option<f64>| -> PyResult<Option<Duration>> {
+            match s {
+                None => Ok(None),
+                Some(v) if v > 0.0 && v.is_finite() => Ok(Some(Duration::from_secs_f64(v))),
+                Some(v) => Err(config_err(format!("{name} must be a positive number of seconds, got {v}"))),
+            }
+        };
+        let schedule = match request_rate {
+            None => Schedule::Closed {
+                concurrency: concurrency.ok_or_else(|| {
+                    config_err("a closed loop needs a concurrency (or give request_rate for an open loop)")
+                })?,
+            },
+            Some(rate) => Schedule::Open {
+                rate,
+                arrival: Arrival::parse(arrival, burstiness).map_err(PyCoreError)?,
+                seed,
+                max_concurrency: concurrency,
+            },
+        };
+        let extra_body = match extra_body {
+            None => Default::default(),
+            Some(body) => to_json_object(body, "extra_body")?,
+        };
+        let config = LoadTestConfig {
+            request: RequestSettings {
+                base_url,
+                model,
+                endpoint: Endpoint::parse(endpoint).map_err(PyCoreError)?,
+                api_key,
+                max_tokens: output_tokens,
+                temperature,
+                ignore_eos,
+                extra_body,
+                request_timeout: duration("timeout_s", timeout_s)?,
+            },
+            schedule,
+            num_requests,
+            warmup,
+            time_limit: duration("time_limit_s", time_limit_s)?,
+        };
+        config.validate(inputs.len()).map_err(PyCoreError)?;
+        // Prepare now so that a bad prompt, endpoint or URL fails here, not inside the run.
+        for (i, input) in inputs.iter().enumerate() {
+            config.request.prepare_input(input).map_err(|e| config_err(format!("request {i}: {e}")))?;
+        }
+        // Counts tokens of answers that come without `usage`: the tokenizer file when given,
+        // else the server's /tokenize (falling back to the chunk count if it has none).
+        let counter = match tokenizer {
+            Some(path) => TokenCounter::from_file(&path).map_err(PyCoreError)?,
+            None => TokenCounter::Server {
+                client: build_http_client(2).map_err(PyCoreError)?,
+                url: format!("{}/tokenize", server_root(&config.request.base_url).map_err(PyCoreError)?),
+                model: config.request.model.clone(),
+                api_key: config.request.api_key.clone(),
+            },
+        };
+
+        let progress = Arc::new(Progress::default());
+        let cancel = CancellationToken::new();
+        let state = Arc::new(Mutex::new(RunState::Running));
+        let (done_tx, done_rx) = watch::channel(false);
+        let (p, c, s) = (progress.clone(), cancel.clone(), state.clone());
+        runtime().spawn(async move {
+            let outcome = run_requests(config, inputs, p, c, Some(Arc::new(counter))).await;
+            *s.lock().expect("run state") = RunState::Finished(outcome);
+            let _ = done_tx.send(true);
+        });
+        Ok(LoadTest { progress, cancel, state, done_rx, started: std::time::Instant::now() })
+    }
+
+    /// A snapshot of the live counters: `sent`, `succeeded`, `failed`, `chunks` (token-carrying
+    /// chunks so far), `total` and `elapsed_s`. Cheap; call it a few times a second.
+    fn progress<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.progress.snapshot();
+        let d = PyDict::new(py);
+        d.set_item("sent", s.sent)?;
+        d.set_item("succeeded", s.succeeded)?;
+        d.set_item("failed", s.failed)?;
+        d.set_item("chunks", s.chunks)?;
+        d.set_item("total", s.total)?;
+        d.set_item("elapsed_s", self.started.elapsed().as_secs_f64())?;
+        Ok(d)
+    }
+
+    /// Asks the run to stop: nothing new is sent and requests in flight end as `cancelled`
+    /// rows. Finished rows are kept. Returns at once; `wait()` for the end.
+    fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// True once the run has ended and its records can be read.
+    fn done(&self) -> bool {
+        *self.done_rx.borrow()
+    }
+
+    /// Blocks (without holding the GIL) until the run ends or `timeout_s` passes; returns
+    /// `done()`. Ctrl-C raises `KeyboardInterrupt` and leaves the run going (`cancel()` it).
+    #[pyo3(signature = (timeout_s=None))]
+    fn wait(&self, py: Python<'_>, timeout_s: Option<f64>) -> PyResult<bool> {
+        let mut rx = self.done_rx.clone();
+        native_call::block_on(py, move || async move {
+            let wait = rx.wait_for(|d| *d);
+            Ok(match timeout_s {
+                None => wait.await.is_ok(),
+                Some(t) => {
+                    matches!(tokio::time::timeout(Duration::from_secs_f64(t.max(0.0)), wait).await, Ok(Ok(_)))
+                }
+            })
+        })
+    }
+
+    /// An awaitable that completes when the run ends (for asyncio / Jupyter).
+    fn wait_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let mut rx = self.done_rx.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let _ = rx.wait_for(|d| *d).await;
+            Ok(())
+        })
+    }
+
+    /// Why the run ended: `completed`, `cancelled` or `time_limit`.
+    fn stop_reason(&self, py: Python<'_>) -> PyResult<&'static str> {
+        self.with_outcome(py, |o| {
+            Ok(match o.stop_reason {
+                StopReason::Completed => "completed",
+                StopReason::Cancelled => "cancelled",
+                StopReason::TimeLimit => "time_limit",
+            })
+        })
+    }
+
+    /// Wall time of the whole run (warm-up included), in seconds.
+    fn wall_s(&self, py: Python<'_>) -> PyResult<f64> {
+        self.with_outcome(py, |o| Ok(o.wall_s))
+    }
+
+    /// One Arrow record batch with a row per request (warm-up rows included, flagged);
+    /// pass it to `pyarrow.record_batch(...)` or polars.
+    fn records(&self, py: Python<'_>) -> PyResult<PyRecordBatch> {
+        self.with_outcome(py, |o| {
+            let batch = records_to_batch(&o.records)
+                .map_err(|e| OptbenchError::new_err(format!("cannot build the Arrow records: {e}")))?;
+            Ok(PyRecordBatch::new(batch))
+        })
+    }
+
+    /// The aggregates over measured requests, as a dict (see `optbench.LoadTestResult.summary`).
+    fn summary<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let summary = self.with_outcome(py, |o| Ok(Summary::from_records(&o.records)))?;
+        summary_to_dict(py, &summary)
+    }
+}
+
+impl LoadTest {
+    /// `f` of the finished run; a run that failed raises its error (of its own kind) each time.
+    fn with_outcome<T>(&self, py: Python<'_>, f: impl FnOnce(&LoadTestOutcome) -> PyResult<T>) -> PyResult<T> {
+        let state = self.state.lock().expect("run state");
+        match &*state {
+            RunState::Running => Err(PyRuntimeError::new_err("the load test is still running; wait() first")),
+            RunState::Finished(Err(e)) => Err(core_error_to_py(py, e)),
+            RunState::Finished(Ok(o)) => f(o),
+        }
+    }
+}
+
+fn summary_to_dict<'py>(py: Python<'py>, s: &Summary) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("num_requests", s.num_requests)?;
+    d.set_item("num_succeeded", s.num_succeeded)?;
+    d.set_item("num_failed", s.num_failed)?;
+    d.set_item("num_warmup", s.num_warmup)?;
+    d.set_item("failures_by_kind", s.failures_by_kind.clone())?;
+    d.set_item("duration_s", s.duration_s)?;
+    d.set_item("request_throughput", s.request_throughput)?;
+    d.set_item("output_token_throughput", s.output_token_throughput)?;
+    d.set_item("total_output_tokens", s.total_output_tokens)?;
+    d.set_item("total_prompt_tokens", s.total_prompt_tokens)?;
+    d.set_item("num_token_counts_estimated", s.num_token_counts_estimated)?;
+    let metrics = PyDict::new(py);
+    for (name, stats) in &s.metrics {
+        let m = PyDict::new(py);
+        for (k, v) in stats.fields() {
+            if k == "count" {
+                m.set_item(k, stats.count)?;
+            } else {
+                m.set_item(k, v)?;
+            }
+        }
+        metrics.set_item(*name, m)?;
+    }
+    d.set_item("metrics", metrics)?;
+    Ok(d)
+}
+
+/// Adds `LoadTest` and the names of the summary's metrics and statistics to `optbench._core`.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<LoadTest>()?;
+    // The keys of `summary()["metrics"]` and of each metric's statistics, for Python code
+    // that lays out tables and plots.
+    m.add("METRIC_NAMES", PyTuple::new(m.py(), METRIC_NAMES)?)?;
+    m.add("STATISTIC_NAMES", PyTuple::new(m.py(), STATISTIC_NAMES)?)?;
+    Ok(())
+}

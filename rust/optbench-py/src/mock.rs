@@ -1,0 +1,113 @@
+//! Bindings for the core's mock server: `MockServer`, an OpenAI-compatible streaming server
+//! with known timing and injectable faults (public as `optbench.testing.MockServer`).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use optbench_core::mock::{Fault, MockBehavior, MockServer as CoreMockServer};
+use optbench_core::CoreError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::errors::{config_err, PyCoreError};
+
+/// An OpenAI-compatible streaming server with known timing and injectable faults, on a thread
+/// of its own (for tests and for trying pipelines without a GPU). `fault` is one of `none`,
+/// `status` (answer HTTP `fault_arg`), `reset` (reset the connection after `fault_arg` tokens),
+/// `malformed` (a non-JSON chunk after `fault_arg` tokens), `no_done`, `slow_headers` (wait
+/// `fault_arg` ms before the headers) or `no_usage`.
+#[pyclass(frozen, module = "optbench._core")]
+pub struct MockServer {
+    inner: Mutex<Option<CoreMockServer>>,
+    base_url: String,
+}
+
+#[pymethods]
+impl MockServer {
+    #[new]
+    #[pyo3(signature = (*, ttft_ms=20.0, gap_ms=5.0, tokens=16, fault="none", fault_arg=0, host="127.0.0.1", port=0))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        ttft_ms: f64,
+        gap_ms: f64,
+        tokens: usize,
+        fault: &str,
+        fault_arg: u64,
+        host: &str,
+        port: u16,
+    ) -> PyResult<Self> {
+        if !(ttft_ms >= 0.0 && gap_ms >= 0.0) {
+            return Err(config_err("ttft_ms and gap_ms must be >= 0"));
+        }
+        let fault = match fault {
+            "none" => Fault::None,
+            "status" => Fault::Status(u16::try_from(fault_arg).unwrap_or(500)),
+            "reset" => Fault::ResetAfter(fault_arg as usize),
+            "malformed" => Fault::MalformedAfter(fault_arg as usize),
+            "no_done" => Fault::NoDone,
+            "slow_headers" => Fault::SlowHeaders(Duration::from_millis(fault_arg)),
+            "no_usage" => Fault::NoUsage,
+            other => return Err(config_err(format!("unknown fault {other:?}"))),
+        };
+        let behavior = MockBehavior {
+            ttft: Duration::from_secs_f64(ttft_ms / 1e3),
+            gap: Duration::from_secs_f64(gap_ms / 1e3),
+            tokens,
+            fault,
+            ..MockBehavior::default()
+        };
+        let bind = format!("{host}:{port}");
+        let server = CoreMockServer::start_dedicated(&bind, behavior).map_err(|source| {
+            PyCoreError(CoreError::Io { path: format!("cannot start the mock server on {bind}"), source })
+        })?;
+        let base_url = server.base_url();
+        Ok(MockServer { inner: Mutex::new(Some(server)), base_url })
+    }
+
+    /// `http://host:port` of the server.
+    #[getter]
+    fn base_url(&self) -> String {
+        self.base_url.clone()
+    }
+
+    /// Server-side truth per answered request: `received_s`, `first_token_sent_s`,
+    /// `last_token_sent_s` (seconds since the server started), `tokens_sent` and
+    /// `concurrent_at_arrival`.
+    fn log<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let guard = self.inner.lock().expect("mock");
+        let Some(server) = guard.as_ref() else { return Ok(Vec::new()) };
+        server
+            .log()
+            .into_iter()
+            .map(|l| {
+                let d = PyDict::new(py);
+                d.set_item("received_s", l.received.as_secs_f64())?;
+                d.set_item("first_token_sent_s", l.first_token_sent.map(|t| t.as_secs_f64()))?;
+                d.set_item("last_token_sent_s", l.last_token_sent.map(|t| t.as_secs_f64()))?;
+                d.set_item("tokens_sent", l.tokens_sent)?;
+                d.set_item("concurrent_at_arrival", l.concurrent_at_arrival)?;
+                Ok(d)
+            })
+            .collect()
+    }
+
+    /// Stops the server and joins its thread. Safe to call twice.
+    fn stop(&self, py: Python<'_>) {
+        let server = self.inner.lock().expect("mock").take();
+        py.detach(move || drop(server));
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __exit__(&self, py: Python<'_>, _t: Py<PyAny>, _v: Py<PyAny>, _tb: Py<PyAny>) {
+        self.stop(py);
+    }
+}
+
+/// Adds `MockServer` to `optbench._core`.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<MockServer>()?;
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! Bindings for prompts of a target length and token counting (`make_prompts`,
+//! `count_tokens`).
+
+use optbench_core::prompts::synthetic_prompts;
+use optbench_core::tokens::TokenCounter;
+use pyo3::prelude::*;
+
+use crate::native_call;
+
+/// Synthetic prompts of `input_tokens` tokens each, as the server counts them (its
+/// `/tokenize`, else `tokenizer` = a tokenizer.json path, else an estimate). Returns
+/// `(prompts, source, warning)` where source is `server`, `tokenizer` or `estimate` and warning
+/// is set for the estimate. Reproducible from `seed`; every prompt differs from the start.
+/// Runs without the GIL; Ctrl-C raises `KeyboardInterrupt`.
+#[pyfunction]
+#[pyo3(signature = (base_url, model, num_prompts, input_tokens, *, seed=0, tokenizer=None, api_key=None))]
+#[allow(clippy::too_many_arguments)]
+fn make_prompts(
+    py: Python<'_>,
+    base_url: String,
+    model: String,
+    num_prompts: usize,
+    input_tokens: usize,
+    seed: u64,
+    tokenizer: Option<String>,
+    api_key: Option<String>,
+) -> PyResult<(Vec<String>, &'static str, Option<String>)> {
+    native_call::block_on(py, move || async move {
+        let (counter, warning) =
+            TokenCounter::detect(&base_url, &model, api_key.as_deref(), tokenizer.as_deref()).await?;
+        let prompts = synthetic_prompts(&counter, num_prompts, input_tokens, seed, 8).await?;
+        Ok((prompts, counter.source_name(), warning))
+    })
+}
+
+/// Number of tokens in `text` by a tokenizer.json file (`add_special` counts BOS and the like).
+#[pyfunction]
+#[pyo3(signature = (tokenizer, text, add_special=true))]
+fn count_tokens(py: Python<'_>, tokenizer: String, text: String, add_special: bool) -> PyResult<usize> {
+    native_call::block_on(py, move || async move {
+        let counter = TokenCounter::from_file(&tokenizer)?;
+        counter.count(&text, add_special).await
+    })
+}
+
+/// Adds the prompt and token functions to `optbench._core`.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(make_prompts, m)?)?;
+    m.add_function(wrap_pyfunction!(count_tokens, m)?)?;
+    Ok(())
+}
