@@ -6,5 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 . .venv/bin/activate
+# Gates: one formatting (rustfmt.toml) and a lint-clean workspace (undocumented unsafe denied).
+cargo fmt --all --check
+cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo test --locked --profile quick-release -p optbench-core
 python -m pytest "$@"

@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use arrow_array::builder::{Float64Builder, Int64Builder, ListBuilder, UInt32Builder};
 use arrow_array::{
-    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, UInt16Array,
-    UInt32Array,
+    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, UInt16Array, UInt32Array,
 };
 use arrow_schema::{ArrowError, DataType, Field, Schema};
 
@@ -15,9 +14,8 @@ use crate::record::RequestRecord;
 /// Column names and types of [`records_to_batch`], in order. Times are nanoseconds since the
 /// run's start; `*_ms` and `tokens_per_s` are the derived metrics of each request.
 pub fn records_schema() -> Schema {
-    let list = |name: &str, item: DataType| {
-        Field::new(name, DataType::List(Arc::new(Field::new("item", item, true))), false)
-    };
+    let list =
+        |name: &str, item: DataType| Field::new(name, DataType::List(Arc::new(Field::new("item", item, true))), false);
     Schema::new(vec![
         Field::new("request_id", DataType::UInt32, false),
         Field::new("warmup", DataType::Boolean, false),

@@ -11,6 +11,7 @@
 //! - [`mock`]: an OpenAI-compatible streaming server with known timing and injectable faults.
 //!
 //! Async work runs on the caller's tokio runtime; nothing here starts servers or draws plots.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod arrow;
 pub mod client;

@@ -401,7 +401,9 @@ async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) 
     let object = if chat { "chat.completion.chunk" } else { "text_completion" };
     let head = format!("\"id\":\"cmpl-{id}\",\"object\":\"{object}\",\"created\":0,\"model\":{model}");
     if chat {
-        let role = format!("data: {{{head},\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":\"\"}}}}]}}\n\n");
+        let role = format!(
+            "data: {{{head},\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":\"\"}}}}]}}\n\n"
+        );
         chunk(socket, role.as_bytes()).await?;
     }
     let first_at = received_at + b.ttft;

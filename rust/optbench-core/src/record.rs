@@ -184,10 +184,7 @@ impl RequestRecord {
 
     /// Inter-token latencies in milliseconds: gaps between successive token-carrying chunks.
     pub fn itl_ms(&self) -> Vec<f64> {
-        self.chunk_times_ns
-            .windows(2)
-            .map(|w| ns_to_ms(w[1] - w[0]))
-            .collect()
+        self.chunk_times_ns.windows(2).map(|w| ns_to_ms(w[1] - w[0])).collect()
     }
 }
 

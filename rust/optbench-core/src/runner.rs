@@ -137,12 +137,7 @@ struct Shared {
 impl Shared {
     /// Runs request `id` (prompt `id % prompts`) that was meant to start at `scheduled_ns`.
     async fn run_one(&self, id: usize, scheduled_ns: i64, warmup: bool) {
-        let mut rec = RequestRecord {
-            request_id: id as u32,
-            warmup,
-            scheduled_ns,
-            ..Default::default()
-        };
+        let mut rec = RequestRecord { request_id: id as u32, warmup, scheduled_ns, ..Default::default() };
         let request = &self.requests[id % self.requests.len()];
         self.progress.sent.fetch_add(1, Ordering::Relaxed);
         let deadline = self.timeout.map(|d| Instant::now() + d);
@@ -274,18 +269,13 @@ pub async fn run_requests(
 ) -> Result<LoadTestOutcome> {
     config.validate(inputs.len())?;
     // Serialise each distinct body once, before the clock starts.
-    let requests = inputs
-        .iter()
-        .map(|p| config.request.prepare_input(p))
-        .collect::<Result<Vec<_>>>()?;
+    let requests = inputs.iter().map(|p| config.request.prepare_input(p)).collect::<Result<Vec<_>>>()?;
     let max_inflight = match &config.schedule {
         Schedule::Closed { concurrency } => *concurrency,
         Schedule::Open { max_concurrency, .. } => max_concurrency.unwrap_or(256),
     };
     let client = build_http_client(max_inflight)?;
-    progress
-        .total
-        .store((config.warmup + config.num_requests) as u64, Ordering::Relaxed);
+    progress.total.store((config.warmup + config.num_requests) as u64, Ordering::Relaxed);
     let shared = Arc::new(Shared {
         client,
         requests,

@@ -26,18 +26,14 @@ impl Arrival {
     /// Parses `constant`, `poisson` or `gamma` (with `burstiness`).
     pub fn parse(name: &str, burstiness: f64) -> Result<Arrival> {
         if !(burstiness > 0.0 && burstiness.is_finite()) {
-            return Err(CoreError::config(format!(
-                "burstiness must be a positive number, got {burstiness}"
-            )));
+            return Err(CoreError::config(format!("burstiness must be a positive number, got {burstiness}")));
         }
         match name {
             "constant" => Ok(Arrival::Constant),
             "poisson" if burstiness == 1.0 => Ok(Arrival::Poisson),
             // A burstiness other than 1 turns Poisson into gamma, as vLLM does.
             "poisson" | "gamma" => Ok(Arrival::Gamma { burstiness }),
-            other => Err(CoreError::config(format!(
-                "arrival must be 'constant', 'poisson' or 'gamma', got {other:?}"
-            ))),
+            other => Err(CoreError::config(format!("arrival must be 'constant', 'poisson' or 'gamma', got {other:?}"))),
         }
     }
 }
@@ -81,9 +77,9 @@ impl Schedule {
                 t += match arrival {
                     Arrival::Constant => mean_gap_s,
                     Arrival::Poisson => Exp::new(rate).expect("rate validated").sample(&mut rng),
-                    Arrival::Gamma { burstiness } => Gamma::new(burstiness, mean_gap_s / burstiness)
-                        .expect("burstiness validated")
-                        .sample(&mut rng),
+                    Arrival::Gamma { burstiness } => {
+                        Gamma::new(burstiness, mean_gap_s / burstiness).expect("burstiness validated").sample(&mut rng)
+                    }
                 };
             }
             out.push((t * 1e9).round() as i64);
@@ -97,14 +93,29 @@ impl Schedule {
             Schedule::Closed { concurrency } if *concurrency == 0 => {
                 Err(CoreError::config("concurrency must be at least 1"))
             }
-            Schedule::Open { rate, .. } if !(*rate > 0.0 && rate.is_finite()) => Err(
-                CoreError::config(format!("request_rate must be a positive number, got {rate}")),
-            ),
+            Schedule::Open { rate, .. } if !(*rate > 0.0 && rate.is_finite()) => {
+                Err(CoreError::config(format!("request_rate must be a positive number, got {rate}")))
+            }
             Schedule::Open { max_concurrency: Some(0), .. } => {
                 Err(CoreError::config("concurrency must be at least 1 (or None for no cap)"))
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// Sleeps until `deadline` with sub-millisecond accuracy. tokio's timer wheel has 1 ms
+/// granularity and may wake up to 1 ms late, which would show up as schedule error, so this
+/// sleeps on the timer until 1 ms before and then yields to other tasks until the instant passes.
+pub async fn precise_sleep_until(deadline: tokio::time::Instant) {
+    let coarse = deadline.checked_sub(std::time::Duration::from_millis(1));
+    if let Some(coarse) = coarse {
+        if tokio::time::Instant::now() < coarse {
+            tokio::time::sleep_until(coarse).await;
+        }
+    }
+    while tokio::time::Instant::now() < deadline {
+        tokio::task::yield_now().await;
     }
 }
 
@@ -170,20 +181,5 @@ mod tests {
         assert_eq!(Arrival::parse("poisson", 2.0).unwrap(), Arrival::Gamma { burstiness: 2.0 });
         assert!(Schedule::Closed { concurrency: 0 }.validate().is_err());
         assert!(open(-1.0, Arrival::Poisson, 0).validate().is_err());
-    }
-}
-
-/// Sleeps until `deadline` with sub-millisecond accuracy. tokio's timer wheel has 1 ms
-/// granularity and may wake up to 1 ms late, which would show up as schedule error, so this
-/// sleeps on the timer until 1 ms before and then yields to other tasks until the instant passes.
-pub async fn precise_sleep_until(deadline: tokio::time::Instant) {
-    let coarse = deadline.checked_sub(std::time::Duration::from_millis(1));
-    if let Some(coarse) = coarse {
-        if tokio::time::Instant::now() < coarse {
-            tokio::time::sleep_until(coarse).await;
-        }
-    }
-    while tokio::time::Instant::now() < deadline {
-        tokio::task::yield_now().await;
     }
 }

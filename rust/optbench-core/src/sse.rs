@@ -67,10 +67,7 @@ impl SseParser {
     fn process_line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) {
         if line.is_empty() {
             if self.has_data {
-                out.push(SseEvent {
-                    event: self.event.take(),
-                    data: std::mem::take(&mut self.data),
-                });
+                out.push(SseEvent { event: self.event.take(), data: std::mem::take(&mut self.data) });
             }
             self.has_data = false;
             self.event = None;

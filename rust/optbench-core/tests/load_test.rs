@@ -48,7 +48,13 @@ fn closed(base_url: &str, n: usize, concurrency: usize, max_tokens: u32) -> Load
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_endpoint_skips_the_role_chunk() {
-    let behavior = MockBehavior { ttft: Duration::from_millis(30), gap: Duration::from_millis(2), tokens: 5, fault: Fault::None, ..MockBehavior::default() };
+    let behavior = MockBehavior {
+        ttft: Duration::from_millis(30),
+        gap: Duration::from_millis(2),
+        tokens: 5,
+        fault: Fault::None,
+        ..MockBehavior::default()
+    };
     let server = MockServer::start("127.0.0.1:0", behavior).await.unwrap();
     let mut cfg = closed(&server.base_url(), 3, 3, 5);
     cfg.request.endpoint = Endpoint::Chat;
@@ -62,7 +68,13 @@ async fn chat_endpoint_skips_the_role_chunk() {
 }
 
 async fn faulty(fault: Fault, timeout: Option<Duration>) -> LoadTestOutcome {
-    let behavior = MockBehavior { ttft: Duration::from_millis(5), gap: Duration::from_millis(1), tokens: 8, fault, ..MockBehavior::default() };
+    let behavior = MockBehavior {
+        ttft: Duration::from_millis(5),
+        gap: Duration::from_millis(1),
+        tokens: 8,
+        fault,
+        ..MockBehavior::default()
+    };
     let server = MockServer::start("127.0.0.1:0", behavior).await.unwrap();
     let mut cfg = closed(&server.base_url(), 3, 2, 8);
     cfg.request.request_timeout = timeout;
@@ -134,7 +146,13 @@ async fn without_usage_the_chunk_count_is_used_and_flagged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_loop_cap_shows_up_as_queue_delay() {
-    let behavior = MockBehavior { ttft: Duration::from_millis(100), gap: Duration::from_millis(1), tokens: 2, fault: Fault::None, ..MockBehavior::default() };
+    let behavior = MockBehavior {
+        ttft: Duration::from_millis(100),
+        gap: Duration::from_millis(1),
+        tokens: 2,
+        fault: Fault::None,
+        ..MockBehavior::default()
+    };
     let server = MockServer::start("127.0.0.1:0", behavior).await.unwrap();
     let cfg = LoadTestConfig {
         request: settings(&server.base_url(), Endpoint::Completions, 2),
@@ -157,7 +175,13 @@ async fn open_loop_cap_shows_up_as_queue_delay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_keeps_finished_rows_and_marks_the_rest() {
-    let behavior = MockBehavior { ttft: Duration::from_millis(10), gap: Duration::from_millis(10), tokens: 1000, fault: Fault::None, ..MockBehavior::default() };
+    let behavior = MockBehavior {
+        ttft: Duration::from_millis(10),
+        gap: Duration::from_millis(10),
+        tokens: 1000,
+        fault: Fault::None,
+        ..MockBehavior::default()
+    };
     let server = MockServer::start("127.0.0.1:0", behavior).await.unwrap();
     let mut cfg = closed(&server.base_url(), 10, 2, 1000);
     cfg.request.max_tokens = 1000;
@@ -184,7 +208,13 @@ async fn cancelling_keeps_finished_rows_and_marks_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn time_limit_stops_the_run() {
-    let behavior = MockBehavior { ttft: Duration::from_millis(5), gap: Duration::from_millis(5), tokens: 10, fault: Fault::None, ..MockBehavior::default() };
+    let behavior = MockBehavior {
+        ttft: Duration::from_millis(5),
+        gap: Duration::from_millis(5),
+        tokens: 10,
+        fault: Fault::None,
+        ..MockBehavior::default()
+    };
     let server = MockServer::start("127.0.0.1:0", behavior).await.unwrap();
     let mut cfg = closed(&server.base_url(), 10_000, 2, 10);
     cfg.time_limit = Some(Duration::from_millis(400));
@@ -210,7 +240,12 @@ async fn bad_configuration_is_an_error_not_a_row() {
 async fn connections_are_reused_across_requests() {
     // The body is read to its end after `[DONE]`, so each connection goes back to the pool;
     // dropping it early closed a connection per request, and the next one paid a handshake.
-    let behavior = MockBehavior { ttft: Duration::from_millis(2), gap: Duration::from_millis(1), tokens: 8, ..MockBehavior::default() };
+    let behavior = MockBehavior {
+        ttft: Duration::from_millis(2),
+        gap: Duration::from_millis(1),
+        tokens: 8,
+        ..MockBehavior::default()
+    };
     let server = MockServer::start_dedicated("127.0.0.1:0", behavior).unwrap();
     let out = run(closed(&server.base_url(), 4, 40, 8)).await;
     assert!(out.records.iter().all(|r| r.is_success()));

@@ -61,11 +61,8 @@ async fn ttft_and_itl_match_the_servers_truth() {
     let ttft = &s.metrics["ttft_ms"];
     let itl = &s.metrics["itl_ms"];
     // The truth is what the server did: from reading the request to writing the first token.
-    let truth = p50(server
-        .log()
-        .iter()
-        .map(|l| (l.first_token_sent.unwrap() - l.received).as_secs_f64() * 1e3)
-        .collect());
+    let truth =
+        p50(server.log().iter().map(|l| (l.first_token_sent.unwrap() - l.received).as_secs_f64() * 1e3).collect());
     assert!((truth - 50.0).abs() < 1.0, "the mock itself is off: {truth} ms");
     assert!((ttft.p50 - truth).abs() < 1.0, "P50 TTFT {} ms, truth {truth} ms", ttft.p50);
     assert!((itl.p50 - 10.0).abs() < 1.0, "P50 ITL {} ms, truth 10 ms", itl.p50);
@@ -83,11 +80,8 @@ async fn ttft_and_itl_match_the_servers_truth() {
     }
     // The closed loop never had more than 4 requests in flight, and reached 4 (counted from the
     // client's own send and end times; the server's count can lag by a handler's last write).
-    let mut events: Vec<(i64, i32)> = out
-        .records
-        .iter()
-        .flat_map(|r| [(r.sent_ns.unwrap(), 1), (r.done_ns.unwrap(), -1)])
-        .collect();
+    let mut events: Vec<(i64, i32)> =
+        out.records.iter().flat_map(|r| [(r.sent_ns.unwrap(), 1), (r.done_ns.unwrap(), -1)]).collect();
     events.sort_by_key(|&(t, d)| (t, d));
     let (mut now, mut peak) = (0, 0);
     for (_, d) in events {
@@ -99,7 +93,13 @@ async fn ttft_and_itl_match_the_servers_truth() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_loop_sends_on_schedule_and_warmup_is_excluded() {
-    let behavior = MockBehavior { ttft: Duration::from_millis(5), gap: Duration::from_millis(1), tokens: 4, fault: Fault::None, ..MockBehavior::default() };
+    let behavior = MockBehavior {
+        ttft: Duration::from_millis(5),
+        gap: Duration::from_millis(1),
+        tokens: 4,
+        fault: Fault::None,
+        ..MockBehavior::default()
+    };
     let server = MockServer::start_dedicated("127.0.0.1:0", behavior).unwrap();
     let cfg = LoadTestConfig {
         request: settings(&server.base_url(), 4),
@@ -122,5 +122,3 @@ async fn open_loop_sends_on_schedule_and_warmup_is_excluded() {
     // 20 requests at 50/s span about 0.38 s + the last request's ~8 ms.
     assert!((s.duration_s - 0.388).abs() < 0.05, "window {}", s.duration_s);
 }
-
-

@@ -8,6 +8,7 @@
 //! the server started), `GET /mock/clock` (`now_s` on that clock) and `POST /mock/reset`
 //! (empties the log). It runs on one thread, so `taskset -c N` gives it one
 //! core of its own and the client under test the others.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -61,7 +62,8 @@ struct Args {
 fn parse_fault(text: &str) -> Result<Fault, String> {
     let (name, arg) = text.split_once(':').unwrap_or((text, ""));
     let number = |what: &str| {
-        arg.parse::<u64>().map_err(|_| format!("--fault {name}:{what} needs a whole number after the colon, got {arg:?}"))
+        arg.parse::<u64>()
+            .map_err(|_| format!("--fault {name}:{what} needs a whole number after the colon, got {arg:?}"))
     };
     Ok(match name {
         "none" => Fault::None,

@@ -115,7 +115,7 @@ pub fn gsm8k_extract(text: &str, mode: Gsm8kMode) -> String {
 /// lm-evaluation-harness's `exact_match` normalisation for gsm8k.
 fn lmeval_normalize(s: &str) -> String {
     static UPTO_HASH: OnceLock<Regex> = OnceLock::new();
-    let mut out: String = s.replace(',', "").replace('$', "");
+    let mut out: String = s.replace([',', '$'], "");
     out = re(&UPTO_HASH, r"(?s)^.*#### ").replace(&out, "").into_owned();
     // Python's `\.$` also matches a period right before a final newline.
     if out.ends_with(".\n") {
@@ -138,14 +138,19 @@ pub fn gsm8k_correct(prediction: &str, gold: &str, mode: Gsm8kMode) -> bool {
     let extracted = gsm8k_extract(prediction, mode);
     match mode {
         Gsm8kMode::Default => {
-            let gold_value = if gold.contains("####") { gsm8k_extract(gold, Gsm8kMode::Default) } else { gold.to_string() };
+            let gold_value =
+                if gold.contains("####") { gsm8k_extract(gold, Gsm8kMode::Default) } else { gold.to_string() };
             match (parse_number(&extracted), parse_number(&gold_value)) {
                 (Some(p), Some(g)) => (p - g).abs() <= 1e-6 * g.abs().max(1.0),
                 _ => false,
             }
         }
         Gsm8kMode::Official => {
-            let gold_value = if gold.contains("####") { gsm8k_extract(gold, Gsm8kMode::Official) } else { gold.trim().replace(',', "") };
+            let gold_value = if gold.contains("####") {
+                gsm8k_extract(gold, Gsm8kMode::Official)
+            } else {
+                gold.trim().replace(',', "")
+            };
             extracted != INVALID && extracted == gold_value
         }
         Gsm8kMode::LmevalStrict | Gsm8kMode::LmevalFlexible => {
