@@ -9,7 +9,10 @@ Added (``overrides``):
   tokenizer (``tokenizer`` / ``tokenizer_path``) is that folder too. Requests still name the
   committed ``model`` (optbench passes it as the served model name).
 - ``env``: ``PYTHONPATH`` = the ``pip install --target`` folder of the engine's carried wheels
-  (SGLang's holds its own transformers 5.6.0, so vLLM keeps the image's 5.17.0), offline hub flags.
+  (SGLang's holds its own transformers 5.6.0, so vLLM keeps the image's 5.17.0), offline hub flags
+  (and SGLang's ``SGLANG_GRPC_PORT``, see ``derive``).
+- no ``port``: optbench picks a free one (a fixed port fails for a minute after the previous
+  server on it stopped; see ``derive``).
 - ``ready_timeout_s`` and ``[load_test]`` ``ignore_eos = true`` + ``time_limit_s`` (+ the folder's
   tokenizer.json as the fallback where a server lacks /tokenize): the reference load test is the
   brief's (optbench run's defaults) with exactly 1024 output tokens, time-capped.
@@ -50,6 +53,10 @@ def derive(name: str, model_dir: str, site: str | None, *, python: str | None = 
     if engine not in TOKENIZER_KEY:
         raise SystemExit(f"engine_configs: {name} is a {engine} configuration, not vLLM or SGLang")
     data.setdefault("name", name)
+    # No fixed port: optbench's free-port check binds without SO_REUSEADDR, so the TIME_WAIT
+    # sockets the previous server on 8000 leaves behind make it refuse the port for a minute
+    # (seen on the H200); optbench picks a free port instead.
+    data.pop("port", None)
     server = dict(data.get("server", {}))
     server.update(model_path=model_dir, load_format="dummy")
     server[TOKENIZER_KEY[engine]] = model_dir
@@ -58,6 +65,10 @@ def derive(name: str, model_dir: str, site: str | None, *, python: str | None = 
     data["server"] = server
     env = dict(data.get("env", {}))
     env.update(ENV)
+    if engine == "sglang":
+        # SGLang 0.5.12 derives a gRPC port (off by default) as port + 10000 and refuses to start
+        # when that passes 65535, as a free port above 55535 makes it (seen on the H200).
+        env["SGLANG_GRPC_PORT"] = "50051"
     if site:
         env["PYTHONPATH"] = site
     data["env"] = env
@@ -116,7 +127,7 @@ def check_keeps_committed_flags(name: str, derived_path: Path) -> list[str]:
     base = committed(name)
     der = tomllib.loads(derived_path.read_text())
     for k, v in base.items():
-        if k in ("server", "env", "load_test", "ready_timeout_s"):
+        if k in ("server", "env", "load_test", "ready_timeout_s", "port"):
             continue
         if der.get(k) != v:
             problems.append(f"top-level {k}: committed {v!r}, derived {der.get(k)!r}")

@@ -75,6 +75,13 @@ install_engine() {  # $1 = vllm | sglang
     cp "$WORK/unpack-$e"/extra/*.json "$WORK/unpack-$e"/extra/README.md "$WORK/hf-model/"
     ls -la "$WORK/hf-model" | sed 's/^/    /'
   fi
+  if [ "$e" = sglang ] && [ -d "$site/kernels" ]; then
+    # transformers 5.6.0 (SGLang's pin) calls the hub-kernels package `kernels` (0.17.2, unpinned
+    # by SGLang) in a way 0.17 rejects ("Either a revision or a version must be specified"), at
+    # import. SGLang itself imports it only to fetch kernels from the hub (no network here), so
+    # it is moved aside and transformers skips its hub-kernels integration.
+    mkdir -p "$WORK/disabled" && mv "$site/kernels" "$site"/kernels-*.dist-info "$WORK/disabled/"
+  fi
   rm -rf "$WORK/unpack-$e" "$WORK/pieces/$e.tar."*
   PYTHONPATH=$site "$PY" -c "import importlib.metadata as m; print('    $e', m.version('$e'), '| transformers', m.version('transformers'), '| tokenizers', m.version('tokenizers'))"
   touch "$site/.installed"

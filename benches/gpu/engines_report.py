@@ -236,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {fmt(fl / one if one else None, 2)} |")
     lines += ["", "### How each server was started", ""]
     for c in configs:
-        lines += [f"- `{c['name']}` ({engine_title(c['engine'])} {c['version']}; optbench run {c['status']}"
+        lines += [f"- `{c['name']}` ({engine_title(c['engine'])} {c['version']}; [its sweep]({c['name']}/GPU_RESULTS.md); "
+                  f"optbench run {c['status']}"
                   f"{': ' + c['reason'] if c['reason'] else ''}):", "", "  ```bash", f"  {c['command']}", "  ```", ""]
     if a.commands:
         lines += ["### Commands", "", "```bash", a.commands.strip(), "```", ""]
