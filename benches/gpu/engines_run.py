@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--names", default=",".join(PLAN), help="configurations in order")
     p.add_argument("--run-id", default="h200-engines")
     p.add_argument("--sglang-wait-s", type=float, default=240, help="how long to wait for SGLang's install")
+    p.add_argument("--sweep-only", default="", help="configurations whose optbench run is done: only their sweep")
     a = p.parse_args(argv)
     work: Path = a.work
     py = sys.executable
@@ -172,8 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         status(work, current=name, phase="optbench run")
         t_cfg = time.time()
         out = work / "out" / name
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
+        if name not in a.sweep_only.split(","):
+            shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(out / "sweep", ignore_errors=True)
         # Time split: the reference load test (server start + test) first; the sweep gets what is left.
         ready_s = min(READY_S[name], left() - LOAD_TEST_LIMIT_S - 40)
         ref_limit = min(left() - 20, ready_s + LOAD_TEST_LIMIT_S + 40)
@@ -189,7 +192,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"report_path={str(results / 'RESULTS.md')!r}, run_id={a.run_id!r}, progress=False)\n"
                 "print(rep['markdown'])\n")
         free_gpu()
-        rc = run_capped([py, "-c", code], ref_limit, out / "optbench-run.log")
+        if name in a.sweep_only.split(","):
+            log(f"{name}: optbench run already done; the sweep only")
+            rc = 0
+        else:
+            rc = run_capped([py, "-c", code], ref_limit, out / "optbench-run.log")
         kill_leftover_servers(work)
         free_gpu()
         log(f"{name}: optbench run rc={rc} after {time.time() - t_cfg:.0f} s")
