@@ -72,6 +72,42 @@ fn the_candidate_cannot_read_the_test() {
     assert!(r.passed(), "{r:?}");
 }
 
+#[test]
+fn results_pass_as_plain_data_only() {
+    let sb = sandbox();
+    // Every plain type crosses both ways unchanged, types included.
+    let value = "[None, True, False, 0, -7, 10**100, -0.0, 1.5, float('inf'), 2-3j, 'é\\ud800', b'\\x00', bytearray(b'y'), (1, (2,)), [[]], {1: 'a', 'b': [2]}, {3}, frozenset({4})]";
+    let t = CodeTest {
+        prompt: "def echo(x, *, k=None):\n    \"\"\"Returns its argument.\"\"\"\n".into(),
+        completion: "    assert k == {'z': 1}, k\n    return x\n".into(),
+        test: format!("def check(candidate):\n    v = {value}\n    r = candidate(v, k={{'z': 1}})\n    assert r == v and r is not v\n    assert [type(a) for a in r] == [type(a) for a in v]\n    assert str(r[6]) == str(v[6])\n"),
+        entry_point: "echo".into(),
+    };
+    let r = score(&sb, &t);
+    assert!(r.passed(), "{r:?}");
+    // An object equal to everything is not plain data: the check never sees it.
+    let always_equal = "    class Any:\n        def __eq__(self, other):\n            return True\n    return Any()\n";
+    let r = score(&sb, &add_test(always_equal));
+    assert!(
+        r.status
+            .reason()
+            .is_some_and(|s| s.starts_with("exit code 1: TypeError: the result cannot be passed on as plain data")),
+        "{r:?}"
+    );
+    // An exception of the candidate's is raised in the check as the same builtin type.
+    let t = CodeTest {
+        test: "def check(candidate):\n    try:\n        candidate(1, 0)\n    except ZeroDivisionError:\n        return\n    assert False\n".into(),
+        ..add_test("    return a // b\n")
+    };
+    assert!(score(&sb, &t).passed());
+    // A prompt whose function has no body yet (no docstring) still gives the test its helpers.
+    let t =
+        CodeTest { prompt: "def helper():\n    return 5\n\ndef add(a, b):\n".into(), ..add_test("    return a + b\n") };
+    let t = CodeTest { test: format!("{}    assert helper() == 5\n", t.test), ..t };
+    let r = score(&sb, &t);
+    assert!(r.passed(), "{r:?}");
+}
+
 /// SysV shared memory segments whose key is `key`, as the host sees them.
 fn shm_segments_with_key(key: i32) -> Vec<i32> {
     let text = std::fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default();
@@ -335,7 +371,16 @@ fn canonical_solutions_timed() {
     let workers = 2;
     let started = Instant::now();
     let never = std::sync::atomic::AtomicBool::new(false);
-    let results = sb.run_tests_cancellable(&tests, workers, &never).unwrap().unwrap();
+    // OPTBENCH_TIMING_MODE=program: the same as one program each (the in-process verdict).
+    let results = if std::env::var("OPTBENCH_TIMING_MODE").as_deref() == Ok("program") {
+        let programs: Vec<String> = tests
+            .iter()
+            .map(|t| optbench_core::sandbox::humaneval_program(&t.prompt, &t.completion, &t.test, &t.entry_point))
+            .collect();
+        sb.run_programs(&programs, workers).unwrap()
+    } else {
+        sb.run_tests_cancellable(&tests, workers, &never).unwrap().unwrap()
+    };
     let wall = started.elapsed();
     let failed: Vec<String> = results.iter().filter(|r| !r.passed()).map(|r| r.status.to_string()).collect();
     let mean_ms = results.iter().map(|r| r.duration.as_secs_f64()).sum::<f64>() / results.len() as f64 * 1e3;
