@@ -107,3 +107,148 @@ def test_sampling_probe_runs_its_three_variants(tiny_model: Path, llama_binary: 
             "probe_backend_sampling.log", "probe_default.log", "probe_top_k_1.log"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "PROBE_SAMPLING.md", "probe_sampling.csv", "probe_sampling_logs.tar.gz"]
+
+
+# --- vLLM and SGLang on the H200 (issue 12, part 3): the CPU-side pieces -------------------------
+
+def _hf_model(tmp: Path, vocab_gguf: Path) -> Path:
+    run([str(GPU / "hf_model.py"), "--tiny", "--vocab", "128256", "--vocab-from", str(vocab_gguf), "--out", str(tmp)],
+        timeout=120)
+    return tmp
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, reversed (the same table as tokenizers' ByteLevel)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+@pytest.mark.timeout(300)
+def test_hf_tokenizer_covers_the_vocabulary_and_tokenizes_as_the_gguf(tiny_model: Path, llama_binary: str,
+                                                                      tmp_path: Path) -> None:
+    """The folder vLLM and SGLang serve (hf_model.py) has a tokenizer covering all 128,256 ids of
+    the model (else every response is empty text) and splits prompts exactly as llama.cpp splits
+    them with the GGUF's tokenizer, so every engine sees the same prompts token for token."""
+    import json
+    import urllib.request
+
+    import optbench
+    from optbench._core import count_tokens
+    from optbench.config import parse_config
+    from optbench.prompts import synthetic_prompts
+
+    model = _hf_model(tmp_path / "hf", tiny_model.parent / "vocab.gguf")
+    tok = json.loads((model / "tokenizer.json").read_text())
+    cfg = json.loads((model / "config.json").read_text())
+    ids = sorted(tok["model"]["vocab"].values())
+    assert ids == list(range(128256)) and cfg["vocab_size"] == 128256
+    assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["torch_dtype"] == "bfloat16"
+    assert tok["model"]["vocab"]["<|optbench_pad_128255|>"] == 128255  # NORMAL vocabulary entries ...
+    assert not any(a["content"].startswith("<|optbench_pad") for a in tok["added_tokens"])  # ... not added tokens
+    tok_cfg = json.loads((model / "tokenizer_config.json").read_text())
+    assert tok_cfg["add_bos_token"] is False and "chat_template" in tok_cfg
+
+    config = parse_config({"name": "tiny", "engine": "llama_cpp", "model": "tiny", "ready_timeout_s": 120,
+                           "server": {"model_path": str(tiny_model), "binary": llama_binary, "parallel": 1,
+                                      "ctx_size": 4096}}, "<test>")
+    vocab = {i: s for s, i in tok["model"]["vocab"].items()}
+    dec = _byte_decoder()
+    texts = ["Hello world! The year 2024 cost $12,345.67 -- ok?", "  leading spaces, tabs\tand\nnew lines\n\n",
+             "naïve café: 東京 🤖 done.", "def f(x):\n    return x**2  # 3 digits 987"]
+    with optbench.serve(config) as server:
+        prompts = synthetic_prompts(server.base_url, server.model, 2, 300, seed=7)
+        assert prompts.source == "server"
+        for text in texts + list(prompts.texts):
+            req = urllib.request.Request(f"{server.base_url}/tokenize", data=json.dumps({"content": text}).encode(),
+                                         headers={"Content-Type": "application/json"})
+            llama_ids = json.loads(urllib.request.urlopen(req, timeout=30).read())["tokens"]
+            # llama.cpp's ids are a segmentation of the text in this tokenizer's vocabulary ...
+            pieces = "".join(vocab[i] for i in llama_ids)
+            assert bytes(dec[c] for c in pieces).decode() == text
+            # ... of the length this tokenizer.json gives (the Rust tokenizers crate, as optbench uses it)
+            assert count_tokens(str(model / "tokenizer.json"), text, add_special=True) == len(llama_ids), text[:60]
+            try:
+                from tokenizers import Tokenizer
+            except ImportError:
+                continue
+            assert Tokenizer.from_file(str(model / "tokenizer.json")).encode(text).ids == llama_ids, text[:60]
+
+
+def test_derived_engine_configs_keep_every_committed_flag(tmp_path: Path) -> None:
+    sys.path.insert(0, str(GPU))
+    import engine_configs
+
+    from optbench.config import load_config
+    from optbench.servers.engines import engine_for
+
+    for name in engine_configs.NAMES:
+        path = engine_configs.write(name, tmp_path, "/w/hf-model", "/w/site-x", ready_timeout_s=300,
+                                    load_test_time_limit_s=150)
+        assert engine_configs.check_keeps_committed_flags(name, path) == [], name
+        cfg = load_config(path)
+        cmd = engine_for(cfg).command(8000)
+        assert cmd[cmd.index("--load-format") + 1] == "dummy"
+        assert "/w/hf-model" in cmd and cmd[cmd.index("--served-model-name") + 1] == cfg.model
+        assert cfg.env["PYTHONPATH"] == "/w/site-x" and cfg.env["HF_HUB_OFFLINE"] == "1"
+        assert cfg.load_test["ignore_eos"] is True and cfg.ready_timeout_s == 300
+        assert cfg.port is None  # optbench picks a free port: a fixed one is refused while in TIME_WAIT
+        if cfg.engine == "sglang":  # SGLang 0.5.12 refuses port + 10000 > 65535 unless this is set
+            assert 1 <= int(cfg.env["SGLANG_GRPC_PORT"]) <= 65535
+        if name == "vllm_fp8_quantization":
+            assert cmd[cmd.index("--quantization") + 1] == "fp8"
+        if name == "sglang_torch_compile":
+            assert "--enable-torch-compile" in cmd
+
+
+def test_engine_wheel_locks_and_pieces(tmp_path: Path) -> None:
+    """The committed wheel locks carry nothing the H200 image has (apart from SGLang's own
+    transformers / tokenizers) and nothing excluded; pieces verify, and a missing or damaged one
+    is named."""
+    sys.path.insert(0, str(GPU))
+    import engine_wheels
+
+    image = engine_wheels.image_packages()
+    assert image["torch"] == "2.11.0" and image["transformers"] == "5.17.0"
+    for engine, spec in engine_wheels.ENGINES.items():
+        rows = engine_wheels.read_lock(engine)
+        names = {r["name"] for r in rows}
+        assert engine in names
+        forced = {engine_wheels.Requirement(r).name for r in spec["force"]}
+        assert not (names & set(image)) - forced, (engine, names & set(image))
+        assert not names & spec["exclude"]
+        assert all(len(r["sha256"]) == 64 and r["file"].endswith(".whl") for r in rows)
+    assert {r["name"]: r["version"] for r in engine_wheels.read_lock("sglang")}["transformers"] == "5.6.0"
+    assert sum(r["size"] for r in engine_wheels.read_lock("vllm")) < 420 * 2**20  # ~7 device commands
+
+    blob = tmp_path / "x.bin"
+    blob.write_bytes(os.urandom(2_500_000))
+    digest, n = engine_wheels.split(blob, tmp_path, "t", 1_000_000)
+    assert n == 3 and engine_wheels.verify(tmp_path, "t", tmp_path / "re.bin") == 0
+    assert (tmp_path / "re.bin").read_bytes() == blob.read_bytes()
+    (tmp_path / "t.tar.01").unlink()
+    assert engine_wheels.verify(tmp_path, "t", None) == 3
+    (tmp_path / "t.tar.01").write_bytes(b"damaged")
+    assert engine_wheels.verify(tmp_path, "t", None) == 4
+
+
+@pytest.mark.timeout(400)
+def test_sweep_serves_any_configuration_file(tiny_model: Path, llama_binary: str, tmp_path: Path) -> None:
+    """sweep.py --config: the path the vLLM and SGLang sweeps take (here with a llama.cpp file)."""
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(f'name = "tiny_cfg"\nengine = "llama_cpp"\nmodel = "tiny"\nready_timeout_s = 120\n\n[server]\n'
+                   f'model_path = "{tiny_model}"\nbinary = "{llama_binary}"\nparallel = 2\nctx_size = 1024\n')
+    out = tmp_path / "out"
+    run([str(GPU / "sweep.py"), "--small", "--config", str(cfg), "--out", str(out), "--concurrency", "1",
+         "--requests", "1=2", "--deadline-s", "300"], timeout=360)
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [(int(r["concurrency"]), int(r["num_succeeded"])) for r in rows] == [(1, 2)]
+    assert float(rows[0]["tpot_p50_ms"]) > 0 and float(rows[0]["server_cpu_share"]) > 0
+    report = (out / "GPU_RESULTS.md").read_text()
+    assert 'name = "tiny_cfg"' in report and "decode step" in report
