@@ -29,7 +29,7 @@ def test_every_committed_configuration_is_valid(path):
     assert print_command(cfg)
 
 
-def test_the_brief_s_five_serve_llama_3_1_8b_on_port_8000():
+def test_the_five_reference_configurations_serve_llama_3_1_8b_on_port_8000():
     five = ["baseline_llama_cpp", "vllm", "vllm_fp8_quantization", "sglang", "sglang_torch_compile"]
     for name in five:
         cfg = load_config(CONFIGS / f"{name}.toml")
@@ -232,3 +232,27 @@ def test_serve_the_embedded_configuration_and_always_stop_it(tmp_path):
             raise RuntimeError("the body failed")
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)
+
+
+def test_a_port_whose_last_server_just_stopped_is_free_again():
+    # The server side closes first, so its end of the connection stays in TIME_WAIT for a
+    # minute; a new server (SO_REUSEADDR, as every engine sets) can still listen there.
+    from optbench.servers.process import port_is_free
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    assert not port_is_free("127.0.0.1", port)
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = listener.accept()
+    conn.close()
+    listener.close()
+    client.close()
+    assert port_is_free("127.0.0.1", port)
+
+
+def test_sglang_gets_a_free_port_its_grpc_port_fits_above():
+    from optbench.servers.process import free_port
+
+    assert all(20000 <= free_port("127.0.0.1", 55535) <= 55535 for _ in range(20))
+    assert optbench.servers.engine_class("sglang").highest_port == 55535

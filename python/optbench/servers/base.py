@@ -59,6 +59,8 @@ class Engine:
     required: ClassVar[tuple[str, ...]] = ()
     #: Where readiness is polled, then the fallback when that answers 404.
     health_path: ClassVar[str] = "/health"
+    #: The highest port a free port is chosen below.
+    highest_port: ClassVar[int] = 65535
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

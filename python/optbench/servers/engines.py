@@ -85,7 +85,7 @@ class Server:
             return self
         if cfg.port is not None and not port_is_free(cfg.host, cfg.port):
             raise ServerStartError(f"{cfg.name}: port {cfg.port} on {cfg.host} is already in use; stop what holds it or change 'port'")
-        port = cfg.port or free_port(cfg.host)
+        port = cfg.port or free_port(cfg.host, self.engine.highest_port)
         self.base_url = self.engine.start(port, self.log_path)
         self.version = self.engine.running_version
         self.gpu = gpu_info()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,16 +23,26 @@ from optbench.exceptions import ConfigError, ServerStartError
 _LIVE: "weakref.WeakSet[ManagedProcess]" = weakref.WeakSet()
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def free_port(host: str = "127.0.0.1", highest: int = 65535) -> int:
+    """A port that nothing listens on right now (at most ``highest``: some engines derive
+    other ports from theirs, SGLang 0.5 its gRPC port at +10000)."""
+    if highest >= 65535:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            return int(s.getsockname()[1])
+    for _ in range(200):
+        port = random.randint(20000, highest)
+        if port_is_free(host, port):
+            return port
+    raise ServerStartError(f"no free port between 20000 and {highest} on {host}")
 
 
 def port_is_free(host: str, port: int) -> bool:
-    """True when ``host:port`` can be bound (nothing listens there)."""
+    """True when a server can listen on ``host:port``: nothing listens there. Connections of a
+    server that stopped moments ago (TIME_WAIT) do not count; servers set ``SO_REUSEADDR``
+    and start despite them."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

@@ -17,6 +17,8 @@ class SglangEngine(PythonModuleEngine):
     package = "sglang"
     distributions = ("sglang",)
     model_flag = "--model-path"
+    # SGLang 0.5 opens a gRPC port at its port + 10000 and refuses to start past 65535.
+    highest_port = 55535
     keys = {
         "python": Key(str, None, "the interpreter that has SGLang (default: the one running optbench)"),
         "model_path": Key(str, None, "the weights: a local folder or a hub id (default: `model`)"),
