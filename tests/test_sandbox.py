@@ -204,3 +204,39 @@ def test_isolation_report_without_programs():
         "notes",
     }
     assert isolation["no_new_privs"]
+
+
+#: Completions of issue 18 that forge the end-of-test marker, then leave with os._exit(0): through
+#: the driver's descriptor found in __main__, on every descriptor, through the driver's frame.
+FORGERIES = [
+    "    pass\nimport __main__, os\nos.write(__main__._fd, b'\\0optbench-sandbox-end\\0')\nos._exit(0)\n",
+    (
+        "    pass\nimport os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'\\0optbench-sandbox-end\\0')\n"
+        "    except OSError:\n        pass\nos._exit(0)\n"
+    ),
+    (
+        "    pass\nimport os, sys\nf = sys._getframe(1)\nf.f_globals['_end'](f.f_globals['_fd'], b'\\0optbench-sandbox-end\\0')\n"
+        "os._exit(0)\n"
+    ),
+]
+
+
+def test_forged_end_marker_is_not_a_pass(humaneval):
+    # Before issue 18's fix, each of these scored 80/80 on the evaluation dataset's code items.
+    items = humaneval[:80]
+    completions = [FORGERIES[i % len(FORGERIES)] for i in range(len(items))]
+    results = score_humaneval(items, completions, workers=2)
+    assert [r.text for r in results if r.passed] == []
+    # The honest solutions of the same items still pass alongside.
+    assert all(r.passed for r in score_humaneval(items[:6], [i["canonical_solution"] for i in items[:6]]))
+
+
+def test_isolation_is_reported_feature_by_feature():
+    _, isolation = run_programs([])
+    for key in ("ipc_namespace", "pid_namespace", "private_proc", "disk_bytes", "host_run_hidden", "cgroup",
+                "memory_limit_whole_program", "seccomp"):
+        assert key in isolation, key
+    if ROOT:
+        # What CI (root) gets on a kernel with namespaces; anything missing is said in the notes.
+        missing = [k for k in ("ipc_namespace", "pid_namespace", "private_proc", "seccomp") if not isolation[k]]
+        assert not missing or isolation["notes"], isolation

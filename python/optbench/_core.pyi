@@ -29,6 +29,7 @@ __all__ = [
     "make_prompts",
     "pass_at_k",
     "run_programs",
+    "run_tests",
     "squad_normalize",
     "squad_v2_scores",
 ]
@@ -131,6 +132,10 @@ class SandboxLimits(TypedDict):
     file_size_bytes: int
     open_files: int
     core_file_bytes: int
+    #: The whole program's memory (its cgroup's limit); None without a cgroup.
+    program_memory_bytes: int | None
+    #: The whole program's processes (its cgroup's pids.max); None without a cgroup.
+    program_processes: int | None
 
 @type_check_only
 class Isolation(TypedDict):
@@ -140,6 +145,16 @@ class Isolation(TypedDict):
     python_version: str
     dropped_to_uid: int | None
     network_namespace: bool
+    ipc_namespace: bool
+    pid_namespace: bool
+    private_proc: bool
+    #: The work directory's total size cap (a tmpfs of its own); None: per-file limit only.
+    disk_bytes: int | None
+    host_run_hidden: bool
+    #: "v2" or "v1": the run's cgroup; None: limits per process only.
+    cgroup: str | None
+    memory_limit_whole_program: bool
+    seccomp: bool
     landlock_abi: int | None
     filesystem_writes_confined: bool
     tcp_denied: bool
@@ -251,6 +266,16 @@ class Embedder:
 
 def run_programs(
     programs: list[str],
+    *,
+    workers: int | None = None,
+    timeout_s: float = 10.0,
+    memory_mb: int = 1024,
+    cpu_s: int = 10,
+    python: str | PathLike[str] | None = None,
+    max_output_bytes: int = 65536,
+) -> tuple[list[ProgramResult], Isolation]: ...
+def run_tests(
+    tests: list[tuple[str, str, str, str]],
     *,
     workers: int | None = None,
     timeout_s: float = 10.0,

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from optbench import _core
 from optbench.exceptions import ConfigError
 
-__all__ = ["SandboxResult", "run_programs", "humaneval_program", "score_humaneval"]
+__all__ = ["SandboxResult", "humaneval_program", "run_programs", "run_tests", "score_humaneval"]
 
 
 @dataclass(frozen=True)
@@ -73,9 +73,14 @@ def run_programs(
     Returns the results in input order and the isolation report: the weakest any run got,
     with ``python`` / ``python_version`` (the interpreter used), ``dropped_to_uid`` (the
     unprivileged uid programs ran as, None if they kept the parent's; each run leases its own
-    uid from a range, this is one of them), ``network_namespace``, ``landlock_abi``,
+    uid from a range, this is one of them), ``network_namespace``, ``ipc_namespace``,
+    ``pid_namespace`` (everything the program starts dies with it and with the host),
+    ``private_proc`` (other processes invisible), ``disk_bytes`` (the work directory's total
+    cap, a tmpfs; None: per-file limit only), ``host_run_hidden``, ``cgroup`` ("v2", "v1" or
+    None) and ``memory_limit_whole_program``, ``seccomp``, ``landlock_abi``,
     ``filesystem_writes_confined``, ``tcp_denied``, ``signals_scoped``, ``no_new_privs``,
-    ``limits`` (the resource limits applied; ``processes`` None when not applied),
+    ``limits`` (the resource limits applied; ``processes`` None when not applied;
+    ``program_memory_bytes`` / ``program_processes`` the whole program's, None without a cgroup),
     ``wall_timeout_s`` and ``notes`` (why anything is missing).
 
     ``python`` defaults to ``python3`` on PATH, else the system interpreter: under root,
@@ -89,6 +94,34 @@ def run_programs(
         raise ConfigError("programs must be a sequence of program texts, not one string")
     dicts, isolation = _core.run_programs(
         list(programs),
+        workers=workers,
+        timeout_s=timeout_s,
+        memory_mb=memory_mb,
+        cpu_s=cpu_s,
+        python=None if python is None else os.fspath(python),
+        max_output_bytes=max_output_bytes,
+    )
+    return [SandboxResult(**d) for d in dicts], isolation
+
+
+def run_tests(
+    tests: Sequence[tuple[str, str, str, str]],
+    *,
+    workers: int | None = None,
+    timeout_s: float = 10.0,
+    memory_mb: int = 1024,
+    cpu_s: int = 10,
+    python: str | os.PathLike[str] | None = None,
+    max_output_bytes: int = 65536,
+) -> tuple[list[SandboxResult], _core.Isolation]:
+    """Runs HumanEval-style tests, each ``(prompt, completion, test, entry_point)``, the way the
+    code scorer does: ``prompt + completion`` in one sandboxed process, the test's
+    ``check(candidate)`` in another (in the same sandbox) that calls the candidate with plain
+    data and alone reports the end of the test. The completion cannot forge a pass by writing
+    a marker and leaving early, and never sees the test's text. Parameters, results and the
+    isolation report as :func:`run_programs`."""
+    dicts, isolation = _core.run_tests(
+        [(prompt, completion, test, entry_point) for prompt, completion, test, entry_point in tests],
         workers=workers,
         timeout_s=timeout_s,
         memory_mb=memory_mb,
@@ -123,16 +156,16 @@ def score_humaneval(
     """
     if len(items) != len(completions):
         raise ConfigError(f"{len(items)} items but {len(completions)} completions: give one completion per item")
-    programs = []
+    tests = []
     for i, item in enumerate(items):
         try:
             prompt = item["prompt"]
             if isinstance(prompt, Mapping):
                 prompt = prompt["prompt"]
-            programs.append(humaneval_program(prompt, completions[i], item["test"], item["entry_point"]))
+            tests.append((prompt, completions[i], item["test"], item["entry_point"]))
         except (KeyError, TypeError) as e:
             raise ConfigError(f"item {i} is not a HumanEval item (needs prompt, test and entry_point): {e!r}") from e
-    results, _ = run_programs(
-        programs, workers=workers, timeout_s=timeout_s, memory_mb=memory_mb, cpu_s=cpu_s, python=python
+    results, _ = run_tests(
+        tests, workers=workers, timeout_s=timeout_s, memory_mb=memory_mb, cpu_s=cpu_s, python=python
     )
     return results

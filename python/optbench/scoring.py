@@ -147,19 +147,22 @@ def humaneval(
     memory_mb: int = 1024,
     python: str | None = None,
 ) -> HumanEvalScores:
-    """Runs ``prompt + completion + "\\n" + test + "\\n" + f"check({entry_point})"`` for each
-    HumanEval item in the sandbox (own process group, resource limits, timeout, empty
-    environment, throwaway directory, no network where possible, unprivileged uid under root).
-    A completion passes when the program exits 0."""
+    """Runs each HumanEval item's ``check(entry_point)`` against ``prompt + completion`` in the
+    sandbox (own process group, resource limits, timeout, empty environment, throwaway
+    directory, no network where possible, unprivileged uid under root; see
+    :func:`optbench.sandbox.run_tests`): the completion in one process, the test in another.
+    A completion passes when ``check`` returned."""
     from optbench import sandbox
 
     if len(items) != len(completions):
         raise ConfigError(f"{len(items)} items but {len(completions)} completions: give one completion per item")
-    programs = []
+    tests = []
     for i, item in enumerate(items):
         prompt = item["prompt"]["prompt"] if isinstance(item["prompt"], dict) else item["prompt"]
-        programs.append(sandbox.humaneval_program(prompt, completions[i], item["test"], item["entry_point"]))
-    results, isolation = sandbox.run_programs(
-        programs, workers=workers, timeout_s=timeout_s, memory_mb=memory_mb, cpu_s=max(1, int(timeout_s)), python=python
+        tests.append((prompt, completions[i], item["test"], item["entry_point"]))
+    # The completion and the test run in two processes, so that a completion cannot forge a
+    # pass (see optbench.sandbox.run_tests).
+    results, isolation = sandbox.run_tests(
+        tests, workers=workers, timeout_s=timeout_s, memory_mb=memory_mb, cpu_s=max(1, int(timeout_s)), python=python
     )
     return HumanEvalScores(results=results, isolation=isolation)

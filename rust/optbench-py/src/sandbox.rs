@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use optbench_core::sandbox::{self, Isolation, Sandbox, SandboxConfig, SandboxResult};
+use optbench_core::sandbox::{self, CodeTest, Isolation, Sandbox, SandboxConfig, SandboxResult};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -33,7 +33,57 @@ fn run_programs<'py>(
     python: Option<PathBuf>,
     max_output_bytes: i64,
 ) -> PyResult<(Vec<Bound<'py, PyDict>>, Bound<'py, PyDict>)> {
-    // Signed parameters, so that a negative value is a ConfigError rather than an OverflowError.
+    let (config, workers) = sandbox_config(workers, timeout_s, memory_mb, cpu_s, python, max_output_bytes)?;
+    // Ctrl-C sets the cancel flag, which kills the programs in flight within a tick.
+    let (sb, results) = native_call::run_blocking(py, |cancel| {
+        let sb = Sandbox::new(config)?;
+        let results = sb.run_programs_cancellable(&programs, workers, cancel.flag())?;
+        Ok((sb, results))
+    })?;
+    results_and_isolation(py, &sb, results)
+}
+
+/// Runs HumanEval-style tests, each `(prompt, completion, test, entry_point)`, in the sandbox
+/// the way the code scorer does: the completion (`prompt + completion`) in one process, the
+/// test's `check(candidate)` in another that calls it with plain data and alone reports the end
+/// of the test, so that the completion cannot forge a pass. Parameters, results and isolation
+/// as [`run_programs`].
+#[pyfunction]
+#[pyo3(signature = (tests, *, workers=None, timeout_s=10.0, memory_mb=1024, cpu_s=10, python=None, max_output_bytes=65536))]
+#[allow(clippy::too_many_arguments)]
+fn run_tests<'py>(
+    py: Python<'py>,
+    tests: Vec<(String, String, String, String)>,
+    workers: Option<i64>,
+    timeout_s: f64,
+    memory_mb: i64,
+    cpu_s: i64,
+    python: Option<PathBuf>,
+    max_output_bytes: i64,
+) -> PyResult<(Vec<Bound<'py, PyDict>>, Bound<'py, PyDict>)> {
+    let tests: Vec<CodeTest> = tests
+        .into_iter()
+        .map(|(prompt, completion, test, entry_point)| CodeTest { prompt, completion, test, entry_point })
+        .collect();
+    let (config, workers) = sandbox_config(workers, timeout_s, memory_mb, cpu_s, python, max_output_bytes)?;
+    let (sb, results) = native_call::run_blocking(py, |cancel| {
+        let sb = Sandbox::new(config)?;
+        let results = sb.run_tests_cancellable(&tests, workers, cancel.flag())?;
+        Ok((sb, results))
+    })?;
+    results_and_isolation(py, &sb, results)
+}
+
+/// The sandbox's configuration and the number of workers from the Python parameters (signed,
+/// so that a negative value is a ConfigError rather than an OverflowError).
+fn sandbox_config(
+    workers: Option<i64>,
+    timeout_s: f64,
+    memory_mb: i64,
+    cpu_s: i64,
+    python: Option<PathBuf>,
+    max_output_bytes: i64,
+) -> PyResult<(SandboxConfig, usize)> {
     let workers = workers.map(|w| at_least("workers", w, 1)).transpose()?;
     if !(timeout_s > 0.0 && timeout_s <= 24.0 * 3600.0) {
         return Err(ConfigError::new_err(format!("timeout_s must be in (0, 86400] seconds, got {timeout_s}")));
@@ -50,17 +100,17 @@ fn run_programs<'py>(
         max_output_bytes: at_least("max_output_bytes", max_output_bytes, 0)? as usize,
         ..SandboxConfig::default()
     };
-    let workers = workers.map_or_else(sandbox::default_workers, |w| w as usize);
+    Ok((config, workers.map_or_else(sandbox::default_workers, |w| w as usize)))
+}
 
-    // Ctrl-C sets the cancel flag, which kills the programs in flight within a tick.
-    let (sb, results) = native_call::run_blocking(py, |cancel| {
-        let sb = Sandbox::new(config)?;
-        let results = sb.run_programs_cancellable(&programs, workers, cancel.flag())?;
-        Ok((sb, results))
-    })?;
+/// One dict per result and the weakest isolation of the probe and every run.
+fn results_and_isolation<'py>(
+    py: Python<'py>,
+    sb: &Sandbox,
+    results: Option<Vec<SandboxResult>>,
+) -> PyResult<(Vec<Bound<'py, PyDict>>, Bound<'py, PyDict>)> {
     // Only cancellation yields None, and run_blocking raises KeyboardInterrupt then.
     let results = results.expect("not cancelled");
-
     let mut isolation = sb.isolation().clone();
     for r in &results {
         isolation = isolation.weakest(&r.isolation);
@@ -101,10 +151,20 @@ fn isolation_dict<'py>(py: Python<'py>, iso: &Isolation) -> PyResult<Bound<'py, 
     limits.set_item("file_size_bytes", iso.limits.file_size_bytes)?;
     limits.set_item("open_files", iso.limits.open_files)?;
     limits.set_item("core_file_bytes", iso.limits.core_file_bytes)?;
+    limits.set_item("program_memory_bytes", iso.limits.program_memory_bytes)?;
+    limits.set_item("program_processes", iso.limits.program_processes)?;
     let d = PyDict::new(py);
     d.set_item("python", iso.python.display().to_string())?;
     d.set_item("dropped_to_uid", iso.dropped_to_uid)?;
     d.set_item("network_namespace", iso.network_namespace)?;
+    d.set_item("ipc_namespace", iso.ipc_namespace)?;
+    d.set_item("pid_namespace", iso.pid_namespace)?;
+    d.set_item("private_proc", iso.private_proc)?;
+    d.set_item("disk_bytes", iso.disk_bytes)?;
+    d.set_item("host_run_hidden", iso.host_run_hidden)?;
+    d.set_item("cgroup", iso.cgroup.as_deref())?;
+    d.set_item("memory_limit_whole_program", iso.memory_limit_whole_program)?;
+    d.set_item("seccomp", iso.seccomp)?;
     d.set_item("landlock_abi", iso.landlock_abi)?;
     d.set_item("filesystem_writes_confined", iso.filesystem_writes_confined)?;
     d.set_item("tcp_denied", iso.tcp_denied)?;
@@ -126,6 +186,7 @@ fn at_least(name: &str, value: i64, min: i64) -> PyResult<u64> {
 /// Adds the sandbox's functions to `optbench._core`.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(run_programs, m)?)?;
+    m.add_function(wrap_pyfunction!(run_tests, m)?)?;
     m.add_function(wrap_pyfunction!(humaneval_program, m)?)?;
     Ok(())
 }
