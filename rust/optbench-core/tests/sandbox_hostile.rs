@@ -307,7 +307,7 @@ fn processes_with(marker: &str) -> Vec<i32> {
 fn host_for_the_kill_test() {
     let Ok(marker) = std::env::var("OPTBENCH_HOSTILE_MARKER") else { return };
     let program = format!(
-        "import os, time\nif os.fork() == 0:\n    os.setsid()\n    os.execv('/bin/sh', ['sh', '-c', 'sleep 60', '{marker}'])\ntime.sleep(60)\n"
+        "import os, time\nopen('{marker}', 'w').write('data')\nif os.fork() == 0:\n    os.setsid()\n    os.execv('/bin/sh', ['sh', '-c', 'sleep 60', '{marker}'])\ntime.sleep(60)\n"
     );
     let _ = sandbox().run(&program);
 }
@@ -343,6 +343,10 @@ fn setsid_children_die_with_the_host() {
         unsafe { libc::kill(*pid, libc::SIGKILL) };
     }
     assert!(left.is_empty(), "the program's setsid child outlived its SIGKILLed host: {left:?}");
+    // The host died before removing the work directory: the program's files were in its own
+    // tmpfs, gone with it (the empty directory goes when its uid is leased again).
+    let files: Vec<_> = sandbox_dirs().into_iter().map(|d| d.join(&marker)).filter(|f| f.exists()).collect();
+    assert!(files.is_empty(), "the program's files outlived its SIGKILLed host: {files:?}");
 }
 
 /// The 164 canonical HumanEval solutions through the code scorer's path, timed (a measurement,

@@ -401,6 +401,9 @@ impl Sandbox {
         drop(cgroup); // removed once its processes are gone
                       // Removed here, after every process that could write to it is gone, and checked.
         let cleanup = workdir.remove();
+        if let (Some(lease), Ok(())) = (&lease, &cleanup) {
+            lease.mark_clean();
+        }
         drop(lease);
         let Some(s) = supervised else { return Ok(None) };
 

@@ -24,9 +24,13 @@ pub(super) struct UidLease {
 }
 
 impl UidLease {
-    /// Kills everything still running under the uid and marks the uid clean.
+    /// Kills everything still running under the uid.
     pub(super) fn kill_leftovers(&self) {
         kill_all_processes_of(self.uid);
+    }
+
+    /// Marks the uid clean: nothing of its run is left (called once the work directory is gone).
+    pub(super) fn mark_clean(&self) {
         let _ = self.lock.write_at(b"c", 0);
     }
 
@@ -54,6 +58,7 @@ impl UidLease {
                     let mut state = [0u8; 1];
                     if file.read_at(&mut state, 0).ok() != Some(1) || state != *b"c" {
                         kill_all_processes_of(uid);
+                        remove_work_directories_of(uid);
                     }
                     file.write_at(b"d", 0).map_err(|e| io_err(&path, e))?;
                     return Ok(UidLease { uid, lock: file });
@@ -63,6 +68,19 @@ impl UidLease {
                 return Err(CoreError::config(format!("all sandbox uids {range:?} are in use; give a larger range")));
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Removes the work directories a crashed run of `uid` left in the temporary directory (its
+/// host died before its cleanup; the uid's lease, held now, says no run of `uid` is going on).
+fn remove_work_directories_of(uid: u32) {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let ours = entry.file_name().to_string_lossy().starts_with("optbench-sandbox-")
+            && entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == uid);
+        if ours {
+            let _ = super::workdir::remove_tree(&entry.path());
         }
     }
 }
