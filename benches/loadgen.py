@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    BENCHES, ROOT, CpuSampler, Section, TruthServer, install_error, markdown_table,
+    BENCHES, CpuSampler, Section, TruthServer, install_error, markdown_table,
     package_version, percentile, pinned, server_and_client_cores, venv_python, write_word_tokenizer,
 )
 
@@ -148,15 +148,15 @@ def vllm_run(s: Setting, url: str, model: str, tok: Path, work: Path) -> Run:
 
 CLIENTS: dict[str, Callable[[Setting, str, str, Path, Path], Run]] = {
     "optbench": optbench_run,
-    "aiohttp (brief's load_test.py)": aiohttp_run,
+    "aiohttp (plain Python script)": aiohttp_run,
     "guidellm": guidellm_run,
     "aiperf": aiperf_run,
     "vllm bench serve": vllm_run,
 }
-VENV_OF = {"aiohttp (brief's load_test.py)": "aiohttp", "guidellm": "guidellm", "aiperf": "aiperf",
+VENV_OF = {"aiohttp (plain Python script)": "aiohttp", "guidellm": "guidellm", "aiperf": "aiperf",
            "vllm bench serve": "vllm"}
 DIST_OF = {"guidellm": "guidellm", "aiperf": "aiperf", "vllm bench serve": "vllm",
-           "aiohttp (brief's load_test.py)": "aiohttp"}
+           "aiohttp (plain Python script)": "aiohttp"}
 
 
 # --- one measurement -----------------------------------------------------------------------------

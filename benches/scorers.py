@@ -428,7 +428,7 @@ def main() -> int:
                        "error": err.strip().splitlines()[-1]})
         print(err, file=sys.stderr)
 
-    md.insert(0, f"Reference venv (`benches/setup_reference.sh`): "
+    md.insert(0, "Reference venv (`benches/setup_reference.sh`): "
                  + (f"`setup_reference.sh` took {setup_s:.1f} s (a no-op when its stamp is current)." if python else f"**not available**: `{setup_error}`") + "\n")
     md.insert(0, f"Machine: {os.cpu_count()} cores, {platform.platform()}; timings on a shared machine are noisy, "
                  "the ratios are measured side by side in one run.\n")

@@ -29,7 +29,7 @@ install() {  # install <venv name> <pip requirement...>
   fi
 }
 
-# The aiohttp client written the way the brief's original load_test.py is described.
+# A plain Python load-test script (aiohttp), the way such scripts are usually written.
 install aiohttp "aiohttp==3.14.5"
 install guidellm "guidellm==0.8.1"
 install aiperf "aiperf==0.13.0"

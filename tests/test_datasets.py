@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import sys
@@ -359,8 +358,9 @@ def test_load_rejects_other_malformed_files(small_sources: Path, tmp_path: Path)
 
 
 def test_cli_handler_builds_the_file(source_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    parser = argparse.ArgumentParser(prog="optbench")
-    ds.add_dataset_cli(parser.add_subparsers(dest="command", required=True))
+    from optbench.cli import build_parser
+
+    parser = build_parser()
     out = tmp_path / "data" / "test_dataset.json"
     args = parser.parse_args(["dataset", "build", "--source", str(source_dir), "--output", str(out), "--seed", "0"])
     assert args.func(args) == 0

@@ -3,16 +3,19 @@ scoring, results files, and the quality verdict."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import pandas as pd
 import pytest
 
 import optbench
-from optbench import _core
 from optbench.datasets import build_test_dataset, load_test_dataset
-from optbench.evaluate import DEFAULT_STOP, NUM_SHOTS, build_requests, compare_quality
+from optbench.evaluate import DEFAULT_STOP, NUM_SHOTS, build_requests
+from optbench.quality import compare_quality
 from optbench.exceptions import ConfigError, DatasetError
+from optbench.testing import MockServer
 
 SMALL = {"qa": 6, "reasoning": 5, "chat": 5, "code": 5}
 
@@ -58,7 +61,7 @@ def test_requests_leave_out_the_shots_and_follow_the_templates(dataset_path):
 
 
 def test_generation_failures_are_kept_and_scored_zero(dataset_path, tmp_path):
-    with _core.MockServer(fault="status", fault_arg=503) as server:
+    with MockServer(fault="status", fault_arg=503) as server:
         r = optbench.evaluate(server.base_url, "mock", dataset=dataset_path, categories=["qa", "reasoning"],
                               limit=2, progress=False)
     assert len(r.samples) == 4
@@ -67,7 +70,7 @@ def test_generation_failures_are_kept_and_scored_zero(dataset_path, tmp_path):
 
 
 def test_mock_generation_is_scored_and_saved(dataset_path, tmp_path):
-    with _core.MockServer(ttft_ms=1, gap_ms=0, tokens=5) as server:
+    with MockServer(ttft_ms=1, gap_ms=0, tokens=5) as server:
         r = optbench.evaluate(server.base_url, "mock", dataset=dataset_path, categories=["qa", "reasoning"],
                               limit=3, concurrency=2, progress=False, label="mock")
     s = r.samples
@@ -81,6 +84,27 @@ def test_mock_generation_is_scored_and_saved(dataset_path, tmp_path):
     csv = pd.read_csv(paths["csv"])
     assert list(csv["category"]) == ["qa", "reasoning", "overall"]
     assert pd.read_parquet(paths["parquet"]).shape[0] == 6
+
+
+def test_cancelling_aevaluate_cancels_the_generation(dataset_path):
+    # Each answer takes ~1.6 s (32 tokens 50 ms apart) and one runs at a time: cancelled after
+    # 0.4 s, no later request may be answered.
+    async def main(server):
+        task = asyncio.create_task(optbench.aevaluate(
+            server.base_url, "mock", dataset=dataset_path, categories=["qa"], limit=3, concurrency=1,
+            max_tokens={"qa": 32}))
+        await asyncio.sleep(0.4)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=2)
+
+    with MockServer(ttft_ms=5, gap_ms=50, tokens=32) as server:
+        asyncio.run(main(server))
+        time.sleep(2.5)
+        log = server.log()
+    assert 0 < log[0]["tokens_sent"] < 32, log
+    # A request sent in the instant the first one was cancelled is cancelled at once.
+    assert len(log) <= 2 and all(entry["tokens_sent"] == 0 for entry in log[1:]), log
 
 
 def test_compare_quality_applies_the_5_percent_rule():

@@ -15,6 +15,7 @@ import optbench
 from optbench import _core
 from optbench.exceptions import ConfigError, DatasetError, OptbenchError
 from optbench.servers.process import free_port
+from optbench.testing import MockServer
 
 PROMPTS = [f"prompt {i}" for i in range(4)]
 
@@ -34,9 +35,9 @@ def test_extension_is_a_release_build():
 
 
 def test_ttft_and_itl_within_1ms_of_the_servers_truth():
-    with _core.MockServer(ttft_ms=50, gap_ms=10, tokens=20) as server:
+    with MockServer(ttft_ms=50, gap_ms=10, tokens=20) as server:
         r = run(server.base_url, num_requests=16, concurrency=4, output_tokens=20)
-        truth = [(l["first_token_sent_s"] - l["received_s"]) * 1e3 for l in server.log()]
+        truth = [(entry["first_token_sent_s"] - entry["received_s"]) * 1e3 for entry in server.log()]
     assert r.summary["num_succeeded"] == 16
     truth_p50 = float(np.median(truth))
     assert abs(truth_p50 - 50) < 1.0
@@ -58,7 +59,7 @@ def test_ttft_and_itl_within_1ms_of_the_servers_truth():
     ],
 )
 def test_every_fault_is_a_row_with_its_kind(fault, arg, kind, timeout_s):
-    with _core.MockServer(ttft_ms=5, gap_ms=1, tokens=8, fault=fault, fault_arg=arg) as server:
+    with MockServer(ttft_ms=5, gap_ms=1, tokens=8, fault=fault, fault_arg=arg) as server:
         r = run(server.base_url, timeout_s=timeout_s)
     df = r.requests
     assert len(df) == 6 and r.summary["num_requests"] == 6
@@ -78,7 +79,7 @@ def test_connection_refused_is_a_row():
 
 
 def test_open_loop_follows_the_seeded_schedule_and_excludes_warmup():
-    with _core.MockServer(ttft_ms=5, gap_ms=1, tokens=4) as server:
+    with MockServer(ttft_ms=5, gap_ms=1, tokens=4) as server:
         a = run(server.base_url, num_requests=12, request_rate=40, arrival="poisson", seed=3, warmup=2)
         b = run(server.base_url, num_requests=12, request_rate=40, arrival="poisson", seed=3)
     measured = a.requests[~a.requests["warmup"]]
@@ -91,7 +92,7 @@ def test_open_loop_follows_the_seeded_schedule_and_excludes_warmup():
 
 
 def test_summary_is_recomputable_from_the_rows_with_pandas():
-    with _core.MockServer(ttft_ms=10, gap_ms=2, tokens=10) as server:
+    with MockServer(ttft_ms=10, gap_ms=2, tokens=10) as server:
         r = run(server.base_url, num_requests=10, output_tokens=10)
     ok = r.requests[r.requests["success"] & ~r.requests["warmup"]]
     for metric in ("ttft_ms", "e2e_ms", "tokens_per_s"):
@@ -106,7 +107,7 @@ def test_summary_is_recomputable_from_the_rows_with_pandas():
 
 def test_progress_is_reported_in_batches_and_ends_complete():
     seen = []
-    with _core.MockServer(ttft_ms=5, gap_ms=5, tokens=20) as server:
+    with MockServer(ttft_ms=5, gap_ms=5, tokens=20) as server:
         run(server.base_url, num_requests=8, concurrency=2, output_tokens=20, progress=seen.append, progress_interval_s=0.05)
     # ~8 requests x 100 ms / 2 slots = 0.4 s: a handful of snapshots, not one per token.
     assert 2 <= len(seen) < 40
@@ -120,7 +121,7 @@ def test_progress_starts_with_a_snapshot_even_for_a_run_shorter_than_the_interva
     # with a 30 s interval gets the start and the final counts, not only the end.
     for load_test in (optbench.load_test, lambda *a, **kw: asyncio.run(optbench.aload_test(*a, **kw))):
         seen = []
-        with _core.MockServer(ttft_ms=5, gap_ms=2, tokens=10) as server:
+        with MockServer(ttft_ms=5, gap_ms=2, tokens=10) as server:
             load_test(server.base_url, "mock", num_requests=4, concurrency=2, output_tokens=10, prompts=PROMPTS,
                       progress=seen.append, progress_interval_s=30)
         assert [p["succeeded"] for p in seen] == [0, 4], seen
@@ -134,7 +135,7 @@ def test_ctrl_c_returns_the_finished_rows():
         if p["succeeded"] >= 2:
             raise KeyboardInterrupt
 
-    with _core.MockServer(ttft_ms=5, gap_ms=5, tokens=40) as server:
+    with MockServer(ttft_ms=5, gap_ms=5, tokens=40) as server:
         with pytest.warns(UserWarning, match="interrupted"):
             r = run(server.base_url, num_requests=50, concurrency=2, output_tokens=40,
                     progress=interrupt_after_some, progress_interval_s=0.05)
@@ -147,7 +148,7 @@ def test_ctrl_c_returns_the_finished_rows():
 
 def test_aload_test_inside_a_running_event_loop():
     async def main():
-        with _core.MockServer(ttft_ms=5, gap_ms=1, tokens=6) as server:
+        with MockServer(ttft_ms=5, gap_ms=1, tokens=6) as server:
             ticks = 0
 
             async def ticker():
@@ -169,7 +170,7 @@ def test_aload_test_inside_a_running_event_loop():
 
 def test_cancelling_the_awaiting_task_cancels_the_run():
     async def main():
-        with _core.MockServer(ttft_ms=5, gap_ms=10, tokens=500) as server:
+        with MockServer(ttft_ms=5, gap_ms=10, tokens=500) as server:
             task = asyncio.create_task(optbench.aload_test(
                 server.base_url, "mock", num_requests=4, concurrency=2, output_tokens=500, prompts=PROMPTS))
             await asyncio.sleep(0.3)
@@ -181,7 +182,7 @@ def test_cancelling_the_awaiting_task_cancels_the_run():
 
 
 def test_results_are_written_and_rows_appended(tmp_path):
-    with _core.MockServer(ttft_ms=5, gap_ms=1, tokens=4) as server:
+    with MockServer(ttft_ms=5, gap_ms=1, tokens=4) as server:
         r1 = run(server.base_url, label="first")
         r2 = run(server.base_url, label="second", num_requests=3)
     p1 = optbench.save_load_test(r1, tmp_path)
@@ -200,13 +201,13 @@ def test_results_are_written_and_rows_appended(tmp_path):
 def test_user_prompts_from_jsonl_and_chat_messages(tmp_path):
     path = tmp_path / "prompts.jsonl"
     path.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n\n["not", "messages"]\n')
-    with pytest.raises(DatasetError, match=r"prompts.jsonl, line 3"):
+    with pytest.raises(DatasetError, match=r"prompts.jsonl line 3"):
         optbench.load_user_prompts(path)
     path.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"prompt": "x"}\n')
     with pytest.raises(DatasetError, match="mixes"):
         optbench.load_user_prompts(path)
     path.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
-    with _core.MockServer(ttft_ms=5, gap_ms=1, tokens=4) as server:
+    with MockServer(ttft_ms=5, gap_ms=1, tokens=4) as server:
         r = run(server.base_url, prompts=str(path), endpoint="chat", num_requests=3)
         assert r.summary["num_succeeded"] == 3
         with pytest.raises(ConfigError, match="endpoint='chat'"):
@@ -242,7 +243,7 @@ def test_base_url_needs_a_scheme():
 
 
 def test_synthetic_prompts_without_tokenize_warn_and_estimate():
-    with _core.MockServer() as server:
+    with MockServer() as server:
         ps = optbench.synthetic_prompts(server.base_url, "mock", 3, 100, seed=1)
     assert ps.source == "estimate"
     assert ps.warnings and "estimated" in ps.warnings[0]
@@ -254,12 +255,12 @@ def test_a_tokenizer_file_counts_when_the_server_cannot(shared_dir):
     # BERT's [CLS] and [SEP] count as the special tokens a server would add.
     assert _core.count_tokens(tok, "hello world") == 4
     assert _core.count_tokens(tok, "hello world", add_special=False) == 2
-    with _core.MockServer() as server:
+    with MockServer() as server:
         ps = optbench.synthetic_prompts(server.base_url, "mock", 3, 120, seed=2, tokenizer=tok)
         assert ps.source == "tokenizer" and not ps.warnings
         assert all(115 <= _core.count_tokens(tok, t) <= 120 for t in ps.texts)
         # Answers without usage are counted by the same tokenizer over the whole text.
-    with _core.MockServer(fault="no_usage", tokens=6) as server:
+    with MockServer(fault="no_usage", tokens=6) as server:
         r = run(server.base_url, output_tokens=6, tokenizer=tok)
     assert (r.requests["token_count_source"] == "tokenizer").all()
     # " tok0 tok1 ... tok5" in BERT WordPiece: 'to', '##k', '##0' per word.

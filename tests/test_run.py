@@ -38,7 +38,7 @@ def test_run_two_configurations_and_rebuild_the_report(shared_dir, tmp_path):
     build_test_dataset(str(shared_dir / "datasets"), output=data, counts={"qa": 3, "reasoning": 3, "chat": 3, "code": 3})
     broken = parse_config({"name": "broken", "engine": "llama_cpp", "model": "m",
                            "server": {"model_path": str(data)}})  # not a GGUF: fails at start
-    report = optbench.run([embedded("np1", 1, True), broken, embedded("np4", 4, False)], profile="quick",
+    optbench.run([embedded("np1", 1, True), broken, embedded("np4", 4, False)], profile="quick",
                           dataset=data, results_dir=tmp_path / "results", report_path=tmp_path / "RESULTS.md",
                           progress=False)
     table = pd.read_csv(tmp_path / "results" / "results.csv")

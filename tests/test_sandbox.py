@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from optbench.exceptions import ConfigError
-from optbench.sandbox import SandboxResult, humaneval_program, run_programs, score_humaneval
+from optbench.sandbox import SandboxResult, humaneval_program, run_programs
+from optbench.scoring import humaneval as score_humaneval
 
 #: The uids sandboxed programs run as when the tests run as root (SandboxConfig's default).
 SANDBOX_UIDS = range(60000, 61000)
@@ -35,7 +36,7 @@ def test_program_formula():
 
 
 def test_canonical_solutions_all_pass(humaneval):
-    results = score_humaneval(humaneval, [item["canonical_solution"] for item in humaneval], workers=2)
+    results = score_humaneval(humaneval, [item["canonical_solution"] for item in humaneval], workers=2).results
     failures = [(item["task_id"], r.text, r.stderr[-300:]) for item, r in zip(humaneval, results) if not r.passed]
     assert failures == []
     assert sum(r.passed for r in results) / len(results) == 1.0
@@ -44,7 +45,7 @@ def test_canonical_solutions_all_pass(humaneval):
 
 @pytest.mark.parametrize("completion", ["", "    pass\n"], ids=["empty", "pass"])
 def test_trivial_completions_fail(humaneval, completion):
-    results = score_humaneval(humaneval, [completion] * len(humaneval), workers=2)
+    results = score_humaneval(humaneval, [completion] * len(humaneval), workers=2).results
     assert not any(r.passed for r in results)
     # The function returns None: the checks fail (an AssertionError, or a TypeError using None).
     reasons = {r.text.split(":")[2].strip() for r in results}
@@ -56,7 +57,7 @@ def test_dataset_items_are_accepted(humaneval):
     # Code items of the evaluation dataset wrap the prompt in {"prompt": ...}.
     item = humaneval[0]
     wrapped = {**item, "prompt": {"prompt": item["prompt"]}}
-    [result] = score_humaneval([wrapped], [item["canonical_solution"]], workers=1)
+    [result] = score_humaneval([wrapped], [item["canonical_solution"]], workers=1).results
     assert result.passed
     with pytest.raises(ConfigError, match="1 items but 2 completions"):
         score_humaneval([item], ["", ""])
@@ -225,10 +226,10 @@ def test_forged_end_marker_is_not_a_pass(humaneval):
     # Before issue 18's fix, each of these scored 80/80 on the evaluation dataset's code items.
     items = humaneval[:80]
     completions = [FORGERIES[i % len(FORGERIES)] for i in range(len(items))]
-    results = score_humaneval(items, completions, workers=2)
+    results = score_humaneval(items, completions, workers=2).results
     assert [r.text for r in results if r.passed] == []
     # The honest solutions of the same items still pass alongside.
-    assert all(r.passed for r in score_humaneval(items[:6], [i["canonical_solution"] for i in items[:6]]))
+    assert all(r.passed for r in score_humaneval(items[:6], [i["canonical_solution"] for i in items[:6]]).results)
 
 
 def test_isolation_is_reported_feature_by_feature():

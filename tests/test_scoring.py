@@ -152,7 +152,7 @@ def ref_lmeval_match(pred: str, target: str) -> bool:
 
 @pytest.fixture(scope="module")
 def gsm8k_texts(shared_dir):
-    rows = [json.loads(l) for l in (shared_dir / "datasets" / "gsm8k_test.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (shared_dir / "datasets" / "gsm8k_test.jsonl").read_text().splitlines()]
     rng = random.Random(1)
     texts = [r["answer"] for r in rows]
     finals = [r["answer"].split("####")[-1].strip() for r in rows]
@@ -185,10 +185,10 @@ def test_gsm8k_lmeval_exact_match_equals_the_reference(gsm8k_texts):
     solutions = texts[: len(finals)]
     assert all(scoring.gsm8k_correct(solutions, solutions, "lmeval-strict"))
     assert all(scoring.gsm8k_correct(solutions, finals, "official"))
-    assert all(scoring.gsm8k_correct(solutions, finals, "default"))
+    assert all(scoring.gsm8k_correct(solutions, finals, "marked-or-last"))
 
 
-def test_gsm8k_default_chain():
+def test_gsm8k_marked_or_last_chain():
     cases = [
         ("Step... #### 1,234", "1234", True),
         ("The answer is $1,000.", "1000", True),
@@ -202,7 +202,10 @@ def test_gsm8k_default_chain():
     ]
     for text, gold, ok in cases:
         assert scoring.gsm8k_correct(text, gold) is ok, (text, gold)
-    assert scoring.gsm8k_extract("no digits", "default") == "[invalid]"
+    assert scoring.gsm8k_extract("no digits", "marked-or-last") == "[invalid]"
+    # The mode's former name still works, with a deprecation warning.
+    with pytest.warns(DeprecationWarning, match="'default' is deprecated: use 'marked-or-last'"):
+        assert scoring.gsm8k_extract("so #### 7", "default") == "7"
     with pytest.raises(ConfigError, match="gsm8k mode"):
         scoring.gsm8k_extract("1", "fuzzy")
 

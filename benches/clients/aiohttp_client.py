@@ -1,4 +1,4 @@
-"""The baseline Python client: written the way the brief's original ``load_test.py`` is described.
+"""The baseline Python client: a plain load-test script, written the way such scripts usually are.
 
 aiohttp, an ``asyncio.Semaphore`` for concurrency, streamed ``/v1/completions``, the time of the
 first and last content chunk per request taken with ``time.perf_counter`` as each SSE line is

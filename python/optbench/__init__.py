@@ -14,12 +14,14 @@ Quality: ``optbench.evaluate(base_url, model, dataset="data/test_dataset.json")`
 scores answers (QA, math reasoning, chat, code); ``optbench.compare_quality`` gives the verdict.
 """
 
-from optbench import datasets, embeddings, exceptions, sandbox, scoring
+from optbench import datasets, embeddings, exceptions, sandbox, scoring, testing
 from optbench._core import __version__, build_profile
 from optbench.exceptions import ConfigError, OptbenchError, ServerError, ServerStartError, TokenizerError
-from optbench.evaluate import EvaluationResult, aevaluate, compare_quality, evaluate, save_evaluation
+from optbench.evaluate import EvaluationResult, aevaluate, evaluate, save_evaluation
 from optbench.loadtest import LoadTestResult, aload_test, load_test
+from optbench.options import EvaluationOptions, LoadTestOptions
 from optbench.prompts import PromptSet, load_user_prompts, synthetic_prompts
+from optbench.quality import compare_quality
 from optbench.results import save_load_test
 from optbench.config import ServerConfig, load_config
 from optbench.report import build_report
@@ -33,6 +35,8 @@ __all__ = [
     "load_test",
     "aload_test",
     "LoadTestResult",
+    "LoadTestOptions",
+    "EvaluationOptions",
     "PromptSet",
     "load_user_prompts",
     "synthetic_prompts",
@@ -55,6 +59,7 @@ __all__ = [
     "sandbox",
     "scoring",
     "exceptions",
+    "testing",
     "OptbenchError",
     "ConfigError",
     "ServerError",

@@ -15,90 +15,75 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import sys
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Sequence
 
 from optbench import _core
-from optbench.datasets import add_dataset_cli
-from optbench.exceptions import OptbenchError
-from optbench.loadtest import DEFAULT_TIMEOUT_S, LoadTestResult, load_test
+from optbench.datasets import DEFAULT_OUTPUT
+from optbench.exceptions import ConfigError, OptbenchError
+from optbench.loadtest import LoadTestResult, load_test
+from optbench.options import EvaluationOptions, LoadTestOptions, add_cli_options, options_from_cli
 from optbench.results import save_load_test
+from optbench.run import PROFILES, RENAMED_PROFILES
 from optbench.servers.llama_cpp import LlamaServer, embedded_model_path, find_llama_server, llama_server_version
 
-def _add_load_test_options(p: argparse.ArgumentParser) -> None:
+def _add_target_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("target")
     g.add_argument("--base-url", help="server root, e.g. http://127.0.0.1:8000 (not with --embedded)")
     g.add_argument("--model", help="model name sent with each request")
-    g.add_argument("--embedded", action="store_true", help="start the embedded llama-server (SmolLM2-135M, CPU) for this run")
-    g.add_argument("--parallel", type=int, default=None, help="with --embedded: llama-server slots (default: --concurrency)")
-    g.add_argument("--api-key-env", help="environment variable holding a bearer API key")
-    g = p.add_argument_group("load")
-    g.add_argument("--num-requests", type=int, default=100, help="measured requests (default 100)")
-    g.add_argument("--concurrency", type=int, default=None, help="requests in flight (default 8); with --request-rate, a cap")
-    g.add_argument("--request-rate", type=float, default=None, help="open loop: mean requests per second")
-    g.add_argument("--arrival", choices=["constant", "poisson", "gamma"], default="poisson", help="open-loop gaps (default poisson)")
-    g.add_argument("--burstiness", type=float, default=1.0, help="gamma shape; <1 burstier, 1 = Poisson (default 1)")
-    g.add_argument("--warmup", type=int, default=0, help="warm-up requests excluded from metrics (default 0)")
-    g.add_argument("--time-limit-s", type=float, default=None, help="stop the measured phase after this many seconds")
-    g.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S, help=f"per-request deadline (default {DEFAULT_TIMEOUT_S:.0f})")
-    g.add_argument("--seed", type=int, default=0, help="seed for prompts and arrivals (default 0)")
-    g = p.add_argument_group("requests")
-    g.add_argument("--endpoint", choices=["completions", "chat"], default="completions", help="default completions")
-    g.add_argument("--input-tokens", type=int, default=2048, help="synthetic prompt length in server tokens (default 2048)")
-    g.add_argument("--output-tokens", type=int, default=1024, help="max_tokens per request (default 1024)")
-    g.add_argument("--prompts", help="JSONL file of prompts (strings, {'prompt'} or {'messages'}) instead of synthetic ones")
-    g.add_argument("--tokenizer", help="tokenizer.json for servers without /tokenize")
-    g.add_argument("--ignore-eos", action="store_true", help="generate exactly --output-tokens tokens")
-    g.add_argument("--temperature", type=float, default=0.0, help="default 0")
-    g.add_argument("--extra-body", help="JSON object merged into every request body")
+    g.add_argument("--embedded", action="store_true",
+                   help="start the embedded llama-server (SmolLM2-135M, CPU) for this run")
+    g.add_argument("--parallel", type=int, default=None,
+                   help="with --embedded: llama-server slots (default --concurrency)")
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> Any:
     g = p.add_argument_group("output")
     g.add_argument("--label", help="name of the run in results tables")
-    g.add_argument("--results-dir", default="results", help="where the CSV row and Parquet go (default results/)")
+    g.add_argument("--results-dir", default="results", help="where the CSV rows and Parquet go (default results/)")
     g.add_argument("--no-save", action="store_true", help="print only; write nothing")
-    g.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
-    g.add_argument("--no-progress", action="store_true", help="no live progress line")
+    g.add_argument("--no-progress", action="store_true", help="no live progress display")
+    return g
+
+
+def _add_load_test_options(p: argparse.ArgumentParser) -> None:
+    _add_target_options(p)
+    add_cli_options(p, LoadTestOptions)
+    _add_output_options(p).add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+
+
+@contextmanager
+def _target(args: argparse.Namespace, slots: int) -> Iterator[tuple[str, str]]:
+    """The base URL and model of the run: the embedded server (started and stopped here) or
+    the ones given."""
+    if args.embedded:
+        if args.base_url:
+            raise OptbenchError("give either --embedded or --base-url, not both")
+        slots = args.parallel or slots
+        print(f"starting the embedded llama-server ({slots} slots)...", file=sys.stderr)
+        with LlamaServer(parallel=slots) as server:
+            print(f"llama-server {server.version} ready at {server.base_url} (log {server.log_path})", file=sys.stderr)
+            yield server.base_url, args.model or server.model
+        return
+    if not (args.base_url and args.model):
+        raise OptbenchError("give --base-url and --model (or --embedded)")
+    yield args.base_url, args.model
 
 
 def _run_load_test(args: argparse.Namespace) -> int:
-    params: dict[str, Any] = dict(
-        num_requests=args.num_requests,
-        concurrency=args.concurrency if args.concurrency is not None else (None if args.request_rate else 8),
-        request_rate=args.request_rate,
-        arrival=args.arrival,
-        burstiness=args.burstiness,
-        input_tokens=args.input_tokens,
-        output_tokens=args.output_tokens,
-        endpoint=args.endpoint,
-        prompts=args.prompts,
-        seed=args.seed,
-        warmup=args.warmup,
-        ignore_eos=args.ignore_eos,
-        timeout_s=args.timeout_s,
-        time_limit_s=args.time_limit_s,
-        temperature=args.temperature,
-        api_key_env=args.api_key_env,
-        tokenizer=args.tokenizer,
-        extra_body=json.loads(args.extra_body) if args.extra_body else None,
-        label=args.label,
-        progress=not args.no_progress,
-    )
-    with ExitStack() as stack:
-        if args.embedded:
-            if args.base_url:
-                raise OptbenchError("give either --embedded or --base-url, not both")
-            slots = args.parallel or params["concurrency"] or 8
-            print(f"starting the embedded llama-server ({slots} slots)...", file=sys.stderr)
-            server = stack.enter_context(LlamaServer(parallel=slots))
-            base_url, model = server.base_url, args.model or server.model
-            print(f"llama-server {server.version} ready at {base_url} (log {server.log_path})", file=sys.stderr)
-        else:
-            if not (args.base_url and args.model):
-                raise OptbenchError("give --base-url and --model (or --embedded)")
-            base_url, model = args.base_url, args.model
-        result = load_test(base_url, model, **params)
+    options = options_from_cli(LoadTestOptions, args)
+    if args.request_rate is not None and args.concurrency is None:
+        options["concurrency"] = None  # an open loop from the command line has no cap unless given
+    opts = LoadTestOptions.make(**options)
+    with _target(args, opts.concurrency or 8) as (base_url, model):
+        result = load_test(base_url, model, opts, label=args.label, progress=not args.no_progress)
     return _report(result, args)
 
 
@@ -115,11 +100,24 @@ def _report(result: LoadTestResult, args: argparse.Namespace) -> int:
     return 0 if result.summary["num_succeeded"] > 0 else 1
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def _demo_dataset_source(given: str | None) -> str | None:
+    """Where the demo builds its evaluation data from: ``--dataset-source``, else
+    ``$OPTBENCH_DATASET_SOURCE`` (scripts/demo.sh sets it to a local copy when there is one),
+    else the Hugging Face hub when ``datasets`` is installed, else nowhere (quality is skipped)."""
+    source = given or os.environ.get("OPTBENCH_DATASET_SOURCE")
+    if source:
+        return source
+    return "hub" if importlib.util.find_spec("datasets") is not None else None
 
+
+def _demo_has_embedding_model() -> bool:
+    """Whether the chat scorer can find its model: ``$OPTBENCH_EMBEDDING_MODEL`` or the hub."""
+    return bool(os.environ.get("OPTBENCH_EMBEDDING_MODEL")) or importlib.util.find_spec("huggingface_hub") is not None
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
     from optbench.config import EMBEDDED_CONFIG, parse_config
-    from optbench.run import default_dataset_source, default_embedding_model, run
+    from optbench.run import run
 
     print(
         "optbench demo: `optbench run` on the embedded configuration (llama.cpp's llama-server with "
@@ -128,19 +126,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     dataset: str | None = args.dataset
-    source = default_dataset_source()
+    source = _demo_dataset_source(args.dataset_source)
     if not Path(args.dataset).is_file() and source is None:
-        print("optbench demo: no evaluation data (no ../shared/datasets and no `datasets` library for the hub: "
-              'pip install "optbench[hub]"); running the load test only', file=sys.stderr)
+        print("optbench demo: no evaluation data (no --dataset-source, no $OPTBENCH_DATASET_SOURCE and no `datasets` "
+              'library for the hub: pip install "optbench[hub]"); running the load test only', file=sys.stderr)
         dataset = None
     config = dict(EMBEDDED_CONFIG)
-    embedding_model = default_embedding_model()
-    if embedding_model == "":
-        print("optbench demo: no embedding model for the chat scorer (no ../shared/models and no huggingface_hub: "
-              'pip install "optbench[hub]"); skipping the chat category', file=sys.stderr)
+    if not _demo_has_embedding_model():
+        print("optbench demo: no embedding model for the chat scorer (no $OPTBENCH_EMBEDDING_MODEL and no "
+              'huggingface_hub: pip install "optbench[hub]"); skipping the chat category', file=sys.stderr)
         config["evaluation"] = {"categories": ["qa", "reasoning", "code"]}
-    elif embedding_model:
-        config["evaluation"] = {"embedding_model": embedding_model}
     report = run([parse_config(config, "embedded")], profile="quick", dataset=dataset,
                  dataset_source=source, results_dir=args.results_dir, report_path=args.report,
                  progress=not args.no_progress)
@@ -149,27 +144,56 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0 if (report["table"]["status"] == "ok").all() else 1
 
 
+def _parse_counts(text: str | None) -> dict[str, int] | None:
+    """``"qa=10,chat=5"`` -> ``{"qa": 10, "chat": 5}``."""
+    if not text:
+        return None
+    counts: dict[str, int] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise ConfigError(f"--counts: expected CATEGORY=N[,CATEGORY=N...], got {part!r}")
+        counts[name.strip()] = int(value)
+    return counts
+
+
+def _cmd_dataset_build(args: argparse.Namespace) -> int:
+    """``optbench dataset build``: builds the file and prints a one-line summary."""
+    from optbench.datasets import build_test_dataset
+
+    summary = build_test_dataset(args.source, args.output, seed=args.seed, counts=_parse_counts(args.counts))
+    for note in summary["notes"]:
+        print(f"optbench: note: {note}", file=sys.stderr)
+    c = summary["counts"]
+    print(
+        f"wrote {summary['total']} items to {summary['output']}: qa {c['qa']} ({summary['qa_unanswerable']} unanswerable), "
+        f"reasoning {c['reasoning']}, chat {c['chat']} ({summary['chat_skipped']} HH-RLHF rows skipped), "
+        f"code {c['code']} (seed {summary['seed']}, source {summary['source']})"
+    )
+    return 0
+
+
+def _add_dataset_commands(sub: Any) -> None:
+    parser = sub.add_parser("dataset", help="build the quality-evaluation dataset")
+    commands = parser.add_subparsers(dest="dataset_command", required=True)
+    build = commands.add_parser(
+        "build", help="select the 520 evaluation prompts from SQuAD v2, GSM8K, HH-RLHF and HumanEval"
+    )
+    build.add_argument("--source", default="hub",
+                       help="'hub' (Hugging Face, needs optbench[hub]) or a local folder of the source files (default hub)")
+    build.add_argument("--output", default=DEFAULT_OUTPUT, help=f"the JSON file to write (default {DEFAULT_OUTPUT})")
+    build.add_argument("--seed", type=int, default=0, help="selection seed (default 0)")
+    build.add_argument("--counts", default=None, help="override items per category, e.g. qa=10,reasoning=5,chat=5,code=4")
+    build.set_defaults(func=_cmd_dataset_build)
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from optbench.evaluate import evaluate, save_evaluation
 
-    with ExitStack() as stack:
-        if args.embedded:
-            if args.base_url:
-                raise OptbenchError("give either --embedded or --base-url, not both")
-            server = stack.enter_context(LlamaServer(parallel=args.parallel or args.concurrency))
-            base_url, model = server.base_url, args.model or server.model
-        else:
-            if not (args.base_url and args.model):
-                raise OptbenchError("give --base-url and --model (or --embedded)")
-            base_url, model = args.base_url, args.model
-        result = evaluate(
-            base_url, model, dataset=args.dataset, label=args.label,
-            categories=args.categories.split(",") if args.categories else None, limit=args.limit,
-            concurrency=args.concurrency, endpoint_mode=args.endpoint_mode, gsm8k_mode=args.gsm8k_mode,
-            no_answer_phrase=args.no_answer_phrase or None, embedding_model=args.embedding_model,
-            code_timeout_s=args.code_timeout_s, timeout_s=args.timeout_s, api_key_env=args.api_key_env,
-            progress=not args.no_progress,
-        )
+    opts = EvaluationOptions.make(**options_from_cli(EvaluationOptions, args))
+    with _target(args, opts.concurrency) as (base_url, model):
+        result = evaluate(base_url, model, opts, dataset=args.dataset, label=args.label,
+                          progress=not args.no_progress)
     print(result)
     if not args.no_save:
         paths = save_evaluation(result, args.results_dir)
@@ -244,18 +268,21 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="optbench", description="Decide how to serve an LLM: load tests you can trust.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("load-test", help="load-test an OpenAI-compatible server", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("load-test", help="load-test an OpenAI-compatible server")
     _add_load_test_options(p)
     p.set_defaults(func=_run_load_test)
     p = sub.add_parser("demo", help="optbench run on the embedded server with the quick profile")
     p.add_argument("--results-dir", default="results")
-    p.add_argument("--dataset", default="data/test_dataset.json", help="built from ../shared/datasets or the hub if missing")
+    p.add_argument("--dataset", default="data/test_dataset.json", help="built from --dataset-source if missing")
+    p.add_argument("--dataset-source", default=None,
+                   help="a folder of the source files or 'hub' (default $OPTBENCH_DATASET_SOURCE, else the hub)")
     p.add_argument("--report", default="RESULTS.md")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_demo)
     p = sub.add_parser("run", help="serve, load-test and evaluate each configuration; write results.csv and RESULTS.md")
     p.add_argument("configs", nargs="+", help="configuration files, e.g. configs/*.toml")
-    p.add_argument("--profile", choices=["full", "quick"], default="full", help="quick: a short load test and a small dataset slice (CPU machines)")
+    p.add_argument("--profile", choices=[*PROFILES, *RENAMED_PROFILES], default="reference", metavar="{" + ",".join(PROFILES) + "}",
+                   help="; ".join(f"{name}: {prof.doc}" for name, prof in PROFILES.items()) + " (default reference)")
     p.add_argument("--dataset", default="data/test_dataset.json")
     p.add_argument("--dataset-source", default=None, help="build the dataset from this folder (or 'hub') when it is missing")
     p.add_argument("--results-dir", default="results")
@@ -276,28 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="default: a free port")
     p.add_argument("--parallel", type=int, default=8, help="slots (default 8)")
     p.set_defaults(func=_cmd_embedded_server)
-    add_dataset_cli(sub)
-    p = sub.add_parser("evaluate", help="generate and score answers on the evaluation dataset",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--base-url", help="server root (not with --embedded)")
-    p.add_argument("--model", help="model name sent with each request")
-    p.add_argument("--embedded", action="store_true", help="start the embedded llama-server for this run")
-    p.add_argument("--parallel", type=int, default=None, help="with --embedded: llama-server slots (default: --concurrency)")
-    p.add_argument("--dataset", default="data/test_dataset.json", help="file written by `optbench dataset build`")
-    p.add_argument("--categories", help="comma-separated subset of qa,reasoning,chat,code")
-    p.add_argument("--limit", type=int, default=None, help="at most this many scored items per category")
-    p.add_argument("--concurrency", type=int, default=8, help="requests in flight")
-    p.add_argument("--endpoint-mode", choices=["completions", "chat"], default="completions", help="endpoint for qa/reasoning/code")
-    p.add_argument("--gsm8k-mode", choices=["default", "official", "lmeval-strict", "lmeval-flexible"], default="default")
-    p.add_argument("--no-answer-phrase", default="unanswerable", help="QA answer meaning 'no answer' ('' for none)")
-    p.add_argument("--embedding-model", default=None, help="all-MiniLM-L6-v2 folder or hub id (chat scorer)")
-    p.add_argument("--code-timeout-s", type=float, default=10.0, help="per-program sandbox timeout")
-    p.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S, help="per-request deadline")
-    p.add_argument("--api-key-env", help="environment variable holding a bearer API key")
-    p.add_argument("--label", help="name of the configuration in results tables")
-    p.add_argument("--results-dir", default="results")
-    p.add_argument("--no-save", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    _add_dataset_commands(sub)
+    p = sub.add_parser("evaluate", help="generate and score answers on the evaluation dataset")
+    _add_target_options(p)
+    p.add_argument("--dataset", default="data/test_dataset.json",
+                   help="file written by `optbench dataset build` (default data/test_dataset.json)")
+    add_cli_options(p, EvaluationOptions)
+    _add_output_options(p)
     p.set_defaults(func=_cmd_evaluate)
     p = sub.add_parser("info", help="versions, build profile and where the embedded server is")
     p.set_defaults(func=_cmd_info)
@@ -310,9 +322,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except OptbenchError as e:
         print(f"optbench: error: {e}", file=sys.stderr)
-        return 2
-    except json.JSONDecodeError as e:
-        print(f"optbench: error: --extra-body is not valid JSON: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("optbench: interrupted", file=sys.stderr)

@@ -59,19 +59,16 @@ is the same for the local files and the hub splits.
 
 from __future__ import annotations
 
-import argparse
-import gzip
 import json
 import os
 import random
 import re
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from optbench.exceptions import ConfigError, DatasetError
+from optbench.jsonl import open_text, read_jsonl
 
 #: Version of the output file's schema; :func:`load_test_dataset` accepts only this one.
 SCHEMA_VERSION = 1
@@ -141,13 +138,6 @@ class _Rows:
 # --------------------------------------------------------------------------- reading sources
 
 
-def _open_text(path: Path) -> TextIO:
-    """Opens a UTF-8 text file, decompressing it when its name ends with ``.gz``."""
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
-
-
 def _candidates(folder: Path, name: str) -> list[Path]:
     """The accepted names of one file: plain first, then gzipped."""
     base = name[: -len(".gz")] if name.endswith(".gz") else name
@@ -176,33 +166,21 @@ def _resolve_local_files(folder: Path, categories: list[str]) -> dict[str, Path]
 
 
 def _read_jsonl(path: Path) -> _Rows:
-    """Reads a JSONL file of objects; blank lines are skipped, errors name the file and line."""
+    """Reads a JSONL file of objects; errors name the file and line."""
     rows: list[dict[str, Any]] = []
     locations: list[str] = []
-    lineno = 0
-    try:
-        with _open_text(path) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    value = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DatasetError(f"{path} line {lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-                if not isinstance(value, dict):
-                    raise DatasetError(f"{path} line {lineno}: expected a JSON object, got {type(value).__name__}")
-                rows.append(value)
-                locations.append(f"line {lineno}")
-    except (OSError, EOFError, UnicodeDecodeError) as e:
-        # A corrupt or truncated gzip stream, or bytes that are not UTF-8.
-        raise DatasetError(f"{path} line {lineno + 1}: cannot read ({type(e).__name__}: {e})") from None
+    for lineno, value in read_jsonl(path):
+        if not isinstance(value, dict):
+            raise DatasetError(f"{path} line {lineno}: expected a JSON object, got {type(value).__name__}")
+        rows.append(value)
+        locations.append(f"line {lineno}")
     return _Rows(str(path), rows, locations)
 
 
 def _read_squad_json(path: Path) -> _Rows:
     """Flattens an official SQuAD v2 JSON file into one row per question."""
     try:
-        with _open_text(path) as f:
+        with open_text(path) as f:
             document = json.load(f)
     except json.JSONDecodeError as e:
         raise DatasetError(f"{path} line {e.lineno} column {e.colno}: not valid JSON ({e.msg})") from None
@@ -663,63 +641,13 @@ def load_test_dataset(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return items
 
 
-# --------------------------------------------------------------------------- command line
-
-
-def _parse_counts(text: str | None) -> dict[str, int] | None:
-    """``"qa=10,chat=5"`` -> ``{"qa": 10, "chat": 5}``."""
-    if not text:
-        return None
-    counts: dict[str, int] = {}
-    for part in text.split(","):
-        name, sep, value = part.partition("=")
-        if not sep or not value.strip().isdigit():
-            raise ConfigError(f"--counts: expected CATEGORY=N[,CATEGORY=N...], got {part!r}")
-        counts[name.strip()] = int(value)
-    return counts
-
-
-def cmd_dataset_build(args: argparse.Namespace) -> int:
-    """``optbench dataset build``: builds the file and prints a one-line summary."""
-    summary = build_test_dataset(args.source, args.output, seed=args.seed, counts=_parse_counts(args.counts))
-    for note in summary["notes"]:
-        print(f"optbench: note: {note}", file=sys.stderr)
-    c = summary["counts"]
-    print(
-        f"wrote {summary['total']} items to {summary['output']}: qa {c['qa']} ({summary['qa_unanswerable']} unanswerable), "
-        f"reasoning {c['reasoning']}, chat {c['chat']} ({summary['chat_skipped']} HH-RLHF rows skipped), "
-        f"code {c['code']} (seed {summary['seed']}, source {summary['source']})"
-    )
-    return 0
-
-
-def add_dataset_cli(subparsers: Any) -> argparse.ArgumentParser:
-    """Registers ``dataset build`` on an argparse sub-parsers object; the handler is stored as
-    ``func`` (``args.func(args)`` returns the exit code). Returns the ``dataset`` parser."""
-    parser: argparse.ArgumentParser = subparsers.add_parser("dataset", help="build the quality-evaluation dataset")
-    sub = parser.add_subparsers(dest="dataset_command", required=True)
-    build = sub.add_parser(
-        "build",
-        help="select the 520 evaluation prompts from SQuAD v2, GSM8K, HH-RLHF and HumanEval",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    build.add_argument("--source", default="hub", help="'hub' (Hugging Face, needs optbench[hub]) or a local folder of the source files")
-    build.add_argument("--output", default=DEFAULT_OUTPUT, help="the JSON file to write")
-    build.add_argument("--seed", type=int, default=0, help="selection seed")
-    build.add_argument("--counts", default=None, help="override items per category, e.g. qa=10,reasoning=5,chat=5,code=4")
-    build.set_defaults(func=cmd_dataset_build)
-    return parser
-
-
 __all__ = [
     "CATEGORIES",
     "DEFAULT_COUNTS",
     "HUB_SPLITS",
     "LOCAL_FILES",
     "SCHEMA_VERSION",
-    "add_dataset_cli",
     "build_test_dataset",
-    "cmd_dataset_build",
     "gsm8k_final_answer",
     "load_test_dataset",
     "parse_hh_transcript",

@@ -33,17 +33,16 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from optbench import _core, scoring
+from optbench import _core, quality, scoring
 from optbench.datasets import CATEGORIES, load_test_dataset
 from optbench.exceptions import ConfigError
-from optbench.loadtest import DEFAULT_TIMEOUT_S, _api_key, drive
+from optbench.driver import Progress, adrive, drive, records_table, resolve_api_key, start_run, write_parquet
+from optbench.options import EvaluationOptions
 from optbench.results import append_csv_row, new_run_id
 
 NUM_SHOTS = 2
@@ -90,6 +89,9 @@ class EvaluationResult:
             ``code_result`` for code), the latency (``e2e_ms``, ``ttft_ms``), ``output_tokens``,
             ``error_kind``.
         summary: ``{"categories": {cat: {"n", "score", ...}}, "overall": float, "num_failed": int}``.
+        config: ``base_url``, ``model``, ``dataset`` and every option, as JSON values (what the
+            Parquet metadata records).
+        options: the options it ran with (``EvaluationOptions.from_dict(config)`` rebuilds them).
     """
 
     samples: pd.DataFrame
@@ -97,6 +99,7 @@ class EvaluationResult:
     label: str
     config: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    options: EvaluationOptions = field(default_factory=EvaluationOptions)
 
     @property
     def overall(self) -> float:
@@ -117,15 +120,7 @@ class EvaluationResult:
 
     def to_parquet(self, path: str | os.PathLike[str]) -> Path:
         """Writes the per-sample rows, with the config and summary as metadata."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        table = pa.Table.from_pandas(self.samples, preserve_index=False)
-        meta = dict(table.schema.metadata or {})
-        meta[b"optbench.config"] = json.dumps(self.config, default=str).encode()
-        meta[b"optbench.summary"] = json.dumps(self.summary).encode()
-        meta[b"optbench.label"] = self.label.encode()
-        pq.write_table(table.replace_schema_metadata(meta), path)
-        return path
+        return write_parquet(self.samples, path, config=self.config, summary=self.summary, label=self.label)
 
     def __str__(self) -> str:
         lines = [f"{self.label}: overall quality {self.overall:.4f}"]
@@ -220,7 +215,7 @@ def _score(samples: pd.DataFrame, items: Sequence[Mapping[str, Any]], opts: dict
     samples["extracted"] = pd.Series([None] * n, dtype=object)
     samples["code_result"] = pd.Series([None] * n, dtype=object)
     cats = samples["category"]
-    qa = np.flatnonzero(cats == "qa")
+    qa = np.flatnonzero(cats == "qa").tolist()
     if len(qa):
         res = scoring.squad_v2(
             [samples.at[i, "output"].strip() for i in qa], [items[i]["answers"] for i in qa],
@@ -229,21 +224,21 @@ def _score(samples: pd.DataFrame, items: Sequence[Mapping[str, Any]], opts: dict
         samples.loc[qa, "exact"] = res.exact
         samples.loc[qa, "f1"] = res.f1
         samples.loc[qa, "score"] = res.qa_score
-    rs = np.flatnonzero(cats == "reasoning")
+    rs = np.flatnonzero(cats == "reasoning").tolist()
     if len(rs):
         outputs = [samples.at[i, "output"] for i in rs]
         correct = scoring.gsm8k_correct(outputs, [items[i]["final_answer"] for i in rs], opts["gsm8k_mode"])
         samples.loc[rs, "extracted"] = [scoring.gsm8k_extract(o, opts["gsm8k_mode"]) for o in outputs]
         samples.loc[rs, "correct"] = correct
         samples.loc[rs, "score"] = np.asarray(correct, dtype=float)
-    ch = np.flatnonzero(cats == "chat")
+    ch = np.flatnonzero(cats == "chat").tolist()
     if len(ch):
         sims = scoring.chat_similarity(
             [samples.at[i, "output"] for i in ch], [items[i]["reference"] for i in ch], model=opts["embedding_model"]
         )
         samples.loc[ch, "similarity"] = sims
         samples.loc[ch, "score"] = sims
-    cd = np.flatnonzero(cats == "code")
+    cd = np.flatnonzero(cats == "code").tolist()
     if len(cd):
         code = scoring.humaneval(
             [items[i] for i in cd], [samples.at[i, "output"] for i in cd],
@@ -257,36 +252,37 @@ def _score(samples: pd.DataFrame, items: Sequence[Mapping[str, Any]], opts: dict
 
 
 def _summarize(samples: pd.DataFrame) -> dict[str, Any]:
+    scores = quality.category_scores(samples)
     cats: dict[str, Any] = {}
-    for cat in CATEGORIES:
+    for cat, score in scores.items():
         rows = samples[samples["category"] == cat]
-        if rows.empty:
-            continue
-        entry: dict[str, Any] = {"n": int(len(rows)), "score": float(rows["score"].mean())}
+        entry: dict[str, Any] = {"n": int(len(rows)), "score": score}
         if cat == "qa":
             entry["exact"] = float(rows["exact"].mean())
             entry["f1"] = float(rows["f1"].mean())
         entry["num_failed"] = int(rows["error_kind"].notna().sum())
         cats[cat] = entry
-    overall = float(np.mean([v["score"] for v in cats.values()])) if cats else 0.0
+    overall = quality.overall_score(scores) if scores else 0.0
     return {"categories": cats, "overall": overall, "num_failed": int(samples["error_kind"].notna().sum())}
 
 
-def _start_generation(base_url: str, model: str, requests: list[dict[str, Any]], opts: dict[str, Any]) -> _core.LoadTest:
-    return _core.LoadTest(
-        base_url, model,
-        requests=requests,
-        num_requests=len(requests),
-        concurrency=opts["concurrency"],
-        output_tokens=max(DEFAULT_MAX_TOKENS.values()),
-        temperature=0.0,
-        timeout_s=opts["timeout_s"],
-        api_key=opts["api_key"],
+def _start_generation(
+    base_url: str, model: str, requests: list[dict[str, Any]], o: EvaluationOptions, api_key: str | None
+) -> _core.LoadTest:
+    """Starts generating one answer per request, at temperature 0, ``o.concurrency`` at a time
+    (each request carries its own ``max_tokens`` and stop sequences)."""
+    return start_run(
+        base_url, model, api_key=api_key, requests=requests, num_requests=len(requests),
+        concurrency=o.concurrency, output_tokens=max(DEFAULT_MAX_TOKENS.values()), temperature=0.0,
+        timeout_s=o.timeout_s,
     )
 
 
-def _finish(run: _core.LoadTest, items: Sequence[Mapping[str, Any]], requests: list[dict[str, Any]], opts: dict[str, Any], label: str) -> EvaluationResult:
-    rec = pa.Table.from_batches([pa.record_batch(run.records())]).to_pandas().sort_values("request_id")
+def _scored(
+    run: _core.LoadTest, items: Sequence[Mapping[str, Any]], requests: list[dict[str, Any]], opts: dict[str, Any],
+    label: str, options: EvaluationOptions,
+) -> EvaluationResult:
+    rec = records_table(run).to_pandas().sort_values("request_id")
     rec = rec.set_index("request_id").reindex(range(len(items)))  # unsent rows (Ctrl-C) stay, as failures
     samples = pd.DataFrame({
         "id": [it["id"] for it in items],
@@ -311,15 +307,8 @@ def _finish(run: _core.LoadTest, items: Sequence[Mapping[str, Any]], requests: l
     if summary["num_failed"]:
         warns.append(f"{summary['num_failed']} generations failed and scored 0 (see error_kind)")
     config = {k: v for k, v in opts.items() if k != "api_key"}
-    return EvaluationResult(samples=samples, summary=summary, label=label, config=config, warnings=warns)
-
-
-def _options(**kw: Any) -> dict[str, Any]:
-    if kw["concurrency"] < 1:
-        raise ConfigError("concurrency must be at least 1")
-    if kw["gsm8k_mode"] not in scoring.GSM8K_MODES:
-        raise ConfigError(f"gsm8k_mode must be one of {scoring.GSM8K_MODES}, got {kw['gsm8k_mode']!r}")
-    return kw
+    return EvaluationResult(samples=samples, summary=summary, label=label, config=config, warnings=warns,
+                            options=options)
 
 
 def _load(dataset: str | os.PathLike[str] | Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -328,62 +317,70 @@ def _load(dataset: str | os.PathLike[str] | Sequence[Mapping[str, Any]]) -> list
     return list(dataset)
 
 
+Dataset = Union[str, "os.PathLike[str]", Sequence[Mapping[str, Any]]]
+
+
+def _plan(
+    base_url: str, model: str, dataset: Dataset, options: EvaluationOptions | Mapping[str, Any] | None,
+    overrides: dict[str, Any],
+) -> tuple[EvaluationOptions, dict[str, Any], list[Mapping[str, Any]], list[dict[str, Any]]]:
+    """The checked options, the run's settings (``opts``: the options, the target and the API
+    key), the scored items and their requests."""
+    o = EvaluationOptions.make(options, **overrides)
+    where = str(dataset) if isinstance(dataset, (str, os.PathLike)) else "<items>"
+    opts = {"base_url": base_url, "model": model, "dataset": where, **o.to_dict(), "api_key": resolve_api_key(o.api_key_env)}
+    items, requests = build_requests(_load(dataset), categories=o.categories, limit=o.limit,
+                                     endpoint_mode=o.endpoint_mode, templates=o.templates, max_tokens=o.max_tokens,
+                                     stop=o.stop)
+    return o, opts, items, requests
+
+
 def evaluate(
     base_url: str,
     model: str,
+    options: EvaluationOptions | Mapping[str, Any] | None = None,
     *,
-    dataset: str | os.PathLike[str] | Sequence[Mapping[str, Any]] = "data/test_dataset.json",
+    dataset: Dataset = "data/test_dataset.json",
     label: str | None = None,
-    categories: Sequence[str] | None = None,
-    limit: int | None = None,
-    concurrency: int = 8,
-    endpoint_mode: str = "completions",
-    templates: Mapping[str, Mapping[str, str]] | None = None,
-    max_tokens: Mapping[str, int] | None = None,
-    stop: Mapping[str, list[str]] | None = None,
-    gsm8k_mode: str = "default",
-    no_answer_phrase: str | None = scoring.DEFAULT_NO_ANSWER_PHRASE,
-    embedding_model: str | None = None,
-    sandbox_workers: int | None = None,
-    code_timeout_s: float = 10.0,
-    timeout_s: float | None = DEFAULT_TIMEOUT_S,
-    api_key_env: str | None = None,
-    progress: bool | Callable[[dict[str, Any]], None] = True,
+    progress: Progress = True,
+    **option_values: Any,
 ) -> EvaluationResult:
     """Generates answers for the dataset's items on a running server and scores them.
 
+    The parameters are the fields of :class:`~optbench.options.EvaluationOptions` (each with
+    its default and meaning there and in the README): pass an ``options`` object, keyword
+    arguments with the same names (``limit=10, gsm8k_mode="official"``...), or both (keywords
+    win).
+
     Args:
         dataset: the file ``optbench dataset build`` wrote (or its items).
-        categories: a subset of ``qa``, ``reasoning``, ``chat``, ``code`` (default all).
-        limit: at most this many scored items per category (a quick slice).
-        concurrency: requests in flight while generating.
-        endpoint_mode: ``completions`` or ``chat`` for the qa, reasoning and code prompts
-            (chat items always use the chat endpoint).
-        templates, max_tokens, stop: per-category overrides of the defaults (module docs).
-        gsm8k_mode: ``default``, ``official``, ``lmeval-strict`` or ``lmeval-flexible``.
-        no_answer_phrase: the QA answer that means "no answer" (None: none).
-        embedding_model: all-MiniLM-L6-v2 folder or hub id for the chat scorer.
-        sandbox_workers, code_timeout_s: the code sandbox's parallelism and per-program timeout.
-        timeout_s: per-request deadline.
+        label: the configuration's name in tables (default: ``model``).
+        progress: as for :func:`optbench.load_test`.
     """
-    opts = _options(concurrency=concurrency, gsm8k_mode=gsm8k_mode, no_answer_phrase=no_answer_phrase,
-                    embedding_model=embedding_model, sandbox_workers=sandbox_workers, code_timeout_s=code_timeout_s,
-                    timeout_s=timeout_s, api_key=_api_key(api_key_env), endpoint_mode=endpoint_mode,
-                    categories=list(categories) if categories else None, limit=limit,
-                    dataset=str(dataset) if isinstance(dataset, (str, os.PathLike)) else "<items>",
-                    base_url=base_url, model=model)
-    items, requests = build_requests(_load(dataset), categories=categories, limit=limit, endpoint_mode=endpoint_mode,
-                                     templates=templates, max_tokens=max_tokens, stop=stop)
+    o, opts, items, requests = _plan(base_url, model, dataset, options, option_values)
     label = label or model
-    run = _start_generation(base_url, model, requests, opts)
+    run = _start_generation(base_url, model, requests, o, opts["api_key"])
     drive(run, progress, f"{label} evaluation", 0.25, what="evaluation")
-    return _finish(run, items, requests, opts, label)
+    return _scored(run, items, requests, opts, label, o)
 
 
-async def aevaluate(base_url: str, model: str, **kwargs: Any) -> EvaluationResult:
-    """:func:`evaluate` for asyncio code and Jupyter: the event loop stays free."""
-    kwargs.setdefault("progress", False)
-    return await asyncio.to_thread(evaluate, base_url, model, **kwargs)
+async def aevaluate(
+    base_url: str,
+    model: str,
+    options: EvaluationOptions | Mapping[str, Any] | None = None,
+    *,
+    dataset: Dataset = "data/test_dataset.json",
+    label: str | None = None,
+    progress: Progress = False,
+    **option_values: Any,
+) -> EvaluationResult:
+    """:func:`evaluate` for asyncio code and Jupyter: the event loop stays free while answers
+    are generated and scored. Cancelling the awaiting task cancels the generation."""
+    o, opts, items, requests = await asyncio.to_thread(_plan, base_url, model, dataset, options, option_values)
+    label = label or model
+    run = _start_generation(base_url, model, requests, o, opts["api_key"])
+    await adrive(run, progress, f"{label} evaluation", 0.25)
+    return await asyncio.to_thread(_scored, run, items, requests, opts, label, o)
 
 
 def save_evaluation(result: EvaluationResult, results_dir: str | os.PathLike[str] = "results") -> dict[str, Path]:
@@ -397,31 +394,3 @@ def save_evaluation(result: EvaluationResult, results_dir: str | os.PathLike[str
     for row in result.summary_rows():
         append_csv_row(csv, {**row, "run_id": run_id, "timestamp_utc": stamp, "samples_parquet": str(parquet.relative_to(results_dir))})
     return {"csv": csv, "parquet": parquet}
-
-
-def compare_quality(baseline: EvaluationResult | Mapping[str, Any], candidate: EvaluationResult | Mapping[str, Any], threshold: float = 0.05) -> dict[str, Any]:
-    """The brief's verdict: the candidate is acceptable when its overall score is at least
-    ``(1 - threshold)`` times the baseline's. Returns the overall scores, the relative change,
-    ``acceptable`` and per-category ``baseline``/``candidate``/``delta``/``relative_change``."""
-    if not 0 <= threshold < 1:
-        raise ConfigError(f"threshold must be in [0, 1), got {threshold}")
-
-    def summary(x: EvaluationResult | Mapping[str, Any]) -> Mapping[str, Any]:
-        return x.summary if isinstance(x, EvaluationResult) else x
-
-    b, c = summary(baseline), summary(candidate)
-    rel = (c["overall"] - b["overall"]) / b["overall"] if b["overall"] else float("nan")
-    cats = {}
-    for cat in b["categories"]:
-        if cat in c["categories"]:
-            bs, cs = b["categories"][cat]["score"], c["categories"][cat]["score"]
-            cats[cat] = {"baseline": bs, "candidate": cs, "delta": cs - bs,
-                         "relative_change": (cs - bs) / bs if bs else float("nan")}
-    return {
-        "baseline_overall": b["overall"],
-        "candidate_overall": c["overall"],
-        "relative_change": rel,
-        "threshold": threshold,
-        "acceptable": bool(c["overall"] >= (1 - threshold) * b["overall"]),
-        "categories": cats,
-    }

@@ -8,7 +8,8 @@ else is derived from them:
   the same names as keyword arguments (validated once, here, when the object is built);
 - the command line's options (:func:`add_cli_options`, :func:`options_from_cli`);
 - a configuration file's ``[load_test]`` / ``[evaluation]`` keys (:func:`check_table`);
-- the README's parameter tables (:func:`markdown_table`; a test compares them);
+- the README's parameter tables (:func:`markdown_table`; ``python -m optbench.options
+  README.md`` rewrites them, and a test fails when they differ);
 - what a result records: ``result.options`` and its ``to_dict()`` in the Parquet metadata, from
   which :meth:`from_dict` rebuilds the options of the run.
 
@@ -230,51 +231,67 @@ def _is_union(tp: Any) -> bool:
     return typing.get_origin(tp) in (Union, types.UnionType)
 
 
-def type_problem(value: Any, tp: Any) -> str | None:
-    """None when ``value`` is of type ``tp``, else what it should be (e.g. "an integer")."""
+def describe(tp: Any) -> str:
+    """What a value of type ``tp`` is, in words: "an integer", "a list of strings"..."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return None
-    if tp is type(None):
-        return None if value is None else "None"
     if _is_union(tp):
-        problems = [type_problem(value, a) for a in args]
-        if any(p is None for p in problems):
-            return None
-        literal = [p for a, p in zip(args, problems) if typing.get_origin(a) is Literal]
-        return literal[0] if literal and isinstance(value, str) else " or ".join(p for p in problems if p)
+        return " or ".join(describe(a) for a in args)
     if origin is Literal:
-        return None if value in args else "one of " + ", ".join(repr(a) for a in args)
-    if tp is bool:
-        return None if isinstance(value, bool) else "true or false"
-    if tp is int:
-        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
-    if tp is float:
-        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
-    if tp is str:
-        return None if isinstance(value, str) else "a string"
+        return "one of " + ", ".join(repr(a) for a in args)
+    simple = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "None"}
+    if tp in simple:
+        return simple[tp]
     if origin in (list, Sequence) or tp is list:
-        if not isinstance(value, list):
-            return "a list"
-        inner = args[0] if args else Any
-        bad = [type_problem(v, inner) for v in value]
-        first = next((p for p in bad if p), None)
-        return None if first is None else f"a list of {_plural(first)}"
+        return f"a list of {_plural(describe(args[0]))}" if args and args[0] is not Any else "a list"
     if origin in (dict, Mapping) or tp is dict:
-        if not isinstance(value, dict):
-            return "a table (dict)"
-        key_t, value_t = args if args else (Any, Any)
-        for k, v in value.items():
-            if type_problem(k, key_t) or type_problem(v, value_t):
-                return f"a table of {_plural(type_problem(v, value_t) or 'values')}"
-        return None
+        return f"a table of {_plural(describe(args[1]))}" if args and args[1] is not Any else "a table (dict)"
     if origin in (Callable, typing.get_origin(Callable[..., Any])):
-        return None if callable(value) else "a function"
-    raise TypeError(f"options: no check for type {tp!r}")  # a field of a type this module does not know
+        return "a function"
+    return "a value"
 
 
 def _plural(what: str) -> str:
-    return what.removeprefix("an ").removeprefix("a ") + ("" if what.endswith("s") else "s")
+    words = what.split(" ")
+    if words[0] in ("a", "an"):
+        words = words[1:]
+        words[0] += "s"
+    return " ".join(words) if words != ["true", "or", "false"] else "true or false values"
+
+
+def type_problem(value: Any, tp: Any) -> str | None:
+    """None when ``value`` is of type ``tp``, else what it should be (e.g. "an integer")."""
+    return None if _is_instance(value, tp) else describe(tp)
+
+
+def _is_instance(value: Any, tp: Any) -> bool:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True
+    if _is_union(tp):
+        return any(_is_instance(value, a) for a in args)
+    if origin is Literal:
+        return value in args
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (list, Sequence) or tp is list:
+        inner = args[0] if args else Any
+        return isinstance(value, list) and all(_is_instance(v, inner) for v in value)
+    if origin in (dict, Mapping) or tp is dict:
+        key_t, value_t = args if args else (Any, Any)
+        return isinstance(value, dict) and all(
+            _is_instance(k, key_t) and _is_instance(v, value_t) for k, v in value.items()
+        )
+    if origin in (Callable, typing.get_origin(Callable[..., Any])):
+        return callable(value)
+    raise TypeError(f"options: no check for type {tp!r}")  # a field of a type this module does not know
 
 
 def type_name(tp: Any) -> str:
@@ -412,6 +429,37 @@ def markdown_table(cls: type[Options]) -> str:
     return "\n".join(lines)
 
 
+def update_readme(path: str | os.PathLike[str]) -> bool:
+    """Rewrites the options tables of a README in place: each table that follows a line
+    ``<!-- generated from optbench.options.<Class>... -->``. Returns whether anything changed."""
+    lines = open(path, encoding="utf-8").read().split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        out.append(lines[i])
+        marker = lines[i].strip()
+        cls = next((c for c in (LoadTestOptions, EvaluationOptions)
+                    if marker.startswith(f"<!-- generated from optbench.options.{c.__name__};")), None)
+        i += 1
+        if cls is not None:
+            while i < len(lines) and lines[i].startswith("|"):
+                i += 1
+            out.extend(markdown_table(cls).split("\n"))
+    text = "\n".join(out)
+    changed = text != "\n".join(lines)
+    if changed:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    return changed
+
+
+if __name__ == "__main__":  # python -m optbench.options README.md: refresh its tables
+    import sys
+
+    for readme in sys.argv[1:] or ["README.md"]:
+        print(f"{readme}: {'updated' if update_readme(readme) else 'up to date'}")
+
+
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "EvaluationOptions",
@@ -423,4 +471,5 @@ __all__ = [
     "markdown_table",
     "options_from_cli",
     "type_problem",
+    "update_readme",
 ]

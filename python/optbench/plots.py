@@ -27,7 +27,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from optbench.datasets import CATEGORIES  # noqa: E402
-from optbench.report import QUALITY_THRESHOLD  # noqa: E402
+from optbench.quality import QUALITY_THRESHOLD  # noqa: E402
 
 PERCENTILES = (50, 90, 99)
 

@@ -7,7 +7,6 @@ object with ``"prompt"`` (text) or an object with ``"messages"`` (a conversation
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any, Sequence, Union
 
 from optbench import _core
 from optbench.exceptions import ConfigError, DatasetError
+from optbench.jsonl import read_jsonl
 
 PromptsInput = Union[str, "os.PathLike[str]", Sequence[Any]]
 
@@ -71,16 +71,7 @@ def load_user_prompts(prompts: PromptsInput) -> PromptSet:
         path = Path(prompts)
         if not path.is_file():
             raise DatasetError(f"{path}: prompts file not found (give a JSONL file or a list of prompts)")
-        items = []
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    value = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DatasetError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
-                items.append(_one(value, f"{path}, line {lineno}"))
+        items = [_one(value, f"{path} line {lineno}") for lineno, value in read_jsonl(path)]
         return _from_items(items, str(path))
     if isinstance(prompts, Sequence):
         return _from_items([_one(p, f"prompts[{i}]") for i, p in enumerate(prompts)], "prompts")

@@ -1,9 +1,11 @@
 """The comparison table, the plots and RESULTS.md, rebuilt from a run's Parquet files alone
 (``optbench report``), so every number can be checked with pandas.
 
-Speed: from ``requests.parquet`` (measured = not warm-up; latencies over successful requests;
-percentiles interpolate linearly): P50/P99 TTFT, P50 tokens/s, P50/P99 E2E; request and
-output-token throughput over the measured window (first scheduled start to last end).
+Speed: the load test's summary computed by the Rust core, stored in ``requests.parquet``'s
+metadata (measured = not warm-up; latencies over successful requests; percentiles interpolate
+linearly): P50/P99 TTFT, P50 tokens/s, P50/P99 E2E; request and output-token throughput over
+the measured window (first scheduled start to last end). :func:`speed_metrics` recomputes the
+same figures from the rows with pandas (a test holds the two equal).
 Quality: from ``samples.parquet``: each category's mean score; overall = mean of the categories.
 The baseline is the configuration marked ``baseline = true`` (else the first); a configuration
 is acceptable when its overall quality is at least 95% of the baseline's. The recommendation
@@ -20,16 +22,49 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from optbench.datasets import CATEGORIES
 from optbench.exceptions import ConfigError
+from optbench.options import EvaluationOptions, LoadTestOptions
+from optbench.quality import QUALITY_THRESHOLD, acceptable, category_scores, overall_score
 
-QUALITY_THRESHOLD = 0.05
 RESULTS_CSV = "results.csv"
 
 
+def speed_metrics_from_summary(summary: dict[str, Any]) -> dict[str, float]:
+    """The load-test columns of the comparison table, from the Rust summary of the run."""
+    metrics = summary.get("metrics", {})
+
+    def stat(metric: str, name: str) -> float:
+        value = metrics.get(metric, {}).get(name)
+        return float("nan") if value is None else float(value)
+
+    window = summary["duration_s"] > 0
+    return {
+        "ttft_p50_ms": stat("ttft_ms", "p50"),
+        "ttft_p99_ms": stat("ttft_ms", "p99"),
+        "tokens_per_s_p50": stat("tokens_per_s", "p50"),
+        "e2e_p50_ms": stat("e2e_ms", "p50"),
+        "e2e_p99_ms": stat("e2e_ms", "p99"),
+        "request_throughput": float(summary["request_throughput"]) if window else float("nan"),
+        "output_token_throughput": float(summary["output_token_throughput"]) if window else float("nan"),
+        "num_requests": int(summary["num_requests"]),
+        "num_failed": int(summary["num_failed"]),
+    }
+
+
+def run_speed_metrics(path: str | os.PathLike[str]) -> dict[str, float]:
+    """The speed columns of one ``requests.parquet``: from the summary in its metadata, or
+    recomputed from its rows when the file has none."""
+    meta = pq.read_schema(path).metadata or {}
+    if b"optbench.summary" in meta:
+        return speed_metrics_from_summary(json.loads(meta[b"optbench.summary"]))
+    return speed_metrics(pd.read_parquet(path))
+
+
 def speed_metrics(requests: pd.DataFrame) -> dict[str, float]:
-    """The load-test columns of the comparison table, from per-request rows."""
+    """The load-test columns of the comparison table, recomputed from per-request rows."""
     measured = requests[~requests["warmup"]]
     ok = measured[measured["success"]]
     end = measured["done_ns"].fillna(measured["last_token_ns"]).fillna(measured["sent_ns"])
@@ -50,13 +85,9 @@ def speed_metrics(requests: pd.DataFrame) -> dict[str, float]:
 
 def quality_metrics(samples: pd.DataFrame) -> dict[str, float]:
     """Each category's mean score and the overall (mean of the category means)."""
-    out: dict[str, float] = {}
-    for cat in CATEGORIES:
-        rows = samples[samples["category"] == cat]
-        if len(rows):
-            out[f"quality_{cat}"] = float(rows["score"].mean())
-    cats = [v for k, v in out.items()]
-    out["quality_overall"] = float(np.mean(cats)) if cats else float("nan")
+    scores = category_scores(samples)
+    out = {f"quality_{cat}": score for cat, score in scores.items()}
+    out["quality_overall"] = overall_score(scores)
     return out
 
 
@@ -75,7 +106,7 @@ def comparison_table(run_dir: str | os.PathLike[str]) -> tuple[pd.DataFrame, lis
         d = Path(meta["_dir"])
         row: dict[str, Any] = {"configuration": meta["name"], "status": meta["status"]}
         if (d / "requests.parquet").exists():
-            row.update(speed_metrics(pd.read_parquet(d / "requests.parquet")))
+            row.update(run_speed_metrics(d / "requests.parquet"))
         if (d / "samples.parquet").exists():
             row.update(quality_metrics(pd.read_parquet(d / "samples.parquet")))
         rows.append(row)
@@ -84,7 +115,7 @@ def comparison_table(run_dir: str | os.PathLike[str]) -> tuple[pd.DataFrame, lis
     base_q = table.loc[base_i, "quality_overall"] if "quality_overall" in table else float("nan")
     if "quality_overall" in table and pd.notna(base_q) and base_q > 0:
         table["quality_change_vs_baseline"] = (table["quality_overall"] - base_q) / base_q
-        table["acceptable"] = (table["quality_overall"] >= (1 - QUALITY_THRESHOLD) * base_q) & (table["status"] == "ok")
+        table["acceptable"] = acceptable(table["quality_overall"], base_q) & (table["status"] == "ok")
     else:
         table["quality_change_vs_baseline"] = np.nan
         table["acceptable"] = table["status"] == "ok"
@@ -98,6 +129,22 @@ def _fmt(v: Any, digits: int = 1) -> str:
     if isinstance(v, (float, np.floating)):
         return "–" if np.isnan(v) else f"{v:,.{digits}f}"
     return str(v)
+
+
+def _options_text(meta: dict[str, Any]) -> str:
+    """The options a configuration ran with that differ from the defaults, as text."""
+    parts = []
+    for phase, cls in (("load test", LoadTestOptions), ("evaluation", EvaluationOptions)):
+        if isinstance(meta.get(cls.section), dict):
+            try:
+                changed = cls.from_dict(meta[cls.section]).changed()
+            except ConfigError:  # written by another version of optbench
+                changed = dict(meta[cls.section])
+            values = {k: json.dumps(v) for k, v in changed.items()}
+            shown = ", ".join(f"`{k}={v if len(v) <= 60 else v[:57] + '...'}`" for k, v in values.items())
+            shown = shown or "defaults"
+            parts.append(f"{phase} {shown}")
+    return "; ".join(parts) or "not recorded"
 
 
 def render_markdown(
@@ -123,6 +170,10 @@ def render_markdown(
         "are per-request percentiles over successful requests; throughputs are over the measured window. A "
         f"configuration is acceptable when its overall quality is at least {100 * (1 - QUALITY_THRESHOLD):.0f}% of "
         f"the baseline's (`{base['configuration']}`). Profile: `{m0.get('profile')}`.",
+        "",
+        "Options that differ from the defaults (every option is in each configuration's `meta.json`):",
+        "",
+        *[f"- {m['name']}: {_options_text(m)}" for m in metas],
         "",
         "## Results",
         "",
@@ -170,7 +221,7 @@ def render_markdown(
                  f"with {os.cpu_count()} CPUs (where the report was built).")
     for m in metas:
         lines.append(f"- {m['name']}: engine {m['engine']} {m.get('engine_version', 'unknown')}, model {m['model']}.")
-    if m0.get("profile") != "full":
+    if m0.get("profile") not in ("reference", "full"):  # "full": the reference profile's former name
         lines.append(f"- The `{m0.get('profile')}` profile used a small slice of the dataset and a short load test: "
                      "differences within a few percent are noise.")
     lines += ["", "## Recommendation", ""]
@@ -189,7 +240,7 @@ def build_report(
     report_path: str | os.PathLike[str] | None = "RESULTS.md",
 ) -> dict[str, Any]:
     """Writes ``<results_dir>/results.csv`` and RESULTS.md from ``run_dir``'s Parquet files."""
-    from optbench.plots import plot_run
+    from optbench.plots import plot_run  # matplotlib (and its Agg backend) only when plotting
 
     table, metas = comparison_table(run_dir)
     csv = Path(results_dir) / RESULTS_CSV

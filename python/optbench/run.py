@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,22 +28,57 @@ from optbench.datasets import build_test_dataset
 from optbench.evaluate import evaluate
 from optbench.exceptions import ConfigError, OptbenchError
 from optbench.loadtest import load_test
+from optbench.options import EvaluationOptions, LoadTestOptions
 from optbench.results import new_run_id
 from optbench.servers.engines import serve
 
-#: The brief's load test and the full dataset.
-BRIEF_LOAD_TEST: dict[str, Any] = dict(num_requests=100, concurrency=8, input_tokens=2048, output_tokens=1024,
-                                       warmup=2, temperature=0.0)
 
-#: Profiles shrink the work with one flag. ``quick`` fits a CPU machine: a short load test and
-#: a small slice of every category with short generations.
-PROFILES: dict[str, dict[str, dict[str, Any]]] = {
-    "full": {"load_test": {}, "evaluation": {}},
-    "quick": {
-        "load_test": dict(num_requests=12, concurrency=4, input_tokens=256, output_tokens=48, warmup=1, ignore_eos=True),
-        "evaluation": dict(limit=2, max_tokens={"qa": 24, "reasoning": 96, "chat": 48, "code": 96}),
-    },
+@dataclass(frozen=True)
+class Profile:
+    """The options a run starts from, before each configuration's own ``[load_test]`` and
+    ``[evaluation]`` tables."""
+
+    load_test: LoadTestOptions
+    evaluation: EvaluationOptions
+    doc: str
+
+
+#: ``reference``: 100 requests at concurrency 8 with 2048-token prompts and 1024 output tokens
+#: (2 warm-up requests), then the whole dataset. ``quick`` fits a CPU machine: a short load test
+#: and a small slice of every category with short generations.
+PROFILES: dict[str, Profile] = {
+    "reference": Profile(
+        LoadTestOptions(num_requests=100, concurrency=8, input_tokens=2048, output_tokens=1024, warmup=2),
+        EvaluationOptions(),
+        "100 requests at concurrency 8, 2048-token prompts, 1024 output tokens; the whole dataset",
+    ),
+    "quick": Profile(
+        LoadTestOptions(num_requests=12, concurrency=4, input_tokens=256, output_tokens=48, warmup=1, ignore_eos=True),
+        EvaluationOptions(limit=2, max_tokens={"qa": 24, "reasoning": 96, "chat": 48, "code": 96}),
+        "12 requests at concurrency 4, 256-token prompts, 48 output tokens; 2 items per category",
+    ),
 }
+#: Former profile names, still accepted with a deprecation warning.
+RENAMED_PROFILES = {"full": "reference"}
+
+
+def profile_named(name: str) -> Profile:
+    """The profile called ``name`` (a former name warns and still works)."""
+    if name in RENAMED_PROFILES:
+        warnings.warn(f"profile {name!r} is deprecated: use {RENAMED_PROFILES[name]!r} (the same thing)",
+                      DeprecationWarning, stacklevel=3)
+        name = RENAMED_PROFILES[name]
+    if name not in PROFILES:
+        raise ConfigError(f"profile must be one of {', '.join(PROFILES)}, got {name!r}")
+    return PROFILES[name]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BRIEF_LOAD_TEST":  # the reference profile's load test under its former name
+        warnings.warn("optbench.run.BRIEF_LOAD_TEST is deprecated: use PROFILES['reference'].load_test",
+                      DeprecationWarning, stacklevel=2)
+        return PROFILES["reference"].load_test.to_dict()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -57,33 +93,6 @@ class ConfigOutcome:
 
 def _log(msg: str) -> None:
     print(f"[optbench run] {msg}", file=sys.stderr, flush=True)
-
-
-def default_dataset_source() -> str | None:
-    """Where the demo gets its evaluation data: ``../shared/datasets`` when it exists (this
-    project's development machines), else the Hugging Face hub when ``datasets`` is installed,
-    else nowhere (quality is then skipped)."""
-    import importlib.util
-
-    local = Path("..") / "shared" / "datasets"
-    if (local / "gsm8k_test.jsonl").exists():
-        return str(local)
-    if importlib.util.find_spec("datasets") is not None:
-        return "hub"
-    return None
-
-
-def default_embedding_model() -> str | None:
-    """The chat scorer's model for the demo: ``../shared/models/all-MiniLM-L6-v2`` when it
-    exists, else the hub id when ``huggingface_hub`` is installed, else None (chat is skipped)."""
-    import importlib.util
-
-    local = Path("..") / "shared" / "models" / "all-MiniLM-L6-v2"
-    if (local / "model.onnx").exists():
-        return str(local)
-    if os.environ.get("OPTBENCH_EMBEDDING_MODEL") or importlib.util.find_spec("huggingface_hub") is not None:
-        return None  # the scorer's own default (env var or hub id) will do
-    return ""
 
 
 def ensure_dataset(dataset: str | os.PathLike[str], source: str | None) -> Path:
@@ -103,12 +112,14 @@ def run_one(cfg: ServerConfig, run_dir: Path, profile: str, dataset: Path | None
     own failures (they are recorded in meta.json)."""
     out = run_dir / cfg.name
     out.mkdir(parents=True, exist_ok=True)
-    # The brief's defaults, shrunk by the profile; what the configuration sets explicitly wins.
-    lt = {**BRIEF_LOAD_TEST, **PROFILES[profile]["load_test"], **cfg.load_test}
-    ev = {**PROFILES[profile]["evaluation"], **cfg.evaluation}
+    # The profile's options; what the configuration sets explicitly wins.
+    chosen = profile_named(profile)
+    lt = LoadTestOptions.make(chosen.load_test, **cfg.load_test)
+    ev = EvaluationOptions.make(chosen.evaluation, **cfg.evaluation)
     meta: dict[str, Any] = {"name": cfg.name, "engine": cfg.engine, "model": cfg.model, "baseline": cfg.baseline,
-                            "config_file": str(cfg.path) if cfg.path else None, "profile": profile,
-                            "load_test": lt, "evaluation": {k: v for k, v in ev.items()},
+                            "config_file": str(cfg.path) if cfg.path else None,
+                            "profile": profile,
+                            "load_test": lt.to_dict(), "evaluation": ev.to_dict(),
                             "started_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     phase = "start"
     try:
@@ -116,13 +127,14 @@ def run_one(cfg: ServerConfig, run_dir: Path, profile: str, dataset: Path | None
         with serve(cfg, log_dir=out) as server:
             meta.update(base_url=server.base_url, engine_version=server.version, gpu=server.gpu)
             phase = "load test"
-            _log(f"{cfg.name}: load test ({lt['num_requests']} requests, concurrency {lt['concurrency']})")
-            result = load_test(server.base_url, server.model, label=cfg.name, progress=progress, **lt)
+            _log(f"{cfg.name}: load test ({lt.num_requests} requests, concurrency {lt.concurrency})")
+            result = load_test(server.base_url, server.model, lt, label=cfg.name, progress=progress)
             result.to_parquet(out / "requests.parquet")
             if dataset is not None:
                 phase = "evaluation"
                 _log(f"{cfg.name}: evaluation ({dataset})")
-                evaluation = evaluate(server.base_url, server.model, dataset=dataset, label=cfg.name, progress=progress, **ev)
+                evaluation = evaluate(server.base_url, server.model, ev, dataset=dataset, label=cfg.name,
+                                      progress=progress)
                 evaluation.to_parquet(out / "samples.parquet")
                 if "code_isolation" in evaluation.summary:
                     meta["code_isolation"] = evaluation.summary["code_isolation"]
@@ -149,7 +161,7 @@ def _write_meta(out: Path, meta: dict[str, Any]) -> None:
 def run(
     configs: Sequence[str | os.PathLike[str] | ServerConfig],
     *,
-    profile: str = "full",
+    profile: str = "reference",
     dataset: str | os.PathLike[str] | None = "data/test_dataset.json",
     dataset_source: str | None = None,
     results_dir: str | os.PathLike[str] = "results",
@@ -164,8 +176,8 @@ def run(
     :func:`optbench.report.build_report`)."""
     from optbench.report import build_report
 
-    if profile not in PROFILES:
-        raise ConfigError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    profile_named(profile)  # an unknown name fails before any server starts
+    profile = RENAMED_PROFILES.get(profile, profile)
     cfgs = [c if isinstance(c, ServerConfig) else load_config(c) for c in configs]
     if not cfgs:
         raise ConfigError("give at least one configuration")

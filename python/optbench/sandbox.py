@@ -10,24 +10,25 @@ returned with the results says which of these this machine actually gave.
 
 Programs run the way HumanEval's reference harness runs them: ``exec`` of the whole program in
 fresh globals, which must return (``os._exit(0)`` or ``sys.exit(0)`` before the end fails, as
-in the reference). Results read "passed", "timed out" or "failed: <reason>"::
+in the reference). Results read "passed", "timed out" or "failed: <reason>". HumanEval
+completions are scored with :func:`optbench.scoring.humaneval`::
 
-    from optbench.sandbox import score_humaneval
-    results = score_humaneval(items, completions, workers=2)
-    pass_at_1 = sum(r.passed for r in results) / len(results)
+    from optbench import scoring
+    scores = scoring.humaneval(items, completions, workers=2)
+    scores.pass_at_1, scores.results[0].text
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from optbench import _core
 from optbench.exceptions import ConfigError
 
-__all__ = ["SandboxResult", "humaneval_program", "run_programs", "run_tests", "score_humaneval"]
+__all__ = ["SandboxResult", "humaneval_program", "run_programs", "run_tests"]
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def run_programs(
     cpu_s: int = 10,
     python: str | os.PathLike[str] | None = None,
     max_output_bytes: int = 65536,
-) -> tuple[list[SandboxResult], dict[str, Any]]:
+) -> tuple[list[SandboxResult], _core.Isolation]:
     """Runs each program in the sandbox, ``workers`` at a time (None: one per CPU).
 
     Returns the results in input order and the isolation report: the weakest any run got,
@@ -104,6 +105,12 @@ def run_programs(
     return [SandboxResult(**d) for d in dicts], isolation
 
 
+def humaneval_program(prompt: str, completion: str, test: str, entry_point: str) -> str:
+    """The program HumanEval's reference harness runs for one completion:
+    ``prompt + completion + "\\n" + test + "\\n" + f"check({entry_point})"``."""
+    return _core.humaneval_program(prompt, completion, test, entry_point)
+
+
 def run_tests(
     tests: Sequence[tuple[str, str, str, str]],
     *,
@@ -130,42 +137,3 @@ def run_tests(
         max_output_bytes=max_output_bytes,
     )
     return [SandboxResult(**d) for d in dicts], isolation
-
-
-def humaneval_program(prompt: str, completion: str, test: str, entry_point: str) -> str:
-    """The program HumanEval's reference harness runs for one completion:
-    ``prompt + completion + "\\n" + test + "\\n" + f"check({entry_point})"``."""
-    return _core.humaneval_program(prompt, completion, test, entry_point)
-
-
-def score_humaneval(
-    items: Sequence[Mapping[str, Any]],
-    completions: Sequence[str],
-    *,
-    workers: int | None = None,
-    timeout_s: float = 10.0,
-    memory_mb: int = 1024,
-    cpu_s: int = 10,
-    python: str | os.PathLike[str] | None = None,
-) -> list[SandboxResult]:
-    """Runs each completion against its HumanEval item's tests; one result per completion.
-
-    ``items`` are HumanEval rows (``prompt``, ``test``, ``entry_point``) or code items of the
-    evaluation dataset (whose ``prompt`` is ``{"prompt": ...}``); ``completions[i]`` completes
-    ``items[i]``'s prompt. pass@1 is the share of results that passed.
-    """
-    if len(items) != len(completions):
-        raise ConfigError(f"{len(items)} items but {len(completions)} completions: give one completion per item")
-    tests = []
-    for i, item in enumerate(items):
-        try:
-            prompt = item["prompt"]
-            if isinstance(prompt, Mapping):
-                prompt = prompt["prompt"]
-            tests.append((prompt, completions[i], item["test"], item["entry_point"]))
-        except (KeyError, TypeError) as e:
-            raise ConfigError(f"item {i} is not a HumanEval item (needs prompt, test and entry_point): {e!r}") from e
-    results, _ = run_tests(
-        tests, workers=workers, timeout_s=timeout_s, memory_mb=memory_mb, cpu_s=cpu_s, python=python
-    )
-    return results

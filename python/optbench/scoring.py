@@ -2,9 +2,10 @@
 
 - :func:`squad_v2`: the official SQuAD v2 exact match and F1 (``evaluate-v2.0.py``);
 - :func:`gsm8k_extract` / :func:`gsm8k_correct`: GSM8K final answers in the modes
-  ``default`` (the brief's chain, numeric comparison), ``official`` (the GSM8K repository's
-  grader), ``lmeval-strict`` and ``lmeval-flexible`` (lm-evaluation-harness's filters and
-  exact-match normalisation);
+  ``marked-or-last`` (the number after ``####``, else after "answer is", else the last number;
+  numeric comparison), ``official`` (the GSM8K repository's grader), ``lmeval-strict`` and
+  ``lmeval-flexible`` (lm-evaluation-harness's filters and exact-match normalisation).
+  ``default`` is the former name of ``marked-or-last`` (deprecated);
 - :func:`pass_at_k`: HumanEval's unbiased estimator.
 
 - :func:`chat_similarity`: cosine similarity of all-MiniLM-L6-v2 sentence embeddings;
@@ -14,18 +15,32 @@
 from __future__ import annotations
 
 import os
+import typing
+import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence, overload
+from typing import Any, Mapping, Sequence, overload
 
 import numpy as np
 
 from optbench import _core
 from optbench.exceptions import ConfigError
+from optbench.options import RENAMED_VALUES, Gsm8kMode
 
 #: The answer QA prompts ask for when the context does not contain one; it scores as "".
 DEFAULT_NO_ANSWER_PHRASE = "unanswerable"
 
-GSM8K_MODES = ("default", "official", "lmeval-strict", "lmeval-flexible")
+#: The GSM8K extraction modes (their type is ``optbench.options.Gsm8kMode``).
+GSM8K_MODES: tuple[str, ...] = typing.get_args(Gsm8kMode)
+
+
+def _gsm8k_mode(mode: str) -> str:
+    """``mode``, or the current name of a former one (with a deprecation warning)."""
+    renamed = RENAMED_VALUES["gsm8k_mode"]
+    if mode in renamed:
+        warnings.warn(f"GSM8K mode {mode!r} is deprecated: use {renamed[mode]!r} (the same thing)",
+                      DeprecationWarning, stacklevel=3)
+        return renamed[mode]
+    return mode
 
 
 @dataclass(frozen=True)
@@ -38,7 +53,7 @@ class SquadV2Scores:
 
     def summary(self) -> dict[str, Any]:
         """The official script's output keys (percentages), plus ``qa_score`` = (EM + F1) / 2,
-        the brief's QA score (in 0..1)."""
+        the QA category's score (in 0..1)."""
         out: dict[str, Any] = {
             "exact": 100.0 * float(self.exact.mean()) if len(self.exact) else 0.0,
             "f1": 100.0 * float(self.f1.mean()) if len(self.f1) else 0.0,
@@ -80,18 +95,19 @@ def squad_normalize(text: str) -> str:
     return _core.squad_normalize(text)
 
 
-def gsm8k_extract(text: str, mode: str = "default") -> str:
+def gsm8k_extract(text: str, mode: str = "marked-or-last") -> str:
     """The final answer in ``text`` (``[invalid]`` when none); see the module docs for modes."""
-    return _core.gsm8k_extract(text, mode)
+    return _core.gsm8k_extract(text, _gsm8k_mode(mode))
 
 
 @overload
-def gsm8k_correct(prediction: str, gold: str, mode: str = ...) -> bool: ...
+def gsm8k_correct(prediction: str, gold: str, mode: str = ...) -> bool: ...  # type: ignore[overload-overlap]
 @overload
 def gsm8k_correct(prediction: Sequence[str], gold: Sequence[str], mode: str = ...) -> list[bool]: ...
-def gsm8k_correct(prediction: Any, gold: Any, mode: str = "default") -> Any:
+def gsm8k_correct(prediction: Any, gold: Any, mode: str = "marked-or-last") -> Any:
     """Whether the prediction's answer matches ``gold`` (a final answer or a whole GSM8K
     solution). Takes one pair or two equal-length lists."""
+    mode = _gsm8k_mode(mode)
     if isinstance(prediction, str):
         return _core.gsm8k_correct([prediction], [str(gold)], mode)[0]
     return _core.gsm8k_correct(list(prediction), list(gold), mode)
@@ -127,7 +143,7 @@ class HumanEvalScores:
     """One sandbox result per completion, pass@1, and the isolation the sandbox achieved."""
 
     results: list[Any]
-    isolation: dict[str, Any]
+    isolation: _core.Isolation
 
     @property
     def passed(self) -> np.ndarray:
@@ -145,24 +161,35 @@ def humaneval(
     workers: int | None = None,
     timeout_s: float = 10.0,
     memory_mb: int = 1024,
-    python: str | None = None,
+    cpu_s: int | None = None,
+    python: str | os.PathLike[str] | None = None,
 ) -> HumanEvalScores:
     """Runs each HumanEval item's ``check(entry_point)`` against ``prompt + completion`` in the
     sandbox (own process group, resource limits, timeout, empty environment, throwaway
     directory, no network where possible, unprivileged uid under root; see
     :func:`optbench.sandbox.run_tests`): the completion in one process, the test in another.
-    A completion passes when ``check`` returned."""
+    A completion passes when ``check`` returned.
+
+    ``items`` are HumanEval rows (``prompt``, ``test``, ``entry_point``) or code items of the
+    evaluation dataset (whose ``prompt`` is ``{"prompt": ...}``); ``completions[i]`` completes
+    ``items[i]``'s prompt. ``cpu_s`` (CPU-time limit) defaults to ``timeout_s``."""
     from optbench import sandbox
 
     if len(items) != len(completions):
         raise ConfigError(f"{len(items)} items but {len(completions)} completions: give one completion per item")
     tests = []
     for i, item in enumerate(items):
-        prompt = item["prompt"]["prompt"] if isinstance(item["prompt"], dict) else item["prompt"]
-        tests.append((prompt, completions[i], item["test"], item["entry_point"]))
+        try:
+            prompt = item["prompt"]
+            if isinstance(prompt, Mapping):
+                prompt = prompt["prompt"]
+            tests.append((prompt, completions[i], item["test"], item["entry_point"]))
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"item {i} is not a HumanEval item (needs prompt, test and entry_point): {e!r}") from e
     # The completion and the test run in two processes, so that a completion cannot forge a
     # pass (see optbench.sandbox.run_tests).
     results, isolation = sandbox.run_tests(
-        tests, workers=workers, timeout_s=timeout_s, memory_mb=memory_mb, cpu_s=max(1, int(timeout_s)), python=python
+        tests, workers=workers, timeout_s=timeout_s, memory_mb=memory_mb,
+        cpu_s=max(1, int(timeout_s)) if cpu_s is None else cpu_s, python=python,
     )
     return HumanEvalScores(results=results, isolation=isolation)

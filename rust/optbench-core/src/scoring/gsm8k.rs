@@ -1,8 +1,8 @@
 //! GSM8K final-answer extraction and checking, in four named modes:
 //!
-//! - `default` (the brief's chain): the number after `####`, else after "answer is", else the
-//!   last number in the text; commas, `$` and a trailing period removed; compared numerically
-//!   with a relative tolerance of 1e-6.
+//! - `marked-or-last`: the number after `####`, else after "answer is", else the last number
+//!   in the text; commas, `$` and a trailing period removed; compared numerically with a
+//!   relative tolerance of 1e-6. (`default` is its former name, still accepted.)
 //! - `official` (openai/grade-school-math `extract_answer`): the first `#### (\-?[0-9\.\,]+)`,
 //!   stripped, commas removed, else `[invalid]`; compared as strings.
 //! - `lmeval-strict` / `lmeval-flexible` (lm-evaluation-harness `gsm8k.yaml` filters): strict is
@@ -24,7 +24,7 @@ pub const INVALID: &str = "[invalid]";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gsm8kMode {
     /// `####`, then "answer is", then the last number; numeric comparison.
-    Default,
+    MarkedOrLast,
     /// The GSM8K repository's grader.
     Official,
     /// lm-evaluation-harness `strict-match`.
@@ -34,15 +34,16 @@ pub enum Gsm8kMode {
 }
 
 impl Gsm8kMode {
-    /// Parses `default`, `official`, `lmeval-strict` or `lmeval-flexible`.
+    /// Parses `marked-or-last`, `official`, `lmeval-strict` or `lmeval-flexible` (and
+    /// `default`, the former name of `marked-or-last`).
     pub fn parse(name: &str) -> Result<Gsm8kMode> {
         match name {
-            "default" => Ok(Gsm8kMode::Default),
+            "marked-or-last" | "default" => Ok(Gsm8kMode::MarkedOrLast),
             "official" => Ok(Gsm8kMode::Official),
             "lmeval-strict" => Ok(Gsm8kMode::LmevalStrict),
             "lmeval-flexible" => Ok(Gsm8kMode::LmevalFlexible),
             other => Err(CoreError::config(format!(
-                "gsm8k mode must be 'default', 'official', 'lmeval-strict' or 'lmeval-flexible', got {other:?}"
+                "gsm8k mode must be 'marked-or-last', 'official', 'lmeval-strict' or 'lmeval-flexible', got {other:?}"
             ))),
         }
     }
@@ -88,7 +89,7 @@ fn clean_default(s: &str) -> String {
 /// Extracts the final answer of `text` in `mode` (`[invalid]` when the mode finds none).
 pub fn gsm8k_extract(text: &str, mode: Gsm8kMode) -> String {
     match mode {
-        Gsm8kMode::Default => {
+        Gsm8kMode::MarkedOrLast => {
             let found = default_hash()
                 .captures(text)
                 .or_else(|| default_answer_is().captures_iter(text).last())
@@ -137,9 +138,9 @@ fn parse_number(s: &str) -> Option<f64> {
 pub fn gsm8k_correct(prediction: &str, gold: &str, mode: Gsm8kMode) -> bool {
     let extracted = gsm8k_extract(prediction, mode);
     match mode {
-        Gsm8kMode::Default => {
+        Gsm8kMode::MarkedOrLast => {
             let gold_value =
-                if gold.contains("####") { gsm8k_extract(gold, Gsm8kMode::Default) } else { gold.to_string() };
+                if gold.contains("####") { gsm8k_extract(gold, Gsm8kMode::MarkedOrLast) } else { gold.to_string() };
             match (parse_number(&extracted), parse_number(&gold_value)) {
                 (Some(p), Some(g)) => (p - g).abs() <= 1e-6 * g.abs().max(1.0),
                 _ => false,
@@ -167,18 +168,18 @@ mod tests {
     use Gsm8kMode::*;
 
     #[test]
-    fn default_chain() {
-        assert_eq!(gsm8k_extract("so 3+4=7\n#### 1,234", Default), "1234");
-        assert_eq!(gsm8k_extract("The answer is $1,000.", Default), "1000");
-        assert_eq!(gsm8k_extract("answer is 5 but the answer is -3.5.", Default), "-3.5");
-        assert_eq!(gsm8k_extract("I got 12 apples and 7 pears, so 19.", Default), "19");
-        assert_eq!(gsm8k_extract("no digits here", Default), INVALID);
-        assert!(gsm8k_correct("It costs $18.", "18", Default));
-        assert!(gsm8k_correct("#### 18.0", "18", Default));
-        assert!(gsm8k_correct("total: 0.5", "0.50", Default));
-        assert!(!gsm8k_correct("total: 17", "18", Default));
-        assert!(gsm8k_correct("x #### -4", "Janet... \n#### -4", Default));
-        assert!(!gsm8k_correct("nothing", "18", Default));
+    fn marked_or_last_chain() {
+        assert_eq!(gsm8k_extract("so 3+4=7\n#### 1,234", MarkedOrLast), "1234");
+        assert_eq!(gsm8k_extract("The answer is $1,000.", MarkedOrLast), "1000");
+        assert_eq!(gsm8k_extract("answer is 5 but the answer is -3.5.", MarkedOrLast), "-3.5");
+        assert_eq!(gsm8k_extract("I got 12 apples and 7 pears, so 19.", MarkedOrLast), "19");
+        assert_eq!(gsm8k_extract("no digits here", MarkedOrLast), INVALID);
+        assert!(gsm8k_correct("It costs $18.", "18", MarkedOrLast));
+        assert!(gsm8k_correct("#### 18.0", "18", MarkedOrLast));
+        assert!(gsm8k_correct("total: 0.5", "0.50", MarkedOrLast));
+        assert!(!gsm8k_correct("total: 17", "18", MarkedOrLast));
+        assert!(gsm8k_correct("x #### -4", "Janet... \n#### -4", MarkedOrLast));
+        assert!(!gsm8k_correct("nothing", "18", MarkedOrLast));
     }
 
     #[test]
