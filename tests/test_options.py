@@ -11,6 +11,7 @@ import inspect
 import json
 import subprocess
 import sys
+import types
 import typing
 import warnings
 from pathlib import Path
@@ -29,39 +30,53 @@ from optbench.testing import MockServer
 
 ROOT = Path(__file__).resolve().parents[1]
 BOTH = [LoadTestOptions, EvaluationOptions]
-#: A valid value other than the default for every field, as a configuration file can hold it.
-SAMPLE = {
-    "num_requests": 7, "concurrency": 3, "request_rate": 2.5, "arrival": "gamma", "burstiness": 0.5,
-    "input_tokens": 64, "output_tokens": 9, "endpoint": "chat", "prompts": "prompts.jsonl", "seed": 4, "warmup": 1,
-    "ignore_eos": True, "timeout_s": 30.0, "time_limit_s": 12.0, "temperature": 0.7, "api_key_env": "MY_KEY",
-    "tokenizer": "tokenizer.json", "extra_body": {"top_k": 1},
-    "categories": ["qa", "code"], "limit": 3, "endpoint_mode": "chat",
-    "templates": {"qa": {"instruction": "", "shot": "{question} {answer}\n", "target": "{question}"}},
-    "max_tokens": {"qa": 8}, "stop": {"code": ["\ndef "]}, "gsm8k_mode": "official", "no_answer_phrase": "none",
-    "embedding_model": "models/minilm", "sandbox_workers": 2, "code_timeout_s": 5.0,
-}
+
+def _sample(tp, default):
+    """A valid value of type ``tp`` other than ``default``, as a configuration file can hold it."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return _sample(args[0], default)
+    if typing.get_origin(tp) is typing.Literal:
+        return next(a for a in args if a != default)
+    if tp is bool:
+        return not default
+    if tp is int:
+        return (default or 0) + 3
+    if tp is float:
+        return (default or 0.0) + 0.5
+    if tp is str:
+        return "sample.jsonl"
+    if typing.get_origin(tp) is list:
+        return [_sample(args[0], None)] if args[0] is not typing.Any else ["a prompt"]
+    if typing.get_origin(tp) is dict:
+        return {"qa": _sample(args[1], None) if args[1] is not typing.Any else 1}
+    raise AssertionError(f"no sample for {tp}")
 
 
-def test_every_field_has_a_doc_line_and_a_sample():
+#: A valid value other than the default for every field of each class, from its type.
+SAMPLE = {cls: {f.name: _sample(typing.get_type_hints(cls)[f.name], f.default) for f in dataclasses.fields(cls)}
+          for cls in BOTH}
+
+
+def test_every_field_has_a_doc_line():
     for cls in BOTH:
         for f in dataclasses.fields(cls):
             doc = f.metadata.get("doc", "")
             assert doc and "\n" not in doc, f"{cls.__name__}.{f.name} needs one line of doc"
-            assert f.name in SAMPLE, f"add a sample value for {f.name} to SAMPLE"
-            assert SAMPLE[f.name] != f.default
+            assert SAMPLE[cls][f.name] != f.default
 
 
 @pytest.mark.parametrize("cls", BOTH, ids=lambda c: c.__name__)
 def test_the_readme_tables_are_the_generated_ones(cls):
     table = opt.markdown_table(cls)
     assert table in (ROOT / "README.md").read_text(), (
-        f"README.md's {cls.__name__} table is out of date; replace it with:\n\n{table}\n"
+        f"README.md's {cls.__name__} table is out of date: run scripts/readme_tables.py (the table is:\n\n{table}\n)"
     )
 
 
 @pytest.mark.parametrize("cls", BOTH, ids=lambda c: c.__name__)
 def test_a_configuration_file_can_set_every_field(cls):
-    values = {f.name: SAMPLE[f.name] for f in dataclasses.fields(cls)}
+    values = SAMPLE[cls]
     cfg = parse_config({"engine": "vllm", "model": "m", cls.section: values}, "configs/x.toml")
     assert getattr(cfg, cls.section) == values
     assert cls.make(**values).to_dict() == values
@@ -89,7 +104,7 @@ def test_configuration_errors_name_the_file_and_key(section, key, value, message
 def _cli_values(cls, command: list[str]) -> list[str]:
     argv = []
     for f in dataclasses.fields(cls):
-        value = SAMPLE[f.name]
+        value = SAMPLE[cls][f.name]
         flag = "--" + f.name.replace("_", "-")
         if value is True:
             argv.append(flag)
@@ -107,7 +122,7 @@ def _cli_values(cls, command: list[str]) -> list[str]:
 def test_the_command_line_has_one_option_per_field(cls, command):
     args = build_parser().parse_args(_cli_values(cls, command))
     given = opt.options_from_cli(cls, args)
-    assert cls.make(**given).to_dict() == {f.name: SAMPLE[f.name] for f in dataclasses.fields(cls)}
+    assert cls.make(**given).to_dict() == SAMPLE[cls]
     # Options left out are not passed: the fields' defaults apply.
     assert opt.options_from_cli(cls, build_parser().parse_args(command)) == {}
 

@@ -8,8 +8,8 @@ else is derived from them:
   the same names as keyword arguments (validated once, here, when the object is built);
 - the command line's options (:func:`add_cli_options`, :func:`options_from_cli`);
 - a configuration file's ``[load_test]`` / ``[evaluation]`` keys (:func:`check_table`);
-- the README's parameter tables (:func:`markdown_table`; ``python -m optbench.options
-  README.md`` rewrites them, and a test fails when they differ);
+- the README's parameter tables (:func:`markdown_table`; ``scripts/readme_tables.py`` rewrites
+  them, and a test fails when they differ);
 - what a result records: ``result.options`` and its ``to_dict()`` in the Parquet metadata, from
   which :meth:`from_dict` rebuilds the options of the run.
 
@@ -451,13 +451,6 @@ def update_readme(path: str | os.PathLike[str]) -> bool:
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
     return changed
-
-
-if __name__ == "__main__":  # python -m optbench.options README.md: refresh its tables
-    import sys
-
-    for readme in sys.argv[1:] or ["README.md"]:
-        print(f"{readme}: {'updated' if update_readme(readme) else 'up to date'}")
 
 
 __all__ = [
