@@ -312,16 +312,12 @@ impl Sandbox {
             match RunCgroup::create(&name, cgroup_memory, self.config.max_processes) {
                 Ok(c) => Some(c),
                 Err(e) => {
-                    notes.push(format!(
-                        "no cgroup for the run ({e}): memory ({} bytes) and processes are limited per \
-                         process, so a program of N processes can hold N times the memory",
-                        limits.address_space_bytes
-                    ));
+                    notes.push(format!("no cgroup for the run ({e}): {}", per_process_worst_case(&limits)));
                     None
                 }
             }
         } else {
-            notes.push("not root: no cgroup, memory is limited per process".to_string());
+            notes.push(format!("not root, no cgroup: {}", per_process_worst_case(&limits)));
             None
         };
         if run_as.is_none() {
@@ -508,6 +504,21 @@ impl Sandbox {
             wall_timeout: self.config.timeout,
             notes,
         }
+    }
+}
+
+/// What per-process limits allow a whole program, for the isolation notes.
+fn per_process_worst_case(limits: &AppliedLimits) -> String {
+    let each = limits.address_space_bytes;
+    match limits.processes {
+        Some(n) => format!(
+            "memory is limited per process ({each} bytes of address space), processes by RLIMIT_NPROC ({n}): \
+             a program can hold up to {n} x {each} bytes",
+        ),
+        None => format!(
+            "memory is limited per process ({each} bytes of address space) and the number of processes is not \
+             limited: a program can hold any multiple of that, until its CPU time or wall-clock limit",
+        ),
     }
 }
 
