@@ -24,9 +24,11 @@ pub(super) struct UidLease {
 }
 
 impl UidLease {
-    /// Kills everything still running under the uid.
+    /// Kills everything still running under the uid, then removes the SysV IPC objects it
+    /// made in our IPC namespace (there are none where the run had an IPC namespace of its own).
     pub(super) fn kill_leftovers(&self) {
         kill_all_processes_of(self.uid);
+        remove_ipc_objects_of(self.uid);
     }
 
     /// Marks the uid clean: nothing of its run is left (called once the work directory is gone).
@@ -68,6 +70,47 @@ impl UidLease {
                 return Err(CoreError::config(format!("all sandbox uids {range:?} are in use; give a larger range")));
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Removes the SysV shared memory segments, semaphore sets and message queues owned or made by
+/// `uid`, as listed in `/proc/sysvipc` (shared memory outlives the processes that made it).
+fn remove_ipc_objects_of(uid: u32) {
+    for (kind, remove) in [
+        (
+            "shm",
+            (|id| {
+                // SAFETY: IPC_RMID takes no buffer.
+                unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+            }) as fn(i32),
+        ),
+        ("sem", |id| {
+            // SAFETY: IPC_RMID ignores the semaphore number and takes no argument.
+            unsafe { libc::semctl(id, 0, libc::IPC_RMID) };
+        }),
+        ("msg", |id| {
+            // SAFETY: IPC_RMID takes no buffer.
+            unsafe { libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+        }),
+    ] {
+        let Ok(table) = fs::read_to_string(format!("/proc/sysvipc/{kind}")) else { continue };
+        let mut lines = table.lines();
+        let header: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+        let column = |name: &str| header.iter().position(|h| *h == name);
+        let (Some(id_at), Some(uid_at), Some(cuid_at)) =
+            (column(&format!("{kind}id")).or(column("msqid")), column("uid"), column("cuid"))
+        else {
+            continue;
+        };
+        for line in lines {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let owned = |at: usize| f.get(at).and_then(|v| v.parse::<u32>().ok()) == Some(uid);
+            if owned(uid_at) || owned(cuid_at) {
+                if let Some(id) = f.get(id_at).and_then(|v| v.parse::<i32>().ok()) {
+                    remove(id);
+                }
+            }
         }
     }
 }
@@ -140,5 +183,39 @@ fn kill_all_processes_of(uid: u32) {
         if pid > 0 {
             while libc::waitpid(pid, std::ptr::null_mut(), 0) < 0 && errno() == libc::EINTR {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Shared memory segments of `uid` in our IPC namespace.
+    fn segments_of(uid: u32) -> usize {
+        let table = fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default();
+        table.lines().skip(1).filter(|l| l.split_whitespace().nth(7) == Some(&uid.to_string())).count()
+    }
+
+    #[test]
+    fn ipc_objects_of_a_uid_are_removed() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return; // making a segment as another uid needs root
+        }
+        let uid = 61_999;
+        // SAFETY: the child only makes system calls, then leaves with _exit.
+        unsafe {
+            let pid = libc::fork();
+            if pid == 0 {
+                if libc::setgid(uid) == 0 && libc::setuid(uid) == 0 {
+                    libc::shmget(libc::IPC_PRIVATE, 1 << 16, 0o600);
+                }
+                libc::_exit(0);
+            }
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        assert_eq!(segments_of(uid), 1);
+        remove_ipc_objects_of(uid);
+        assert_eq!(segments_of(uid), 0);
     }
 }
