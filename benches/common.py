@@ -38,10 +38,13 @@ def mock_binary() -> Path:
         if path.is_file():
             return path
     raise SystemExit("optbench-mock-server is not built: cargo build --release -p optbench-mock-server")
+
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # --- cores -------------------------------------------------------------------------------------
+
 
 def cores() -> list[int]:
     return sorted(os.sched_getaffinity(0))
@@ -62,14 +65,28 @@ def pinned(cmd: list[str], cpus: str) -> list[str]:
 
 # --- the truth server ----------------------------------------------------------------------------
 
+
 class TruthServer:
     """``optbench-mock-server`` on its own core; the log is the truth clients are judged by."""
 
     def __init__(self, ttft_ms: float, gap_ms: float, tokens: int, model: str = "optbench-mock"):
         server_cpus, _ = server_and_client_cores()
         self.model = model
-        cmd = [str(mock_binary()), "--port", "0", "--ttft-ms", str(ttft_ms), "--gap-ms", str(gap_ms),
-               "--tokens", str(tokens), "--model", model, "--timer", "coarse"]
+        cmd = [
+            str(mock_binary()),
+            "--port",
+            "0",
+            "--ttft-ms",
+            str(ttft_ms),
+            "--gap-ms",
+            str(gap_ms),
+            "--tokens",
+            str(tokens),
+            "--model",
+            model,
+            "--timer",
+            "coarse",
+        ]
         self.command = cmd
         self.proc = subprocess.Popen(pinned(cmd, server_cpus), stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline() if self.proc.stdout else ""
@@ -118,13 +135,14 @@ class TruthServer:
 
 # --- CPU accounting ------------------------------------------------------------------------------
 
+
 def _stat(pid: int) -> tuple[int, float] | None:
     """(parent pid, CPU seconds of the process and its reaped children)."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()
+    fields = text[text.rindex(")") + 2 :].split()
     # fields[1] = ppid; [11..14] = utime, stime, cutime, cstime (clock ticks)
     ticks = sum(int(x) for x in fields[11:15])
     return int(fields[1]), ticks / CLOCK_TICKS
@@ -190,6 +208,7 @@ class CpuSampler:
 
 # --- facts and output ----------------------------------------------------------------------------
 
+
 def machine_facts() -> dict[str, str]:
     cpu = "unknown"
     try:
@@ -231,8 +250,11 @@ def install_error(name: str) -> str | None:
 
 
 def package_version(python: Path, dist: str) -> str:
-    out = subprocess.run([str(python), "-c", f"import importlib.metadata as m; print(m.version({dist!r}))"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [str(python), "-c", f"import importlib.metadata as m; print(m.version({dist!r}))"],
+        capture_output=True,
+        text=True,
+    )
     return out.stdout.strip() or "unknown"
 
 
@@ -253,6 +275,7 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
         if isinstance(x, float):
             return f"{x:,.4g}" if abs(x) < 1e5 else f"{x:,.0f}"
         return str(x)
+
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(x) for x in r) + " |" for r in rows]
     return "\n".join(lines)
@@ -293,6 +316,7 @@ def write_section(path: Path, section: dict[str, Any]) -> None:
 
 # --- a tokenizer every client can load offline ---------------------------------------------------
 
+
 def write_word_tokenizer(folder: Path, mock_tokens: int) -> Path:
     """A word-level ``tokenizer.json`` (plus the config files transformers' AutoTokenizer
     reads) in which each of the truth server's tokens (`` tok0``, `` tok1``, ...) is one token:
@@ -305,22 +329,41 @@ def write_word_tokenizer(folder: Path, mock_tokens: int) -> Path:
     for i in range(2000):  # plain words for prompts
         vocab[f"w{i}"] = len(vocab)
     special = [
-        {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-         "normalized": False, "special": True}
+        {
+            "id": i,
+            "content": t,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
         for t, i in (("<s>", 1), ("</s>", 2))
     ]  # [UNK] stays an ordinary token: synthetic prompts made of it must decode to text
     tokenizer = {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": special,
-        "normalizer": None, "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": None,
-        "decoder": None, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"},
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": special,
+        "normalizer": None,
+        "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": None,
+        "decoder": None,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"},
     }
     (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>",
-        "eos_token": "</s>", "model_max_length": 1_000_000, "clean_up_tokenization_spaces": False,
-    }))
-    (folder / "special_tokens_map.json").write_text(json.dumps(
-        {"bos_token": "<s>", "eos_token": "</s>"}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "model_max_length": 1_000_000,
+                "clean_up_tokenization_spaces": False,
+            }
+        )
+    )
+    (folder / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
     return folder / "tokenizer.json"
 
 
@@ -333,8 +376,13 @@ def setup_reference() -> tuple[str | None, str | None, float]:
     proc = subprocess.run(["bash", str(BENCHES / "setup_reference.sh")], capture_output=True, text=True)
     took = time.perf_counter() - t0
     if proc.returncode != 0 or not proc.stdout.strip():
-        return None, f"setup_reference.sh exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-2000:]}", took
+        return (
+            None,
+            f"setup_reference.sh exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-2000:]}",
+            took,
+        )
     return proc.stdout.strip().splitlines()[-1], None, took
+
 
 def fmt(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None else f"{x:,.{digits}f}"

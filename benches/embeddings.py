@@ -229,9 +229,15 @@ class Worker:
         self.stderr = open(work / "worker.stderr", "w+")
         env = dict(os.environ)
         env.setdefault("TOKENIZERS_PARALLELISM", "true")
-        self.proc = subprocess.Popen([python, str(script), str(MODEL_DIR), str(work), str(MAX_LENGTH)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
-                                     text=True, env=env, cwd=work)
+        self.proc = subprocess.Popen(
+            [python, str(script), str(MODEL_DIR), str(work), str(MAX_LENGTH)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            env=env,
+            cwd=work,
+        )
         self.info = self._read()["ready"]
 
     def _read(self) -> dict[str, Any]:
@@ -244,8 +250,13 @@ class Worker:
 
     def run(self, impl: str, texts_path: Path, threads: int, batch_size: int, out: Path | None) -> float:
         assert self.proc.stdin is not None
-        cmd = {"impl": impl, "texts": str(texts_path), "threads": threads, "batch_size": batch_size,
-               "out": None if out is None else str(out)}
+        cmd = {
+            "impl": impl,
+            "texts": str(texts_path),
+            "threads": threads,
+            "batch_size": batch_size,
+            "out": None if out is None else str(out),
+        }
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
         answer = self._read()
@@ -275,14 +286,10 @@ def load_texts(n: int) -> list[str]:
     return texts
 
 
-
-
 def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     cos = (a64 * b64).sum(1) / np.maximum(np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1), 1e-300)
     return {"min_cosine": float(cos.min()), "max_abs_diff": float(np.abs(a64 - b64).max())}
-
-
 
 
 def main() -> int:
@@ -292,8 +299,9 @@ def main() -> int:
     parser.add_argument("--texts", type=int, default=None, help="number of texts (default 1000, --small 64)")
     parser.add_argument("--repeats", type=int, default=None, help="timed passes after the warm-up (default 3)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", default=None,
-                        help="comma-separated intra-op thread counts (default 1,<cores>; --small: <cores>)")
+    parser.add_argument(
+        "--threads", default=None, help="comma-separated intra-op thread counts (default 1,<cores>; --small: <cores>)"
+    )
     args = parser.parse_args()
 
     import optbench
@@ -302,20 +310,26 @@ def main() -> int:
     cores = os.cpu_count() or 1
     n_texts = args.texts or (64 if args.small else 1000)
     repeats = args.repeats or (1 if args.small else 3)
-    threads_list = ([int(t) for t in args.threads.split(",")] if args.threads
-                    else ([cores] if args.small else sorted({1, cores})))
+    threads_list = (
+        [int(t) for t in args.threads.split(",")] if args.threads else ([cores] if args.small else sorted({1, cores}))
+    )
     batch_size = args.batch_size
     texts = load_texts(n_texts)
 
     command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benches/embeddings.py", *sys.argv[1:]])
-    versions: dict[str, str] = {"optbench": getattr(optbench, "__version__", "?"), "optbench build": str(getattr(optbench._core, "build_profile", "?")),
-                                "python": platform.python_version(),
-                                "numpy (project venv)": np.__version__,
-                                "onnxruntime library (optbench)": find_onnxruntime_library().name}
+    versions: dict[str, str] = {
+        "optbench": getattr(optbench, "__version__", "?"),
+        "optbench build": str(getattr(optbench._core, "build_profile", "?")),
+        "python": platform.python_version(),
+        "numpy (project venv)": np.__version__,
+        "onnxruntime library (optbench)": find_onnxruntime_library().name,
+    }
     ratios: list[dict[str, Any]] = []
     if versions["optbench build"] != "release":
-        print(f"WARNING: optbench's extension is a {versions['optbench build']} build; the ratios are meaningless",
-              file=sys.stderr)
+        print(
+            f"WARNING: optbench's extension is a {versions['optbench build']} build; the ratios are meaningless",
+            file=sys.stderr,
+        )
     errors: dict[str, str] = {}
 
     python, setup_error, setup_s = setup_reference()
@@ -382,9 +396,12 @@ def main() -> int:
                 times[impl].append(run(impl, save=repeat == 0))
         rate = {k: n_texts / min(v) for k, v in times.items()}
         agree = {k: agreement(emb["optbench"], emb[k]) for k in emb if k != "optbench"}
-        results[threads] = {"times_s": times, "best_per_s": rate,
-                            "median_per_s": {k: n_texts / statistics.median(v) for k, v in times.items()},
-                            "agreement": agree}
+        results[threads] = {
+            "times_s": times,
+            "best_per_s": rate,
+            "median_per_s": {k: n_texts / statistics.median(v) for k, v in times.items()},
+            "agreement": agree,
+        }
         line = ", ".join(f"{labels[k]} {v:,.1f}/s" for k, v in rate.items())
         print(f"threads={threads}: {line}")
         del embedder
@@ -400,8 +417,13 @@ def main() -> int:
                 entry["value"] = round(r["best_per_s"]["optbench"] / r["best_per_s"][impl], 2)
             else:
                 entry["value"] = None
-                err = errors.get(labels[impl]) or errors.get(labels[impl].split(" (")[0]) or errors.get(
-                    "reference worker") or errors.get("reference venv") or "not run"
+                err = (
+                    errors.get(labels[impl])
+                    or errors.get(labels[impl].split(" (")[0])
+                    or errors.get("reference worker")
+                    or errors.get("reference venv")
+                    or "not run"
+                )
                 entry["error"] = err.splitlines()[-1]
             ratios.append(entry)
 
@@ -411,7 +433,11 @@ def main() -> int:
         "measured side by side in one run.",
         "",
         "Reference venv (`benches/setup_reference.sh`): "
-        + (f"`setup_reference.sh` took {setup_s:.1f} s (a no-op when its stamp is current)." if python else f"**not available**: `{setup_error}`"),
+        + (
+            f"`setup_reference.sh` took {setup_s:.1f} s (a no-op when its stamp is current)."
+            if python
+            else f"**not available**: `{setup_error}`"
+        ),
         "",
         f"all-MiniLM-L6-v2 (`{MODEL_DIR.name}`: the shared ONNX export, fp32) on the CPU, {n_texts} texts: the last "
         f"assistant reply of each of the first {n_texts} `chosen` transcripts of HH-RLHF harmless-base test "
@@ -431,22 +457,27 @@ def main() -> int:
             "sentence-transformers model: the shared folder has no PyTorch weights, so the bench writes a plain "
             f"sentence-transformers folder to a temporary directory with `BertModel` weights ({info['st_tensors']} "
             "tensors) taken from model.onnx's initializers (MatMul weights transposed back to `nn.Linear`), loaded by "
-            f"`SentenceTransformer(folder, device=\"cpu\")` ({' -> '.join(info['st_modules'])}, max_seq_length "
+            f'`SentenceTransformer(folder, device="cpu")` ({" -> ".join(info["st_modules"])}, max_seq_length '
             f"{info['st_max_seq_length']}). Check against `reference_embeddings.npy` (the real "
             f"sentence-transformers output, 200 texts): min cosine {info['st_vs_reference_min_cos']:.9f}, max abs "
             f"diff {info['st_vs_reference_max_abs']:.2e}.",
             "",
         ]
-    header = "| threads | implementation | sentences/s | vs optbench | min cosine vs optbench | max abs diff vs optbench |"
+    header = (
+        "| threads | implementation | sentences/s | vs optbench | min cosine vs optbench | max abs diff vs optbench |"
+    )
     md += [header, "| ---: | --- | ---: | ---: | ---: | ---: |"]
     for threads, r in results.items():
         for impl in r["best_per_s"]:
             rate, med = r["best_per_s"][impl], r["median_per_s"][impl]
             a = r["agreement"].get(impl)
             rel = r["best_per_s"]["optbench"] / rate
-            md.append(f"| {threads} | {labels[impl]} | {rate:,.1f} ({med:,.1f}) | "
-                      + ("" if impl == "optbench" else f"{rel:.2f}x") + " | "
-                      + (f"{a['min_cosine']:.9f} | {a['max_abs_diff']:.2e} |" if a else " | |"))
+            md.append(
+                f"| {threads} | {labels[impl]} | {rate:,.1f} ({med:,.1f}) | "
+                + ("" if impl == "optbench" else f"{rel:.2f}x")
+                + " | "
+                + (f"{a['min_cosine']:.9f} | {a['max_abs_diff']:.2e} |" if a else " | |")
+            )
     md.append("")
     md.append("Ratios (optbench sentences/s over the baseline's; targets from the issue):")
     md.append("")
@@ -457,10 +488,15 @@ def main() -> int:
     for what, err in errors.items():
         md += [f"{what} could not run:", "", "```", err, "```", ""]
 
-    report = {"section": "Embeddings", "markdown": "\n".join(md),
-              "commands": ["benches/setup_reference.sh", command], "versions": versions, "ratios": ratios,
-              "details": {str(k): v for k, v in results.items()} | {"reference": {
-                  k: v for k, v in info.items() if k not in ("versions",)}, "setup_s": setup_s}}
+    report = {
+        "section": "Embeddings",
+        "markdown": "\n".join(md),
+        "commands": ["benches/setup_reference.sh", command],
+        "versions": versions,
+        "ratios": ratios,
+        "details": {str(k): v for k, v in results.items()}
+        | {"reference": {k: v for k, v in info.items() if k not in ("versions",)}, "setup_s": setup_s},
+    }
     write_section(Path(args.out), report)
     return 0
 

@@ -32,8 +32,18 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    BENCHES, CpuSampler, Section, TruthServer, install_error, markdown_table,
-    package_version, percentile, pinned, server_and_client_cores, venv_python, write_word_tokenizer,
+    BENCHES,
+    CpuSampler,
+    Section,
+    TruthServer,
+    install_error,
+    markdown_table,
+    package_version,
+    percentile,
+    pinned,
+    server_and_client_cores,
+    venv_python,
+    write_word_tokenizer,
 )
 
 TTFT_MS = 50.0
@@ -52,6 +62,7 @@ class Setting:
 @dataclass
 class Run:
     """One client against one setting: the command and how to read its per-request output."""
+
     command: list[str]
     env: dict[str, str]
     parse: Callable[[], list[dict[str, Any]]]
@@ -59,55 +70,120 @@ class Run:
 
 # --- the clients ---------------------------------------------------------------------------------
 
+
 def optbench_run(s: Setting, url: str, model: str, tok: Path, work: Path) -> Run:
     out = work / "result.json"
-    cmd = [sys.executable, str(BENCHES / "clients" / "optbench_client.py"), "--url", url, "--model", model,
-           "--concurrency", str(s.concurrency), "--num-requests", str(s.num_requests),
-           "--input-tokens", str(s.input_tokens), "--output-tokens", str(s.tokens),
-           "--tokenizer", str(tok / "tokenizer.json"), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(BENCHES / "clients" / "optbench_client.py"),
+        "--url",
+        url,
+        "--model",
+        model,
+        "--concurrency",
+        str(s.concurrency),
+        "--num-requests",
+        str(s.num_requests),
+        "--input-tokens",
+        str(s.input_tokens),
+        "--output-tokens",
+        str(s.tokens),
+        "--tokenizer",
+        str(tok / "tokenizer.json"),
+        "--out",
+        str(out),
+    ]
     return Run(cmd, {}, lambda: json.loads(out.read_text())["requests"])
 
 
 def aiohttp_run(s: Setting, url: str, model: str, tok: Path, work: Path) -> Run:
     out = work / "result.json"
-    cmd = [str(venv_python("aiohttp")), str(BENCHES / "clients" / "aiohttp_client.py"), "--url", url,
-           "--model", model, "--concurrency", str(s.concurrency), "--num-requests", str(s.num_requests),
-           "--input-tokens", str(s.input_tokens), "--output-tokens", str(s.tokens), "--out", str(out)]
+    cmd = [
+        str(venv_python("aiohttp")),
+        str(BENCHES / "clients" / "aiohttp_client.py"),
+        "--url",
+        url,
+        "--model",
+        model,
+        "--concurrency",
+        str(s.concurrency),
+        "--num-requests",
+        str(s.num_requests),
+        "--input-tokens",
+        str(s.input_tokens),
+        "--output-tokens",
+        str(s.tokens),
+        "--out",
+        str(out),
+    ]
     return Run(cmd, {}, lambda: json.loads(out.read_text())["requests"])
 
 
 def guidellm_run(s: Setting, url: str, model: str, tok: Path, work: Path) -> Run:
     out = work / "benchmarks.json"
-    scenario = {"spec": {
-        "backend": {"kind": "openai_http", "target": url, "model": model, "request_format": "/v1/completions"},
-        "profile": {"kind": "concurrent", "streams": s.concurrency},
-        "data": [{"kind": "synthetic_text", "prompt_tokens": s.input_tokens, "output_tokens": s.tokens}],
-        "tokenizer": {"kind": "huggingface_auto", "model": str(tok)},
-        "constraints": [{"kind": "max_requests", "count": s.num_requests}],
-        "outputs": [{"kind": "json", "path": str(out)}],
-    }}
+    scenario = {
+        "spec": {
+            "backend": {"kind": "openai_http", "target": url, "model": model, "request_format": "/v1/completions"},
+            "profile": {"kind": "concurrent", "streams": s.concurrency},
+            "data": [{"kind": "synthetic_text", "prompt_tokens": s.input_tokens, "output_tokens": s.tokens}],
+            "tokenizer": {"kind": "huggingface_auto", "model": str(tok)},
+            "constraints": [{"kind": "max_requests", "count": s.num_requests}],
+            "outputs": [{"kind": "json", "path": str(out)}],
+        }
+    }
     path = work / "scenario.json"
     path.write_text(json.dumps(scenario))
     cmd = [str(venv_python("guidellm").parent / "guidellm"), "run", "--scenario", str(path), "--disable-console"]
 
     def parse() -> list[dict[str, Any]]:
         requests = json.loads(out.read_text())["benchmarks"][0]["requests"]
-        rows = [{"ttft_ms": r["time_to_first_token_ms"], "itl_ms": r["inter_token_latency_ms"],
-                 "tokens": r["output_tokens"], "error": None} for r in requests["successful"]]
+        rows = [
+            {
+                "ttft_ms": r["time_to_first_token_ms"],
+                "itl_ms": r["inter_token_latency_ms"],
+                "tokens": r["output_tokens"],
+                "error": None,
+            }
+            for r in requests["successful"]
+        ]
         rows += [{"error": str(r.get("info", {}).get("error"))} for r in requests["errored"] + requests["incomplete"]]
         return rows
+
     # Its default results folder is the working directory; keep runs apart.
     return Run(cmd, {"GUIDELLM__DEFAULT_RESULTS_DIR": str(work), "HF_HUB_OFFLINE": "1"}, parse)
 
 
 def aiperf_run(s: Setting, url: str, model: str, tok: Path, work: Path) -> Run:
     art = work / "artifacts"
-    cmd = [str(venv_python("aiperf").parent / "aiperf"), "profile", "--model", model, "--url", url,
-           "--endpoint-type", "completions", "--streaming", "--concurrency", str(s.concurrency),
-           "--request-count", str(s.num_requests), "--prompt-input-tokens-mean", str(s.input_tokens),
-           "--prompt-output-tokens-mean", str(s.tokens), "--extra-inputs", "ignore_eos:true",
-           "--tokenizer", str(tok), "--artifact-dir", str(art), "--no-server-metrics", "--no-gpu-telemetry",
-           "--ui-type", "none"]
+    cmd = [
+        str(venv_python("aiperf").parent / "aiperf"),
+        "profile",
+        "--model",
+        model,
+        "--url",
+        url,
+        "--endpoint-type",
+        "completions",
+        "--streaming",
+        "--concurrency",
+        str(s.concurrency),
+        "--request-count",
+        str(s.num_requests),
+        "--prompt-input-tokens-mean",
+        str(s.input_tokens),
+        "--prompt-output-tokens-mean",
+        str(s.tokens),
+        "--extra-inputs",
+        "ignore_eos:true",
+        "--tokenizer",
+        str(tok),
+        "--artifact-dir",
+        str(art),
+        "--no-server-metrics",
+        "--no-gpu-telemetry",
+        "--ui-type",
+        "none",
+    ]
 
     def parse() -> list[dict[str, Any]]:
         rows = []
@@ -117,32 +193,74 @@ def aiperf_run(s: Setting, url: str, model: str, tok: Path, work: Path) -> Run:
             if record.get("error") or "time_to_first_token" not in m:
                 rows.append({"error": str(record.get("error") or "no time_to_first_token")})
                 continue
-            rows.append({"ttft_ms": m["time_to_first_token"]["value"],
-                         "itl_ms": m.get("inter_token_latency", {}).get("value"),
-                         "tokens": m.get("output_sequence_length", {}).get("value"), "error": None})
+            rows.append(
+                {
+                    "ttft_ms": m["time_to_first_token"]["value"],
+                    "itl_ms": m.get("inter_token_latency", {}).get("value"),
+                    "tokens": m.get("output_sequence_length", {}).get("value"),
+                    "error": None,
+                }
+            )
         return rows
+
     # No HF_HUB_OFFLINE: AIPerf refuses local tokenizer paths when it is set.
     return Run(cmd, {}, parse)
 
 
 def vllm_run(s: Setting, url: str, model: str, tok: Path, work: Path) -> Run:
-    cmd = [str(venv_python("vllm").parent / "vllm"), "bench", "serve", "--backend", "openai", "--base-url", url,
-           "--endpoint", "/v1/completions", "--model", model, "--tokenizer", str(tok),
-           "--dataset-name", "random", "--random-input-len", str(s.input_tokens),
-           "--random-output-len", str(s.tokens), "--num-prompts", str(s.num_requests),
-           "--max-concurrency", str(s.concurrency), "--ignore-eos", "--save-result", "--save-detailed",
-           "--result-dir", str(work), "--result-filename", "result.json", "--disable-tqdm"]
+    cmd = [
+        str(venv_python("vllm").parent / "vllm"),
+        "bench",
+        "serve",
+        "--backend",
+        "openai",
+        "--base-url",
+        url,
+        "--endpoint",
+        "/v1/completions",
+        "--model",
+        model,
+        "--tokenizer",
+        str(tok),
+        "--dataset-name",
+        "random",
+        "--random-input-len",
+        str(s.input_tokens),
+        "--random-output-len",
+        str(s.tokens),
+        "--num-prompts",
+        str(s.num_requests),
+        "--max-concurrency",
+        str(s.concurrency),
+        "--ignore-eos",
+        "--save-result",
+        "--save-detailed",
+        "--result-dir",
+        str(work),
+        "--result-filename",
+        "result.json",
+        "--disable-tqdm",
+    ]
 
     def parse() -> list[dict[str, Any]]:
         d = json.loads((work / "result.json").read_text())
         rows = []
-        for ttft, itls, n, error in zip(d["ttfts"], d["itls"], d["output_lens"], d.get("errors") or [""] * len(d["ttfts"])):
+        for ttft, itls, n, error in zip(
+            d["ttfts"], d["itls"], d["output_lens"], d.get("errors") or [""] * len(d["ttfts"])
+        ):
             if error:
                 rows.append({"error": error})
             else:
-                rows.append({"ttft_ms": ttft * 1e3, "itl_ms": sum(itls) * 1e3 / len(itls) if itls else None,
-                             "tokens": n, "error": None})
+                rows.append(
+                    {
+                        "ttft_ms": ttft * 1e3,
+                        "itl_ms": sum(itls) * 1e3 / len(itls) if itls else None,
+                        "tokens": n,
+                        "error": None,
+                    }
+                )
         return rows
+
     return Run(cmd, {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}, parse)
 
 
@@ -153,13 +271,22 @@ CLIENTS: dict[str, Callable[[Setting, str, str, Path, Path], Run]] = {
     "aiperf": aiperf_run,
     "vllm bench serve": vllm_run,
 }
-VENV_OF = {"aiohttp (plain Python script)": "aiohttp", "guidellm": "guidellm", "aiperf": "aiperf",
-           "vllm bench serve": "vllm"}
-DIST_OF = {"guidellm": "guidellm", "aiperf": "aiperf", "vllm bench serve": "vllm",
-           "aiohttp (plain Python script)": "aiohttp"}
+VENV_OF = {
+    "aiohttp (plain Python script)": "aiohttp",
+    "guidellm": "guidellm",
+    "aiperf": "aiperf",
+    "vllm bench serve": "vllm",
+}
+DIST_OF = {
+    "guidellm": "guidellm",
+    "aiperf": "aiperf",
+    "vllm bench serve": "vllm",
+    "aiohttp (plain Python script)": "aiohttp",
+}
 
 
 # --- one measurement -----------------------------------------------------------------------------
+
 
 def measure(name: str, s: Setting, server: TruthServer, tok: Path, work: Path) -> dict[str, Any]:
     run = CLIENTS[name](s, server.url, server.model, tok, work)
@@ -177,9 +304,14 @@ def measure(name: str, s: Setting, server: TruthServer, tok: Path, work: Path) -
             proc.kill()
             rc = "timeout"
         sampler.stop()
-    row: dict[str, Any] = {"client": name, "gap_ms": s.gap_ms, "concurrency": s.concurrency,
-                           "requests": s.num_requests, "wall_s": time.monotonic() - started,
-                           "command": " ".join(run.command)}
+    row: dict[str, Any] = {
+        "client": name,
+        "gap_ms": s.gap_ms,
+        "concurrency": s.concurrency,
+        "requests": s.num_requests,
+        "wall_s": time.monotonic() - started,
+        "command": " ".join(run.command),
+    }
     if rc != 0:
         row["error"] = f"exit {rc}: " + log_path.read_text()[-2000:].strip()
         return row
@@ -200,8 +332,11 @@ def measure(name: str, s: Setting, server: TruthServer, tok: Path, work: Path) -
     cpu = sampler.between(start + offset, end + offset)
     ok = [r for r in reported if not r.get("error")]
     truth_ttft = [(r["first_token_sent_s"] - r["received_s"]) * 1e3 for r in truth]
-    truth_itl = [(r["last_token_sent_s"] - r["first_token_sent_s"]) * 1e3 / (r["tokens_sent"] - 1)
-                 for r in truth if r["tokens_sent"] > 1]
+    truth_itl = [
+        (r["last_token_sent_s"] - r["first_token_sent_s"]) * 1e3 / (r["tokens_sent"] - 1)
+        for r in truth
+        if r["tokens_sent"] > 1
+    ]
     ttft = [r["ttft_ms"] for r in ok if r.get("ttft_ms") is not None]
     itl = [r["itl_ms"] for r in ok if r.get("itl_ms") is not None]
 
@@ -210,15 +345,26 @@ def measure(name: str, s: Setting, server: TruthServer, tok: Path, work: Path) -
         return None if a is None or b is None else a - b
 
     stream_s = (TTFT_MS + s.gap_ms * (s.tokens - 1)) / 1e3
-    row.update({
-        "succeeded": len(ok), "failed": len(reported) - len(ok), "server_requests": len(truth),
-        "window_s": window, "output_tok_s": tokens / window, "req_s": len(truth) / window,
-        "offered_tok_s": s.concurrency * s.tokens / stream_s if s.gap_ms > 0 else None,
-        "cpu_s": cpu, "cpu_s_per_1k_tokens": cpu / (tokens / 1e3), "cpu_share": cpu / window,
-        "ttft_p50_ms": percentile(ttft, 50), "truth_ttft_p50_ms": percentile(truth_ttft, 50),
-        "ttft_err_p50_ms": err(ttft, truth_ttft, 50), "ttft_err_p99_ms": err(ttft, truth_ttft, 99),
-        "itl_err_p50_ms": err(itl, truth_itl, 50), "itl_err_p99_ms": err(itl, truth_itl, 99),
-    })
+    row.update(
+        {
+            "succeeded": len(ok),
+            "failed": len(reported) - len(ok),
+            "server_requests": len(truth),
+            "window_s": window,
+            "output_tok_s": tokens / window,
+            "req_s": len(truth) / window,
+            "offered_tok_s": s.concurrency * s.tokens / stream_s if s.gap_ms > 0 else None,
+            "cpu_s": cpu,
+            "cpu_s_per_1k_tokens": cpu / (tokens / 1e3),
+            "cpu_share": cpu / window,
+            "ttft_p50_ms": percentile(ttft, 50),
+            "truth_ttft_p50_ms": percentile(truth_ttft, 50),
+            "ttft_err_p50_ms": err(ttft, truth_ttft, 50),
+            "ttft_err_p99_ms": err(ttft, truth_ttft, 99),
+            "itl_err_p50_ms": err(itl, truth_itl, 50),
+            "itl_err_p99_ms": err(itl, truth_itl, 99),
+        }
+    )
     headers = [r["headers_ms"] for r in ok if r.get("headers_ms") is not None]
     if headers:  # optbench only: where a TTFT error comes from (request path vs token path)
         row["headers_p50_ms"], row["headers_p99_ms"] = percentile(headers, 50), percentile(headers, 99)
@@ -230,6 +376,7 @@ def measure(name: str, s: Setting, server: TruthServer, tok: Path, work: Path) -
 
 
 # --- the section ---------------------------------------------------------------------------------
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
@@ -280,9 +427,11 @@ def summary_line(r: dict[str, Any]) -> str:
     head = f"{r['client']:<32} gap {r['gap_ms']:>3} ms c={r['concurrency']:<4}"
     if "error" in r:
         return f"{head} ERROR {r['error'][:200]}"
-    return (f"{head} {r['output_tok_s']:>9,.0f} tok/s  cpu {r['cpu_s_per_1k_tokens']:.4f} s/1k tok  "
-            f"TTFT err P50 {fmt(r['ttft_err_p50_ms'])} P99 {fmt(r['ttft_err_p99_ms'])} ms  "
-            f"ITL err P50 {fmt(r['itl_err_p50_ms'])} ms")
+    return (
+        f"{head} {r['output_tok_s']:>9,.0f} tok/s  cpu {r['cpu_s_per_1k_tokens']:.4f} s/1k tok  "
+        f"TTFT err P50 {fmt(r['ttft_err_p50_ms'])} P99 {fmt(r['ttft_err_p99_ms'])} ms  "
+        f"ITL err P50 {fmt(r['itl_err_p50_ms'])} ms"
+    )
 
 
 def fmt(x: float | None) -> str:
@@ -304,22 +453,53 @@ def render(rows: list[dict[str, Any]], skipped: dict[str, str], tokens: int, inp
             if r["gap_ms"] != gap:
                 continue
             if "error" in r:
-                table.append([r["client"], r["concurrency"], "error: " + r["error"][:150].replace("|", "/").replace("\n", " ")]
-                             + [None] * 8)
+                table.append(
+                    [r["client"], r["concurrency"], "error: " + r["error"][:150].replace("|", "/").replace("\n", " ")]
+                    + [None] * 8
+                )
                 continue
-            table.append([r["client"], r["concurrency"], f"{r['succeeded']}/{r['requests']}", r["output_tok_s"],
-                          r.get("keep_up"), r["req_s"], r["cpu_s_per_1k_tokens"], r["ttft_err_p50_ms"],
-                          r["ttft_err_p99_ms"], r["itl_err_p50_ms"], r["itl_err_p99_ms"]])
-        out.append(markdown_table(
-            ["client", "concurrency", "ok", "output tok/s", "share of offered", "req/s", "CPU s / 1k tok",
-             "TTFT err P50 ms", "TTFT err P99 ms", "ITL err P50 ms", "ITL err P99 ms"], table))
+            table.append(
+                [
+                    r["client"],
+                    r["concurrency"],
+                    f"{r['succeeded']}/{r['requests']}",
+                    r["output_tok_s"],
+                    r.get("keep_up"),
+                    r["req_s"],
+                    r["cpu_s_per_1k_tokens"],
+                    r["ttft_err_p50_ms"],
+                    r["ttft_err_p99_ms"],
+                    r["itl_err_p50_ms"],
+                    r["itl_err_p99_ms"],
+                ]
+            )
+        out.append(
+            markdown_table(
+                [
+                    "client",
+                    "concurrency",
+                    "ok",
+                    "output tok/s",
+                    "share of offered",
+                    "req/s",
+                    "CPU s / 1k tok",
+                    "TTFT err P50 ms",
+                    "TTFT err P99 ms",
+                    "ITL err P50 ms",
+                    "ITL err P99 ms",
+                ],
+                table,
+            )
+        )
         out.append("")
     for name, e in skipped.items():
         out.append(f"**{name}: not measured** (benches/.venvs/{VENV_OF.get(name)}):\n\n```\n{e}\n```\n")
     failed = [r for r in rows if "error" in r]
     for r in failed:
-        out.append(f"**{r['client']} at gap {r['gap_ms']:g} ms, concurrency {r['concurrency']} failed.** "
-                   f"Command: `{r['command']}`\n\n```\n{r['error']}\n```\n")
+        out.append(
+            f"**{r['client']} at gap {r['gap_ms']:g} ms, concurrency {r['concurrency']} failed.** "
+            f"Command: `{r['command']}`\n\n```\n{r['error']}\n```\n"
+        )
     return "\n".join(out)
 
 
@@ -328,13 +508,19 @@ def add_ratios(section: Section, rows: list[dict[str, Any]]) -> None:
     if not ours:
         section.ratio("optbench load test ran", None, 1)
         return
-    section.ratio("optbench CPU s per 1k tokens, worst setting", max(r["cpu_s_per_1k_tokens"] for r in ours),
-                  0.002, "<=", "s")
+    section.ratio(
+        "optbench CPU s per 1k tokens, worst setting", max(r["cpu_s_per_1k_tokens"] for r in ours), 0.002, "<=", "s"
+    )
     top = max(r["concurrency"] for r in ours)
     for r in ours:
         if r["concurrency"] == top:
-            section.ratio(f"optbench CPU s per 1k tokens, gap {r['gap_ms']:g} ms, c={top}", r["cpu_s_per_1k_tokens"],
-                          0.002, "<=", "s")
+            section.ratio(
+                f"optbench CPU s per 1k tokens, gap {r['gap_ms']:g} ms, c={top}",
+                r["cpu_s_per_1k_tokens"],
+                0.002,
+                "<=",
+                "s",
+            )
     for r in ours:
         if r["gap_ms"] > 0 and r["concurrency"] == top:
             section.ratio(f"optbench TTFT error P50 at concurrency {top}", abs(r["ttft_err_p50_ms"]), 1.0, "<=", "ms")
@@ -344,14 +530,25 @@ def add_ratios(section: Section, rows: list[dict[str, Any]]) -> None:
         section.ratio("optbench share of the server's offered rate, worst setting", min(keep), 0.99, ">=", "")
     for peer in sorted({r["client"] for r in rows} - {"optbench"}):
         for r in ours:
-            theirs = next((x for x in rows if x["client"] == peer and x["gap_ms"] == r["gap_ms"]
-                           and x["concurrency"] == r["concurrency"] and "error" not in x), None)
+            theirs = next(
+                (
+                    x
+                    for x in rows
+                    if x["client"] == peer
+                    and x["gap_ms"] == r["gap_ms"]
+                    and x["concurrency"] == r["concurrency"]
+                    and "error" not in x
+                ),
+                None,
+            )
             if theirs and r["concurrency"] == top:
                 # The issue's targets: 10x the aiohttp client, 50x guidellm and AIPerf; vLLM's
                 # client (aiohttp underneath) is held to the aiohttp client's 10x.
-                section.ratio(f"{peer} / optbench CPU per token, gap {r['gap_ms']:g} ms, c={top}",
-                              theirs["cpu_s_per_1k_tokens"] / r["cpu_s_per_1k_tokens"],
-                              50.0 if peer in ("guidellm", "aiperf") else 10.0)
+                section.ratio(
+                    f"{peer} / optbench CPU per token, gap {r['gap_ms']:g} ms, c={top}",
+                    theirs["cpu_s_per_1k_tokens"] / r["cpu_s_per_1k_tokens"],
+                    50.0 if peer in ("guidellm", "aiperf") else 10.0,
+                )
 
 
 if __name__ == "__main__":

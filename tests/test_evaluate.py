@@ -62,8 +62,9 @@ def test_requests_leave_out_the_shots_and_follow_the_templates(dataset_path):
 
 def test_generation_failures_are_kept_and_scored_zero(dataset_path, tmp_path):
     with MockServer(fault="status", fault_arg=503) as server:
-        r = optbench.evaluate(server.base_url, "mock", dataset=dataset_path, categories=["qa", "reasoning"],
-                              limit=2, progress=False)
+        r = optbench.evaluate(
+            server.base_url, "mock", dataset=dataset_path, categories=["qa", "reasoning"], limit=2, progress=False
+        )
     assert len(r.samples) == 4
     assert (r.samples["error_kind"] == "http_5xx").all() and (r.samples["score"] == 0).all()
     assert r.summary["num_failed"] == 4 and r.warnings
@@ -71,8 +72,16 @@ def test_generation_failures_are_kept_and_scored_zero(dataset_path, tmp_path):
 
 def test_mock_generation_is_scored_and_saved(dataset_path, tmp_path):
     with MockServer(ttft_ms=1, gap_ms=0, tokens=5) as server:
-        r = optbench.evaluate(server.base_url, "mock", dataset=dataset_path, categories=["qa", "reasoning"],
-                              limit=3, concurrency=2, progress=False, label="mock")
+        r = optbench.evaluate(
+            server.base_url,
+            "mock",
+            dataset=dataset_path,
+            categories=["qa", "reasoning"],
+            limit=3,
+            concurrency=2,
+            progress=False,
+            label="mock",
+        )
     s = r.samples
     assert list(s["category"]) == ["qa"] * 3 + ["reasoning"] * 3
     assert (s["output"] == " tok0 tok1 tok2 tok3 tok4").all()
@@ -90,9 +99,17 @@ def test_cancelling_aevaluate_cancels_the_generation(dataset_path):
     # Each answer takes ~1.6 s (32 tokens 50 ms apart) and one runs at a time: cancelled after
     # 0.4 s, no later request may be answered.
     async def main(server):
-        task = asyncio.create_task(optbench.aevaluate(
-            server.base_url, "mock", dataset=dataset_path, categories=["qa"], limit=3, concurrency=1,
-            max_tokens={"qa": 32}))
+        task = asyncio.create_task(
+            optbench.aevaluate(
+                server.base_url,
+                "mock",
+                dataset=dataset_path,
+                categories=["qa"],
+                limit=3,
+                concurrency=1,
+                max_tokens={"qa": 32},
+            )
+        )
         await asyncio.sleep(0.4)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -132,9 +149,16 @@ def test_a_malformed_dataset_names_the_file_and_item(tmp_path, dataset_path):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_evaluate_against_the_real_llama_server(llama_server, dataset_path, tmp_path, shared_dir):
-    r = optbench.evaluate(llama_server.base_url, llama_server.model, dataset=dataset_path, limit=2,
-                          concurrency=4, progress=False, max_tokens={"code": 64, "chat": 32, "reasoning": 64},
-                          embedding_model=str(shared_dir / "models" / "all-MiniLM-L6-v2"))
+    r = optbench.evaluate(
+        llama_server.base_url,
+        llama_server.model,
+        dataset=dataset_path,
+        limit=2,
+        concurrency=4,
+        progress=False,
+        max_tokens={"code": 64, "chat": 32, "reasoning": 64},
+        embedding_model=str(shared_dir / "models" / "all-MiniLM-L6-v2"),
+    )
     s = r.samples
     assert len(s) == 8 and s["error_kind"].isna().all(), s[["error_kind"]]
     assert list(r.summary["categories"]) == ["qa", "reasoning", "chat", "code"]
@@ -159,10 +183,30 @@ def test_cli_evaluate_writes_rows_and_samples(llama_server, dataset_path, tmp_pa
     import sys
 
     out = subprocess.run(
-        [sys.executable, "-m", "optbench.cli", "evaluate", "--base-url", llama_server.base_url,
-         "--model", llama_server.model, "--dataset", str(dataset_path), "--categories", "qa",
-         "--limit", "2", "--label", "cli-eval", "--results-dir", str(tmp_path), "--no-progress"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "optbench.cli",
+            "evaluate",
+            "--base-url",
+            llama_server.base_url,
+            "--model",
+            llama_server.model,
+            "--dataset",
+            str(dataset_path),
+            "--categories",
+            "qa",
+            "--limit",
+            "2",
+            "--label",
+            "cli-eval",
+            "--results-dir",
+            str(tmp_path),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr
     assert "overall quality" in out.stdout

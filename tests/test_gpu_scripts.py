@@ -44,8 +44,19 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2 blocks, hidden 256, SmolLM2's real tokenizer padded to 128,256 tokens (as on the GPU)."""
     d = tmp_path_factory.mktemp("gpu-model")
     run([str(GPU / "gen_gguf.py"), "--extract-vocab", str(d / "vocab.gguf")], timeout=120)
-    run([str(GPU / "gen_gguf.py"), "--tiny", "--vocab", "128256", "--vocab-from", str(d / "vocab.gguf"),
-         "--out", str(d / "tiny.gguf")], timeout=120)
+    run(
+        [
+            str(GPU / "gen_gguf.py"),
+            "--tiny",
+            "--vocab",
+            "128256",
+            "--vocab-from",
+            str(d / "vocab.gguf"),
+            "--out",
+            str(d / "tiny.gguf"),
+        ],
+        timeout=120,
+    )
     return d / "tiny.gguf"
 
 
@@ -60,14 +71,35 @@ def test_the_gguf_plan_has_llama_3_1_8b_shapes() -> None:
 
 
 @pytest.mark.timeout(600)
-def test_sweep_serves_through_optbench_and_reports_without_quality(tiny_model: Path, llama_binary: str,
-                                                                   tmp_path: Path) -> None:
+def test_sweep_serves_through_optbench_and_reports_without_quality(
+    tiny_model: Path, llama_binary: str, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
-    run([str(GPU / "sweep.py"), "--small", "--model", str(tiny_model), "--binary", llama_binary,
-         "--out", str(out), "--deadline-s", "400"], timeout=560)
+    run(
+        [
+            str(GPU / "sweep.py"),
+            "--small",
+            "--model",
+            str(tiny_model),
+            "--binary",
+            llama_binary,
+            "--out",
+            str(out),
+            "--deadline-s",
+            "400",
+        ],
+        timeout=560,
+    )
     names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
-    assert {"GPU_RESULTS.md", "summary.csv", "requests.parquet", "extras.tar.gz", "throughput_vs_concurrency.png",
-            "latency_percentiles.png", "latency_cdfs.png"} <= names, names
+    assert {
+        "GPU_RESULTS.md",
+        "summary.csv",
+        "requests.parquet",
+        "extras.tar.gz",
+        "throughput_vs_concurrency.png",
+        "latency_percentiles.png",
+        "latency_cdfs.png",
+    } <= names, names
     assert len(names) <= 7  # the device returns 8 files from $OUT; step2.sh adds its log
 
     rows = list(csv.DictReader((out / "summary.csv").open()))
@@ -95,25 +127,53 @@ def test_sweep_serves_through_optbench_and_reports_without_quality(tiny_model: P
 
 @pytest.mark.timeout(300)
 def test_sampling_probe_runs_its_three_variants(tiny_model: Path, llama_binary: str, tmp_path: Path) -> None:
-    run([str(GPU / "probe_sampling.py"), "--model", str(tiny_model), "--binary", llama_binary, "--out", str(tmp_path),
-         "--input-tokens", "64", "--output-tokens", "32", "--concurrency", "1,2", "--parallel", "2"], timeout=280)
+    run(
+        [
+            str(GPU / "probe_sampling.py"),
+            "--model",
+            str(tiny_model),
+            "--binary",
+            llama_binary,
+            "--out",
+            str(tmp_path),
+            "--input-tokens",
+            "64",
+            "--output-tokens",
+            "32",
+            "--concurrency",
+            "1,2",
+            "--parallel",
+            "2",
+        ],
+        timeout=280,
+    )
     rows = list(csv.DictReader((tmp_path / "probe_sampling.csv").open()))
     assert [(r["variant"], int(r["concurrency"])) for r in rows] == [
-        (v, c) for v in ("default", "backend-sampling", "top-k 1") for c in (1, 2)]
+        (v, c) for v in ("default", "backend-sampling", "top-k 1") for c in (1, 2)
+    ]
     for r in rows:
         assert int(r["succeeded"]) == int(r["concurrency"]) and float(r["tpot_ms_p50"]) > 0, r
     with tarfile.open(tmp_path / "probe_sampling_logs.tar.gz") as tar:
         assert sorted(m.name for m in tar.getmembers()) == [
-            "probe_backend_sampling.log", "probe_default.log", "probe_top_k_1.log"]
+            "probe_backend_sampling.log",
+            "probe_default.log",
+            "probe_top_k_1.log",
+        ]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "PROBE_SAMPLING.md", "probe_sampling.csv", "probe_sampling_logs.tar.gz"]
+        "PROBE_SAMPLING.md",
+        "probe_sampling.csv",
+        "probe_sampling_logs.tar.gz",
+    ]
 
 
 # --- vLLM and SGLang on the H200 (issue 12, part 3): the CPU-side pieces -------------------------
 
+
 def _hf_model(tmp: Path, vocab_gguf: Path) -> Path:
-    run([str(GPU / "hf_model.py"), "--tiny", "--vocab", "128256", "--vocab-from", str(vocab_gguf), "--out", str(tmp)],
-        timeout=120)
+    run(
+        [str(GPU / "hf_model.py"), "--tiny", "--vocab", "128256", "--vocab-from", str(vocab_gguf), "--out", str(tmp)],
+        timeout=120,
+    )
     return tmp
 
 
@@ -131,8 +191,9 @@ def _byte_decoder() -> dict[str, int]:
 
 
 @pytest.mark.timeout(300)
-def test_hf_tokenizer_covers_the_vocabulary_and_tokenizes_as_the_gguf(tiny_model: Path, llama_binary: str,
-                                                                      tmp_path: Path) -> None:
+def test_hf_tokenizer_covers_the_vocabulary_and_tokenizes_as_the_gguf(
+    tiny_model: Path, llama_binary: str, tmp_path: Path
+) -> None:
     """The folder vLLM and SGLang serve (hf_model.py) has a tokenizer covering all 128,256 ids of
     the model (else every response is empty text) and splits prompts exactly as llama.cpp splits
     them with the GGUF's tokenizer, so every engine sees the same prompts token for token."""
@@ -155,19 +216,33 @@ def test_hf_tokenizer_covers_the_vocabulary_and_tokenizes_as_the_gguf(tiny_model
     tok_cfg = json.loads((model / "tokenizer_config.json").read_text())
     assert tok_cfg["add_bos_token"] is False and "chat_template" in tok_cfg
 
-    config = parse_config({"name": "tiny", "engine": "llama_cpp", "model": "tiny", "ready_timeout_s": 120,
-                           "server": {"model_path": str(tiny_model), "binary": llama_binary, "parallel": 1,
-                                      "ctx_size": 4096}}, "<test>")
+    config = parse_config(
+        {
+            "name": "tiny",
+            "engine": "llama_cpp",
+            "model": "tiny",
+            "ready_timeout_s": 120,
+            "server": {"model_path": str(tiny_model), "binary": llama_binary, "parallel": 1, "ctx_size": 4096},
+        },
+        "<test>",
+    )
     vocab = {i: s for s, i in tok["model"]["vocab"].items()}
     dec = _byte_decoder()
-    texts = ["Hello world! The year 2024 cost $12,345.67 -- ok?", "  leading spaces, tabs\tand\nnew lines\n\n",
-             "naïve café: 東京 🤖 done.", "def f(x):\n    return x**2  # 3 digits 987"]
+    texts = [
+        "Hello world! The year 2024 cost $12,345.67 -- ok?",
+        "  leading spaces, tabs\tand\nnew lines\n\n",
+        "naïve café: 東京 🤖 done.",
+        "def f(x):\n    return x**2  # 3 digits 987",
+    ]
     with optbench.serve(config) as server:
         prompts = synthetic_prompts(server.base_url, server.model, 2, 300, seed=7)
         assert prompts.source == "server"
         for text in texts + list(prompts.texts):
-            req = urllib.request.Request(f"{server.base_url}/tokenize", data=json.dumps({"content": text}).encode(),
-                                         headers={"Content-Type": "application/json"})
+            req = urllib.request.Request(
+                f"{server.base_url}/tokenize",
+                data=json.dumps({"content": text}).encode(),
+                headers={"Content-Type": "application/json"},
+            )
             llama_ids = json.loads(urllib.request.urlopen(req, timeout=30).read())["tokens"]
             # llama.cpp's ids are a segmentation of the text in this tokenizer's vocabulary ...
             pieces = "".join(vocab[i] for i in llama_ids)
@@ -189,8 +264,9 @@ def test_derived_engine_configs_keep_every_committed_flag(tmp_path: Path) -> Non
     from optbench.servers.engines import engine_for
 
     for name in engine_configs.NAMES:
-        path = engine_configs.write(name, tmp_path, "/w/hf-model", "/w/site-x", ready_timeout_s=300,
-                                    load_test_time_limit_s=150)
+        path = engine_configs.write(
+            name, tmp_path, "/w/hf-model", "/w/site-x", ready_timeout_s=300, load_test_time_limit_s=150
+        )
         assert engine_configs.check_keeps_committed_flags(name, path) == [], name
         cfg = load_config(path)
         cmd = engine_for(cfg).command(8000)
@@ -242,11 +318,28 @@ def test_engine_wheel_locks_and_pieces(tmp_path: Path) -> None:
 def test_sweep_serves_any_configuration_file(tiny_model: Path, llama_binary: str, tmp_path: Path) -> None:
     """sweep.py --config: the path the vLLM and SGLang sweeps take (here with a llama.cpp file)."""
     cfg = tmp_path / "tiny.toml"
-    cfg.write_text(f'name = "tiny_cfg"\nengine = "llama_cpp"\nmodel = "tiny"\nready_timeout_s = 120\n\n[server]\n'
-                   f'model_path = "{tiny_model}"\nbinary = "{llama_binary}"\nparallel = 2\nctx_size = 1024\n')
+    cfg.write_text(
+        f'name = "tiny_cfg"\nengine = "llama_cpp"\nmodel = "tiny"\nready_timeout_s = 120\n\n[server]\n'
+        f'model_path = "{tiny_model}"\nbinary = "{llama_binary}"\nparallel = 2\nctx_size = 1024\n'
+    )
     out = tmp_path / "out"
-    run([str(GPU / "sweep.py"), "--small", "--config", str(cfg), "--out", str(out), "--concurrency", "1",
-         "--requests", "1=2", "--deadline-s", "300"], timeout=360)
+    run(
+        [
+            str(GPU / "sweep.py"),
+            "--small",
+            "--config",
+            str(cfg),
+            "--out",
+            str(out),
+            "--concurrency",
+            "1",
+            "--requests",
+            "1=2",
+            "--deadline-s",
+            "300",
+        ],
+        timeout=360,
+    )
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert [(int(r["concurrency"]), int(r["num_succeeded"])) for r in rows] == [(1, 2)]
     assert float(rows[0]["tpot_p50_ms"]) > 0 and float(rows[0]["server_cpu_share"]) > 0

@@ -38,8 +38,9 @@ def _imports(path: Path, names: set[str], lazy: bool = False) -> list[tuple[str,
 def test_no_import_cycles():
     modules = _modules()
     names = set(modules)
-    graph = {m: {target for target, _ in _imports(p, names) if target in names and target != m}
-             for m, p in modules.items()}
+    graph = {
+        m: {target for target, _ in _imports(p, names) if target in names and target != m} for m, p in modules.items()
+    }
 
     def cycle_from(start: str) -> list[str] | None:
         stack = [(start, [start])]
@@ -66,13 +67,20 @@ def test_plots_and_the_report_share_the_quality_rule_without_importing_each_othe
 
 def test_no_private_names_across_modules():
     modules = _modules()
-    crossing = [(m, target, n) for m, p in modules.items() for target, imported in _imports(p, set(modules), lazy=True)
-                for n in imported if n.startswith("_") and not n.startswith("__") and n != "_core"]
+    crossing = [
+        (m, target, n)
+        for m, p in modules.items()
+        for target, imported in _imports(p, set(modules), lazy=True)
+        for n in imported
+        if n.startswith("_") and not n.startswith("__") and n != "_core"
+    ]
     assert not crossing, crossing
 
 
 def test_no_module_is_too_long():
-    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 800}
+    long = {
+        str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 800
+    }
     assert not long, long
 
 

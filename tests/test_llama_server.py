@@ -41,8 +41,15 @@ def check_against_server_timings(df: pd.DataFrame) -> None:
 
 def test_closed_loop_completions(llama_server):
     r = optbench.load_test(
-        llama_server.base_url, llama_server.model, num_requests=8, concurrency=4,
-        input_tokens=128, output_tokens=16, ignore_eos=True, progress=False, label="closed",
+        llama_server.base_url,
+        llama_server.model,
+        num_requests=8,
+        concurrency=4,
+        input_tokens=128,
+        output_tokens=16,
+        ignore_eos=True,
+        progress=False,
+        label="closed",
     )
     df = r.requests
     s = r.summary
@@ -63,9 +70,18 @@ def test_closed_loop_completions(llama_server):
 
 def test_open_loop_chat(llama_server):
     r = optbench.load_test(
-        llama_server.base_url, llama_server.model, num_requests=6, request_rate=3.0, arrival="constant",
-        concurrency=None, input_tokens=64, output_tokens=8, endpoint="chat", ignore_eos=True,
-        warmup=1, progress=False,
+        llama_server.base_url,
+        llama_server.model,
+        num_requests=6,
+        request_rate=3.0,
+        arrival="constant",
+        concurrency=None,
+        input_tokens=64,
+        output_tokens=8,
+        endpoint="chat",
+        ignore_eos=True,
+        warmup=1,
+        progress=False,
     )
     df = r.requests
     assert len(df) == 7 and df["warmup"].sum() == 1
@@ -90,10 +106,28 @@ def test_synthetic_prompts_hit_the_target_in_server_tokens(llama_server):
 
 def test_cli_load_test_appends_a_csv_row_and_writes_parquet(llama_server, tmp_path):
     cmd = [
-        sys.executable, "-m", "optbench.cli", "load-test", "--base-url", llama_server.base_url,
-        "--model", llama_server.model, "--num-requests", "4", "--concurrency", "2",
-        "--input-tokens", "64", "--output-tokens", "8", "--ignore-eos", "--label", "cli-run",
-        "--results-dir", str(tmp_path), "--no-progress",
+        sys.executable,
+        "-m",
+        "optbench.cli",
+        "load-test",
+        "--base-url",
+        llama_server.base_url,
+        "--model",
+        llama_server.model,
+        "--num-requests",
+        "4",
+        "--concurrency",
+        "2",
+        "--input-tokens",
+        "64",
+        "--output-tokens",
+        "8",
+        "--ignore-eos",
+        "--label",
+        "cli-run",
+        "--results-dir",
+        str(tmp_path),
+        "--no-progress",
     ]
     for _ in range(2):
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -108,7 +108,14 @@ def test_summary_is_recomputable_from_the_rows_with_pandas():
 def test_progress_is_reported_in_batches_and_ends_complete():
     seen = []
     with MockServer(ttft_ms=5, gap_ms=5, tokens=20) as server:
-        run(server.base_url, num_requests=8, concurrency=2, output_tokens=20, progress=seen.append, progress_interval_s=0.05)
+        run(
+            server.base_url,
+            num_requests=8,
+            concurrency=2,
+            output_tokens=20,
+            progress=seen.append,
+            progress_interval_s=0.05,
+        )
     # ~8 requests x 100 ms / 2 slots = 0.4 s: a handful of snapshots, not one per token.
     assert 2 <= len(seen) < 40
     last = seen[-1]
@@ -122,8 +129,16 @@ def test_progress_starts_with_a_snapshot_even_for_a_run_shorter_than_the_interva
     for load_test in (optbench.load_test, lambda *a, **kw: asyncio.run(optbench.aload_test(*a, **kw))):
         seen = []
         with MockServer(ttft_ms=5, gap_ms=2, tokens=10) as server:
-            load_test(server.base_url, "mock", num_requests=4, concurrency=2, output_tokens=10, prompts=PROMPTS,
-                      progress=seen.append, progress_interval_s=30)
+            load_test(
+                server.base_url,
+                "mock",
+                num_requests=4,
+                concurrency=2,
+                output_tokens=10,
+                prompts=PROMPTS,
+                progress=seen.append,
+                progress_interval_s=30,
+            )
         assert [p["succeeded"] for p in seen] == [0, 4], seen
 
 
@@ -137,8 +152,14 @@ def test_ctrl_c_returns_the_finished_rows():
 
     with MockServer(ttft_ms=5, gap_ms=5, tokens=40) as server:
         with pytest.warns(UserWarning, match="interrupted"):
-            r = run(server.base_url, num_requests=50, concurrency=2, output_tokens=40,
-                    progress=interrupt_after_some, progress_interval_s=0.05)
+            r = run(
+                server.base_url,
+                num_requests=50,
+                concurrency=2,
+                output_tokens=40,
+                progress=interrupt_after_some,
+                progress_interval_s=0.05,
+            )
     assert r.stop_reason == "cancelled" and r.interrupted
     df = r.requests
     assert df["success"].sum() >= 2
@@ -158,8 +179,9 @@ def test_aload_test_inside_a_running_event_loop():
                     await asyncio.sleep(0.01)
 
             t = asyncio.create_task(ticker())
-            r = await optbench.aload_test(server.base_url, "mock", num_requests=10, concurrency=2,
-                                          output_tokens=6, prompts=PROMPTS)
+            r = await optbench.aload_test(
+                server.base_url, "mock", num_requests=10, concurrency=2, output_tokens=6, prompts=PROMPTS
+            )
             t.cancel()
             return r, ticks
 
@@ -171,8 +193,11 @@ def test_aload_test_inside_a_running_event_loop():
 def test_cancelling_the_awaiting_task_cancels_the_run():
     async def main():
         with MockServer(ttft_ms=5, gap_ms=10, tokens=500) as server:
-            task = asyncio.create_task(optbench.aload_test(
-                server.base_url, "mock", num_requests=4, concurrency=2, output_tokens=500, prompts=PROMPTS))
+            task = asyncio.create_task(
+                optbench.aload_test(
+                    server.base_url, "mock", num_requests=4, concurrency=2, output_tokens=500, prompts=PROMPTS
+                )
+            )
             await asyncio.sleep(0.3)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):

@@ -32,10 +32,17 @@ def test_notebooks_run_top_to_bottom(tmp_path, monkeypatch):
     monkeypatch.setenv("OPTBENCH_RESULTS_DIR", str(tmp_path / "results"))
     for path in NOTEBOOKS:  # in order: 03 analyses what 02 ran
         nb = nbformat.read(path, as_version=4)
-        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+        NotebookClient(
+            nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        ).execute()
         errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
         assert not errors, (path.name, errors)
     plots_dir = tmp_path / "results" / "plots"
     names = {p.name for p in plots_dir.glob("*.png")}
-    assert {"quickstart_latency_cdfs.png", "decision.png", "analysis_decision.png", "analysis_latency_cdfs.png"} <= names
+    assert {
+        "quickstart_latency_cdfs.png",
+        "decision.png",
+        "analysis_decision.png",
+        "analysis_latency_cdfs.png",
+    } <= names
     assert (tmp_path / "results" / "RESULTS.md").read_text().count("## Recommendation") == 1

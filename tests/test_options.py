@@ -31,6 +31,7 @@ from optbench.testing import MockServer
 ROOT = Path(__file__).resolve().parents[1]
 BOTH = [LoadTestOptions, EvaluationOptions]
 
+
 def _sample(tp, default):
     """A valid value of type ``tp`` other than ``default``, as a configuration file can hold it."""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -54,8 +55,10 @@ def _sample(tp, default):
 
 
 #: A valid value other than the default for every field of each class, from its type.
-SAMPLE = {cls: {f.name: _sample(typing.get_type_hints(cls)[f.name], f.default) for f in dataclasses.fields(cls)}
-          for cls in BOTH}
+SAMPLE = {
+    cls: {f.name: _sample(typing.get_type_hints(cls)[f.name], f.default) for f in dataclasses.fields(cls)}
+    for cls in BOTH
+}
 
 
 def test_every_field_has_a_doc_line():
@@ -80,7 +83,9 @@ def test_a_configuration_file_can_set_every_field(cls):
     cfg = parse_config({"engine": "vllm", "model": "m", cls.section: values}, "configs/x.toml")
     assert getattr(cfg, cls.section) == values
     assert cls.make(**values).to_dict() == values
-    with pytest.raises(ConfigError, match=rf"configs/x.toml: unknown key '{cls.section}.nope' \(allowed: .*concurrency"):
+    with pytest.raises(
+        ConfigError, match=rf"configs/x.toml: unknown key '{cls.section}.nope' \(allowed: .*concurrency"
+    ):
         parse_config({"engine": "vllm", "model": "m", cls.section: {"nope": 1}}, "configs/x.toml")
 
 
@@ -117,8 +122,9 @@ def _cli_values(cls, command: list[str]) -> list[str]:
     return command + argv
 
 
-@pytest.mark.parametrize("cls,command", [(LoadTestOptions, ["load-test"]), (EvaluationOptions, ["evaluate"])],
-                         ids=["load-test", "evaluate"])
+@pytest.mark.parametrize(
+    "cls,command", [(LoadTestOptions, ["load-test"]), (EvaluationOptions, ["evaluate"])], ids=["load-test", "evaluate"]
+)
 def test_the_command_line_has_one_option_per_field(cls, command):
     args = build_parser().parse_args(_cli_values(cls, command))
     given = opt.options_from_cli(cls, args)
@@ -182,13 +188,25 @@ def test_progress_accepts_what_its_type_says(capsys):
         assert inspect.signature(func).parameters["progress"].annotation == "Progress"
     assert typing.get_args(Progress)[1] == typing.Literal["tqdm"]
     with MockServer(ttft_ms=2, gap_ms=1, tokens=4) as server:
-        optbench.load_test(server.base_url, "mock", num_requests=3, concurrency=1, output_tokens=4, prompts=["a"],
-                           label="bar", progress="tqdm", progress_interval_s=0.01)
+        optbench.load_test(
+            server.base_url,
+            "mock",
+            num_requests=3,
+            concurrency=1,
+            output_tokens=4,
+            prompts=["a"],
+            label="bar",
+            progress="tqdm",
+            progress_interval_s=0.01,
+        )
     assert "bar: 100%" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("cls,func", [(LoadTestOptions, optbench.load_test), (EvaluationOptions, optbench.evaluate)],
-                         ids=["load_test", "evaluate"])
+@pytest.mark.parametrize(
+    "cls,func",
+    [(LoadTestOptions, optbench.load_test), (EvaluationOptions, optbench.evaluate)],
+    ids=["load_test", "evaluate"],
+)
 def test_the_api_takes_options_and_keywords(cls, func):
     params = inspect.signature(func).parameters
     assert "options" in params and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -209,8 +227,9 @@ def test_every_option_the_core_runs_is_in_its_stub():
 
 
 def test_a_result_records_its_options_and_the_run_can_be_repeated(tmp_path):
-    options = LoadTestOptions(num_requests=5, concurrency=2, output_tokens=4, prompts=["a", "b"], seed=3,
-                              extra_body={"top_k": 1})
+    options = LoadTestOptions(
+        num_requests=5, concurrency=2, output_tokens=4, prompts=["a", "b"], seed=3, extra_body={"top_k": 1}
+    )
     with MockServer(ttft_ms=2, gap_ms=1, tokens=4) as server:
         r = optbench.load_test(server.base_url, "mock", options, warmup=1, progress=False)
         assert r.options == LoadTestOptions.make(options, warmup=1)

@@ -27,12 +27,26 @@ def test_exceptions_share_one_base():
 def test_cli_help_and_errors():
     out = subprocess.run([sys.executable, "-m", "optbench.cli", "load-test", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--request-rate" in out.stdout and "--ignore-eos" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "optbench.cli", "load-test", "--model", "m"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "optbench.cli", "load-test", "--model", "m"], capture_output=True, text=True
+    )
     assert out.returncode == 2 and "--base-url" in out.stderr
     out = subprocess.run(
-        [sys.executable, "-m", "optbench.cli", "load-test", "--base-url", "http://127.0.0.1:9", "--model", "m",
-         "--extra-body", "{nope", "--no-save"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "optbench.cli",
+            "load-test",
+            "--base-url",
+            "http://127.0.0.1:9",
+            "--model",
+            "m",
+            "--extra-body",
+            "{nope",
+            "--no-save",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 2 and "extra-body" in out.stderr
 

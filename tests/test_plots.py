@@ -11,20 +11,32 @@ from optbench import plots
 
 def requests(ttft_ms: list[float], itl_ms: float) -> pd.DataFrame:
     n = len(ttft_ms)
-    return pd.DataFrame({
-        "warmup": [False] * n, "success": [True] * n, "ttft_ms": ttft_ms,
-        "e2e_ms": [t + 100 for t in ttft_ms], "tokens_per_s": [50.0] * n,
-        "itl_ms": [np.full(5, itl_ms) for _ in range(n)],
-    })
+    return pd.DataFrame(
+        {
+            "warmup": [False] * n,
+            "success": [True] * n,
+            "ttft_ms": ttft_ms,
+            "e2e_ms": [t + 100 for t in ttft_ms],
+            "tokens_per_s": [50.0] * n,
+            "itl_ms": [np.full(5, itl_ms) for _ in range(n)],
+        }
+    )
 
 
 @pytest.fixture
 def table():
-    return pd.DataFrame({
-        "configuration": ["base", "fast", "sloppy"], "status": ["ok"] * 3, "baseline": [True, False, False],
-        "output_token_throughput": [100.0, 250.0, 400.0], "quality_qa": [0.6, 0.59, 0.3],
-        "quality_code": [0.5, 0.49, 0.2], "quality_overall": [0.55, 0.54, 0.25], "acceptable": [True, True, False],
-    })
+    return pd.DataFrame(
+        {
+            "configuration": ["base", "fast", "sloppy"],
+            "status": ["ok"] * 3,
+            "baseline": [True, False, False],
+            "output_token_throughput": [100.0, 250.0, 400.0],
+            "quality_qa": [0.6, 0.59, 0.3],
+            "quality_code": [0.5, 0.49, 0.2],
+            "quality_overall": [0.55, 0.54, 0.25],
+            "acceptable": [True, True, False],
+        }
+    )
 
 
 def test_latency_plots_have_one_series_per_configuration(tmp_path):
@@ -53,7 +65,9 @@ def test_decision_plot_shades_the_band_and_marks_acceptable(table, tmp_path):
     labels = [t.get_text() for t in ax.texts]
     assert labels == ["base (baseline)", "fast", "sloppy"]
     assert ax.get_ylabel() == "output-token throughput (tokens/s)"
-    filled = [c for c in ax.collections if len(c.get_offsets()) and c.get_facecolors().size and c.get_facecolors()[0][3] > 0]
+    filled = [
+        c for c in ax.collections if len(c.get_offsets()) and c.get_facecolors().size and c.get_facecolors()[0][3] > 0
+    ]
     assert len(filled) == 2  # base and fast are acceptable
     q = plots.quality_by_category(table)
     assert [t.get_text() for t in q.axes[0].get_xticklabels()] == ["qa", "code", "overall"]

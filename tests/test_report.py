@@ -27,8 +27,16 @@ def _same(a: dict[str, float], b: dict[str, float]) -> None:
 @pytest.mark.parametrize("fault,arg", [("none", 0), ("reset", 2), ("status", 503)])
 def test_stored_summary_and_pandas_recomputation_agree(tmp_path, fault, arg):
     with MockServer(ttft_ms=3, gap_ms=2, tokens=6, fault=fault, fault_arg=arg) as server:
-        r = optbench.load_test(server.base_url, "mock", num_requests=9, concurrency=3, warmup=2, output_tokens=6,
-                               prompts=PROMPTS, progress=False)
+        r = optbench.load_test(
+            server.base_url,
+            "mock",
+            num_requests=9,
+            concurrency=3,
+            warmup=2,
+            output_tokens=6,
+            prompts=PROMPTS,
+            progress=False,
+        )
     path = r.to_parquet(tmp_path / "requests.parquet")
     from_rust = run_speed_metrics(path)
     _same(from_rust, speed_metrics_from_summary(r.summary))
@@ -42,8 +50,9 @@ def test_stored_summary_and_pandas_recomputation_agree(tmp_path, fault, arg):
 
 def test_a_file_without_a_stored_summary_is_recomputed(tmp_path):
     with MockServer(ttft_ms=3, gap_ms=2, tokens=6) as server:
-        r = optbench.load_test(server.base_url, "mock", num_requests=5, concurrency=2, output_tokens=6,
-                               prompts=PROMPTS, progress=False)
+        r = optbench.load_test(
+            server.base_url, "mock", num_requests=5, concurrency=2, output_tokens=6, prompts=PROMPTS, progress=False
+        )
     bare = tmp_path / "bare.parquet"
     r.requests.to_parquet(bare)
     _same(run_speed_metrics(bare), speed_metrics_from_summary(r.summary))

@@ -19,12 +19,21 @@ pytestmark = [pytest.mark.llama, pytest.mark.slow]
 
 
 def embedded(name: str, parallel: int, baseline: bool):
-    return parse_config({"name": name, "engine": "llama_cpp", "model": "SmolLM2-135M-Instruct", "baseline": baseline,
-                         "server": {"model_path": "embedded", "parallel": parallel, "ctx_size": parallel * 4096},
-                         "load_test": {"num_requests": 6, "concurrency": 3, "input_tokens": 64, "output_tokens": 12,
-                                       "warmup": 1},
-                         "evaluation": {"limit": 1, "embedding_model": EMBEDDING_MODEL,
-                                        "max_tokens": {"qa": 16, "reasoning": 48, "chat": 24, "code": 48}}})
+    return parse_config(
+        {
+            "name": name,
+            "engine": "llama_cpp",
+            "model": "SmolLM2-135M-Instruct",
+            "baseline": baseline,
+            "server": {"model_path": "embedded", "parallel": parallel, "ctx_size": parallel * 4096},
+            "load_test": {"num_requests": 6, "concurrency": 3, "input_tokens": 64, "output_tokens": 12, "warmup": 1},
+            "evaluation": {
+                "limit": 1,
+                "embedding_model": EMBEDDING_MODEL,
+                "max_tokens": {"qa": 16, "reasoning": 48, "chat": 24, "code": 48},
+            },
+        }
+    )
 
 
 EMBEDDING_MODEL = ""
@@ -35,12 +44,20 @@ def test_run_two_configurations_and_rebuild_the_report(shared_dir, tmp_path):
     global EMBEDDING_MODEL
     EMBEDDING_MODEL = str(shared_dir / "models" / "all-MiniLM-L6-v2")
     data = tmp_path / "data.json"
-    build_test_dataset(str(shared_dir / "datasets"), output=data, counts={"qa": 3, "reasoning": 3, "chat": 3, "code": 3})
-    broken = parse_config({"name": "broken", "engine": "llama_cpp", "model": "m",
-                           "server": {"model_path": str(data)}})  # not a GGUF: fails at start
-    optbench.run([embedded("np1", 1, True), broken, embedded("np4", 4, False)], profile="quick",
-                          dataset=data, results_dir=tmp_path / "results", report_path=tmp_path / "RESULTS.md",
-                          progress=False)
+    build_test_dataset(
+        str(shared_dir / "datasets"), output=data, counts={"qa": 3, "reasoning": 3, "chat": 3, "code": 3}
+    )
+    broken = parse_config(
+        {"name": "broken", "engine": "llama_cpp", "model": "m", "server": {"model_path": str(data)}}
+    )  # not a GGUF: fails at start
+    optbench.run(
+        [embedded("np1", 1, True), broken, embedded("np4", 4, False)],
+        profile="quick",
+        dataset=data,
+        results_dir=tmp_path / "results",
+        report_path=tmp_path / "RESULTS.md",
+        progress=False,
+    )
     table = pd.read_csv(tmp_path / "results" / "results.csv")
     assert list(table["configuration"]) == ["np1", "broken", "np4"]
     assert list(table["status"]) == ["ok", "failed", "ok"]
@@ -66,10 +83,25 @@ def test_run_two_configurations_and_rebuild_the_report(shared_dir, tmp_path):
     assert "](results/plots/decision.png)" in md
     # `optbench report` rebuilds the same table from the Parquet files alone.
     (tmp_path / "results" / "results.csv").unlink()
-    out = subprocess.run([sys.executable, "-m", "optbench.cli", "report", str(run_dir), "--results-dir",
-                          str(tmp_path / "results"), "--report", str(tmp_path / "R2.md")], capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "optbench.cli",
+            "report",
+            str(run_dir),
+            "--results-dir",
+            str(tmp_path / "results"),
+            "--report",
+            str(tmp_path / "R2.md"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     rebuilt = pd.read_csv(tmp_path / "results" / "results.csv")
     pd.testing.assert_frame_equal(rebuilt, table)
     assert (tmp_path / "R2.md").read_text() == md
-    assert np.isfinite(build_report(run_dir, results_dir=tmp_path / "results", report_path=None)["findings"]["speedup_vs_baseline"])
+    assert np.isfinite(
+        build_report(run_dir, results_dir=tmp_path / "results", report_path=None)["findings"]["speedup_vs_baseline"]
+    )

@@ -234,8 +234,16 @@ def test_forged_end_marker_is_not_a_pass(humaneval):
 
 def test_isolation_is_reported_feature_by_feature():
     _, isolation = run_programs([])
-    for key in ("ipc_namespace", "pid_namespace", "private_proc", "disk_bytes", "host_run_hidden", "cgroup",
-                "memory_limit_whole_program", "seccomp"):
+    for key in (
+        "ipc_namespace",
+        "pid_namespace",
+        "private_proc",
+        "disk_bytes",
+        "host_run_hidden",
+        "cgroup",
+        "memory_limit_whole_program",
+        "seccomp",
+    ):
         assert key in isolation, key
     if ROOT:
         # What CI (root) gets on a kernel with namespaces; anything missing is said in the notes.

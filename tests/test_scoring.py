@@ -50,10 +50,36 @@ def ref_scores(pred: str, answers: list[str]) -> tuple[float, float]:
 
 
 EDGE_PREDICTIONS = [
-    "", " ", "the", "An apple", "a-team", "rock'n'roll", "U.S.A.", "Ünïcödé Straße", "ΟΔΟΣ",
-    "İstanbul", "the\u0301 end", "x\u00a0y", "x\u3000y", "x\x1cy", "x\u200by", "«quoted»",
-    "same same same", "café", "cafe\u0301", "1,000", "$5.00", "the the the", "The Beatles",
-    "ﬁne", "ǅemal", "10\u00bd", "٣ apples", "_under_score_", "tab\tnew\nline", "e\u0301 the",
+    "",
+    " ",
+    "the",
+    "An apple",
+    "a-team",
+    "rock'n'roll",
+    "U.S.A.",
+    "Ünïcödé Straße",
+    "ΟΔΟΣ",
+    "İstanbul",
+    "the\u0301 end",
+    "x\u00a0y",
+    "x\u3000y",
+    "x\x1cy",
+    "x\u200by",
+    "«quoted»",
+    "same same same",
+    "café",
+    "cafe\u0301",
+    "1,000",
+    "$5.00",
+    "the the the",
+    "The Beatles",
+    "ﬁne",
+    "ǅemal",
+    "10\u00bd",
+    "٣ apples",
+    "_under_score_",
+    "tab\tnew\nline",
+    "e\u0301 the",
 ]
 
 
@@ -159,9 +185,16 @@ def gsm8k_texts(shared_dir):
     # Completions as models write them.
     for f in finals[:300]:
         texts += [
-            f"The answer is {f}.", f"So she pays ${f}.", f"#### {f}\n", f"Result: -{f}, not {rng.randint(0, 99)}",
-            f"{rng.randint(1, 9)},{rng.randint(100, 999)} items and {f}.5 km", f"answer is: {f}\n",
-            f"...$ {f}... #### {f}.", "no numbers at all", f"1.2.3 then {f},", f".{f} ,, -- $$",
+            f"The answer is {f}.",
+            f"So she pays ${f}.",
+            f"#### {f}\n",
+            f"Result: -{f}, not {rng.randint(0, 99)}",
+            f"{rng.randint(1, 9)},{rng.randint(100, 999)} items and {f}.5 km",
+            f"answer is: {f}\n",
+            f"...$ {f}... #### {f}.",
+            "no numbers at all",
+            f"1.2.3 then {f},",
+            f".{f} ,, -- $$",
         ]
     return texts, finals
 

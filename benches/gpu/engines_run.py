@@ -62,8 +62,9 @@ def run_capped(cmd: list[str], limit: float, logfile: Path, env: dict[str, str] 
     servers on KeyboardInterrupt), SIGKILL to the group 30 s later."""
     log(f"$ {' '.join(cmd)}  (limit {limit:.0f} s, log {logfile.name})")
     with logfile.open("ab") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(
+            cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})}
+        )
         try:
             return proc.wait(timeout=max(limit, 1))
         except subprocess.TimeoutExpired:
@@ -101,8 +102,12 @@ def free_gpu(wait_s: float = 40) -> None:
     t = time.time()
     while True:
         try:
-            out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                                 capture_output=True, text=True, timeout=30).stdout
+            out = subprocess.run(
+                ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout
         except (OSError, subprocess.SubprocessError):
             return
         pids = [int(x.split(",")[0]) for x in out.strip().splitlines() if x.strip()]
@@ -183,14 +188,22 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(HERE))
         import engine_configs
 
-        cfg_path = engine_configs.write(name, cfg_dir, str(work / "hf-model"), str(site), ready_timeout_s=ready_s,
-                                        load_test_time_limit_s=LOAD_TEST_LIMIT_S)
+        cfg_path = engine_configs.write(
+            name,
+            cfg_dir,
+            str(work / "hf-model"),
+            str(site),
+            ready_timeout_s=ready_s,
+            load_test_time_limit_s=LOAD_TEST_LIMIT_S,
+        )
         shutil.copy(cfg_path, out / f"{name}.toml")
-        code = ("import sys, json\n"
-                "from optbench.run import run\n"
-                f"rep = run([{str(cfg_path)!r}], dataset=None, results_dir={str(results)!r}, "
-                f"report_path={str(results / 'RESULTS.md')!r}, run_id={a.run_id!r}, progress=False)\n"
-                "print(rep['markdown'])\n")
+        code = (
+            "import sys, json\n"
+            "from optbench.run import run\n"
+            f"rep = run([{str(cfg_path)!r}], dataset=None, results_dir={str(results)!r}, "
+            f"report_path={str(results / 'RESULTS.md')!r}, run_id={a.run_id!r}, progress=False)\n"
+            "print(rep['markdown'])\n"
+        )
         free_gpu()
         if name in a.sweep_only.split(","):
             log(f"{name}: optbench run already done; the sweep only")
@@ -210,18 +223,45 @@ def main(argv: list[str] | None = None) -> int:
         if sweep_limit >= 150:
             status(work, phase="sweep")
             sweep_out = out / "sweep"
-            run_capped([py, str(HERE / "sweep.py"), "--config", str(cfg_path), "--out", str(sweep_out),
-                        "--concurrency", "1,8,32,64", "--requests", SWEEP_REQUESTS, "--caps", SWEEP_CAPS,
-                        "--deadline-s", str(sweep_limit - 10), "--reserve-s", "25",
-                        "--commands", f"python3 benches/gpu/engines_run.py ... (sweep of {name}); see engines.sh"],
-                       sweep_limit, out / "sweep.log")
+            run_capped(
+                [
+                    py,
+                    str(HERE / "sweep.py"),
+                    "--config",
+                    str(cfg_path),
+                    "--out",
+                    str(sweep_out),
+                    "--concurrency",
+                    "1,8,32,64",
+                    "--requests",
+                    SWEEP_REQUESTS,
+                    "--caps",
+                    SWEEP_CAPS,
+                    "--deadline-s",
+                    str(sweep_limit - 10),
+                    "--reserve-s",
+                    "25",
+                    "--commands",
+                    f"python3 benches/gpu/engines_run.py ... (sweep of {name}); see engines.sh",
+                ],
+                sweep_limit,
+                out / "sweep.log",
+            )
             kill_leftover_servers(work)
             free_gpu()
         else:
             log(f"{name}: no sweep ({sweep_limit:.0f} s left for it)")
             (out / "NO_SWEEP.txt").write_text(f"no time left for the sweep ({sweep_limit:.0f} s)\n")
-        pack(work, name, {"out": out, "run": run_dir / name, "results.csv": results / "results.csv",
-                          "RESULTS.md": results / "RESULTS.md"})
+        pack(
+            work,
+            name,
+            {
+                "out": out,
+                "run": run_dir / name,
+                "results.csv": results / "results.csv",
+                "RESULTS.md": results / "RESULTS.md",
+            },
+        )
         done.append(name)
         status(work, done=done, current=None, phase=None)
         log(f"{name}: finished in {time.time() - t_cfg:.0f} s; {left():.0f} s left")

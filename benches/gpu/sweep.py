@@ -82,8 +82,13 @@ def environment(binary: str | None, build_info: Path | None) -> dict[str, Any]:
             env[mod] = __import__(mod).__version__
         except Exception as e:  # noqa: BLE001
             env[mod] = f"unavailable ({e})"
-    q = sh(["nvidia-smi", "--query-gpu=name,memory.total,driver_version,pci.bus_id,clocks.max.sm,clocks.max.mem",
-            "--format=csv,noheader"])
+    q = sh(
+        [
+            "nvidia-smi",
+            "--query-gpu=name,memory.total,driver_version,pci.bus_id,clocks.max.sm,clocks.max.mem",
+            "--format=csv,noheader",
+        ]
+    )
     env["gpus"] = [line.strip() for line in q.splitlines() if line.strip()]
     smi = sh(["nvidia-smi"])
     m = re.search(r"CUDA Version:\s*([\d.]+)", smi)
@@ -141,13 +146,20 @@ class CpuMeter:
         if sample[0] - self.last_print >= 15:
             self.last_print = sample[0]
             done = p["succeeded"] + p["failed"]
-            log(f"  progress: {done}/{p['total']} done, {p['failed']} failed, {p['sent'] - done} in flight, "
-                f"{p['chunks']} chunks, {p['elapsed_s']:.0f} s")
+            log(
+                f"  progress: {done}/{p['total']} done, {p['failed']} failed, {p['sent'] - done} in flight, "
+                f"{p['chunks']} chunks, {p['elapsed_s']:.0f} s"
+            )
 
     def shares(self) -> dict[str, float | None]:
         if not self.first or not self.last or self.last[0] <= self.first[0]:
-            return {"client_cpu_s": None, "client_cpu_share": None, "server_cpu_s": None, "server_cpu_share": None,
-                    "cpu_window_s": None}
+            return {
+                "client_cpu_s": None,
+                "client_cpu_share": None,
+                "server_cpu_s": None,
+                "server_cpu_share": None,
+                "cpu_window_s": None,
+            }
         wall = self.last[0] - self.first[0]
         client = self.last[1] - self.first[1]
         server = (self.last[2] - self.first[2]) if self.last[2] is not None and self.first[2] is not None else None
@@ -165,7 +177,10 @@ def plan_runs(small: bool, concurrencies: list[int] | None, requests: dict[int, 
     """The runs in order: the brief's load test (concurrency 8) first, then the rest of the sweep."""
     if small:
         base = dict(input_tokens=64, output_tokens=16)
-        runs = [dict(concurrency=1, num_requests=4, warmup=1, cap_s=120), dict(concurrency=2, num_requests=4, warmup=0, cap_s=120)]
+        runs = [
+            dict(concurrency=1, num_requests=4, warmup=1, cap_s=120),
+            dict(concurrency=2, num_requests=4, warmup=0, cap_s=120),
+        ]
     else:
         base = dict(input_tokens=2048, output_tokens=1024)
         runs = [
@@ -178,7 +193,9 @@ def plan_runs(small: bool, concurrencies: list[int] | None, requests: dict[int, 
         ]
     if concurrencies:
         known = {r["concurrency"]: r for r in runs}
-        runs = [known.get(c, dict(concurrency=c, num_requests=max(2 * c, 8), warmup=0, cap_s=150)) for c in concurrencies]
+        runs = [
+            known.get(c, dict(concurrency=c, num_requests=max(2 * c, 8), warmup=0, cap_s=150)) for c in concurrencies
+        ]
     for i, r in enumerate(runs):
         # A prompt seed of its own per run: with a shared seed, run B's prompt k equals run A's
         # prompt k, and llama-server reuses a slot that still holds it (its prompt eval becomes
@@ -222,10 +239,21 @@ def engine_title(engine: str) -> str:
     return {"llama_cpp": "llama.cpp", "vllm": "vLLM", "sglang": "SGLang"}.get(engine, engine)
 
 
-def write_report(out: Path, env: dict[str, Any], cfg_text: str, server_cmd: str, rows: list[dict[str, Any]],
-                 args: argparse.Namespace, runs: list[dict[str, Any]], notes: list[str], plots: list[str],
-                 commands: str, engine: str = "llama_cpp", cfg_name: str = "baseline_llama_cpp_gpu",
-                 floor: tuple[float, str] | None = None) -> Path:
+def write_report(
+    out: Path,
+    env: dict[str, Any],
+    cfg_text: str,
+    server_cmd: str,
+    rows: list[dict[str, Any]],
+    args: argparse.Namespace,
+    runs: list[dict[str, Any]],
+    notes: list[str],
+    plots: list[str],
+    commands: str,
+    engine: str = "llama_cpp",
+    cfg_name: str = "baseline_llama_cpp_gpu",
+    floor: tuple[float, str] | None = None,
+) -> Path:
     b = env.get("llama_build", {})
     title = engine_title(engine)
     if args.small:
@@ -239,19 +267,22 @@ def write_report(out: Path, env: dict[str, Any], cfg_text: str, server_cmd: str,
             "The model is a **random-weight GGUF with Llama 3.1 8B's shapes** (32 blocks, hidden 4096, 32 heads / 8 KV "
             "heads, FFN 14336, f16, vocabulary padded to 128256; see benches/gpu/README.md), served by llama.cpp's "
             "`llama-server` with every layer on the GPU. Serving speed depends on shapes, not on weight values, so these "
-            "timings stand for Llama-3.1-8B-Instruct f16; ")
+            "timings stand for Llama-3.1-8B-Instruct f16; "
+        )
     else:
         model_text = (
             f"The model is **Llama-3.1-8B-Instruct's config.json with random weights** (`--load-format dummy`: {title} "
             "fills every tensor itself; no weights were downloaded) and the same tokenizer as the llama.cpp GGUF "
             "(SmolLM2-135M's BPE padded to 128256 tokens; `hf_model.py`), so every engine sees the same prompts token "
             f"for token. Serving speed depends on shapes, not on weight values, so these timings stand for "
-            f"Llama-3.1-8B-Instruct under this configuration; ")
+            f"Llama-3.1-8B-Instruct under this configuration; "
+        )
     lines = [
         head,
         "",
-        f"Measured {env['date_utc']} by `benches/gpu/sweep.py`. " + model_text +
-        "**quality was not evaluated** (scores of random weights are meaningless).",
+        f"Measured {env['date_utc']} by `benches/gpu/sweep.py`. "
+        + model_text
+        + "**quality was not evaluated** (scores of random weights are meaningless).",
         "",
         "### Environment",
         "",
@@ -284,12 +315,15 @@ def write_report(out: Path, env: dict[str, Any], cfg_text: str, server_cmd: str,
     if engine == "llama_cpp":
         lines.append(
             f"| Model file | {b.get('gguf', args.model)} ({b.get('gguf_bytes', 'n/a')} bytes; generated in "
-            f"{b.get('gguf_seconds', 'n/a')} s by benches/gpu/gen_gguf.py, gguf-py {b.get('gguf_py', 'n/a')}) |")
+            f"{b.get('gguf_seconds', 'n/a')} s by benches/gpu/gen_gguf.py, gguf-py {b.get('gguf_py', 'n/a')}) |"
+        )
     else:
         lines.append(f"| Model folder | {env.get('model_folder', 'n/a')} (config.json + tokenizer; no weights) |")
     if floor:
-        lines.append(f"| Bandwidth floor | {floor[0] / 1e9:.2f} GB of weights ({floor[1]}) / {args.bandwidth_tbs} TB/s = "
-                     f"**{floor[0] / (args.bandwidth_tbs * 1e12) * 1e3:.2f} ms per decode step** |")
+        lines.append(
+            f"| Bandwidth floor | {floor[0] / 1e9:.2f} GB of weights ({floor[1]}) / {args.bandwidth_tbs} TB/s = "
+            f"**{floor[0] / (args.bandwidth_tbs * 1e12) * 1e3:.2f} ms per decode step** |"
+        )
     lines += [
         "",
         "### Commands",
@@ -373,8 +407,18 @@ def write_parquet(frames: list, path: Path, notes: list[str] | None):
     return big
 
 
-def measure(cfg: Any, cfg_text: str, env: dict[str, Any], args: argparse.Namespace, out: Path, scratch: Path,
-            deadline: float, runs: list[dict[str, Any]], extra_row: dict[str, Any], kv_note: str) -> int:
+def measure(
+    cfg: Any,
+    cfg_text: str,
+    env: dict[str, Any],
+    args: argparse.Namespace,
+    out: Path,
+    scratch: Path,
+    deadline: float,
+    runs: list[dict[str, Any]],
+    extra_row: dict[str, Any],
+    kv_note: str,
+) -> int:
     """Serves ``cfg``, runs ``runs`` against it and writes the report, CSV, Parquet, plots, extras."""
     import pandas as pd
 
@@ -385,8 +429,10 @@ def measure(cfg: Any, cfg_text: str, env: dict[str, Any], args: argparse.Namespa
     floor = None if args.small else weight_bytes(cfg.engine, cfg.server)
     server_cmd = print_command(cfg)
     log(f"server command: {server_cmd}")
-    log("plan: " + "; ".join(f"c={r['concurrency']} n={r['num_requests']} warmup={r['warmup']} cap={r['cap_s']}s"
-                             for r in runs))
+    log(
+        "plan: "
+        + "; ".join(f"c={r['concurrency']} n={r['num_requests']} warmup={r['warmup']} cap={r['cap_s']}s" for r in runs)
+    )
 
     rows: list[dict[str, Any]] = []
     frames: list[pd.DataFrame] = []
@@ -401,14 +447,29 @@ def measure(cfg: Any, cfg_text: str, env: dict[str, Any], args: argparse.Namespa
         nonlocal_cmd = server_cmd_box[0]
         if rows:
             pd.DataFrame(rows).to_csv(summary_csv, index=False)
-        write_report(out, env, cfg_text, nonlocal_cmd, rows, args, runs, notes, plot_files, args.commands,
-                     engine=cfg.engine, cfg_name=cfg.name, floor=floor)
+        write_report(
+            out,
+            env,
+            cfg_text,
+            nonlocal_cmd,
+            rows,
+            args,
+            runs,
+            notes,
+            plot_files,
+            args.commands,
+            engine=cfg.engine,
+            cfg_name=cfg.name,
+            floor=floor,
+        )
 
     try:
         t_load = time.monotonic()
         with optbench.serve(cfg, log_dir=scratch) as server:
-            log(f"server ready at {server.base_url} in {time.monotonic() - t_load:.1f} s (version {server.version}); "
-                f"gpu: {server.gpu}")
+            log(
+                f"server ready at {server.base_url} in {time.monotonic() - t_load:.1f} s (version {server.version}); "
+                f"gpu: {server.gpu}"
+            )
             env["server_ready_s"] = round(time.monotonic() - t_load, 1)
             if cfg.engine != "llama_cpp":
                 env["engine_version"] = server.version
@@ -416,8 +477,9 @@ def measure(cfg: Any, cfg_text: str, env: dict[str, Any], args: argparse.Namespa
             env["gpu_after_load"] = server.gpu
             if server.gpu and not args.small:
                 used = sum(g["memory_used_mib"] for g in server.gpu["gpus"])
-                notes.append(f"GPU memory in use with the model loaded (weights, {kv_note}, buffers): "
-                             f"{used / 1024:.1f} GiB")
+                notes.append(
+                    f"GPU memory in use with the model loaded (weights, {kv_note}, buffers): {used / 1024:.1f} GiB"
+                )
                 if used < 10 * 1024:
                     notes.append("WARNING: under 10 GiB of GPU memory in use: the model may not be on the GPU")
             pid = server.pid
@@ -432,36 +494,64 @@ def measure(cfg: Any, cfg_text: str, env: dict[str, Any], args: argparse.Namespa
                     log(f"skip c={r['concurrency']}: only {budget:.0f} s left")
                     continue
                 label = f"c={r['concurrency']}"
-                log(f"run {label}: {r['num_requests']} requests (+{r['warmup']} warm-up), "
-                    f"{r['input_tokens']} in / {r['output_tokens']} out, time limit {limit:.0f} s")
+                log(
+                    f"run {label}: {r['num_requests']} requests (+{r['warmup']} warm-up), "
+                    f"{r['input_tokens']} in / {r['output_tokens']} out, time limit {limit:.0f} s"
+                )
                 meter = CpuMeter(pid)
                 cpu0, t0 = self_cpu_s(), time.monotonic()
                 res = optbench.load_test(
-                    server.base_url, server.model, num_requests=r["num_requests"], concurrency=r["concurrency"],
-                    input_tokens=r["input_tokens"], output_tokens=r["output_tokens"], ignore_eos=True,
-                    warmup=r["warmup"], temperature=0.0, seed=r["seed"], time_limit_s=limit, label=label, progress=meter,
-                    progress_interval_s=0.5, tokenizer=cfg.load_test.get("tokenizer"),
+                    server.base_url,
+                    server.model,
+                    num_requests=r["num_requests"],
+                    concurrency=r["concurrency"],
+                    input_tokens=r["input_tokens"],
+                    output_tokens=r["output_tokens"],
+                    ignore_eos=True,
+                    warmup=r["warmup"],
+                    temperature=0.0,
+                    seed=r["seed"],
+                    time_limit_s=limit,
+                    label=label,
+                    progress=meter,
+                    progress_interval_s=0.5,
+                    tokenizer=cfg.load_test.get("tokenizer"),
                 )
                 total_wall = time.monotonic() - t0
                 print(res.summary_table(), file=sys.stderr, flush=True)
                 row = res.summary_row()
                 row.update(meter.shares())
-                row.update(brief=r["brief"], warmup=r["warmup"], prompt_seed=r["seed"], time_limit_s=limit,
-                           call_wall_s=total_wall, call_client_cpu_s=self_cpu_s() - cpu0,
-                           **extra_row)
+                row.update(
+                    brief=r["brief"],
+                    warmup=r["warmup"],
+                    prompt_seed=r["seed"],
+                    time_limit_s=limit,
+                    call_wall_s=total_wall,
+                    call_client_cpu_s=self_cpu_s() - cpu0,
+                    **extra_row,
+                )
                 if res.interrupted:
-                    notes.append(f"concurrency {r['concurrency']}: stopped at its {limit:.0f} s time limit; "
-                                 "requests then in flight are the 'cancelled' failures")
+                    notes.append(
+                        f"concurrency {r['concurrency']}: stopped at its {limit:.0f} s time limit; "
+                        "requests then in flight are the 'cancelled' failures"
+                    )
                 for w in res.warnings:
                     notes.append(f"concurrency {r['concurrency']}: {w}")
                 rows.append(row)
-                results[label] = {"summary": res.summary, "config": res.config, "cpu": meter.shares(),
-                                  "stop_reason": res.stop_reason, "warnings": res.warnings}
+                results[label] = {
+                    "summary": res.summary,
+                    "config": res.config,
+                    "cpu": meter.shares(),
+                    "stop_reason": res.stop_reason,
+                    "warnings": res.warnings,
+                }
                 df = res.requests.copy()
                 df.insert(0, "sweep_concurrency", r["concurrency"])
                 frames.append(df)
-                log(f"run {label} done in {total_wall:.1f} s; client CPU {fmt(row['client_cpu_share'], 3)} cores, "
-                    f"server CPU {fmt(row.get('server_cpu_share'), 2)} cores")
+                log(
+                    f"run {label} done in {total_wall:.1f} s; client CPU {fmt(row['client_cpu_share'], 3)} cores, "
+                    f"server CPU {fmt(row.get('server_cpu_share'), 2)} cores"
+                )
                 flush_tables()
                 write_parquet(frames, out / "requests.parquet", None)  # kept if a later run is killed
     except Exception as e:  # noqa: BLE001 - keep what was measured, say what broke
@@ -478,9 +568,11 @@ def measure(cfg: Any, cfg_text: str, env: dict[str, Any], args: argparse.Namespa
         try:
             reqs = {f"c={c}": g for c, g in big.groupby("sweep_concurrency", sort=True)}
             load_rows = pd.DataFrame(rows).assign(label="llama.cpp baseline" if cfg.engine == "llama_cpp" else cfg.name)
-            for name, fig in (("throughput_vs_concurrency", lambda: plots.throughput_vs_load(load_rows, x="concurrency")),
-                              ("latency_percentiles", lambda: plots.latency_percentiles(reqs)),
-                              ("latency_cdfs", lambda: plots.latency_cdfs(reqs))):
+            for name, fig in (
+                ("throughput_vs_concurrency", lambda: plots.throughput_vs_load(load_rows, x="concurrency")),
+                ("latency_percentiles", lambda: plots.latency_percentiles(reqs)),
+                ("latency_cdfs", lambda: plots.latency_cdfs(reqs)),
+            ):
                 plots.save(fig(), name, out)
                 plot_files.append(f"{name}.png")
             plots.save(plots.itl_distribution(reqs), "itl_distribution", scratch)
@@ -490,8 +582,9 @@ def measure(cfg: Any, cfg_text: str, env: dict[str, Any], args: argparse.Namespa
             traceback.print_exc()
             notes.append(f"plotting failed: {type(e).__name__}: {e}")
     flush_tables()
-    (scratch / "summary.json").write_text(json.dumps({"environment": env, "runs": results, "rows": rows,
-                                                      "notes": notes}, indent=1, default=str) + "\n")
+    (scratch / "summary.json").write_text(
+        json.dumps({"environment": env, "runs": results, "rows": rows, "notes": notes}, indent=1, default=str) + "\n"
+    )
     with tarfile.open(out / "extras.tar.gz", "w:gz") as tar:
         for f in sorted(scratch.iterdir()):
             tar.add(f, arcname=f.name)
@@ -500,8 +593,9 @@ def measure(cfg: Any, cfg_text: str, env: dict[str, Any], args: argparse.Namespa
     return rc
 
 
-def sweep_config(args: argparse.Namespace, out: Path, scratch: Path, deadline: float,
-                 runs: list[dict[str, Any]]) -> int:
+def sweep_config(
+    args: argparse.Namespace, out: Path, scratch: Path, deadline: float, runs: list[dict[str, Any]]
+) -> int:
     """The sweep of a configuration file (vLLM, SGLang, or any engine optbench starts)."""
     from optbench.config import load_config
 
@@ -511,26 +605,41 @@ def sweep_config(args: argparse.Namespace, out: Path, scratch: Path, deadline: f
     env["engine_packages"] = engine_packages(cfg)
     log("environment: " + json.dumps(env, default=str))
     (scratch / "environment.json").write_text(json.dumps(env, indent=1, default=str) + "\n")
-    return measure(cfg, args.config.read_text(), env, args, out, scratch, deadline, runs, extra_row={},
-                   kv_note="KV cache")
+    return measure(
+        cfg, args.config.read_text(), env, args, out, scratch, deadline, runs, extra_row={}, kv_note="KV cache"
+    )
 
 
 #: Packages whose versions the report gives for a vLLM / SGLang configuration.
-ENGINE_PACKAGES = ("vllm", "sglang", "sglang-kernel", "torch", "triton", "transformers", "tokenizers",
-                   "flashinfer-python", "flashinfer-cubin", "xgrammar", "numpy")
+ENGINE_PACKAGES = (
+    "vllm",
+    "sglang",
+    "sglang-kernel",
+    "torch",
+    "triton",
+    "transformers",
+    "tokenizers",
+    "flashinfer-python",
+    "flashinfer-cubin",
+    "xgrammar",
+    "numpy",
+)
 
 
 def engine_packages(cfg: Any) -> str:
     """Versions of the engine's packages as its own interpreter, with the configuration's
     environment (PYTHONPATH of a --target install), sees them."""
     python = cfg.server.get("python") or sys.executable
-    code = ("import importlib.metadata as m\n"
-            f"for n in {list(ENGINE_PACKAGES)!r}:\n"
-            "    try: print(n, m.version(n))\n"
-            "    except m.PackageNotFoundError: pass\n")
+    code = (
+        "import importlib.metadata as m\n"
+        f"for n in {list(ENGINE_PACKAGES)!r}:\n"
+        "    try: print(n, m.version(n))\n"
+        "    except m.PackageNotFoundError: pass\n"
+    )
     try:
-        r = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60, check=False,
-                           env={**os.environ, **cfg.env})
+        r = subprocess.run(
+            [python, "-c", code], capture_output=True, text=True, timeout=60, check=False, env={**os.environ, **cfg.env}
+        )
         return ", ".join(line.strip() for line in r.stdout.splitlines() if line.strip()) or r.stderr.strip()[-300:]
     except (OSError, subprocess.SubprocessError) as e:
         return f"unknown ({e})"
@@ -539,8 +648,11 @@ def engine_packages(cfg: Any) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, help="the GGUF to serve (the llama.cpp baseline; or give --config)")
-    p.add_argument("--config", type=Path, help="a configuration file to serve instead (any engine; engine_configs.py "
-                                               "writes the vLLM / SGLang ones)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="a configuration file to serve instead (any engine; engine_configs.py writes the vLLM / SGLang ones)",
+    )
     p.add_argument("--out", required=True, type=Path, help="where results go (flat, at most 8 files)")
     p.add_argument("--binary", help="llama-server (default: $OPTBENCH_LLAMA_SERVER, then optbench's lookup)")
     p.add_argument("--build-info", type=Path, help="build_info.json written by step1.sh")
@@ -555,8 +667,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reserve-s", type=float, default=45, help="seconds kept for the report and plots (default 45)")
     p.add_argument("--commands", default="", help="the exact commands, for the report")
     p.add_argument("--caps", default="", help="time caps per concurrency in seconds, e.g. '1=40,64=90'")
-    p.add_argument("--bandwidth-tbs", type=float, default=4.8,
-                   help="GPU memory bandwidth for the decode-step floor (default 4.8: the H200's datasheet)")
+    p.add_argument(
+        "--bandwidth-tbs",
+        type=float,
+        default=4.8,
+        help="GPU memory bandwidth for the decode-step floor (default 4.8: the H200's datasheet)",
+    )
     args = p.parse_args(argv)
     if (args.model is None) == (args.config is None):
         p.error("give exactly one of --model (a GGUF for the llama.cpp baseline) and --config")
@@ -614,15 +730,35 @@ def main(argv: list[str] | None = None) -> int:
     }
     cfg = parse_config(config, "<sweep>")
     cfg_text = "\n".join(
-        [f'name = "{cfg.name}"', 'engine = "llama_cpp"', f'model = "{cfg.model}"', "baseline = true",
-         f"ready_timeout_s = {int(cfg.ready_timeout_s)}", "", "[server]",
-         f'model_path = "{config["server"]["model_path"]}"', f'binary = "{binary}"',
-         f"gpu_layers = {args.gpu_layers}", f"parallel = {parallel}",
-         f"ctx_size = {ctx}   # {parallel} slots x ({runs[0]['input_tokens']} + {runs[0]['output_tokens']} + {args.ctx_margin})",
-         "extra_args = [" + ", ".join(f'"{a}"' for a in extra) + "]"])
+        [
+            f'name = "{cfg.name}"',
+            'engine = "llama_cpp"',
+            f'model = "{cfg.model}"',
+            "baseline = true",
+            f"ready_timeout_s = {int(cfg.ready_timeout_s)}",
+            "",
+            "[server]",
+            f'model_path = "{config["server"]["model_path"]}"',
+            f'binary = "{binary}"',
+            f"gpu_layers = {args.gpu_layers}",
+            f"parallel = {parallel}",
+            f"ctx_size = {ctx}   # {parallel} slots x ({runs[0]['input_tokens']} + {runs[0]['output_tokens']} + {args.ctx_margin})",
+            "extra_args = [" + ", ".join(f'"{a}"' for a in extra) + "]",
+        ]
+    )
     (scratch / "config.toml").write_text(cfg_text + "\n")
-    return measure(cfg, cfg_text, env, args, out, scratch, deadline, runs,
-                   extra_row=dict(parallel=parallel, ctx_size=ctx), kv_note=f"KV cache for {ctx} tokens")
+    return measure(
+        cfg,
+        cfg_text,
+        env,
+        args,
+        out,
+        scratch,
+        deadline,
+        runs,
+        extra_row=dict(parallel=parallel, ctx_size=ctx),
+        kv_note=f"KV cache for {ctx} tokens",
+    )
 
 
 if __name__ == "__main__":

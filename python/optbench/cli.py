@@ -1,15 +1,15 @@
 """The ``optbench`` command line.
 
-    optbench load-test --base-url URL --model NAME [options]   load-test a running server
-    optbench load-test --embedded [options]                    ... or the embedded llama-server
-    optbench demo                                              `run` on the embedded server, quick profile
-    optbench embedded-server [--port N]                        serve the embedded model until Ctrl-C
-    optbench dataset build --source FOLDER|hub                 build data/test_dataset.json (520 prompts)
-    optbench evaluate --base-url URL --model NAME [options]    generate and score on the dataset
-    optbench serve [--print-command] CONFIG                    start a configuration's server (or print its command)
-    optbench run CONFIG [CONFIG ...] [--profile quick]         the whole comparison: results.csv + RESULTS.md
-    optbench report [RUN_DIR]                                  rebuild results.csv + RESULTS.md from Parquet
-    optbench info                                              versions, build, where things are
+optbench load-test --base-url URL --model NAME [options]   load-test a running server
+optbench load-test --embedded [options]                    ... or the embedded llama-server
+optbench demo                                              `run` on the embedded server, quick profile
+optbench embedded-server [--port N]                        serve the embedded model until Ctrl-C
+optbench dataset build --source FOLDER|hub                 build data/test_dataset.json (520 prompts)
+optbench evaluate --base-url URL --model NAME [options]    generate and score on the dataset
+optbench serve [--print-command] CONFIG                    start a configuration's server (or print its command)
+optbench run CONFIG [CONFIG ...] [--profile quick]         the whole comparison: results.csv + RESULTS.md
+optbench report [RUN_DIR]                                  rebuild results.csv + RESULTS.md from Parquet
+optbench info                                              versions, build, where things are
 """
 
 from __future__ import annotations
@@ -34,14 +34,17 @@ from optbench.results import save_load_test
 from optbench.run import PROFILES, RENAMED_PROFILES
 from optbench.servers.llama_cpp import LlamaServer, embedded_model_path, find_llama_server, llama_server_version
 
+
 def _add_target_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("target")
     g.add_argument("--base-url", help="server root, e.g. http://127.0.0.1:8000 (not with --embedded)")
     g.add_argument("--model", help="model name sent with each request")
-    g.add_argument("--embedded", action="store_true",
-                   help="start the embedded llama-server (SmolLM2-135M, CPU) for this run")
-    g.add_argument("--parallel", type=int, default=None,
-                   help="with --embedded: llama-server slots (default --concurrency)")
+    g.add_argument(
+        "--embedded", action="store_true", help="start the embedded llama-server (SmolLM2-135M, CPU) for this run"
+    )
+    g.add_argument(
+        "--parallel", type=int, default=None, help="with --embedded: llama-server slots (default --concurrency)"
+    )
 
 
 def _add_output_options(p: argparse.ArgumentParser) -> Any:
@@ -56,7 +59,9 @@ def _add_output_options(p: argparse.ArgumentParser) -> Any:
 def _add_load_test_options(p: argparse.ArgumentParser) -> None:
     _add_target_options(p)
     add_cli_options(p, LoadTestOptions)
-    _add_output_options(p).add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+    _add_output_options(p).add_argument(
+        "--json", action="store_true", help="print the summary as JSON instead of a table"
+    )
 
 
 @contextmanager
@@ -128,17 +133,29 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     dataset: str | None = args.dataset
     source = _demo_dataset_source(args.dataset_source)
     if not Path(args.dataset).is_file() and source is None:
-        print("optbench demo: no evaluation data (no --dataset-source, no $OPTBENCH_DATASET_SOURCE and no `datasets` "
-              'library for the hub: pip install "optbench[hub]"); running the load test only', file=sys.stderr)
+        print(
+            "optbench demo: no evaluation data (no --dataset-source, no $OPTBENCH_DATASET_SOURCE and no `datasets` "
+            'library for the hub: pip install "optbench[hub]"); running the load test only',
+            file=sys.stderr,
+        )
         dataset = None
     config = dict(EMBEDDED_CONFIG)
     if not _demo_has_embedding_model():
-        print("optbench demo: no embedding model for the chat scorer (no $OPTBENCH_EMBEDDING_MODEL and no "
-              'huggingface_hub: pip install "optbench[hub]"); skipping the chat category', file=sys.stderr)
+        print(
+            "optbench demo: no embedding model for the chat scorer (no $OPTBENCH_EMBEDDING_MODEL and no "
+            'huggingface_hub: pip install "optbench[hub]"); skipping the chat category',
+            file=sys.stderr,
+        )
         config["evaluation"] = {"categories": ["qa", "reasoning", "code"]}
-    report = run([parse_config(config, "embedded")], profile="quick", dataset=dataset,
-                 dataset_source=source, results_dir=args.results_dir, report_path=args.report,
-                 progress=not args.no_progress)
+    report = run(
+        [parse_config(config, "embedded")],
+        profile="quick",
+        dataset=dataset,
+        dataset_source=source,
+        results_dir=args.results_dir,
+        report_path=args.report,
+        progress=not args.no_progress,
+    )
     print(report["markdown"])
     print(f"wrote {report['csv']} and {report['report']}", file=sys.stderr)
     return 0 if (report["table"]["status"] == "ok").all() else 1
@@ -179,11 +196,16 @@ def _add_dataset_commands(sub: Any) -> None:
     build = commands.add_parser(
         "build", help="select the 520 evaluation prompts from SQuAD v2, GSM8K, HH-RLHF and HumanEval"
     )
-    build.add_argument("--source", default="hub",
-                       help="'hub' (Hugging Face, needs optbench[hub]) or a local folder of the source files (default hub)")
+    build.add_argument(
+        "--source",
+        default="hub",
+        help="'hub' (Hugging Face, needs optbench[hub]) or a local folder of the source files (default hub)",
+    )
     build.add_argument("--output", default=DEFAULT_OUTPUT, help=f"the JSON file to write (default {DEFAULT_OUTPUT})")
     build.add_argument("--seed", type=int, default=0, help="selection seed (default 0)")
-    build.add_argument("--counts", default=None, help="override items per category, e.g. qa=10,reasoning=5,chat=5,code=4")
+    build.add_argument(
+        "--counts", default=None, help="override items per category, e.g. qa=10,reasoning=5,chat=5,code=4"
+    )
     build.set_defaults(func=_cmd_dataset_build)
 
 
@@ -192,8 +214,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     opts = EvaluationOptions.make(**options_from_cli(EvaluationOptions, args))
     with _target(args, opts.concurrency) as (base_url, model):
-        result = evaluate(base_url, model, opts, dataset=args.dataset, label=args.label,
-                          progress=not args.no_progress)
+        result = evaluate(base_url, model, opts, dataset=args.dataset, label=args.label, progress=not args.no_progress)
     print(result)
     if not args.no_save:
         paths = save_evaluation(result, args.results_dir)
@@ -204,8 +225,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from optbench.run import run
 
-    report = run(args.configs, profile=args.profile, dataset=args.dataset, dataset_source=args.dataset_source,
-                 results_dir=args.results_dir, report_path=args.report, progress=not args.no_progress)
+    report = run(
+        args.configs,
+        profile=args.profile,
+        dataset=args.dataset,
+        dataset_source=args.dataset_source,
+        results_dir=args.results_dir,
+        report_path=args.report,
+        progress=not args.no_progress,
+    )
     print(report["markdown"])
     print(f"wrote {report['csv']} and {report['report']}", file=sys.stderr)
     return 0 if (report["table"]["status"] == "ok").any() else 1
@@ -228,7 +256,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(print_command(args.config))
         return 0
     with serve(args.config) as server:
-        print(f"{server.config.name}: {server.model} at {server.base_url} (log {server.log_path}); Ctrl-C stops it", flush=True)
+        print(
+            f"{server.config.name}: {server.model} at {server.base_url} (log {server.log_path}); Ctrl-C stops it",
+            flush=True,
+        )
         try:
             while True:
                 time.sleep(0.5)
@@ -266,7 +297,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="optbench", description="Decide how to serve an LLM: load tests you can trust.")
+    parser = argparse.ArgumentParser(
+        prog="optbench", description="Decide how to serve an LLM: load tests you can trust."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("load-test", help="load-test an OpenAI-compatible server")
     _add_load_test_options(p)
@@ -274,17 +307,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="optbench run on the embedded server with the quick profile")
     p.add_argument("--results-dir", default="results")
     p.add_argument("--dataset", default="data/test_dataset.json", help="built from --dataset-source if missing")
-    p.add_argument("--dataset-source", default=None,
-                   help="a folder of the source files or 'hub' (default $OPTBENCH_DATASET_SOURCE, else the hub)")
+    p.add_argument(
+        "--dataset-source",
+        default=None,
+        help="a folder of the source files or 'hub' (default $OPTBENCH_DATASET_SOURCE, else the hub)",
+    )
     p.add_argument("--report", default="RESULTS.md")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_demo)
     p = sub.add_parser("run", help="serve, load-test and evaluate each configuration; write results.csv and RESULTS.md")
     p.add_argument("configs", nargs="+", help="configuration files, e.g. configs/*.toml")
-    p.add_argument("--profile", choices=[*PROFILES, *RENAMED_PROFILES], default="reference", metavar="{" + ",".join(PROFILES) + "}",
-                   help="; ".join(f"{name}: {prof.doc}" for name, prof in PROFILES.items()) + " (default reference)")
+    p.add_argument(
+        "--profile",
+        choices=[*PROFILES, *RENAMED_PROFILES],
+        default="reference",
+        metavar="{" + ",".join(PROFILES) + "}",
+        help="; ".join(f"{name}: {prof.doc}" for name, prof in PROFILES.items()) + " (default reference)",
+    )
     p.add_argument("--dataset", default="data/test_dataset.json")
-    p.add_argument("--dataset-source", default=None, help="build the dataset from this folder (or 'hub') when it is missing")
+    p.add_argument(
+        "--dataset-source", default=None, help="build the dataset from this folder (or 'hub') when it is missing"
+    )
     p.add_argument("--results-dir", default="results")
     p.add_argument("--report", default="RESULTS.md", help="where RESULTS.md goes")
     p.add_argument("--no-progress", action="store_true")
@@ -306,8 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_commands(sub)
     p = sub.add_parser("evaluate", help="generate and score answers on the evaluation dataset")
     _add_target_options(p)
-    p.add_argument("--dataset", default="data/test_dataset.json",
-                   help="file written by `optbench dataset build` (default data/test_dataset.json)")
+    p.add_argument(
+        "--dataset",
+        default="data/test_dataset.json",
+        help="file written by `optbench dataset build` (default data/test_dataset.json)",
+    )
     add_cli_options(p, EvaluationOptions)
     _add_output_options(p)
     p.set_defaults(func=_cmd_evaluate)

@@ -53,7 +53,6 @@ TOP_KEYS: dict[str, type | tuple[type, ...]] = {
 }
 
 
-
 @dataclass
 class ServerConfig:
     """A validated configuration (see the module docs for the file format)."""
@@ -74,8 +73,14 @@ class ServerConfig:
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-             list: "a list", dict: "a table"}
+    names = {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "true or false",
+        list: "a list",
+        dict: "a table",
+    }
     ts = t if isinstance(t, tuple) else (t,)
     return " or ".join(names.get(x, x.__name__) for x in ts)
 

@@ -208,10 +208,16 @@ def _read_squad_json(path: Path) -> _Rows:
                     raise DatasetError(f"{path} {qwhere}: expected an object, got {type(qa).__name__}")
                 for key in ("id", "question", "answers"):
                     if key not in qa:
-                        raise DatasetError(f"{path} {qwhere}: missing key {key!r} (expected 'id', 'question', 'answers')")
+                        raise DatasetError(
+                            f"{path} {qwhere}: missing key {key!r} (expected 'id', 'question', 'answers')"
+                        )
                 answers = qa["answers"]
-                if not isinstance(answers, list) or not all(isinstance(x, dict) and isinstance(x.get("text"), str) for x in answers):
-                    raise DatasetError(f"{path} {qwhere}: 'answers' must be a list of {{'text', 'answer_start'}} objects")
+                if not isinstance(answers, list) or not all(
+                    isinstance(x, dict) and isinstance(x.get("text"), str) for x in answers
+                ):
+                    raise DatasetError(
+                        f"{path} {qwhere}: 'answers' must be a list of {{'text', 'answer_start'}} objects"
+                    )
                 rows.append(
                     {
                         "id": qa["id"],
@@ -258,7 +264,13 @@ def _squad_hub_row(row: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(texts, list):
         raise DatasetError(f"{where}: 'answers' must be {{'text': [...], 'answer_start': [...]}}")
     # The hub rows have no is_impossible; an unanswerable question is one without answers.
-    return {"id": row["id"], "context": row["context"], "question": row["question"], "answers": list(texts), "is_impossible": None}
+    return {
+        "id": row["id"],
+        "context": row["context"],
+        "question": row["question"],
+        "answers": list(texts),
+        "is_impossible": None,
+    }
 
 
 def _read_hub(category: str) -> _Rows:
@@ -280,7 +292,9 @@ def _require_strings(source: _Rows, index: int, keys: tuple[str, ...]) -> None:
     row = source.rows[index]
     for key in keys:
         if key not in row:
-            raise DatasetError(f"{source.where(index)}: missing key {key!r} (expected keys {', '.join(map(repr, keys))})")
+            raise DatasetError(
+                f"{source.where(index)}: missing key {key!r} (expected keys {', '.join(map(repr, keys))})"
+            )
         if not isinstance(row[key], str):
             raise DatasetError(f"{source.where(index)}: key {key!r} must be a string, got {type(row[key]).__name__}")
 
@@ -587,7 +601,11 @@ def _check_item(item: Any, index: int, where_file: str) -> str:
             raise DatasetError(f"{where}: prompt.messages is empty (expected at least one user turn)")
         for k, message in enumerate(messages):
             expected_role = "user" if k % 2 == 0 else "assistant"
-            if not (isinstance(message, dict) and message.get("role") == expected_role and isinstance(message.get("content"), str)):
+            if not (
+                isinstance(message, dict)
+                and message.get("role") == expected_role
+                and isinstance(message.get("content"), str)
+            ):
                 raise DatasetError(
                     f"{where}: prompt.messages[{k}] must be {{'role': {expected_role!r}, 'content': str}} "
                     "(turns alternate user/assistant, starting and ending with user)"
@@ -632,7 +650,9 @@ def load_test_dataset(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     for index, item in enumerate(items):
         item_id = _check_item(item, index, str(file))
         if item_id in seen:
-            raise DatasetError(f"{file}: item {index} (id {item_id!r}): duplicate id, first used by item {seen[item_id]}")
+            raise DatasetError(
+                f"{file}: item {index} (id {item_id!r}): duplicate id, first used by item {seen[item_id]}"
+            )
         seen[item_id] = index
         tally[item["category"]] += 1
     counts = document.get("counts")

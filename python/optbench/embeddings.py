@@ -90,8 +90,9 @@ def _version_key(path: Path) -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", path.name))
 
 
-def resolve_model(model: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None,
-                  revision: str | None = None) -> Path:
+def resolve_model(
+    model: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None, revision: str | None = None
+) -> Path:
     """The local folder of ``model``: the folder itself when it exists, else (for an
     ``owner/name`` hub id) the hub snapshot in the Hugging Face cache, downloaded the first
     time (:data:`HUB_FILES` only)."""
@@ -116,8 +117,9 @@ def resolve_model(model: str | os.PathLike[str], *, cache_dir: str | os.PathLike
     return Path(folder)
 
 
-def _snapshot_download(repo_id: str, *, revision: str | None, cache_dir: str | os.PathLike[str] | None,
-                       allow_patterns: list[str]) -> str:
+def _snapshot_download(
+    repo_id: str, *, revision: str | None, cache_dir: str | os.PathLike[str] | None, allow_patterns: list[str]
+) -> str:
     """``huggingface_hub.snapshot_download`` (imported only here: it is optional)."""
     try:
         from huggingface_hub import snapshot_download  # type: ignore[import-not-found,unused-ignore]
@@ -202,7 +204,7 @@ class Embedder:
         if len(a) != len(b):
             raise ConfigError(f"{len(a)} texts against {len(b)}: give one reference per answer")
         both = self.encode(a + b)  # one call, so the two sides share batches
-        return cosine_similarity(both[: len(a)], both[len(a):])
+        return cosine_similarity(both[: len(a)], both[len(a) :])
 
     def __repr__(self) -> str:
         return (

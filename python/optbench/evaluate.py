@@ -114,8 +114,14 @@ class EvaluationResult:
         rows = []
         for cat, v in self.summary["categories"].items():
             rows.append({"label": self.label, "category": cat, **v})
-        rows.append({"label": self.label, "category": "overall", "n": int(sum(v["n"] for v in self.summary["categories"].values())),
-                     "score": self.overall})
+        rows.append(
+            {
+                "label": self.label,
+                "category": "overall",
+                "n": int(sum(v["n"] for v in self.summary["categories"].values())),
+                "score": self.overall,
+            }
+        )
         return rows
 
     def to_parquet(self, path: str | os.PathLike[str]) -> Path:
@@ -144,7 +150,9 @@ def _shot_answer(item: Mapping[str, Any]) -> str:
     return item["reference"]
 
 
-def render_prompt(item: Mapping[str, Any], shots: Sequence[Mapping[str, Any]], templates: Mapping[str, Mapping[str, str]]) -> str | list[dict[str, str]]:
+def render_prompt(
+    item: Mapping[str, Any], shots: Sequence[Mapping[str, Any]], templates: Mapping[str, Mapping[str, str]]
+) -> str | list[dict[str, str]]:
     """The prompt of ``item``: a text (qa, reasoning, code) or a conversation (chat)."""
     cat = item["category"]
     if cat == "chat":
@@ -186,7 +194,9 @@ def build_requests(
     for cat in cats:
         of_cat = [it for it in items if it["category"] == cat]
         if len(of_cat) <= NUM_SHOTS:
-            raise ConfigError(f"the dataset has {len(of_cat)} {cat} items: at least {NUM_SHOTS + 1} are needed ({NUM_SHOTS} are few-shot examples)")
+            raise ConfigError(
+                f"the dataset has {len(of_cat)} {cat} items: at least {NUM_SHOTS + 1} are needed ({NUM_SHOTS} are few-shot examples)"
+            )
         shots, rest = of_cat[:NUM_SHOTS], of_cat[NUM_SHOTS:]
         for item in rest[:limit] if limit else rest:
             prompt = render_prompt(item, shots, tmpl)
@@ -218,7 +228,8 @@ def _score(samples: pd.DataFrame, items: Sequence[Mapping[str, Any]], opts: dict
     qa = np.flatnonzero(cats == "qa").tolist()
     if len(qa):
         res = scoring.squad_v2(
-            [samples.at[i, "output"].strip() for i in qa], [items[i]["answers"] for i in qa],
+            [samples.at[i, "output"].strip() for i in qa],
+            [items[i]["answers"] for i in qa],
             no_answer_phrase=opts["no_answer_phrase"],
         )
         samples.loc[qa, "exact"] = res.exact
@@ -241,8 +252,10 @@ def _score(samples: pd.DataFrame, items: Sequence[Mapping[str, Any]], opts: dict
     cd = np.flatnonzero(cats == "code").tolist()
     if len(cd):
         code = scoring.humaneval(
-            [items[i] for i in cd], [samples.at[i, "output"] for i in cd],
-            workers=opts["sandbox_workers"], timeout_s=opts["code_timeout_s"],
+            [items[i] for i in cd],
+            [samples.at[i, "output"] for i in cd],
+            workers=opts["sandbox_workers"],
+            timeout_s=opts["code_timeout_s"],
         )
         samples.loc[cd, "code_result"] = [r.text for r in code.results]
         samples.loc[cd, "score"] = code.passed.astype(float)
@@ -272,29 +285,43 @@ def _start_generation(
     """Starts generating one answer per request, at temperature 0, ``o.concurrency`` at a time
     (each request carries its own ``max_tokens`` and stop sequences)."""
     return start_run(
-        base_url, model, api_key=api_key, requests=requests, num_requests=len(requests),
-        concurrency=o.concurrency, output_tokens=max(DEFAULT_MAX_TOKENS.values()), temperature=0.0,
+        base_url,
+        model,
+        api_key=api_key,
+        requests=requests,
+        num_requests=len(requests),
+        concurrency=o.concurrency,
+        output_tokens=max(DEFAULT_MAX_TOKENS.values()),
+        temperature=0.0,
         timeout_s=o.timeout_s,
     )
 
 
 def _scored(
-    run: _core.LoadTest, items: Sequence[Mapping[str, Any]], requests: list[dict[str, Any]], opts: dict[str, Any],
-    label: str, options: EvaluationOptions,
+    run: _core.LoadTest,
+    items: Sequence[Mapping[str, Any]],
+    requests: list[dict[str, Any]],
+    opts: dict[str, Any],
+    label: str,
+    options: EvaluationOptions,
 ) -> EvaluationResult:
     rec = records_table(run).to_pandas().sort_values("request_id")
     rec = rec.set_index("request_id").reindex(range(len(items)))  # unsent rows (Ctrl-C) stay, as failures
-    samples = pd.DataFrame({
-        "id": [it["id"] for it in items],
-        "category": [it["category"] for it in items],
-        "prompt": [r.get("prompt") if "prompt" in r else json.dumps(r["messages"], ensure_ascii=False) for r in requests],
-        "output": rec["output_text"].fillna("").to_numpy(),
-        "e2e_ms": rec["e2e_ms"].to_numpy(),
-        "ttft_ms": rec["ttft_ms"].to_numpy(),
-        "output_tokens": rec["output_tokens"].to_numpy(),
-        "finish_reason": rec["finish_reason"].to_numpy(),
-        "error_kind": rec["error_kind"].where(rec["error_kind"].notna(), None).to_numpy(),
-    })
+    samples = pd.DataFrame(
+        {
+            "id": [it["id"] for it in items],
+            "category": [it["category"] for it in items],
+            "prompt": [
+                r.get("prompt") if "prompt" in r else json.dumps(r["messages"], ensure_ascii=False) for r in requests
+            ],
+            "output": rec["output_text"].fillna("").to_numpy(),
+            "e2e_ms": rec["e2e_ms"].to_numpy(),
+            "ttft_ms": rec["ttft_ms"].to_numpy(),
+            "output_tokens": rec["output_tokens"].to_numpy(),
+            "finish_reason": rec["finish_reason"].to_numpy(),
+            "error_kind": rec["error_kind"].where(rec["error_kind"].notna(), None).to_numpy(),
+        }
+    )
     samples.loc[samples["error_kind"].isna() & rec["success"].isna().to_numpy(), "error_kind"] = "not_sent"
     # An answer that is empty on purpose (e.g. a QA stop at once) is an answer, not a failure.
     samples.loc[samples["error_kind"] == "empty_output", "error_kind"] = None
@@ -307,8 +334,9 @@ def _scored(
     if summary["num_failed"]:
         warns.append(f"{summary['num_failed']} generations failed and scored 0 (see error_kind)")
     config = {k: v for k, v in opts.items() if k != "api_key"}
-    return EvaluationResult(samples=samples, summary=summary, label=label, config=config, warnings=warns,
-                            options=options)
+    return EvaluationResult(
+        samples=samples, summary=summary, label=label, config=config, warnings=warns, options=options
+    )
 
 
 def _load(dataset: str | os.PathLike[str] | Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -321,17 +349,32 @@ Dataset = Union[str, "os.PathLike[str]", Sequence[Mapping[str, Any]]]
 
 
 def _plan(
-    base_url: str, model: str, dataset: Dataset, options: EvaluationOptions | Mapping[str, Any] | None,
+    base_url: str,
+    model: str,
+    dataset: Dataset,
+    options: EvaluationOptions | Mapping[str, Any] | None,
     overrides: dict[str, Any],
 ) -> tuple[EvaluationOptions, dict[str, Any], list[Mapping[str, Any]], list[dict[str, Any]]]:
     """The checked options, the run's settings (``opts``: the options, the target and the API
     key), the scored items and their requests."""
     o = EvaluationOptions.make(options, **overrides)
     where = str(dataset) if isinstance(dataset, (str, os.PathLike)) else "<items>"
-    opts = {"base_url": base_url, "model": model, "dataset": where, **o.to_dict(), "api_key": resolve_api_key(o.api_key_env)}
-    items, requests = build_requests(_load(dataset), categories=o.categories, limit=o.limit,
-                                     endpoint_mode=o.endpoint_mode, templates=o.templates, max_tokens=o.max_tokens,
-                                     stop=o.stop)
+    opts = {
+        "base_url": base_url,
+        "model": model,
+        "dataset": where,
+        **o.to_dict(),
+        "api_key": resolve_api_key(o.api_key_env),
+    }
+    items, requests = build_requests(
+        _load(dataset),
+        categories=o.categories,
+        limit=o.limit,
+        endpoint_mode=o.endpoint_mode,
+        templates=o.templates,
+        max_tokens=o.max_tokens,
+        stop=o.stop,
+    )
     return o, opts, items, requests
 
 
@@ -392,5 +435,8 @@ def save_evaluation(result: EvaluationResult, results_dir: str | os.PathLike[str
     stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     csv = results_dir / EVALUATION_CSV
     for row in result.summary_rows():
-        append_csv_row(csv, {**row, "run_id": run_id, "timestamp_utc": stamp, "samples_parquet": str(parquet.relative_to(results_dir))})
+        append_csv_row(
+            csv,
+            {**row, "run_id": run_id, "timestamp_utc": stamp, "samples_parquet": str(parquet.relative_to(results_dir))},
+        )
     return {"csv": csv, "parquet": parquet}

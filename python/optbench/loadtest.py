@@ -98,8 +98,18 @@ class LoadTestResult:
             stop_reason=self.stop_reason,
             prompt_source=self.prompt_source,
         )
-        for k in ("base_url", "model", "endpoint", "concurrency", "request_rate", "arrival",
-                  "input_tokens", "output_tokens", "ignore_eos", "seed"):
+        for k in (
+            "base_url",
+            "model",
+            "endpoint",
+            "concurrency",
+            "request_rate",
+            "arrival",
+            "input_tokens",
+            "output_tokens",
+            "ignore_eos",
+            "seed",
+        ):
             row[k] = self.config.get(k)
         return row
 
@@ -176,7 +186,10 @@ def _result(
 
 
 def _plan(
-    base_url: str, model: str, options: LoadTestOptions | Mapping[str, Any] | None, overrides: dict[str, Any],
+    base_url: str,
+    model: str,
+    options: LoadTestOptions | Mapping[str, Any] | None,
+    overrides: dict[str, Any],
     label: str | None,
 ) -> tuple[LoadTestOptions, dict[str, Any], str, str | None]:
     """The checked options, the config a result records, the label and the API key."""
@@ -229,8 +242,9 @@ def load_test(
     prompt_set = _prepare(base_url, model, opts, key)
     for w in prompt_set.warnings:
         warnings.warn(w, stacklevel=2)
-    run = start_run(base_url, model, api_key=key, prompts=prompt_set.texts, messages=prompt_set.messages,
-                    **opts.core_arguments())
+    run = start_run(
+        base_url, model, api_key=key, prompts=prompt_set.texts, messages=prompt_set.messages, **opts.core_arguments()
+    )
     drive(run, progress, label, progress_interval_s, what="load test")
     return _result(run, config, label, prompt_set, opts)
 
@@ -254,7 +268,8 @@ async def aload_test(
     prompt_set = await asyncio.to_thread(_prepare, base_url, model, opts, key)
     for w in prompt_set.warnings:
         warnings.warn(w, stacklevel=2)
-    run = start_run(base_url, model, api_key=key, prompts=prompt_set.texts, messages=prompt_set.messages,
-                    **opts.core_arguments())
+    run = start_run(
+        base_url, model, api_key=key, prompts=prompt_set.texts, messages=prompt_set.messages, **opts.core_arguments()
+    )
     await adrive(run, progress, label, progress_interval_s)
     return _result(run, config, label, prompt_set, opts)

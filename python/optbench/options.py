@@ -139,7 +139,8 @@ class LoadTestOptions(Options):
 
     num_requests: int = option(100, "measured requests", minimum=0)
     concurrency: int | None = option(
-        8, "closed loop: requests in flight; open loop: a cap on them (None: no cap; waiting shows as queue delay)",
+        8,
+        "closed loop: requests in flight; open loop: a cap on them (None: no cap; waiting shows as queue delay)",
         minimum=0,
     )
     request_rate: float | None = option(None, "requests per second: turns the run into an open loop")
@@ -153,8 +154,10 @@ class LoadTestOptions(Options):
         "completions", "`completions` (/v1/completions) or `chat` (/v1/chat/completions)"
     )
     prompts: str | list[Any] | None = option(
-        None, "your own prompts instead of synthetic ones: a JSONL path, or a list of strings or conversations",
-        cli="FILE.jsonl", core=False,
+        None,
+        "your own prompts instead of synthetic ones: a JSONL path, or a list of strings or conversations",
+        cli="FILE.jsonl",
+        core=False,
     )
     seed: int = option(0, "seed of the synthetic prompts and of the open-loop schedule", minimum=0)
     warmup: int = option(0, "requests sent first, kept as rows with warmup=True, excluded from every metric", minimum=0)
@@ -188,7 +191,8 @@ class EvaluationOptions(Options):
         "completions", "endpoint of the qa, reasoning and code prompts (chat items always use chat)"
     )
     templates: dict[str, dict[str, str]] | None = option(
-        None, "per-category prompt templates replacing the defaults (optbench.evaluate.DEFAULT_TEMPLATES)",
+        None,
+        "per-category prompt templates replacing the defaults (optbench.evaluate.DEFAULT_TEMPLATES)",
         cli="JSON",
     )
     max_tokens: dict[str, int] | None = option(
@@ -202,7 +206,8 @@ class EvaluationOptions(Options):
         "unanswerable", "the QA answer that means 'no answer' and scores as the empty answer (None: none)"
     )
     embedding_model: str | None = option(
-        None, "all-MiniLM-L6-v2 folder or hub id for the chat scorer (None: $OPTBENCH_EMBEDDING_MODEL or the hub)",
+        None,
+        "all-MiniLM-L6-v2 folder or hub id for the chat scorer (None: $OPTBENCH_EMBEDDING_MODEL or the hub)",
         cli="PATH",
     )
     sandbox_workers: int | None = option(None, "code programs run at once (None: one per CPU)", minimum=0)
@@ -382,8 +387,9 @@ def add_cli_options(parser: argparse.ArgumentParser | Any, cls: type[Options], *
         if tp is bool:
             group.add_argument(flag, action="store_true", default=None, help=doc)
             continue
-        literal = next((a for a in ((tp,) if not _is_union(tp) else typing.get_args(tp))
-                        if typing.get_origin(a) is Literal), None)
+        literal = next(
+            (a for a in ((tp,) if not _is_union(tp) else typing.get_args(tp)) if typing.get_origin(a) is Literal), None
+        )
         shown = "" if f.default is None else f" (default {_show(f.default)})"
         kwargs: dict[str, Any] = {"default": None, "help": doc + shown}
         if literal is not None:
@@ -438,8 +444,14 @@ def update_readme(path: str | os.PathLike[str]) -> bool:
     while i < len(lines):
         out.append(lines[i])
         marker = lines[i].strip()
-        cls = next((c for c in (LoadTestOptions, EvaluationOptions)
-                    if marker.startswith(f"<!-- generated from optbench.options.{c.__name__};")), None)
+        cls = next(
+            (
+                c
+                for c in (LoadTestOptions, EvaluationOptions)
+                if marker.startswith(f"<!-- generated from optbench.options.{c.__name__};")
+            ),
+            None,
+        )
         i += 1
         if cls is not None:
             while i < len(lines) and lines[i].startswith("|"):

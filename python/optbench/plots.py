@@ -130,23 +130,45 @@ def decision_plot(table: pd.DataFrame, speed: str = "output_token_throughput") -
     """Speed against overall quality: the baseline's 5% band shaded, acceptable configurations
     filled, the others hollow. The recommendation is the highest filled point."""
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    rows = table[table[speed].notna() & table["quality_overall"].notna()] if "quality_overall" in table else table.iloc[0:0]
+    rows = (
+        table[table[speed].notna() & table["quality_overall"].notna()]
+        if "quality_overall" in table
+        else table.iloc[0:0]
+    )
     base = table[table["baseline"]].iloc[0] if table["baseline"].any() else None
     if base is not None and pd.notna(base.get("quality_overall")):
         q = base["quality_overall"]
-        ax.axvspan((1 - QUALITY_THRESHOLD) * q, max(1.0, q), color="tab:green", alpha=0.12,
-                   label=f"within {100 * QUALITY_THRESHOLD:.0f}% of the baseline's quality")
+        ax.axvspan(
+            (1 - QUALITY_THRESHOLD) * q,
+            max(1.0, q),
+            color="tab:green",
+            alpha=0.12,
+            label=f"within {100 * QUALITY_THRESHOLD:.0f}% of the baseline's quality",
+        )
         ax.axvline(q, color="tab:green", linestyle="--", linewidth=1)
     for _, r in rows.iterrows():
         ok = bool(r["acceptable"])
-        ax.scatter(r["quality_overall"], r[speed], s=90, marker="o", edgecolors="black",
-                   facecolors="tab:blue" if ok else "none", zorder=3)
-        ax.annotate(r["configuration"] + (" (baseline)" if r["baseline"] else ""), (r["quality_overall"], r[speed]),
-                    textcoords="offset points", xytext=(6, 6))
+        ax.scatter(
+            r["quality_overall"],
+            r[speed],
+            s=90,
+            marker="o",
+            edgecolors="black",
+            facecolors="tab:blue" if ok else "none",
+            zorder=3,
+        )
+        ax.annotate(
+            r["configuration"] + (" (baseline)" if r["baseline"] else ""),
+            (r["quality_overall"], r[speed]),
+            textcoords="offset points",
+            xytext=(6, 6),
+        )
     ax.scatter([], [], s=90, facecolors="tab:blue", edgecolors="black", label="acceptable")
     ax.scatter([], [], s=90, facecolors="none", edgecolors="black", label="not acceptable")
     ax.set_xlabel("overall quality (mean of category scores, 0-1)")
-    ax.set_ylabel("output-token throughput (tokens/s)" if speed == "output_token_throughput" else "P50 decode rate (tokens/s)")
+    ax.set_ylabel(
+        "output-token throughput (tokens/s)" if speed == "output_token_throughput" else "P50 decode rate (tokens/s)"
+    )
     ax.set_xlim(0, 1)
     ax.set_ylim(bottom=0)
     ax.set_title("Speed against quality: pick the highest acceptable point")
@@ -166,7 +188,9 @@ def save(fig: Figure, name: str, out_dir: str | os.PathLike[str] = "results/plot
     return path
 
 
-def plot_run(run_dir: str | os.PathLike[str], table: pd.DataFrame, out_dir: str | os.PathLike[str] = "results/plots") -> dict[str, Path]:
+def plot_run(
+    run_dir: str | os.PathLike[str], table: pd.DataFrame, out_dir: str | os.PathLike[str] = "results/plots"
+) -> dict[str, Path]:
     """Every plot a run supports, saved as PNGs; returns name -> path."""
     run_dir = Path(run_dir)
     requests = {}

@@ -45,7 +45,9 @@ def _one(item: Any, where: str) -> tuple[str, Any]:
         if isinstance(item.get("messages"), list):
             item = item["messages"]
         else:
-            raise DatasetError(f"{where}: expected a string, {{'prompt': str}} or {{'messages': [...]}}, got keys {sorted(item)}")
+            raise DatasetError(
+                f"{where}: expected a string, {{'prompt': str}} or {{'messages': [...]}}, got keys {sorted(item)}"
+            )
     if isinstance(item, list):
         for m in item:
             if not (isinstance(m, dict) and "role" in m and "content" in m):

@@ -58,8 +58,12 @@ def compare_quality(baseline: Any, candidate: Any, threshold: float = QUALITY_TH
     for cat in b["categories"]:
         if cat in c["categories"]:
             bs, cs = b["categories"][cat]["score"], c["categories"][cat]["score"]
-            cats[cat] = {"baseline": bs, "candidate": cs, "delta": cs - bs,
-                         "relative_change": (cs - bs) / bs if bs else float("nan")}
+            cats[cat] = {
+                "baseline": bs,
+                "candidate": cs,
+                "delta": cs - bs,
+                "relative_change": (cs - bs) / bs if bs else float("nan"),
+            }
     return {
         "baseline_overall": b["overall"],
         "candidate_overall": c["overall"],

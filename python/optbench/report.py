@@ -152,9 +152,16 @@ def render_markdown(
 ) -> tuple[str, dict[str, Any]]:
     """RESULTS.md's text and the findings it states; ``decision_png`` is embedded when given."""
     base = table[table["baseline"]].iloc[0]
-    ok = table[table["acceptable"] & table["output_token_throughput"].notna()] if "output_token_throughput" in table else table.iloc[0:0]
+    ok = (
+        table[table["acceptable"] & table["output_token_throughput"].notna()]
+        if "output_token_throughput" in table
+        else table.iloc[0:0]
+    )
     best = ok.sort_values("output_token_throughput", ascending=False).iloc[0] if len(ok) else None
-    findings: dict[str, Any] = {"baseline": base["configuration"], "recommended": None if best is None else best["configuration"]}
+    findings: dict[str, Any] = {
+        "baseline": base["configuration"],
+        "recommended": None if best is None else best["configuration"],
+    }
     lines = ["# optbench results", ""]
     m0 = metas[0]
     lt = m0.get("load_test", {})
@@ -178,11 +185,23 @@ def render_markdown(
         "## Results",
         "",
     ]
-    cols = [("configuration", "configuration", 0), ("status", "status", 0), ("ttft_p50_ms", "P50 TTFT (ms)", 1),
-            ("ttft_p99_ms", "P99 TTFT (ms)", 1), ("tokens_per_s_p50", "P50 tokens/s", 2), ("e2e_p50_ms", "P50 E2E (ms)", 1),
-            ("e2e_p99_ms", "P99 E2E (ms)", 1), ("request_throughput", "req/s", 3), ("output_token_throughput", "output tok/s", 1)]
+    cols = [
+        ("configuration", "configuration", 0),
+        ("status", "status", 0),
+        ("ttft_p50_ms", "P50 TTFT (ms)", 1),
+        ("ttft_p99_ms", "P99 TTFT (ms)", 1),
+        ("tokens_per_s_p50", "P50 tokens/s", 2),
+        ("e2e_p50_ms", "P50 E2E (ms)", 1),
+        ("e2e_p99_ms", "P99 E2E (ms)", 1),
+        ("request_throughput", "req/s", 3),
+        ("output_token_throughput", "output tok/s", 1),
+    ]
     cols += [(f"quality_{c}", c, 3) for c in CATEGORIES if f"quality_{c}" in table]
-    cols += [("quality_overall", "overall quality", 3), ("quality_change_vs_baseline", "vs baseline", 3), ("acceptable", "acceptable", 0)]
+    cols += [
+        ("quality_overall", "overall quality", 3),
+        ("quality_change_vs_baseline", "vs baseline", 3),
+        ("acceptable", "acceptable", 0),
+    ]
     cols = [c for c in cols if c[0] in table]
     lines.append("| " + " | ".join(h for _, h, _ in cols) + " |")
     lines.append("|" + "---|" * len(cols))
@@ -193,11 +212,18 @@ def render_markdown(
             cells.append(f"{100 * v:+.1f}%" if key == "quality_change_vs_baseline" and pd.notna(v) else _fmt(v, d))
         lines.append("| " + " | ".join(cells) + " |")
     if decision_png:
-        lines += ["", f"![Speed against quality: the baseline's {100 * QUALITY_THRESHOLD:.0f}% band is shaded, "
-                      f"acceptable configurations are filled]({decision_png})"]
+        lines += [
+            "",
+            f"![Speed against quality: the baseline's {100 * QUALITY_THRESHOLD:.0f}% band is shaded, "
+            f"acceptable configurations are filled]({decision_png})",
+        ]
     lines += ["", "## Findings", ""]
     if best is not None:
-        speedup = best["output_token_throughput"] / base["output_token_throughput"] if base.get("output_token_throughput") else float("nan")
+        speedup = (
+            best["output_token_throughput"] / base["output_token_throughput"]
+            if base.get("output_token_throughput")
+            else float("nan")
+        )
         findings["speedup_vs_baseline"] = float(speedup)
         lines.append(
             f"- Fastest acceptable configuration: **{best['configuration']}**, {_fmt(best['output_token_throughput'])} "
@@ -207,27 +233,40 @@ def render_markdown(
     else:
         lines.append("- No configuration finished with acceptable quality.")
     for _, r in table.iterrows():
-        if r["configuration"] == base["configuration"] or "quality_overall" not in table or pd.isna(r.get("quality_overall")):
+        if (
+            r["configuration"] == base["configuration"]
+            or "quality_overall" not in table
+            or pd.isna(r.get("quality_overall"))
+        ):
             continue
-        deltas = ", ".join(f"{c} {r[f'quality_{c}'] - base[f'quality_{c}']:+.3f}" for c in CATEGORIES
-                           if f"quality_{c}" in table and pd.notna(r[f"quality_{c}"]) and pd.notna(base[f"quality_{c}"]))
+        deltas = ", ".join(
+            f"{c} {r[f'quality_{c}'] - base[f'quality_{c}']:+.3f}"
+            for c in CATEGORIES
+            if f"quality_{c}" in table and pd.notna(r[f"quality_{c}"]) and pd.notna(base[f"quality_{c}"])
+        )
         lines.append(f"- {r['configuration']}: quality changes against the baseline: {deltas}.")
     for m in metas:
         if m["status"] != "ok":
             lines.append(f"- {m['name']} failed: {m.get('reason')}.")
     lines += ["", "## Caveats", ""]
     gpus = {g["name"] for m in metas if m.get("gpu") for g in m["gpu"].get("gpus", [])}
-    lines.append(f"- Hardware: {', '.join(sorted(gpus)) if gpus else 'no GPU (CPU only)'}; host {platform.machine()} "
-                 f"with {os.cpu_count()} CPUs (where the report was built).")
+    lines.append(
+        f"- Hardware: {', '.join(sorted(gpus)) if gpus else 'no GPU (CPU only)'}; host {platform.machine()} "
+        f"with {os.cpu_count()} CPUs (where the report was built)."
+    )
     for m in metas:
         lines.append(f"- {m['name']}: engine {m['engine']} {m.get('engine_version', 'unknown')}, model {m['model']}.")
     if m0.get("profile") not in ("reference", "full"):  # "full": the reference profile's former name
-        lines.append(f"- The `{m0.get('profile')}` profile used a small slice of the dataset and a short load test: "
-                     "differences within a few percent are noise.")
+        lines.append(
+            f"- The `{m0.get('profile')}` profile used a small slice of the dataset and a short load test: "
+            "differences within a few percent are noise."
+        )
     lines += ["", "## Recommendation", ""]
     if best is not None:
-        lines.append(f"Deploy **{best['configuration']}**: it is the fastest configuration whose quality stays within "
-                     f"{100 * QUALITY_THRESHOLD:.0f}% of the baseline.")
+        lines.append(
+            f"Deploy **{best['configuration']}**: it is the fastest configuration whose quality stays within "
+            f"{100 * QUALITY_THRESHOLD:.0f}% of the baseline."
+        )
     else:
         lines.append("No recommendation: no configuration both finished and kept the baseline's quality.")
     return "\n".join(lines) + "\n", findings

@@ -65,8 +65,11 @@ RENAMED_PROFILES = {"full": "reference"}
 def profile_named(name: str) -> Profile:
     """The profile called ``name`` (a former name warns and still works)."""
     if name in RENAMED_PROFILES:
-        warnings.warn(f"profile {name!r} is deprecated: use {RENAMED_PROFILES[name]!r} (the same thing)",
-                      DeprecationWarning, stacklevel=3)
+        warnings.warn(
+            f"profile {name!r} is deprecated: use {RENAMED_PROFILES[name]!r} (the same thing)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
         name = RENAMED_PROFILES[name]
     if name not in PROFILES:
         raise ConfigError(f"profile must be one of {', '.join(PROFILES)}, got {name!r}")
@@ -75,8 +78,11 @@ def profile_named(name: str) -> Profile:
 
 def __getattr__(name: str) -> Any:
     if name == "BRIEF_LOAD_TEST":  # the reference profile's load test under its former name
-        warnings.warn("optbench.run.BRIEF_LOAD_TEST is deprecated: use PROFILES['reference'].load_test",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "optbench.run.BRIEF_LOAD_TEST is deprecated: use PROFILES['reference'].load_test",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return PROFILES["reference"].load_test.to_dict()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -101,7 +107,9 @@ def ensure_dataset(dataset: str | os.PathLike[str], source: str | None) -> Path:
     if path.is_file():
         return path
     if source is None:
-        raise ConfigError(f"{path} does not exist: build it with `optbench dataset build --source ...` or pass --dataset-source")
+        raise ConfigError(
+            f"{path} does not exist: build it with `optbench dataset build --source ...` or pass --dataset-source"
+        )
     _log(f"building the evaluation dataset {path} from {source}")
     build_test_dataset(source, output=path)
     return path
@@ -116,11 +124,17 @@ def run_one(cfg: ServerConfig, run_dir: Path, profile: str, dataset: Path | None
     chosen = profile_named(profile)
     lt = LoadTestOptions.make(chosen.load_test, **cfg.load_test)
     ev = EvaluationOptions.make(chosen.evaluation, **cfg.evaluation)
-    meta: dict[str, Any] = {"name": cfg.name, "engine": cfg.engine, "model": cfg.model, "baseline": cfg.baseline,
-                            "config_file": str(cfg.path) if cfg.path else None,
-                            "profile": profile,
-                            "load_test": lt.to_dict(), "evaluation": ev.to_dict(),
-                            "started_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    meta: dict[str, Any] = {
+        "name": cfg.name,
+        "engine": cfg.engine,
+        "model": cfg.model,
+        "baseline": cfg.baseline,
+        "config_file": str(cfg.path) if cfg.path else None,
+        "profile": profile,
+        "load_test": lt.to_dict(),
+        "evaluation": ev.to_dict(),
+        "started_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
     phase = "start"
     try:
         _log(f"{cfg.name}: starting {cfg.engine} ({cfg.model})")
@@ -133,8 +147,9 @@ def run_one(cfg: ServerConfig, run_dir: Path, profile: str, dataset: Path | None
             if dataset is not None:
                 phase = "evaluation"
                 _log(f"{cfg.name}: evaluation ({dataset})")
-                evaluation = evaluate(server.base_url, server.model, ev, dataset=dataset, label=cfg.name,
-                                      progress=progress)
+                evaluation = evaluate(
+                    server.base_url, server.model, ev, dataset=dataset, label=cfg.name, progress=progress
+                )
                 evaluation.to_parquet(out / "samples.parquet")
                 if "code_isolation" in evaluation.summary:
                     meta["code_isolation"] = evaluation.summary["code_isolation"]

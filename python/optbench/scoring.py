@@ -37,8 +37,11 @@ def _gsm8k_mode(mode: str) -> str:
     """``mode``, or the current name of a former one (with a deprecation warning)."""
     renamed = RENAMED_VALUES["gsm8k_mode"]
     if mode in renamed:
-        warnings.warn(f"GSM8K mode {mode!r} is deprecated: use {renamed[mode]!r} (the same thing)",
-                      DeprecationWarning, stacklevel=3)
+        warnings.warn(
+            f"GSM8K mode {mode!r} is deprecated: use {renamed[mode]!r} (the same thing)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
         return renamed[mode]
     return mode
 
@@ -121,9 +124,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 _EMBEDDERS: dict[str, Any] = {}
 
 
-def chat_similarity(
-    predictions: Sequence[str], references: Sequence[str], *, model: str | None = None
-) -> np.ndarray:
+def chat_similarity(predictions: Sequence[str], references: Sequence[str], *, model: str | None = None) -> np.ndarray:
     """Cosine similarity of each prediction's and reference's all-MiniLM-L6-v2 embedding (ONNX
     Runtime, as sentence-transformers computes them). ``model``: a local folder or a hub id
     (default: ``$OPTBENCH_EMBEDDING_MODEL``, else ``optbench.embeddings.DEFAULT_MODEL`` from the
@@ -189,7 +190,11 @@ def humaneval(
     # The completion and the test run in two processes, so that a completion cannot forge a
     # pass (see optbench.sandbox.run_tests).
     results, isolation = sandbox.run_tests(
-        tests, workers=workers, timeout_s=timeout_s, memory_mb=memory_mb,
-        cpu_s=max(1, int(timeout_s)) if cpu_s is None else cpu_s, python=python,
+        tests,
+        workers=workers,
+        timeout_s=timeout_s,
+        memory_mb=memory_mb,
+        cpu_s=max(1, int(timeout_s)) if cpu_s is None else cpu_s,
+        python=python,
     )
     return HumanEvalScores(results=results, isolation=isolation)

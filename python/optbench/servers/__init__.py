@@ -8,6 +8,13 @@ from optbench.servers.llama_cpp import LlamaServer, embedded_server, find_llama_
 from optbench.servers.process import ManagedProcess, free_port
 
 __all__ = [
-    "Engine", "Key", "all_engines", "engine_class",
-    "LlamaServer", "embedded_server", "find_llama_server", "ManagedProcess", "free_port",
+    "Engine",
+    "Key",
+    "all_engines",
+    "engine_class",
+    "LlamaServer",
+    "embedded_server",
+    "find_llama_server",
+    "ManagedProcess",
+    "free_port",
 ]

@@ -248,7 +248,11 @@ def module_version(
     try:
         out = subprocess.run(
             [python, "-c", _VERSION_SCRIPT, module, *distributions],
-            capture_output=True, text=True, timeout=120, check=False, stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
         )
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -273,7 +277,9 @@ class PythonModuleEngine(Engine):
     model_flag: ClassVar[str] = "--model"
 
     def python(self) -> str:
-        return resolve_python(self.cfg.server.get("python"), self.cfg.path.as_posix() if self.cfg.path else self.cfg.name)
+        return resolve_python(
+            self.cfg.server.get("python"), self.cfg.path.as_posix() if self.cfg.path else self.cfg.name
+        )
 
     def model_path(self) -> str:
         """The weights: ``server.model_path`` (a local path is made absolute) or ``model``."""
@@ -283,12 +289,21 @@ class PythonModuleEngine(Engine):
 
     def command(self, port: int, python: str | None = None) -> list[str]:
         head = [python or self.cfg.server.get("python") or sys.executable, "-m", self.module]
-        return head + [
-            self.model_flag, self.model_path(),
-            "--served-model-name", self.cfg.model,
-            "--host", self.cfg.host,
-            "--port", str(port),
-        ] + self.flag_args() + list(self.cfg.server.get("extra_args", []))
+        return (
+            head
+            + [
+                self.model_flag,
+                self.model_path(),
+                "--served-model-name",
+                self.cfg.model,
+                "--host",
+                self.cfg.host,
+                "--port",
+                str(port),
+            ]
+            + self.flag_args()
+            + list(self.cfg.server.get("extra_args", []))
+        )
 
     def version(self) -> str:
         python = self.python()

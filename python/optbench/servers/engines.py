@@ -53,7 +53,10 @@ def gpu_info() -> dict[str, Any] | None:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=name,memory.used,memory.total,driver_version", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=30, check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
@@ -84,7 +87,9 @@ class Server:
             self.base_url = self.engine.start(0, self.log_path)
             return self
         if cfg.port is not None and not port_is_free(cfg.host, cfg.port):
-            raise ServerStartError(f"{cfg.name}: port {cfg.port} on {cfg.host} is already in use; stop what holds it or change 'port'")
+            raise ServerStartError(
+                f"{cfg.name}: port {cfg.port} on {cfg.host} is already in use; stop what holds it or change 'port'"
+            )
         port = cfg.port or free_port(cfg.host, self.engine.highest_port)
         self.base_url = self.engine.start(port, self.log_path)
         self.version = self.engine.running_version

@@ -85,9 +85,7 @@ def embedded_model_path() -> Path:
 def llama_server_version(binary: str | os.PathLike[str]) -> str:
     """``llama-server --version`` as one line, e.g. ``0.6.0-dev (build 0, commit unknown)``."""
     try:
-        out = subprocess.run(
-            [str(binary), "--version"], capture_output=True, text=True, timeout=30, check=False
-        )
+        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"unknown ({e})"
     m = re.search(r"version:\s*(.+)", out.stdout + out.stderr)
@@ -144,9 +142,13 @@ class LlamaServer:
         self.ctx_size = ctx_size or parallel * 4096
         self.threads = threads
         self.gpu_layers = gpu_layers
-        self.model = alias or (EMBEDDED_MODEL_NAME if self.model_path.name == EMBEDDED_MODEL_FILE else self.model_path.stem)
+        self.model = alias or (
+            EMBEDDED_MODEL_NAME if self.model_path.name == EMBEDDED_MODEL_FILE else self.model_path.stem
+        )
         self.extra_args = list(extra_args)
-        self.log_path = Path(log_path) if log_path else Path(tempfile.mkdtemp(prefix="optbench-llama-")) / "llama-server.log"
+        self.log_path = (
+            Path(log_path) if log_path else Path(tempfile.mkdtemp(prefix="optbench-llama-")) / "llama-server.log"
+        )
         self.ready_timeout_s = ready_timeout_s
         self.process: ManagedProcess | None = None
         self.version: str | None = None
@@ -162,12 +164,18 @@ class LlamaServer:
         """The argument list that starts the server (the port must be chosen)."""
         args = [
             str(self.binary),
-            "--model", str(self.model_path),
-            "--alias", self.model,
-            "--host", self.host,
-            "--port", str(self.port),
-            "--parallel", str(self.parallel),
-            "--ctx-size", str(self.ctx_size),
+            "--model",
+            str(self.model_path),
+            "--alias",
+            self.model,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--parallel",
+            str(self.parallel),
+            "--ctx-size",
+            str(self.ctx_size),
             "--metrics",
         ]
         if self.threads:
@@ -183,10 +191,14 @@ class LlamaServer:
         if self.port is None:
             self.port = free_port(self.host)
         elif not port_is_free(self.host, self.port):
-            raise ServerStartError(f"port {self.port} on {self.host} is already in use; choose another port or stop what holds it")
+            raise ServerStartError(
+                f"port {self.port} on {self.host} is already in use; choose another port or stop what holds it"
+            )
         self.version = llama_server_version(self.binary)
         self.process = ManagedProcess(self.command(), log_path=self.log_path, name="llama-server")
-        self.process.wait_ready(f"{self.base_url}/health", self.ready_timeout_s, fallback_url=f"{self.base_url}/v1/models")
+        self.process.wait_ready(
+            f"{self.base_url}/health", self.ready_timeout_s, fallback_url=f"{self.base_url}/v1/models"
+        )
         return self
 
     def stop(self) -> None:
@@ -258,9 +270,22 @@ class LlamaCppEngine(Engine):
             # Not installed here: the command with placeholders, so it can still be read.
             s = self.cfg.server
             parallel = s.get("parallel", 4)
-            args = ["llama-server", "--model", s.get("model_path", "<model.gguf>"), "--alias", self.cfg.model,
-                    "--host", self.cfg.host, "--port", str(port), "--parallel", str(parallel),
-                    "--ctx-size", str(s.get("ctx_size", 4096 * parallel)), "--metrics"]
+            args = [
+                "llama-server",
+                "--model",
+                s.get("model_path", "<model.gguf>"),
+                "--alias",
+                self.cfg.model,
+                "--host",
+                self.cfg.host,
+                "--port",
+                str(port),
+                "--parallel",
+                str(parallel),
+                "--ctx-size",
+                str(s.get("ctx_size", 4096 * parallel)),
+                "--metrics",
+            ]
             if "threads" in s:
                 args += ["--threads", str(s["threads"])]
             if "gpu_layers" in s:

@@ -24,8 +24,11 @@ class VllmEngine(PythonModuleEngine):
         "model_path": Key(str, None, "the weights: a local folder or a hub id (default: `model`)"),
         "max_model_len": Key(int, "--max-model-len", "context per sequence, prompt + output", (1, None)),
         "gpu_memory_utilization": Key(
-            float, "--gpu-memory-utilization", "share of GPU memory for weights + KV cache (on CPU: of RAM)",
-            (0, 1), low_open=True,
+            float,
+            "--gpu-memory-utilization",
+            "share of GPU memory for weights + KV cache (on CPU: of RAM)",
+            (0, 1),
+            low_open=True,
         ),
         "max_num_seqs": Key(int, "--max-num-seqs", "maximum sequences batched at once", (1, None)),
         "quantization": Key(str, "--quantization", "weight quantization method, e.g. fp8"),
