@@ -325,9 +325,13 @@ fn setsid_children_die_with_the_host() {
         return;
     }
     let marker = format!("optbench-hostile-orphan-{}", std::process::id());
+    // The host's temporary folder, to find its work directory (and remove it) afterwards.
+    let host_tmp = std::env::temp_dir().join(&marker);
+    std::fs::create_dir_all(&host_tmp).unwrap();
     let mut host = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "host_for_the_kill_test", "--ignored", "--nocapture"])
         .env("OPTBENCH_HOSTILE_MARKER", &marker)
+        .env("TMPDIR", &host_tmp)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -351,8 +355,13 @@ fn setsid_children_die_with_the_host() {
     assert!(left.is_empty(), "the program's setsid child outlived its SIGKILLed host: {left:?}");
     // The host died before removing the work directory: the program's files were in its own
     // tmpfs, gone with it (the empty directory goes when its uid is leased again).
-    let files: Vec<_> = sandbox_dirs().into_iter().map(|d| d.join(&marker)).filter(|f| f.exists()).collect();
-    assert!(files.is_empty(), "the program's files outlived its SIGKILLed host: {files:?}");
+    let left_behind: Vec<_> = std::fs::read_dir(&host_tmp)
+        .unwrap()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten().map(|f| f.path()))
+        .collect();
+    let _ = std::fs::remove_dir_all(&host_tmp);
+    assert!(left_behind.is_empty(), "the program's files outlived its SIGKILLed host: {left_behind:?}");
 }
 
 /// The 164 canonical HumanEval solutions through the code scorer's path, timed (a measurement,
