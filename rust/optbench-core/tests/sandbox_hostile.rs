@@ -315,7 +315,37 @@ fn host_for_the_kill_test() {
     let program = format!(
         "import os, time\nopen('{marker}', 'w').write('data')\nif os.fork() == 0:\n    os.setsid()\n    os.execv('/bin/sh', ['sh', '-c', 'sleep 60', '{marker}'])\ntime.sleep(60)\n"
     );
-    let _ = sandbox().run(&program);
+    let _ = kill_test_sandbox().run(&program);
+}
+
+/// The uid of the SIGKILLed host's run: one of its own, so that the test knows what the crash
+/// left (a cgroup, an empty work directory) and that the next run of that uid clears it.
+const KILL_TEST_UID: u32 = 61_500;
+
+fn kill_test_sandbox() -> Sandbox {
+    let config = SandboxConfig { uids: Some(KILL_TEST_UID..KILL_TEST_UID + 1), ..SandboxConfig::default() };
+    Sandbox::new(config).unwrap()
+}
+
+/// cgroup directories named `name`, anywhere in the first levels of /sys/fs/cgroup.
+fn cgroups_named(name: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut level = vec![std::path::PathBuf::from("/sys/fs/cgroup")];
+    for _ in 0..5 {
+        let mut next = Vec::new();
+        for dir in level {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    if entry.file_name() == name {
+                        found.push(entry.path());
+                    }
+                    next.push(entry.path());
+                }
+            }
+        }
+        level = next;
+    }
+    found
 }
 
 #[test]
@@ -362,6 +392,11 @@ fn setsid_children_die_with_the_host() {
         .collect();
     let _ = std::fs::remove_dir_all(&host_tmp);
     assert!(left_behind.is_empty(), "the program's files outlived its SIGKILLed host: {left_behind:?}");
+    // The next run of the same uid clears what the crash left: its cgroup is removed at its end.
+    let r = kill_test_sandbox().run("pass").unwrap();
+    assert!(r.passed(), "{r:?}");
+    let name = format!("optbench-sandbox-uid-{KILL_TEST_UID}");
+    assert!(cgroups_named(&name).is_empty(), "{:?}", cgroups_named(&name));
 }
 
 /// The 164 canonical HumanEval solutions through the code scorer's path, timed (a measurement,
