@@ -49,10 +49,10 @@ fn squad_normalize(text: &str) -> String {
     squad::normalize_answer(text)
 }
 
-/// The final answer GSM8K-style extraction finds in `text`; `mode` is `default`, `official`,
-/// `lmeval-strict` or `lmeval-flexible`. `[invalid]` when nothing is found.
+/// The final answer GSM8K-style extraction finds in `text`; `mode` is `marked-or-last`,
+/// `official`, `lmeval-strict` or `lmeval-flexible`. `[invalid]` when nothing is found.
 #[pyfunction]
-#[pyo3(signature = (text, mode="default"))]
+#[pyo3(signature = (text, mode="marked-or-last"))]
 fn gsm8k_extract(text: &str, mode: &str) -> PyResult<String> {
     let mode = Gsm8kMode::parse(mode).map_err(PyCoreError)?;
     Ok(gsm8k::gsm8k_extract(text, mode))
@@ -61,7 +61,7 @@ fn gsm8k_extract(text: &str, mode: &str) -> PyResult<String> {
 /// Whether each prediction's extracted answer matches its gold answer (GSM8K's final answer or
 /// whole solution), under `mode`'s comparison rules.
 #[pyfunction]
-#[pyo3(signature = (predictions, golds, mode="default"))]
+#[pyo3(signature = (predictions, golds, mode="marked-or-last"))]
 fn gsm8k_correct(predictions: Vec<String>, golds: Vec<String>, mode: &str) -> PyResult<Vec<bool>> {
     let mode = Gsm8kMode::parse(mode).map_err(PyCoreError)?;
     if predictions.len() != golds.len() {
