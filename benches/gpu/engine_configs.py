@@ -15,7 +15,7 @@ Added (``overrides``):
   server on it stopped; see ``derive``).
 - ``ready_timeout_s`` and ``[load_test]`` ``ignore_eos = true`` + ``time_limit_s`` (+ the folder's
   tokenizer.json as the fallback where a server lacks /tokenize): the reference load test is the
-  brief's (optbench run's defaults) with exactly 1024 output tokens, time-capped.
+  reference load test (optbench run's defaults) with exactly 1024 output tokens, time-capped.
 
     engine_configs.py --model-dir DIR --site vllm=DIR --site sglang=DIR --out DIR [NAME ...]
 

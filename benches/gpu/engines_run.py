@@ -4,7 +4,7 @@ device command that started it while later commands carry more pieces): for each
 configuration in turn,
 
 1. write the derived configuration (``engine_configs.py``: the committed flags + dummy weights),
-2. ``optbench run`` it (``optbench.run.run`` with ``dataset=None``: speed only, the brief's
+2. ``optbench run`` it (``optbench.run.run`` with ``dataset=None``: speed only, the
    reference load test: 100 requests, concurrency 8, 2048-token prompts measured by the server's
    /tokenize, 1024 output tokens with ``ignore_eos``, temperature 0), one run id for all, so the
    run's results.csv / RESULTS.md hold every configuration,

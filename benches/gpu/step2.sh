@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Step 2 on the GPU machine, right after step1.sh on the same warm machine: start llama-server
-# through optbench's orchestrator, run the brief's load test and the concurrency sweep, and
+# through optbench's orchestrator, run the reference load test and the concurrency sweep, and
 # write GPU_RESULTS.md, summary.csv, requests.parquet, PNG plots and extras.tar.gz into $OUT.
 #
 #   bash benches/gpu/step2.sh "$OUT"

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A concurrency sweep on a GPU: one server started through optbench's orchestrator
-(``optbench.serve``), the brief's load test (100 requests, concurrency 8, 2048 prompt tokens, 1024
+(``optbench.serve``), the reference load test (100 requests, concurrency 8, 2048 prompt tokens, 1024
 output tokens, ``ignore_eos``) and a concurrency sweep (1, 8, 32, 64) against it, the load-test
 client's own CPU share, then results and plots.
 
@@ -174,7 +174,7 @@ class CpuMeter:
 
 
 def plan_runs(small: bool, concurrencies: list[int] | None, requests: dict[int, int]) -> list[dict[str, Any]]:
-    """The runs in order: the brief's load test (concurrency 8) first, then the rest of the sweep."""
+    """The runs in order: the reference load test (concurrency 8) first, then the rest of the sweep."""
     if small:
         base = dict(input_tokens=64, output_tokens=16)
         runs = [
@@ -186,7 +186,7 @@ def plan_runs(small: bool, concurrencies: list[int] | None, requests: dict[int, 
         runs = [
             # Caps: the 03:32 H200 run took 178 / 46 / 106 / 140+ s (one concurrency-64 request
             # was still running at a 140 s cap), so each has ~10-20% room within step 2's 570 s.
-            dict(concurrency=8, num_requests=100, warmup=2, cap_s=220, brief=True),
+            dict(concurrency=8, num_requests=100, warmup=2, cap_s=220, reference=True),
             dict(concurrency=1, num_requests=8, warmup=0, cap_s=70),
             dict(concurrency=32, num_requests=64, warmup=0, cap_s=125),
             dict(concurrency=64, num_requests=128, warmup=0, cap_s=160),
@@ -205,8 +205,8 @@ def plan_runs(small: bool, concurrencies: list[int] | None, requests: dict[int, 
         if r["concurrency"] in requests:
             r["num_requests"] = requests[r["concurrency"]]
         r.update(base)
-        # the brief's load test is 100 requests at concurrency 8; a shorter run at 8 is not it
-        r["brief"] = bool(r.get("brief")) and r["num_requests"] == 100
+        # the reference load test is 100 requests at concurrency 8; a shorter run at 8 is not it
+        r["reference"] = bool(r.get("reference")) and r["num_requests"] == 100
     return runs
 
 
@@ -226,7 +226,7 @@ EMBED_8B = 128_256 * 4096
 
 def weight_bytes(engine: str, server: dict[str, Any]) -> tuple[float, str]:
     """Bytes of weights a decode step reads once, and how they were counted. f16/bf16: every
-    parameter at 2 bytes (16.06 GB, the brief's figure; the embedding matrix is read a row per
+    parameter at 2 bytes (16.06 GB; the embedding matrix is read a row per
     token, so 15.01 GB is the stricter floor). FP8 (online quantization of the linear layers):
     the linear layers at 1 byte, the embedding and output matrices at 2."""
     if str(server.get("quantization", "")).lower() == "fp8":
@@ -365,7 +365,7 @@ def write_report(
         e2e50 = r.get("e2e_p50_ms")
         e2e99 = r.get("e2e_p99_ms")
         lines.append(
-            f"| {r['concurrency']}{' (brief)' if r.get('brief') else ''} | {r['num_succeeded']} / {r['num_requests']} "
+            f"| {r['concurrency']}{' (reference)' if r.get('reference') else ''} | {r['num_succeeded']} / {r['num_requests']} "
             f"| {fmt(r.get('ttft_p50_ms'))} | {fmt(r.get('ttft_p99_ms'))} | {fmt(r.get('tokens_per_s_p50'))} "
             f"| {fmt(r.get('tpot_p50_ms'), 2)} "
             f"| {fmt(floor_ms / r['tpot_p50_ms'] if floor_ms and r.get('tpot_p50_ms') else None, 2)} "
@@ -522,7 +522,7 @@ def measure(
                 row = res.summary_row()
                 row.update(meter.shares())
                 row.update(
-                    brief=r["brief"],
+                    reference=r["reference"],
                     warmup=r["warmup"],
                     prompt_seed=r["seed"],
                     time_limit_s=limit,
