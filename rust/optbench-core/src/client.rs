@@ -81,7 +81,7 @@ pub struct RequestSettings {
     pub api_key: Option<String>,
     /// `max_tokens` of each request.
     pub max_tokens: u32,
-    /// Sampling temperature (the brief uses 0).
+    /// Sampling temperature (the reference load test uses 0).
     pub temperature: f64,
     /// Sends `ignore_eos: true` so every request generates exactly `max_tokens`.
     pub ignore_eos: bool,

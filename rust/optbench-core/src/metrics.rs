@@ -12,7 +12,7 @@ pub struct Stats {
     pub count: usize,
     /// Arithmetic mean.
     pub mean: f64,
-    /// Median (the brief's headline statistic).
+    /// Median (the headline statistic of every report).
     pub p50: f64,
     /// 90th percentile.
     pub p90: f64,

@@ -1,7 +1,7 @@
 //! Quality scorers, each equal to the reference ML teams already trust on the same inputs.
 //!
 //! - [`squad`]: SQuAD v2 exact match and F1 (the official evaluation script);
-//! - [`gsm8k`]: GSM8K final-answer extraction in the brief's, the official and
+//! - [`gsm8k`]: GSM8K final-answer extraction in the marked-or-last, the official and
 //!   lm-evaluation-harness's modes;
 //! - [`pass_at_k`]: HumanEval's unbiased pass@k estimator.
 
