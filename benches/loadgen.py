@@ -71,51 +71,25 @@ class Run:
 # --- the clients ---------------------------------------------------------------------------------
 
 
+def _client_cmd(python: str, script: str, s: Setting, url: str, model: str, out: Path) -> list[str]:
+    """The command line both client scripts of benches/clients/ share."""
+    return [
+        python, str(BENCHES / "clients" / script), "--url", url, "--model", model,
+        "--concurrency", str(s.concurrency), "--num-requests", str(s.num_requests),
+        "--input-tokens", str(s.input_tokens), "--output-tokens", str(s.tokens), "--out", str(out),
+    ]  # fmt: skip
+
+
 def optbench_run(s: Setting, url: str, model: str, tok: Path, work: Path) -> Run:
     out = work / "result.json"
-    cmd = [
-        sys.executable,
-        str(BENCHES / "clients" / "optbench_client.py"),
-        "--url",
-        url,
-        "--model",
-        model,
-        "--concurrency",
-        str(s.concurrency),
-        "--num-requests",
-        str(s.num_requests),
-        "--input-tokens",
-        str(s.input_tokens),
-        "--output-tokens",
-        str(s.tokens),
-        "--tokenizer",
-        str(tok / "tokenizer.json"),
-        "--out",
-        str(out),
-    ]
+    cmd = _client_cmd(sys.executable, "optbench_client.py", s, url, model, out)
+    cmd += ["--tokenizer", str(tok / "tokenizer.json")]
     return Run(cmd, {}, lambda: json.loads(out.read_text())["requests"])
 
 
 def aiohttp_run(s: Setting, url: str, model: str, tok: Path, work: Path) -> Run:
     out = work / "result.json"
-    cmd = [
-        str(venv_python("aiohttp")),
-        str(BENCHES / "clients" / "aiohttp_client.py"),
-        "--url",
-        url,
-        "--model",
-        model,
-        "--concurrency",
-        str(s.concurrency),
-        "--num-requests",
-        str(s.num_requests),
-        "--input-tokens",
-        str(s.input_tokens),
-        "--output-tokens",
-        str(s.tokens),
-        "--out",
-        str(out),
-    ]
+    cmd = _client_cmd(str(venv_python("aiohttp")), "aiohttp_client.py", s, url, model, out)
     return Run(cmd, {}, lambda: json.loads(out.read_text())["requests"])
 
 
