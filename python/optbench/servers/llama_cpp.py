@@ -92,6 +92,28 @@ def llama_server_version(binary: str | os.PathLike[str]) -> str:
     return m.group(1).strip() if m else "unknown"
 
 
+def llama_server_args(
+    binary: str | os.PathLike[str],
+    model_path: str | os.PathLike[str],
+    alias: str,
+    host: str,
+    port: int | None,
+    parallel: int,
+    ctx_size: int,
+    threads: int | None,
+    gpu_layers: int | None,
+    extra_args: Sequence[str],
+) -> list[str]:
+    """``llama-server``'s argument list (``--metrics`` always on)."""
+    args = [str(binary), "--model", str(model_path), "--alias", alias, "--host", host, "--port", str(port),
+            "--parallel", str(parallel), "--ctx-size", str(ctx_size), "--metrics"]  # fmt: skip
+    if threads:
+        args += ["--threads", str(threads)]
+    if gpu_layers is not None:
+        args += ["--n-gpu-layers", str(gpu_layers)]
+    return args + list(extra_args)
+
+
 class LlamaServer:
     """A running ``llama-server`` on ``host:port`` (a free port by default).
 
@@ -162,27 +184,10 @@ class LlamaServer:
 
     def command(self) -> list[str]:
         """The argument list that starts the server (the port must be chosen)."""
-        args = [
-            str(self.binary),
-            "--model",
-            str(self.model_path),
-            "--alias",
-            self.model,
-            "--host",
-            self.host,
-            "--port",
-            str(self.port),
-            "--parallel",
-            str(self.parallel),
-            "--ctx-size",
-            str(self.ctx_size),
-            "--metrics",
-        ]
-        if self.threads:
-            args += ["--threads", str(self.threads)]
-        if self.gpu_layers is not None:
-            args += ["--n-gpu-layers", str(self.gpu_layers)]
-        return args + self.extra_args
+        return llama_server_args(
+            self.binary, self.model_path, self.model, self.host, self.port, self.parallel, self.ctx_size,
+            self.threads, self.gpu_layers, self.extra_args,
+        )  # fmt: skip
 
     def start(self) -> "LlamaServer":
         """Starts the server and waits until ``/health`` answers 200."""
@@ -270,27 +275,10 @@ class LlamaCppEngine(Engine):
             # Not installed here: the command with placeholders, so it can still be read.
             s = self.cfg.server
             parallel = s.get("parallel", 4)
-            args = [
-                "llama-server",
-                "--model",
-                s.get("model_path", "<model.gguf>"),
-                "--alias",
-                self.cfg.model,
-                "--host",
-                self.cfg.host,
-                "--port",
-                str(port),
-                "--parallel",
-                str(parallel),
-                "--ctx-size",
-                str(s.get("ctx_size", 4096 * parallel)),
-                "--metrics",
-            ]
-            if "threads" in s:
-                args += ["--threads", str(s["threads"])]
-            if "gpu_layers" in s:
-                args += ["--n-gpu-layers", str(s["gpu_layers"])]
-            return args + list(s.get("extra_args", []))
+            return llama_server_args(
+                "llama-server", s.get("model_path", "<model.gguf>"), self.cfg.model, self.cfg.host, port, parallel,
+                s.get("ctx_size", 4096 * parallel), s.get("threads"), s.get("gpu_layers"), s.get("extra_args", []),
+            )  # fmt: skip
 
     def launch_command(self, port: int) -> list[str]:
         return self._server(port).command()
