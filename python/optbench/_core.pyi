@@ -28,6 +28,7 @@ __all__ = [
     "humaneval_program",
     "make_prompts",
     "pass_at_k",
+    "read_journal",
     "run_programs",
     "run_tests",
     "squad_normalize",
@@ -190,6 +191,7 @@ class LoadTest:
         temperature: float = 0.0,
         extra_body: dict[str, Any] | None = None,
         tokenizer: str | None = None,
+        journal: str | PathLike[str] | None = None,
     ) -> LoadTest: ...
     def progress(self) -> Progress: ...
     def cancel(self) -> None: ...
@@ -201,6 +203,9 @@ class LoadTest:
     def records(self) -> Any:
         """An Arrow record batch (Arrow PyCapsule interface)."""
     def summary(self) -> Summary: ...
+
+def read_journal(path: str | PathLike[str]) -> tuple[Any, Summary, list[int]]:
+    """(records as an Arrow batch, their summary, numbers of partial lines skipped)."""
 
 def make_prompts(
     base_url: str,

@@ -15,10 +15,13 @@ optbench info                                              versions, build, wher
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +33,7 @@ from optbench.datasets import DEFAULT_OUTPUT
 from optbench.exceptions import ConfigError, OptbenchError
 from optbench.loadtest import LoadTestResult, load_test
 from optbench.options import EvaluationOptions, LoadTestOptions, add_cli_options, options_from_cli
-from optbench.results import save_load_test
+from optbench.results import JOURNAL, journal_lock, new_run_id, recover_journals, save_load_test
 from optbench.run import PROFILES, RENAMED_PROFILES
 from optbench.servers.llama_cpp import LlamaServer, embedded_model_path, find_llama_server, llama_server_version
 
@@ -87,18 +90,26 @@ def _run_load_test(args: argparse.Namespace) -> int:
     if args.request_rate is not None and args.concurrency is None:
         options["concurrency"] = None  # an open loop from the command line has no cap unless given
     opts = LoadTestOptions.make(**options)
-    with _target(args, opts.concurrency or 8) as (base_url, model):
-        result = load_test(base_url, model, opts, label=args.label, progress=not args.no_progress)
-    return _report(result, args)
+    run_id = journal = None
+    if not args.no_save:
+        recover_journals(args.results_dir)  # runs killed earlier: their finished requests
+        run_id = new_run_id(args.label or "load-test")
+        journal = Path(args.results_dir) / "runs" / run_id / JOURNAL
+        journal.parent.mkdir(parents=True, exist_ok=True)  # fails now, before any request
+    # Held until the results are saved: no other process takes the journal for a dead run's.
+    with journal_lock(journal) if journal else contextlib.nullcontext():
+        with _target(args, opts.concurrency or 8) as (base_url, model):
+            result = load_test(base_url, model, opts, label=args.label, progress=not args.no_progress, journal=journal)
+        return _report(result, args, run_id)
 
 
-def _report(result: LoadTestResult, args: argparse.Namespace) -> int:
+def _report(result: LoadTestResult, args: argparse.Namespace, run_id: str | None = None) -> int:
     if args.json:
         print(json.dumps({"label": result.label, "stop_reason": result.stop_reason, **result.summary}, indent=2))
     else:
         print(result.summary_table())
     if not args.no_save:
-        paths = save_load_test(result, args.results_dir)
+        paths = save_load_test(result, args.results_dir, run_id=run_id)
         print(f"appended a row to {paths['csv']}; per-request data in {paths['parquet']}", file=sys.stderr)
     if result.stop_reason == "cancelled":
         return 130
@@ -154,6 +165,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         dataset_source=source,
         results_dir=args.results_dir,
         report_path=args.report,
+        run_id=args.run_id,
+        resume=args.resume,
         progress=not args.no_progress,
     )
     print(report["markdown"])
@@ -232,6 +245,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         dataset_source=args.dataset_source,
         results_dir=args.results_dir,
         report_path=args.report,
+        run_id=args.run_id,
+        resume=args.resume,
         progress=not args.no_progress,
     )
     print(report["markdown"])
@@ -242,6 +257,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from optbench.report import build_report, latest_run
 
+    recover_journals(args.results_dir)  # load tests killed before they wrote their Parquet
     run_dir = args.run_dir or latest_run(args.results_dir)
     report = build_report(run_dir, results_dir=args.results_dir, report_path=args.report)
     print(report["markdown"])
@@ -330,6 +346,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--results-dir", default="results")
     p.add_argument("--report", default="RESULTS.md", help="where RESULTS.md goes")
+    p.add_argument(
+        "--run-id",
+        default=None,
+        help="name of the run's folder under RESULTS_DIR/runs (default: the time); "
+        "if it exists, configurations already complete there are skipped",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the newest run: skip the configurations it completed, run the others again",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_run)
     p = sub.add_parser("report", help="rebuild results.csv and RESULTS.md from a run's Parquet files")
@@ -362,16 +389,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be so that it stops a run the same way: finished
+    requests kept and saved, servers stopped."""
+
+
+_TERMINATED: list[bool] = []
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    _TERMINATED.append(True)
+    raise _Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # `timeout`, `docker stop`, a CI cancel: handled like Ctrl-C (only the main thread can).
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
     except OptbenchError as e:
         print(f"optbench: error: {e}", file=sys.stderr)
         return 2
+    except _Terminated:
+        print("optbench: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("optbench: interrupted", file=sys.stderr)
         return 130
+    # A run stopped by SIGTERM that saved what finished still exits as terminated.
+    return 143 if _TERMINATED and code == 130 else code
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from optbench import _core
 from optbench.exceptions import ConfigError
+from optbench.files import atomic_path
 
 ProgressCallback = Callable[[Mapping[str, Any]], None]
 #: ``True`` (a tqdm bar in Jupyter, a live line on a terminal, else nothing), ``"tqdm"`` (a tqdm
@@ -189,15 +190,16 @@ def write_parquet(
 ) -> Path:
     """Writes ``rows`` to ``path`` (folders created) with the run's ``config`` (its target and
     options), ``summary`` and ``label`` as JSON in the Parquet metadata (``optbench.config``,
-    ``optbench.summary``, ``optbench.label``)."""
+    ``optbench.summary``, ``optbench.label``). The file appears whole or not at all (written
+    to a temporary name, then renamed)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = rows if isinstance(rows, pa.Table) else pa.Table.from_pandas(rows, preserve_index=False)
     meta = dict(table.schema.metadata or {})
     meta[b"optbench.config"] = json.dumps(config, default=str).encode()
     meta[b"optbench.summary"] = json.dumps(summary).encode()
     meta[b"optbench.label"] = label.encode()
-    pq.write_table(table.replace_schema_metadata(meta), path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table.replace_schema_metadata(meta), tmp)
     return path
 
 

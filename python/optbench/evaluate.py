@@ -43,7 +43,7 @@ from optbench.datasets import CATEGORIES, load_test_dataset
 from optbench.exceptions import ConfigError
 from optbench.driver import Progress, adrive, drive, records_table, resolve_api_key, start_run, write_parquet
 from optbench.options import EvaluationOptions
-from optbench.results import append_csv_row, new_run_id
+from optbench.results import append_csv_rows, new_run_id
 
 NUM_SHOTS = 2
 EVALUATION_CSV = "evaluation_summary.csv"
@@ -280,10 +280,16 @@ def _summarize(samples: pd.DataFrame) -> dict[str, Any]:
 
 
 def _start_generation(
-    base_url: str, model: str, requests: list[dict[str, Any]], o: EvaluationOptions, api_key: str | None
+    base_url: str,
+    model: str,
+    requests: list[dict[str, Any]],
+    o: EvaluationOptions,
+    api_key: str | None,
+    journal: str | os.PathLike[str] | None = None,
 ) -> _core.LoadTest:
     """Starts generating one answer per request, at temperature 0, ``o.concurrency`` at a time
-    (each request carries its own ``max_tokens`` and stop sequences)."""
+    (each request carries its own ``max_tokens`` and stop sequences); each answer is appended
+    to ``journal`` (JSON lines) the moment it finishes, when given."""
     return start_run(
         base_url,
         model,
@@ -294,6 +300,7 @@ def _start_generation(
         output_tokens=max(DEFAULT_MAX_TOKENS.values()),
         temperature=0.0,
         timeout_s=o.timeout_s,
+        journal=None if journal is None else str(journal),
     )
 
 
@@ -327,6 +334,7 @@ def _scored(
     samples.loc[samples["error_kind"] == "empty_output", "error_kind"] = None
     _score(samples, items, opts)
     summary = _summarize(samples)
+    summary["stop_reason"] = run.stop_reason()  # completed, or cancelled by Ctrl-C / SIGTERM
     if "code_isolation" in samples.attrs:
         # What the sandbox actually achieved on this machine, kept with the scores.
         summary["code_isolation"] = samples.attrs.pop("code_isolation")
@@ -386,6 +394,7 @@ def evaluate(
     dataset: Dataset = "data/test_dataset.json",
     label: str | None = None,
     progress: Progress = True,
+    journal: str | os.PathLike[str] | None = None,
     **option_values: Any,
 ) -> EvaluationResult:
     """Generates answers for the dataset's items on a running server and scores them.
@@ -399,10 +408,13 @@ def evaluate(
         dataset: the file ``optbench dataset build`` wrote (or its items).
         label: the configuration's name in tables (default: ``model``).
         progress: as for :func:`optbench.load_test`.
+        journal: a JSON-lines file to which each generated answer is appended as it
+            finishes, so a killed evaluation keeps the answers it paid for (its folder must
+            exist; read it with :func:`optbench.results.load_journal`).
     """
     o, opts, items, requests = _plan(base_url, model, dataset, options, option_values)
     label = label or model
-    run = _start_generation(base_url, model, requests, o, opts["api_key"])
+    run = _start_generation(base_url, model, requests, o, opts["api_key"], journal)
     drive(run, progress, f"{label} evaluation", 0.25, what="evaluation")
     return _scored(run, items, requests, opts, label, o)
 
@@ -415,13 +427,14 @@ async def aevaluate(
     dataset: Dataset = "data/test_dataset.json",
     label: str | None = None,
     progress: Progress = False,
+    journal: str | os.PathLike[str] | None = None,
     **option_values: Any,
 ) -> EvaluationResult:
     """:func:`evaluate` for asyncio code and Jupyter: the event loop stays free while answers
     are generated and scored. Cancelling the awaiting task cancels the generation."""
     o, opts, items, requests = await asyncio.to_thread(_plan, base_url, model, dataset, options, option_values)
     label = label or model
-    run = _start_generation(base_url, model, requests, o, opts["api_key"])
+    run = _start_generation(base_url, model, requests, o, opts["api_key"], journal)
     await adrive(run, progress, f"{label} evaluation", 0.25)
     return await asyncio.to_thread(_scored, run, items, requests, opts, label, o)
 
@@ -434,9 +447,6 @@ def save_evaluation(result: EvaluationResult, results_dir: str | os.PathLike[str
     parquet = result.to_parquet(results_dir / "runs" / run_id / "samples.parquet")
     stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     csv = results_dir / EVALUATION_CSV
-    for row in result.summary_rows():
-        append_csv_row(
-            csv,
-            {**row, "run_id": run_id, "timestamp_utc": stamp, "samples_parquet": str(parquet.relative_to(results_dir))},
-        )
+    extra = {"run_id": run_id, "timestamp_utc": stamp, "samples_parquet": str(parquet.relative_to(results_dir))}
+    append_csv_rows(csv, [{**row, **extra} for row in result.summary_rows()])
     return {"csv": csv, "parquet": parquet}

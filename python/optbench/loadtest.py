@@ -7,9 +7,12 @@ progress a few times a second (never per token) and turns the Arrow records into
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as _dt
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 
 from optbench import _core
+from optbench.files import atomic_write_text
 from optbench.driver import Progress, adrive, drive, records_table, resolve_api_key, start_run, write_parquet
 from optbench.options import LoadTestOptions
 from optbench.prompts import PromptSet, load_user_prompts, synthetic_prompts
@@ -198,6 +202,18 @@ def _plan(
     return opts, config, label or _default_label(model, base_url), resolve_api_key(opts.api_key_env)
 
 
+@contextlib.contextmanager
+def _journal(journal: str | os.PathLike[str] | None, config: dict[str, Any], label: str) -> Iterator[str | None]:
+    """Writes the journal's settings file next to it (what recovering it needs)."""
+    if journal is None:
+        yield None
+        return
+    path = Path(journal)
+    meta = {"label": label, "config": config, "started_utc": _dt.datetime.now(_dt.timezone.utc).isoformat()}
+    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=1, default=str) + "\n")
+    yield str(path)
+
+
 def _default_label(model: str, base_url: str) -> str:
     host = urlparse(base_url).netloc or base_url
     return f"{Path(model).name or model}@{host}"
@@ -211,6 +227,7 @@ def load_test(
     label: str | None = None,
     progress: Progress = True,
     progress_interval_s: float = 0.25,
+    journal: str | os.PathLike[str] | None = None,
     **option_values: Any,
 ) -> LoadTestResult:
     """Load-tests an OpenAI-compatible server with streaming requests and returns what it measured.
@@ -235,6 +252,10 @@ def load_test(
             tqdm bar anywhere, False for none, or a callback receiving progress dicts: one as
             the run starts (after the prompts are ready), then every ``progress_interval_s``
             (never one call per token), and the final counts.
+        journal: a file to which each request is appended (a JSON line) the moment it
+            finishes, with the run's settings in the same name ending ``.json``; a process
+            killed mid-run leaves its finished requests there (read them with
+            :func:`optbench.results.load_journal`). Its folder must exist.
 
     Ctrl-C stops the run and returns the finished rows (``result.interrupted`` is True).
     """
@@ -242,10 +263,17 @@ def load_test(
     prompt_set = _prepare(base_url, model, opts, key)
     for w in prompt_set.warnings:
         warnings.warn(w, stacklevel=2)
-    run = start_run(
-        base_url, model, api_key=key, prompts=prompt_set.texts, messages=prompt_set.messages, **opts.core_arguments()
-    )
-    drive(run, progress, label, progress_interval_s, what="load test")
+    with _journal(journal, config, label) as journal_path:
+        run = start_run(
+            base_url,
+            model,
+            api_key=key,
+            prompts=prompt_set.texts,
+            messages=prompt_set.messages,
+            journal=journal_path,
+            **opts.core_arguments(),
+        )
+        drive(run, progress, label, progress_interval_s, what="load test")
     return _result(run, config, label, prompt_set, opts)
 
 
@@ -257,6 +285,7 @@ async def aload_test(
     label: str | None = None,
     progress: Progress = False,
     progress_interval_s: float = 0.25,
+    journal: str | os.PathLike[str] | None = None,
     **option_values: Any,
 ) -> LoadTestResult:
     """:func:`load_test` for asyncio code and Jupyter (``await optbench.aload_test(...)``).
@@ -268,8 +297,15 @@ async def aload_test(
     prompt_set = await asyncio.to_thread(_prepare, base_url, model, opts, key)
     for w in prompt_set.warnings:
         warnings.warn(w, stacklevel=2)
-    run = start_run(
-        base_url, model, api_key=key, prompts=prompt_set.texts, messages=prompt_set.messages, **opts.core_arguments()
-    )
-    await adrive(run, progress, label, progress_interval_s)
+    with _journal(journal, config, label) as journal_path:
+        run = start_run(
+            base_url,
+            model,
+            api_key=key,
+            prompts=prompt_set.texts,
+            messages=prompt_set.messages,
+            journal=journal_path,
+            **opts.core_arguments(),
+        )
+        await adrive(run, progress, label, progress_interval_s)
     return _result(run, config, label, prompt_set, opts)

@@ -24,10 +24,13 @@ matplotlib.use("Agg")  # files only; notebooks still show the returned figures
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import pyarrow as pa  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from optbench.datasets import CATEGORIES  # noqa: E402
+from optbench.files import atomic_path  # noqa: E402
 from optbench.quality import QUALITY_THRESHOLD  # noqa: E402
+from optbench.results import journal_rows  # noqa: E402
 
 PERCENTILES = (50, 90, 99)
 
@@ -180,10 +183,9 @@ def decision_plot(table: pd.DataFrame, speed: str = "output_token_throughput") -
 
 def save(fig: Figure, name: str, out_dir: str | os.PathLike[str] = "results/plots") -> Path:
     """Writes ``fig`` to ``out_dir/name.png`` and closes it."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.png"
-    fig.savefig(path, dpi=120)
+    path = Path(out_dir) / f"{name}.png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return path
 
@@ -196,8 +198,12 @@ def plot_run(
     requests = {}
     for name in table["configuration"]:
         p = run_dir / name / "requests.parquet"
-        if p.exists():
-            requests[name] = pd.read_parquet(p)
+        try:
+            requests[name] = pd.read_parquet(p) if p.exists() else journal_rows(run_dir / name)
+        except (OSError, ValueError, pa.ArrowException):
+            continue  # the comparison table reports the unreadable file
+        if requests[name] is None:
+            del requests[name]
     paths = {}
     if requests:
         paths["latency_percentiles"] = save(latency_percentiles(requests), "latency_percentiles", out_dir)

@@ -22,12 +22,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from optbench.datasets import CATEGORIES
 from optbench.exceptions import ConfigError
 from optbench.options import EvaluationOptions, LoadTestOptions
+from optbench.files import atomic_path, atomic_write_text
 from optbench.quality import QUALITY_THRESHOLD, acceptable, category_scores, overall_score
+from optbench.results import JOURNAL, load_journal
 
 RESULTS_CSV = "results.csv"
 
@@ -91,25 +94,76 @@ def quality_metrics(samples: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def comparison_table(run_dir: str | os.PathLike[str]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-    """One row per configuration of the run, and the configurations' meta.json contents."""
-    run_dir = Path(run_dir)
-    metas = []
-    for meta_file in sorted(run_dir.glob("*/meta.json"), key=lambda p: p.stat().st_mtime):
+#: What reading a result file can raise when the file is damaged (a kill mid-write by an older
+#: optbench, a full disk, a copy cut short).
+UNREADABLE = (OSError, ValueError, KeyError, TypeError, pa.ArrowException)
+
+
+def _read_meta(meta_file: Path) -> dict[str, Any]:
+    """A configuration's meta.json; an unreadable one becomes a failed configuration."""
+    try:
         meta = json.loads(meta_file.read_text())
-        meta["_dir"] = str(meta_file.parent)
-        metas.append(meta)
+        if not isinstance(meta, dict) or "name" not in meta or "status" not in meta:
+            raise ValueError("not an optbench meta.json (no name or status)")
+    except UNREADABLE as e:
+        meta = {
+            "name": meta_file.parent.name,
+            "status": "failed",
+            "reason": f"{meta_file} is unreadable ({type(e).__name__}: {e})",
+            "engine": "unknown",
+            "model": "unknown",
+        }
+    meta["_dir"] = str(meta_file.parent)
+    return meta
+
+
+def _config_row(meta: dict[str, Any]) -> dict[str, Any]:
+    """One configuration's row. A damaged file makes the configuration ``failed`` with the
+    reason; a run killed mid-way (meta.json still says ``running``) is ``interrupted``, with
+    the requests its journal holds. Updates ``meta``'s status and reason to match."""
+    d = Path(meta["_dir"])
+    row: dict[str, Any] = {"configuration": meta["name"]}
+    problems = []
+    if meta["status"] == "running":
+        meta["status"] = "interrupted"
+        problems.append(f"the run stopped during {meta.get('phase', 'an unknown phase')} (killed?)")
+    requests, journal = d / "requests.parquet", d / JOURNAL
+    try:
+        if requests.exists():
+            row.update(run_speed_metrics(requests))
+        elif journal.exists():
+            _, summary, bad = load_journal(journal)
+            row.update(speed_metrics_from_summary(summary))
+            problems.append(
+                f"load test cut short: {summary['num_succeeded'] + summary['num_failed']} finished requests "
+                f"recovered from its journal" + (f" ({len(bad)} partial line(s) skipped)" if bad else "")
+            )
+    except UNREADABLE as e:
+        problems.append(
+            f"{requests.name if requests.exists() else journal.name} is unreadable ({type(e).__name__}: {e})"
+        )
+    if (d / "samples.parquet").exists():
+        try:
+            row.update(quality_metrics(pd.read_parquet(d / "samples.parquet")))
+        except UNREADABLE as e:
+            problems.append(f"samples.parquet is unreadable ({type(e).__name__}: {e})")
+    if problems:
+        if meta["status"] == "ok":
+            meta["status"] = "failed"
+        meta["reason"] = "; ".join([*([meta["reason"]] if meta.get("reason") else []), *problems])
+    row["status"] = meta["status"]
+    return row
+
+
+def comparison_table(run_dir: str | os.PathLike[str]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """One row per configuration of the run, and the configurations' meta.json contents. A
+    configuration whose files cannot be read is a ``failed`` row with the reason, never an
+    error for the whole report."""
+    run_dir = Path(run_dir)
+    metas = [_read_meta(f) for f in sorted(run_dir.glob("*/meta.json"), key=lambda p: p.stat().st_mtime)]
     if not metas:
         raise ConfigError(f"{run_dir}: no configuration results (*/meta.json) found")
-    rows = []
-    for meta in metas:
-        d = Path(meta["_dir"])
-        row: dict[str, Any] = {"configuration": meta["name"], "status": meta["status"]}
-        if (d / "requests.parquet").exists():
-            row.update(run_speed_metrics(d / "requests.parquet"))
-        if (d / "samples.parquet").exists():
-            row.update(quality_metrics(pd.read_parquet(d / "samples.parquet")))
-        rows.append(row)
+    rows = [_config_row(meta) for meta in metas]
     table = pd.DataFrame(rows)
     base_i = next((i for i, m in enumerate(metas) if m.get("baseline")), 0)
     base_q = table.loc[base_i, "quality_overall"] if "quality_overall" in table else float("nan")
@@ -247,7 +301,7 @@ def render_markdown(
         lines.append(f"- {r['configuration']}: quality changes against the baseline: {deltas}.")
     for m in metas:
         if m["status"] != "ok":
-            lines.append(f"- {m['name']} failed: {m.get('reason')}.")
+            lines.append(f"- {m['name']} {m['status']}: {m.get('reason')}.")
     lines += ["", "## Caveats", ""]
     gpus = {g["name"] for m in metas if m.get("gpu") for g in m["gpu"].get("gpus", [])}
     lines.append(
@@ -283,15 +337,15 @@ def build_report(
 
     table, metas = comparison_table(run_dir)
     csv = Path(results_dir) / RESULTS_CSV
-    csv.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(csv, index=False)
+    with atomic_path(csv) as tmp:
+        table.to_csv(tmp, index=False)
     plots = plot_run(run_dir, table, Path(results_dir) / "plots")
     decision = None
     if report_path and "decision" in plots:
         decision = os.path.relpath(plots["decision"], Path(report_path).resolve().parent)
     text, findings = render_markdown(table, metas, decision)
     if report_path:
-        Path(report_path).write_text(text)
+        atomic_write_text(report_path, text)
     return {"table": table, "findings": findings, "csv": csv, "report": report_path, "markdown": text, "plots": plots}
 
 

@@ -7,12 +7,22 @@ Layout of a run (``results/runs/<run id>/``)::
     <config name>/requests.parquet   the load test's per-request rows
     <config name>/samples.parquet    the evaluation's per-sample rows
     <config name>/meta.json          status, failure reason, engine version, GPU, settings
+    <config name>/*.journal.jsonl    while a phase runs: each request as it finishes
 
 ``results/results.csv`` and ``RESULTS.md`` are rebuilt from those files (``optbench report``).
+
+Nothing paid for is lost: meta.json says ``running`` (and the phase) from the start, every
+file is written whole or not at all, and each phase's requests go to a journal as they
+finish. A run killed mid-way (SIGKILL, the OOM killer) leaves a configuration the report shows
+as ``interrupted`` with the requests its journal holds; SIGTERM and Ctrl-C stop the run, keep
+the finished requests and still write the report. Running the same command again with
+``--resume`` (or the same ``run_id``) skips the configurations already complete and runs the
+others again, moving their earlier files to ``<config name>/attempts/<time>/``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -23,14 +33,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from optbench.config import ServerConfig, load_config
 from optbench.datasets import build_test_dataset
 from optbench.evaluate import evaluate
 from optbench.exceptions import ConfigError, OptbenchError
+from optbench.files import atomic_write_text
 from optbench.loadtest import load_test
 from optbench.options import EvaluationOptions, LoadTestOptions
+from optbench.results import JOURNAL as LOAD_TEST_JOURNAL
 from optbench.results import new_run_id
 from optbench.servers.engines import serve
+
+
+#: The evaluation's answers as they finish (JSON lines), while it runs.
+EVALUATION_JOURNAL = "samples.journal.jsonl"
 
 
 @dataclass(frozen=True)
@@ -117,8 +136,10 @@ def ensure_dataset(dataset: str | os.PathLike[str], source: str | None) -> Path:
 
 def run_one(cfg: ServerConfig, run_dir: Path, profile: str, dataset: Path | None, progress: bool) -> ConfigOutcome:
     """Serves, load-tests and evaluates one configuration; never raises for the configuration's
-    own failures (they are recorded in meta.json)."""
+    own failures (they are recorded in meta.json). Ctrl-C or SIGTERM keeps the finished
+    requests, records the configuration as ``interrupted`` and raises KeyboardInterrupt."""
     out = run_dir / cfg.name
+    _set_aside_earlier_attempt(out)
     out.mkdir(parents=True, exist_ok=True)
     # The profile's options; what the configuration sets explicitly wins.
     chosen = profile_named(profile)
@@ -134,28 +155,51 @@ def run_one(cfg: ServerConfig, run_dir: Path, profile: str, dataset: Path | None
         "load_test": lt.to_dict(),
         "evaluation": ev.to_dict(),
         "started_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "status": "running",
     }
     phase = "start"
+
+    def enter(p: str) -> None:
+        nonlocal phase
+        phase = meta["phase"] = p
+        _write_meta(out, meta)  # a killed run leaves the phase it died in
+
     try:
+        enter("start")
         _log(f"{cfg.name}: starting {cfg.engine} ({cfg.model})")
         with serve(cfg, log_dir=out) as server:
             meta.update(base_url=server.base_url, engine_version=server.version, gpu=server.gpu)
-            phase = "load test"
+            enter("load test")
             _log(f"{cfg.name}: load test ({lt.num_requests} requests, concurrency {lt.concurrency})")
-            result = load_test(server.base_url, server.model, lt, label=cfg.name, progress=progress)
+            journal = out / LOAD_TEST_JOURNAL
+            result = load_test(server.base_url, server.model, lt, label=cfg.name, progress=progress, journal=journal)
             result.to_parquet(out / "requests.parquet")
+            _remove_journal(journal)
+            if result.stop_reason == "cancelled":
+                raise KeyboardInterrupt
             if dataset is not None:
-                phase = "evaluation"
+                enter("evaluation")
                 _log(f"{cfg.name}: evaluation ({dataset})")
+                journal = out / EVALUATION_JOURNAL
                 evaluation = evaluate(
-                    server.base_url, server.model, ev, dataset=dataset, label=cfg.name, progress=progress
+                    server.base_url,
+                    server.model,
+                    ev,
+                    dataset=dataset,
+                    label=cfg.name,
+                    progress=progress,
+                    journal=journal,
                 )
                 evaluation.to_parquet(out / "samples.parquet")
+                _remove_journal(journal)
+                if evaluation.summary.get("stop_reason") == "cancelled":
+                    raise KeyboardInterrupt
                 if "code_isolation" in evaluation.summary:
                     meta["code_isolation"] = evaluation.summary["code_isolation"]
         meta.update(status="ok", reason=None)
     except KeyboardInterrupt:
-        meta.update(status="failed", reason=f"interrupted during {phase}")
+        meta.update(status="interrupted", reason=f"interrupted (Ctrl-C or SIGTERM) during {phase}")
+        meta["finished_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         _write_meta(out, meta)
         raise
     except (OptbenchError, OSError) as e:
@@ -170,7 +214,41 @@ def run_one(cfg: ServerConfig, run_dir: Path, profile: str, dataset: Path | None
 
 
 def _write_meta(out: Path, meta: dict[str, Any]) -> None:
-    (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=1, default=str) + "\n")
+
+
+def _remove_journal(journal: Path) -> None:
+    """Once a phase's Parquet is written its journal holds nothing more."""
+    for path in (journal, journal.with_suffix(".json"), Path(f"{journal}.lock")):
+        path.unlink(missing_ok=True)
+
+
+def is_complete(out: Path, evaluated: bool) -> bool:
+    """Whether a configuration's folder holds a finished result: meta.json says ``ok`` and its
+    Parquet files can be read."""
+    try:
+        meta = json.loads((out / "meta.json").read_text())
+        files = ["requests.parquet"] + (["samples.parquet"] if evaluated else [])
+        for name in files:
+            pq.read_metadata(out / name)
+    except (OSError, ValueError, pa.ArrowException):
+        return False
+    return isinstance(meta, dict) and meta.get("status") == "ok"
+
+
+def _set_aside_earlier_attempt(out: Path) -> None:
+    """Moves the files of an earlier, unfinished attempt at a configuration to
+    ``attempts/<time>/`` inside its folder, so running it again loses nothing."""
+    if not out.is_dir():
+        return
+    files = [p for p in out.iterdir() if p.name != "attempts"]
+    if not files:
+        return
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    dest = out / "attempts" / stamp
+    dest.mkdir(parents=True)
+    for p in files:
+        p.rename(dest / p.name)
 
 
 def run(
@@ -182,13 +260,18 @@ def run(
     results_dir: str | os.PathLike[str] = "results",
     report_path: str | os.PathLike[str] | None = "RESULTS.md",
     run_id: str | None = None,
+    resume: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Runs every configuration in turn and writes ``results/results.csv`` and RESULTS.md.
 
     A configuration that fails is recorded with its reason and the others still run.
-    ``dataset=None`` skips the quality evaluation (speed only). Returns the report (see
-    :func:`optbench.report.build_report`)."""
+    ``dataset=None`` skips the quality evaluation (speed only). ``run_id`` names the run's
+    folder (``results/runs/<run_id>``); when that folder exists, configurations already
+    complete there are skipped and the others run again. ``resume=True`` without a
+    ``run_id`` continues the newest run. Ctrl-C or SIGTERM stops after keeping the finished
+    requests, writes the report of what finished, then raises KeyboardInterrupt. Returns the
+    report (see :func:`optbench.report.build_report`)."""
     from optbench.report import build_report
 
     profile_named(profile)  # an unknown name fails before any server starts
@@ -200,8 +283,23 @@ def run(
     if len(set(names)) != len(names):
         raise ConfigError(f"configuration names must differ, got {names}")
     data = None if dataset is None else ensure_dataset(dataset, dataset_source)
-    run_dir = Path(results_dir) / "runs" / (run_id or new_run_id("run"))
-    for i, cfg in enumerate(cfgs, 1):
-        _log(f"configuration {i}/{len(cfgs)}: {cfg.name}")
-        run_one(cfg, run_dir, profile, data, progress)
+    if resume and run_id is None:
+        from optbench.report import latest_run
+
+        run_dir = latest_run(results_dir)
+    else:
+        run_dir = Path(results_dir) / "runs" / (run_id or new_run_id("run"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        for i, cfg in enumerate(cfgs, 1):
+            if is_complete(run_dir / cfg.name, evaluated=data is not None):
+                _log(f"configuration {i}/{len(cfgs)}: {cfg.name} is complete in {run_dir}: skipped")
+                continue
+            _log(f"configuration {i}/{len(cfgs)}: {cfg.name}")
+            run_one(cfg, run_dir, profile, data, progress)
+    except KeyboardInterrupt:
+        _log(f"interrupted: writing the report of what finished; continue with --resume (run {run_dir.name})")
+        with contextlib.suppress(OptbenchError):
+            build_report(run_dir, results_dir=results_dir, report_path=report_path)
+        raise
     return build_report(run_dir, results_dir=results_dir, report_path=report_path)

@@ -17,6 +17,7 @@ pub mod arrow;
 pub mod client;
 pub mod embeddings;
 pub mod error;
+pub mod journal;
 pub mod metrics;
 pub mod mock;
 pub mod prompts;

@@ -1,6 +1,7 @@
 //! Runs a whole load test: warm-up, then the measured requests on their schedule, collecting
 //! one record per request whatever happens to it.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{build_http_client, stream_request, PreparedRequest, Prompt, RequestInput, RequestSettings};
 use crate::error::{CoreError, Result};
+use crate::journal::JournalWriter;
 use crate::record::{ErrorKind, RequestRecord, TokenCountSource};
 use crate::schedule::Schedule;
 use crate::tokens::TokenCounter;
@@ -30,6 +32,9 @@ pub struct LoadTestConfig {
     /// Stop sending after this long (measured phase); requests still in flight then are
     /// cancelled and recorded as `cancelled`.
     pub time_limit: Option<Duration>,
+    /// Appends every finished record to this JSON-lines file as it finishes (see
+    /// [`crate::journal`]), so a killed run leaves its finished requests on disk.
+    pub journal: Option<PathBuf>,
 }
 
 impl LoadTestConfig {
@@ -132,6 +137,7 @@ struct Shared {
     cancel: CancellationToken,
     time_limit_hit: AtomicBool,
     records: Mutex<Vec<RequestRecord>>,
+    journal: Mutex<Option<JournalWriter>>,
 }
 
 impl Shared {
@@ -155,6 +161,9 @@ impl Shared {
         self.progress.chunks.fetch_add(rec.chunk_times_ns.len() as u64, Ordering::Relaxed);
         let counter = if rec.is_success() { &self.progress.succeeded } else { &self.progress.failed };
         counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(journal) = &*self.journal.lock().expect("journal lock") {
+            journal.append(&rec);
+        }
         self.records.lock().expect("records lock").push(rec);
     }
 
@@ -275,6 +284,7 @@ pub async fn run_requests(
         Schedule::Open { max_concurrency, .. } => max_concurrency.unwrap_or(256),
     };
     let client = build_http_client(max_inflight)?;
+    let journal = config.journal.as_deref().map(JournalWriter::create).transpose()?;
     progress.total.store((config.warmup + config.num_requests) as u64, Ordering::Relaxed);
     let shared = Arc::new(Shared {
         client,
@@ -286,6 +296,7 @@ pub async fn run_requests(
         cancel: cancel.clone(),
         time_limit_hit: AtomicBool::new(false),
         records: Mutex::new(Vec::with_capacity(config.warmup + config.num_requests)),
+        journal: Mutex::new(journal),
     });
 
     if config.warmup > 0 {
@@ -327,6 +338,10 @@ pub async fn run_requests(
     } else {
         StopReason::Completed
     };
+    let journal = shared.journal.lock().expect("journal lock").take();
+    if let Some(journal) = journal {
+        journal.finish()?;
+    }
     let mut records = std::mem::take(&mut *shared.records.lock().expect("records lock"));
     records.sort_by_key(|r| r.request_id);
     fill_missing_token_counts(&mut records, token_counter.as_deref()).await;

@@ -43,6 +43,7 @@ fn closed(base_url: &str, n: usize, concurrency: usize, max_tokens: u32) -> Load
         num_requests: n,
         warmup: 0,
         time_limit: None,
+        journal: None,
     }
 }
 
@@ -160,6 +161,7 @@ async fn open_loop_cap_shows_up_as_queue_delay() {
         num_requests: 4,
         warmup: 0,
         time_limit: None,
+        journal: None,
     };
     let out = run(cfg).await;
     // One slot, ~101 ms per request, requests due every 10 ms: the last waits ~270 ms.

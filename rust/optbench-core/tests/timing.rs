@@ -54,6 +54,7 @@ async fn ttft_and_itl_match_the_servers_truth() {
         num_requests: 16,
         warmup: 0,
         time_limit: None,
+        journal: None,
     };
     let out = run(cfg).await;
     let s = Summary::from_records(&out.records);
@@ -107,6 +108,7 @@ async fn open_loop_sends_on_schedule_and_warmup_is_excluded() {
         num_requests: 20,
         warmup: 2,
         time_limit: None,
+        journal: None,
     };
     let out = run(cfg).await;
     assert_eq!(out.records.len(), 22);

@@ -107,7 +107,7 @@ impl LoadTest {
         num_requests=100, concurrency=Some(8), request_rate=None, arrival="poisson",
         burstiness=1.0, output_tokens=1024, seed=0, warmup=0, ignore_eos=false,
         timeout_s=None, time_limit_s=None, api_key=None, temperature=0.0,
-        extra_body=None, tokenizer=None
+        extra_body=None, tokenizer=None, journal=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -132,6 +132,7 @@ impl LoadTest {
         temperature: f64,
         extra_body: Option<&Bound<'_, PyAny>>,
         tokenizer: Option<String>,
+        journal: Option<std::path::PathBuf>,
     ) -> PyResult<Self> {
         let inputs = request_inputs(prompts, messages, requests)?;
         let duration = |name: &str, s: Option<f64>| -> PyResult<Option<Duration>> {
@@ -174,6 +175,7 @@ impl LoadTest {
             num_requests,
             warmup,
             time_limit: duration("time_limit_s", time_limit_s)?,
+            journal,
         };
         config.validate(inputs.len()).map_err(PyCoreError)?;
         // Prepare now so that a bad prompt, endpoint or URL fails here, not inside the run.
@@ -329,9 +331,25 @@ fn summary_to_dict<'py>(py: Python<'py>, s: &Summary) -> PyResult<Bound<'py, PyD
     Ok(d)
 }
 
+/// Reads the finished requests of a journal (a run's JSON-lines record of each request as it
+/// ended): `(records, summary, bad_lines)` with the records as one Arrow batch, the same
+/// aggregates a finished run gives, and the numbers of partial or damaged lines skipped.
+#[pyfunction]
+fn read_journal<'py>(
+    py: Python<'py>,
+    path: std::path::PathBuf,
+) -> PyResult<(PyRecordBatch, Bound<'py, PyDict>, Vec<usize>)> {
+    let contents = py.detach(|| optbench_core::journal::read_journal(&path)).map_err(PyCoreError)?;
+    let batch = records_to_batch(&contents.records)
+        .map_err(|e| OptbenchError::new_err(format!("cannot build the Arrow records: {e}")))?;
+    let summary = summary_to_dict(py, &Summary::from_records(&contents.records))?;
+    Ok((PyRecordBatch::new(batch), summary, contents.bad_lines))
+}
+
 /// Adds `LoadTest` and the names of the summary's metrics and statistics to `optbench._core`.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<LoadTest>()?;
+    m.add_function(wrap_pyfunction!(read_journal, m)?)?;
     // The keys of `summary()["metrics"]` and of each metric's statistics, for Python code
     // that lays out tables and plots.
     m.add("METRIC_NAMES", PyTuple::new(m.py(), METRIC_NAMES)?)?;

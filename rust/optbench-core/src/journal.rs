@@ -1,0 +1,278 @@
+//! The journal: every finished request appended to a JSON-lines file the moment it ends, so
+//! that a run killed by SIGKILL, the OOM killer or a lost machine still leaves its finished
+//! requests on disk.
+//!
+//! One line per record, written by a dedicated thread (the runtime's workers only hand the
+//! record over a channel, so file I/O never sits between two network reads). Each line is
+//! written with one `write` call and flushed to the operating system at once: a killed
+//! process loses at most the line being written, which the reader skips. (No `fsync`: the
+//! journal survives the process, not a power cut of the host.)
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CoreError, Result};
+use crate::record::{ErrorKind, RequestRecord, TokenCountSource};
+
+/// A record as one journal line (the record's fields; kinds and sources by their names).
+#[derive(Debug, Serialize, Deserialize)]
+struct JournalLine {
+    request_id: u32,
+    warmup: bool,
+    scheduled_ns: i64,
+    sent_ns: Option<i64>,
+    first_byte_ns: Option<i64>,
+    first_token_ns: Option<i64>,
+    last_token_ns: Option<i64>,
+    done_ns: Option<i64>,
+    chunk_times_ns: Vec<i64>,
+    chunk_text_bytes: Vec<u32>,
+    output_text: String,
+    output_tokens: Option<u32>,
+    token_count_source: Option<String>,
+    prompt_tokens: Option<u32>,
+    http_status: Option<u16>,
+    finish_reason: Option<String>,
+    server_timings: Option<String>,
+    error_kind: Option<String>,
+    error_message: Option<String>,
+}
+
+impl From<&RequestRecord> for JournalLine {
+    fn from(r: &RequestRecord) -> Self {
+        JournalLine {
+            request_id: r.request_id,
+            warmup: r.warmup,
+            scheduled_ns: r.scheduled_ns,
+            sent_ns: r.sent_ns,
+            first_byte_ns: r.first_byte_ns,
+            first_token_ns: r.first_token_ns,
+            last_token_ns: r.last_token_ns,
+            done_ns: r.done_ns,
+            chunk_times_ns: r.chunk_times_ns.clone(),
+            chunk_text_bytes: r.chunk_text_bytes.clone(),
+            output_text: r.output_text.clone(),
+            output_tokens: r.output_tokens,
+            token_count_source: r.token_count_source.map(|s| s.as_str().to_string()),
+            prompt_tokens: r.prompt_tokens,
+            http_status: r.http_status,
+            finish_reason: r.finish_reason.clone(),
+            server_timings: r.server_timings.clone(),
+            error_kind: r.error_kind.map(|k| k.as_str().to_string()),
+            error_message: r.error_message.clone(),
+        }
+    }
+}
+
+impl JournalLine {
+    fn into_record(self) -> std::result::Result<RequestRecord, String> {
+        let error_kind = match self.error_kind {
+            None => None,
+            Some(name) => Some(
+                ErrorKind::ALL
+                    .iter()
+                    .copied()
+                    .find(|k| k.as_str() == name)
+                    .ok_or_else(|| format!("unknown error kind {name:?}"))?,
+            ),
+        };
+        let token_count_source = match self.token_count_source.as_deref() {
+            None => None,
+            Some("usage") => Some(TokenCountSource::Usage),
+            Some("tokenizer") => Some(TokenCountSource::Tokenizer),
+            Some("chunks") => Some(TokenCountSource::Chunks),
+            Some(other) => return Err(format!("unknown token count source {other:?}")),
+        };
+        Ok(RequestRecord {
+            request_id: self.request_id,
+            warmup: self.warmup,
+            scheduled_ns: self.scheduled_ns,
+            sent_ns: self.sent_ns,
+            first_byte_ns: self.first_byte_ns,
+            first_token_ns: self.first_token_ns,
+            last_token_ns: self.last_token_ns,
+            done_ns: self.done_ns,
+            chunk_times_ns: self.chunk_times_ns,
+            chunk_text_bytes: self.chunk_text_bytes,
+            output_text: self.output_text,
+            output_tokens: self.output_tokens,
+            token_count_source,
+            prompt_tokens: self.prompt_tokens,
+            http_status: self.http_status,
+            finish_reason: self.finish_reason,
+            server_timings: self.server_timings,
+            error_kind,
+            error_message: self.error_message,
+        })
+    }
+}
+
+/// Appends records to a journal file from a thread of its own.
+#[derive(Debug)]
+pub struct JournalWriter {
+    tx: Option<mpsc::Sender<RequestRecord>>,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+    path: PathBuf,
+}
+
+impl JournalWriter {
+    /// Opens `path` for appending (created if missing; its folder must exist) and starts the
+    /// writer thread. Fails before any request is sent when the file cannot be opened.
+    pub fn create(path: &Path) -> Result<JournalWriter> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| CoreError::config(format!("cannot open the journal {}: {e}", path.display())))?;
+        let (tx, rx) = mpsc::channel::<RequestRecord>();
+        let thread = std::thread::Builder::new()
+            .name("optbench-journal".into())
+            .spawn(move || write_lines(file, rx))
+            .map_err(|e| CoreError::config(format!("cannot start the journal thread: {e}")))?;
+        Ok(JournalWriter { tx: Some(tx), thread: Some(thread), path: path.to_path_buf() })
+    }
+
+    /// Hands one finished record to the writer thread (never blocks on the disk).
+    pub fn append(&self, record: &RequestRecord) {
+        if let Some(tx) = &self.tx {
+            // The thread only stops on a write error, reported by `finish`.
+            let _ = tx.send(record.clone());
+        }
+    }
+
+    /// Waits until every record handed over is written; reports a write error (a full disk).
+    pub fn finish(mut self) -> Result<()> {
+        self.close()
+    }
+
+    fn close(&mut self) -> Result<()> {
+        drop(self.tx.take());
+        match self.thread.take().map(|t| t.join()) {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => {
+                Err(CoreError::config(format!("writing the journal {} failed: {e}", self.path.display())))
+            }
+            Some(Err(_)) => Err(CoreError::config(format!("the journal thread for {} panicked", self.path.display()))),
+        }
+    }
+}
+
+impl Drop for JournalWriter {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+fn write_lines(mut file: File, rx: mpsc::Receiver<RequestRecord>) -> std::io::Result<()> {
+    let mut line = Vec::with_capacity(16 * 1024);
+    for record in rx {
+        line.clear();
+        serde_json::to_writer(&mut line, &JournalLine::from(&record)).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        // One write per line (O_APPEND): a kill leaves at most one partial last line.
+        file.write_all(&line)?;
+    }
+    file.flush()
+}
+
+/// What reading a journal found.
+#[derive(Debug, Default)]
+pub struct JournalContents {
+    /// The records, sorted by request id (the last one kept when an id repeats).
+    pub records: Vec<RequestRecord>,
+    /// Lines that could not be read (a partial last line after a kill, or damage), by number.
+    pub bad_lines: Vec<usize>,
+}
+
+/// Reads every complete record of a journal. A partial or damaged line is skipped and
+/// counted, never fatal; only a missing or unreadable file is an error.
+pub fn read_journal(path: &Path) -> Result<JournalContents> {
+    let file =
+        File::open(path).map_err(|e| CoreError::config(format!("cannot open the journal {}: {e}", path.display())))?;
+    let mut out = JournalContents::default();
+    let mut by_id = std::collections::BTreeMap::new();
+    for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
+        let line = line.map_err(|e| CoreError::config(format!("cannot read the journal {}: {e}", path.display())))?;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<JournalLine>(&line).map_err(|e| e.to_string()).and_then(JournalLine::into_record)
+        {
+            Ok(record) => {
+                by_id.insert(record.request_id, record);
+            }
+            Err(_) => out.bad_lines.push(i + 1),
+        }
+    }
+    out.records = by_id.into_values().collect();
+    // Records journaled before the end-of-run recount: the chunk count, flagged as such.
+    for rec in out.records.iter_mut().filter(|r| r.output_tokens.is_none() && !r.chunk_times_ns.is_empty()) {
+        rec.output_tokens = Some(rec.chunk_times_ns.len() as u32);
+        rec.token_count_source = Some(TokenCountSource::Chunks);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: u32, kind: Option<ErrorKind>) -> RequestRecord {
+        RequestRecord {
+            request_id: id,
+            scheduled_ns: 10,
+            sent_ns: Some(20),
+            first_token_ns: Some(30),
+            last_token_ns: Some(50),
+            done_ns: Some(55),
+            chunk_times_ns: vec![30, 40, 50],
+            chunk_text_bytes: vec![1, 2, 3],
+            output_text: "a\n\"b\"\u{e9}".into(),
+            output_tokens: Some(3),
+            token_count_source: Some(TokenCountSource::Usage),
+            error_kind: kind,
+            error_message: kind.map(|k| format!("{k} happened")),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_a_torn_last_line_is_skipped() {
+        let dir = std::env::temp_dir().join(format!("optbench-journal-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("requests.journal.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let writer = JournalWriter::create(&path).unwrap();
+        writer.append(&record(1, None));
+        writer.append(&record(0, Some(ErrorKind::Deadline)));
+        writer.finish().unwrap();
+        // A kill in the middle of a write leaves a partial line behind.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(br#"{"request_id": 2, "warmup": fal"#).unwrap();
+        drop(f);
+
+        let read = read_journal(&path).unwrap();
+        assert_eq!(read.bad_lines, vec![3]);
+        assert_eq!(read.records.len(), 2);
+        let (r0, r1) = (&read.records[0], &read.records[1]);
+        assert_eq!(r0.request_id, 0);
+        assert_eq!(r0.error_kind, Some(ErrorKind::Deadline));
+        assert_eq!(r0.error_message.as_deref(), Some("deadline happened"));
+        assert_eq!(r1.output_text, "a\n\"b\"\u{e9}");
+        assert_eq!(r1.chunk_times_ns, vec![30, 40, 50]);
+        assert_eq!(r1.token_count_source, Some(TokenCountSource::Usage));
+        assert_eq!(r1.ttft_ms(), record(1, None).ttft_ms());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_journal_in_a_missing_folder_fails_before_the_run() {
+        let err = JournalWriter::create(Path::new("/nonexistent-optbench-dir/j.jsonl")).unwrap_err();
+        assert!(err.to_string().contains("cannot open the journal /nonexistent-optbench-dir/j.jsonl"), "{err}");
+    }
+}
