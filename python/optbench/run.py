@@ -23,14 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from optbench.config import ServerConfig, load_config
+from optbench.config import ServerConfig, load_config, merged_options
 from optbench.datasets import build_test_dataset
 from optbench.evaluate import evaluate
 from optbench.exceptions import ConfigError, OptbenchError
 from optbench.loadtest import load_test
 from optbench.options import EvaluationOptions, LoadTestOptions
-from optbench.results import new_run_id
+from optbench.results import ensure_results_dir, new_run_id
 from optbench.servers.engines import serve
+from optbench.urls import redact_urls
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,11 @@ def run_one(cfg: ServerConfig, run_dir: Path, profile: str, dataset: Path | None
 
 
 def _write_meta(out: Path, meta: dict[str, Any]) -> None:
+    # URLs without their credentials, also inside a failure's reason.
+    meta = {
+        k: redact_urls(v) if k in ("base_url", "reason", "traceback") and isinstance(v, str) else v
+        for k, v in meta.items()
+    }
     (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
 
 
@@ -199,6 +205,9 @@ def run(
     names = [c.name for c in cfgs]
     if len(set(names)) != len(names):
         raise ConfigError(f"configuration names must differ, got {names}")
+    for cfg in cfgs:  # the rules between options, with the profile's, before any server starts
+        merged_options(cfg, profile_named(profile).load_test, profile_named(profile).evaluation)
+    ensure_results_dir(results_dir)
     data = None if dataset is None else ensure_dataset(dataset, dataset_source)
     run_dir = Path(results_dir) / "runs" / (run_id or new_run_id("run"))
     for i, cfg in enumerate(cfgs, 1):
