@@ -279,7 +279,9 @@ def test_rules_between_options_fail_before_any_server_starts(tmp_path):
     cfg = ServerConfig(
         name="open", engine="openai", model="m", server={"base_url": NOWHERE}, load_test={"concurrency": None}
     )
-    with pytest.raises(ConfigError, match=r"^open: \[load_test\]: concurrency must be an integer in a closed loop"):
+    with pytest.raises(
+        ConfigError, match=r"^configuration 'open': \[load_test\]: concurrency must be an integer in a closed loop"
+    ):
         run([cfg], profile="quick", dataset=None, results_dir=tmp_path / "results", report_path=tmp_path / "R.md")
     assert not (tmp_path / "results").exists()
 
@@ -293,6 +295,13 @@ def test_configuration_names_are_safe_folder_names(tmp_path, name):
         return
     with pytest.raises(ConfigError, match=rf"^{path}: key 'name' must be letters, digits, '.', '_' or '-'"):
         load_config(path)
+
+
+def test_run_checks_names_of_configurations_built_in_python(tmp_path):
+    cfg = ServerConfig(name="../../etc", engine="openai", model="m", server={"base_url": NOWHERE})
+    with pytest.raises(ConfigError, match=r"^configuration '../../etc': its name must be letters"):
+        run([cfg], profile="quick", dataset=None, results_dir=tmp_path / "results", report_path=tmp_path / "R.md")
+    assert not (tmp_path / "results").exists()
 
 
 def test_a_file_name_that_is_not_a_safe_name_asks_for_a_name(tmp_path):
@@ -327,7 +336,7 @@ def test_an_os_error_is_one_line_and_a_bug_a_traceback(monkeypatch, capsys):
         raise PermissionError(13, "Permission denied", "/results/x.csv")
 
     monkeypatch.setattr(cli, "_cmd_info", unwritable)
-    assert main(["info"]) == 1
+    assert main(["info"]) == 2
     assert capsys.readouterr().err == "optbench: error: [Errno 13] Permission denied: '/results/x.csv'\n"
 
     def bug(args):
@@ -345,7 +354,7 @@ def test_an_os_error_from_a_command_is_not_a_traceback(tmp_path, shared_dir):
     blocker = tmp_path / "file"
     blocker.write_text("")
     out = optbench_cli("dataset", "build", "--source", str(source), "--output", str(blocker / "data.json"))
-    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.startswith("optbench: error: [Errno 17] File exists")
 
 

@@ -401,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A file or folder that cannot be used, a network failure outside a request...: the
         # user's to fix, so one line, not a traceback (a bug still shows its traceback).
         print(f"optbench: error: {e}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:
         print("optbench: interrupted", file=sys.stderr)
         return 130

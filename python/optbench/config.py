@@ -3,7 +3,7 @@ and what is allowed.
 
 A configuration says which engine serves which model, and how::
 
-    name = "vllm_fp8_quantization"       # optional; default: the file's stem (letters, digits, ._-)
+    name = "vllm_fp8_quantization"       # optional; default: the file's stem; letters, digits, . _ -
     engine = "vllm"                      # llama_cpp | vllm | sglang | openai (optbench.servers)
     model = "meta-llama/Llama-3.1-8B-Instruct"
     port = 8000                          # host defaults to 127.0.0.1
@@ -111,6 +111,16 @@ def check_table(where: str, table: dict[str, Any], allowed: dict[str, Any], pref
             raise ConfigError(f"{where}: key '{full}' must be a finite number, got {value!r}")
 
 
+def check_name(name: str, where: str, what: str = "key 'name'") -> None:
+    """A configuration's name names its results folder: letters, digits, ``.``, ``_`` and
+    ``-``, not starting with ``.`` (so never ``..`` or a path); else ``ConfigError``."""
+    if not (isinstance(name, str) and SAFE_NAME.fullmatch(name)):
+        raise ConfigError(
+            f"{where}: {what} must be letters, digits, '.', '_' or '-', not starting with '.' "
+            f"(it names the configuration's results folder), got {name!r}"
+        )
+
+
 def parse_config(data: dict[str, Any], where: str = "<config>", path: Path | None = None) -> ServerConfig:
     """Validates a configuration table; errors name ``where``, the key and what is allowed."""
     check_table(where, data, TOP_KEYS, "")
@@ -140,12 +150,7 @@ def parse_config(data: dict[str, Any], where: str = "<config>", path: Path | Non
             f"{where}: key 'ready_timeout_s' must be above 0 and at most {MAX_READY_TIMEOUT_S}, got {ready_timeout_s}"
         )
     name = data.get("name") or (path.stem if path else engine)
-    if not SAFE_NAME.fullmatch(name):
-        given = "key 'name'" if data.get("name") else "the file's name (set key 'name')"
-        raise ConfigError(
-            f"{where}: {given} must be letters, digits, '.', '_' or '-', not starting with '.' "
-            f"(it names the configuration's results folder), got {name!r}"
-        )
+    check_name(name, where, "key 'name'" if data.get("name") else "the file's name (set key 'name')")
     return ServerConfig(
         name=name,
         engine=engine,
@@ -163,13 +168,16 @@ def parse_config(data: dict[str, Any], where: str = "<config>", path: Path | Non
     )
 
 
-def merged_options(
+def run_settings(
     cfg: ServerConfig, load_test: options.LoadTestOptions, evaluation: options.EvaluationOptions
 ) -> tuple[options.LoadTestOptions, options.EvaluationOptions]:
-    """The configuration's ``[load_test]`` and ``[evaluation]`` over ``load_test`` and
-    ``evaluation`` (a profile's); a rule between options that the merge breaks (a closed loop
-    without a concurrency, say) raises ``ConfigError`` naming the file and the table."""
-    where = str(cfg.path) if cfg.path else cfg.name
+    """Checks ``cfg`` for a run, before any server starts, and returns its options: its
+    ``[load_test]`` and ``[evaluation]`` over ``load_test`` and ``evaluation`` (a profile's). A
+    rule between options that the merge breaks (a closed loop without a concurrency, say), or a
+    name that is not a safe folder name (a ``ServerConfig`` built in Python), raises
+    ``ConfigError`` naming the file and the table or key."""
+    where = str(cfg.path) if cfg.path else f"configuration {cfg.name!r}"
+    check_name(cfg.name, where, "its name")
     section = "load_test"
     try:
         lt = options.LoadTestOptions.make(load_test, **cfg.load_test)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from optbench.config import ServerConfig, load_config, merged_options
+from optbench.config import ServerConfig, load_config, run_settings
 from optbench.datasets import build_test_dataset
 from optbench.evaluate import evaluate
 from optbench.exceptions import ConfigError, OptbenchError
@@ -206,7 +206,7 @@ def run(
     if len(set(names)) != len(names):
         raise ConfigError(f"configuration names must differ, got {names}")
     for cfg in cfgs:  # the rules between options, with the profile's, before any server starts
-        merged_options(cfg, profile_named(profile).load_test, profile_named(profile).evaluation)
+        run_settings(cfg, profile_named(profile).load_test, profile_named(profile).evaluation)
     ensure_results_dir(results_dir)
     data = None if dataset is None else ensure_dataset(dataset, dataset_source)
     run_dir = Path(results_dir) / "runs" / (run_id or new_run_id("run"))
