@@ -286,6 +286,12 @@ def test_rules_between_options_fail_before_any_server_starts(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def test_a_former_value_in_a_configuration_still_works(tmp_path):
+    cfg = load_config(_config(tmp_path, '[evaluation]\ngsm8k_mode = "default"\n'))
+    with pytest.warns(DeprecationWarning, match="'default' is deprecated"):
+        assert EvaluationOptions.make(**cfg.evaluation).gsm8k_mode == "marked-or-last"
+
+
 @pytest.mark.parametrize("name", ["../x", "/abs/olute", ".hidden", "a b", "a/b", "", "x" * 200])
 def test_configuration_names_are_safe_folder_names(tmp_path, name):
     path = _config(tmp_path, "", "ok.toml")

@@ -24,6 +24,7 @@ FUZZ = settings(
     max_examples=60,
     deadline=2000,
     derandomize=True,  # the same examples on every run: a failure is reproducible, never flaky
+    database=None,  # nothing written into the repository (.hypothesis/)
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
@@ -55,13 +56,14 @@ def _toml_value(value: object) -> str:
 
 
 TOML_SCALARS = st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats() | st.text(max_size=12)
-TOML_VALUES = st.recursive(
-    TOML_SCALARS,
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.from_regex(r"[a-z_]{1,8}", fullmatch=True), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
+TOML_KEYS = st.from_regex(r"[a-z_]{1,8}", fullmatch=True)
+
+
+def _toml_containers(inner: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    return st.lists(inner, max_size=3) | st.dictionaries(TOML_KEYS, inner, max_size=3)
+
+
+TOML_VALUES = st.recursive(TOML_SCALARS, _toml_containers, max_leaves=8)
 KEYS = [
     "name", "engine", "model", "port", "host", "baseline", "ready_timeout_s", "description",
     "num_requests", "concurrency", "request_rate", "arrival", "burstiness", "input_tokens", "output_tokens",

@@ -457,6 +457,8 @@ def check_table(cls: type[Options], where: str, table: Mapping[str, Any]) -> dic
         full = f"{cls.section}.{key}"
         if key not in fields:
             raise ConfigError(f"{where}: unknown key '{full}' (allowed: {', '.join(sorted(fields))})")
+        if isinstance(value, str) and value in RENAMED_VALUES.get(key, {}):
+            value = RENAMED_VALUES[key][value]  # a former name: it warns when the options are built
         problem = field_problem(cls, key, _normalise(value))
         if problem is not None:
             raise ConfigError(f"{where}: key '{full}'{problem}")
