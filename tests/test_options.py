@@ -59,6 +59,9 @@ SAMPLE = {
     cls: {f.name: _sample(typing.get_type_hints(cls)[f.name], f.default) for f in dataclasses.fields(cls)}
     for cls in BOTH
 }
+# Fields whose values are names: a valid name rather than any string.
+SAMPLE[EvaluationOptions]["categories"] = ["qa"]
+SAMPLE[EvaluationOptions]["templates"] = {"qa": {"shot": "Q: {question}\nA: {answer}\n", "target": "Q: {question}\nA:"}}
 
 
 def test_every_field_has_a_doc_line():
@@ -137,7 +140,7 @@ def test_help_prints_each_default_once():
     out = subprocess.run([sys.executable, "-m", "optbench", "load-test", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
     text = " ".join(out.stdout.split())
-    assert "measured requests (default 100)" in text
+    assert "measured requests; from 1 to 1000000 (default 100)" in text
     assert "(default: " not in text and text.count("(default 100)") == 1
     for f in dataclasses.fields(LoadTestOptions):
         assert "--" + f.name.replace("_", "-") in text

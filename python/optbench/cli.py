@@ -33,9 +33,27 @@ from optbench.datasets import DEFAULT_OUTPUT
 from optbench.exceptions import ConfigError, OptbenchError
 from optbench.loadtest import LoadTestResult, load_test
 from optbench.options import EvaluationOptions, LoadTestOptions, add_cli_options, options_from_cli
-from optbench.results import JOURNAL, journal_lock, new_run_id, recover_journals, save_load_test
+from optbench.results import JOURNAL, ensure_results_dir, journal_lock, new_run_id, recover_journals, save_load_test
 from optbench.run import PROFILES, RENAMED_PROFILES
 from optbench.servers.llama_cpp import LlamaServer, embedded_model_path, find_llama_server, llama_server_version
+
+
+def _count(low: int, high: int) -> Any:
+    """An argparse type: an integer from ``low`` to ``high`` (the error names the flag)."""
+
+    def count(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {value}")
+        return value
+
+    count.__name__ = "int"  # argparse's "invalid int value: 'x'"
+    return count
+
+
+#: llama-server slots: at least one, at most what a machine can serve at once.
+SLOTS = _count(1, 4096)
+PORT = _count(1, 65535)
 
 
 def _add_target_options(p: argparse.ArgumentParser) -> None:
@@ -46,7 +64,10 @@ def _add_target_options(p: argparse.ArgumentParser) -> None:
         "--embedded", action="store_true", help="start the embedded llama-server (SmolLM2-135M, CPU) for this run"
     )
     g.add_argument(
-        "--parallel", type=int, default=None, help="with --embedded: llama-server slots (default --concurrency)"
+        "--parallel",
+        type=SLOTS,
+        default=None,
+        help="with --embedded: llama-server slots, 1 to 4096 (default --concurrency)",
     )
 
 
@@ -74,7 +95,8 @@ def _target(args: argparse.Namespace, slots: int) -> Iterator[tuple[str, str]]:
     if args.embedded:
         if args.base_url:
             raise OptbenchError("give either --embedded or --base-url, not both")
-        slots = args.parallel or slots
+        if args.parallel is not None:
+            slots = args.parallel
         print(f"starting the embedded llama-server ({slots} slots)...", file=sys.stderr)
         with LlamaServer(parallel=slots) as server:
             print(f"llama-server {server.version} ready at {server.base_url} (log {server.log_path})", file=sys.stderr)
@@ -92,6 +114,7 @@ def _run_load_test(args: argparse.Namespace) -> int:
     opts = LoadTestOptions.make(**options)
     run_id = journal = None
     if not args.no_save:
+        ensure_results_dir(args.results_dir)
         recover_journals(args.results_dir)  # runs killed earlier: their finished requests
         run_id = new_run_id(args.label or "load-test")
         journal = Path(args.results_dir) / "runs" / run_id / JOURNAL
@@ -226,6 +249,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from optbench.evaluate import evaluate, save_evaluation
 
     opts = EvaluationOptions.make(**options_from_cli(EvaluationOptions, args))
+    if not Path(args.dataset).is_file():
+        raise ConfigError(f"--dataset {args.dataset}: not found (build it with `optbench dataset build`)")
+    if not args.no_save:
+        ensure_results_dir(args.results_dir)
     with _target(args, opts.concurrency) as (base_url, model):
         result = evaluate(base_url, model, opts, dataset=args.dataset, label=args.label, progress=not args.no_progress)
     print(result)
@@ -370,8 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_serve)
     p = sub.add_parser("embedded-server", help="serve the embedded model until Ctrl-C")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=None, help="default: a free port")
-    p.add_argument("--parallel", type=int, default=8, help="slots (default 8)")
+    p.add_argument("--port", type=PORT, default=None, help="1 to 65535 (default: a free port)")
+    p.add_argument("--parallel", type=SLOTS, default=8, help="slots, 1 to 4096 (default 8)")
     p.set_defaults(func=_cmd_embedded_server)
     _add_dataset_commands(sub)
     p = sub.add_parser("evaluate", help="generate and score answers on the evaluation dataset")
@@ -415,6 +442,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Terminated:
         print("optbench: terminated (SIGTERM)", file=sys.stderr)
         return 143
+    except OSError as e:
+        # A file or folder that cannot be used, a network failure outside a request...: the
+        # user's to fix, so one line, not a traceback (a bug still shows its traceback).
+        print(f"optbench: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("optbench: interrupted", file=sys.stderr)
         return 130

@@ -3,7 +3,7 @@ and what is allowed.
 
 A configuration says which engine serves which model, and how::
 
-    name = "vllm_fp8_quantization"       # optional; default: the file's stem
+    name = "vllm_fp8_quantization"       # optional; default: the file's stem; letters, digits, . _ -
     engine = "vllm"                      # llama_cpp | vllm | sglang | openai (optbench.servers)
     model = "meta-llama/Llama-3.1-8B-Instruct"
     port = 8000                          # host defaults to 127.0.0.1
@@ -28,7 +28,9 @@ The ``openai`` engine starts nothing: its ``[server]`` names ``base_url`` and ``
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +38,12 @@ from typing import Any
 
 from optbench import options
 from optbench.exceptions import ConfigError
+from optbench.jsonl import not_utf8
+
+#: What a configuration's name may be: it names a folder under the run's (results/runs/<run id>/<name>).
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+#: The longest a server may take to load, in seconds (a day).
+MAX_READY_TIMEOUT_S = 86_400
 
 TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str,
@@ -99,6 +107,18 @@ def check_table(where: str, table: dict[str, Any], allowed: dict[str, Any], pref
             raise ConfigError(f"{where}: key '{full}' must be {_type_name(want)}, got {value!r}")
         if not isinstance(value, ok_types):
             raise ConfigError(f"{where}: key '{full}' must be {_type_name(want)}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}: key '{full}' must be a finite number, got {value!r}")
+
+
+def check_name(name: str, where: str, what: str = "key 'name'") -> None:
+    """A configuration's name names its results folder: letters, digits, ``.``, ``_`` and
+    ``-``, not starting with ``.`` (so never ``..`` or a path); else ``ConfigError``."""
+    if not (isinstance(name, str) and SAFE_NAME.fullmatch(name)):
+        raise ConfigError(
+            f"{where}: {what} must be letters, digits, '.', '_' or '-', not starting with '.' "
+            f"(it names the configuration's results folder), got {name!r}"
+        )
 
 
 def parse_config(data: dict[str, Any], where: str = "<config>", path: Path | None = None) -> ServerConfig:
@@ -124,8 +144,15 @@ def parse_config(data: dict[str, Any], where: str = "<config>", path: Path | Non
     port = data.get("port")
     if port is not None and not 1 <= port <= 65535:
         raise ConfigError(f"{where}: key 'port' must be between 1 and 65535, got {port}")
+    ready_timeout_s = data.get("ready_timeout_s", 600.0)
+    if not 0 < ready_timeout_s <= MAX_READY_TIMEOUT_S:
+        raise ConfigError(
+            f"{where}: key 'ready_timeout_s' must be above 0 and at most {MAX_READY_TIMEOUT_S}, got {ready_timeout_s}"
+        )
+    name = data.get("name") or (path.stem if path else engine)
+    check_name(name, where, "key 'name'" if data.get("name") else "the file's name (set key 'name')")
     return ServerConfig(
-        name=data.get("name") or (path.stem if path else engine),
+        name=name,
         engine=engine,
         model=data["model"],
         path=path,
@@ -133,12 +160,32 @@ def parse_config(data: dict[str, Any], where: str = "<config>", path: Path | Non
         host=data.get("host", "127.0.0.1"),
         port=port,
         baseline=data.get("baseline", False),
-        ready_timeout_s=float(data.get("ready_timeout_s", 600.0)),
+        ready_timeout_s=float(ready_timeout_s),
         env=dict(env),
         server=server,
         load_test=load_test,
         evaluation=evaluation,
     )
+
+
+def run_settings(
+    cfg: ServerConfig, load_test: options.LoadTestOptions, evaluation: options.EvaluationOptions
+) -> tuple[options.LoadTestOptions, options.EvaluationOptions]:
+    """Checks ``cfg`` for a run, before any server starts, and returns its options: its
+    ``[load_test]`` and ``[evaluation]`` over ``load_test`` and ``evaluation`` (a profile's). A
+    rule between options that the merge breaks (a closed loop without a concurrency, say), or a
+    name that is not a safe folder name (a ``ServerConfig`` built in Python), raises
+    ``ConfigError`` naming the file and the table or key."""
+    where = str(cfg.path) if cfg.path else f"configuration {cfg.name!r}"
+    check_name(cfg.name, where, "its name")
+    section = "load_test"
+    try:
+        lt = options.LoadTestOptions.make(load_test, **cfg.load_test)
+        section = "evaluation"
+        ev = options.EvaluationOptions.make(evaluation, **cfg.evaluation)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: [{section}]: {e}") from None
+    return lt, ev
 
 
 #: The embedded default (the same as configs/embedded.toml), for installs without the repo.
@@ -158,7 +205,15 @@ def load_config(path: str | os.PathLike[str]) -> ServerConfig:
     if not path.is_file():
         raise ConfigError(f"{path}: configuration file not found")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(not_utf8(path, raw, e)) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML (nested too deeply)") from None
     return parse_config(data, str(path), path)

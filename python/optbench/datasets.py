@@ -68,7 +68,7 @@ from pathlib import Path
 from typing import Any
 
 from optbench.exceptions import ConfigError, DatasetError
-from optbench.jsonl import open_text, read_jsonl
+from optbench.jsonl import read_jsonl, read_text
 
 #: Version of the output file's schema; :func:`load_test_dataset` accepts only this one.
 SCHEMA_VERSION = 1
@@ -177,15 +177,20 @@ def _read_jsonl(path: Path) -> _Rows:
     return _Rows(str(path), rows, locations)
 
 
-def _read_squad_json(path: Path) -> _Rows:
-    """Flattens an official SQuAD v2 JSON file into one row per question."""
+def _read_json(path: Path) -> Any:
+    """A JSON file's value (gunzipped when its name ends with ``.gz``); errors name the file and line."""
+    text = read_text(path)
     try:
-        with open_text(path) as f:
-            document = json.load(f)
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise DatasetError(f"{path} line {e.lineno} column {e.colno}: not valid JSON ({e.msg})") from None
-    except (OSError, EOFError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: not valid JSON (nested too deeply)") from None
+
+
+def _read_squad_json(path: Path) -> _Rows:
+    """Flattens an official SQuAD v2 JSON file into one row per question."""
+    document = _read_json(path)
     expected = "a SQuAD v2 JSON object {'version', 'data': [{'paragraphs': [{'context', 'qas': [...]}]}]}"
     if not isinstance(document, dict) or not isinstance(document.get("data"), list):
         got = f"keys {sorted(document)}" if isinstance(document, dict) else type(document).__name__
@@ -631,13 +636,7 @@ def load_test_dataset(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     file = Path(path)
     if not file.is_file():
         raise DatasetError(f"{file}: evaluation dataset not found (build it with `optbench dataset build`)")
-    try:
-        with file.open(encoding="utf-8") as f:
-            document = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{file} line {e.lineno} column {e.colno}: not valid JSON ({e.msg})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{file}: cannot read ({type(e).__name__}: {e})") from None
+    document = _read_json(file)
     if not isinstance(document, dict):
         raise DatasetError(f"{file}: expected a JSON object with 'version', 'seed', 'source', 'counts', 'items'")
     if document.get("version") != SCHEMA_VERSION:

@@ -44,6 +44,7 @@ from optbench.exceptions import ConfigError
 from optbench.driver import Progress, adrive, drive, records_table, resolve_api_key, start_run, write_parquet
 from optbench.options import EvaluationOptions
 from optbench.results import append_csv_rows, new_run_id
+from optbench.urls import without_credentials
 
 NUM_SHOTS = 2
 EVALUATION_CSV = "evaluation_summary.csv"
@@ -368,7 +369,7 @@ def _plan(
     o = EvaluationOptions.make(options, **overrides)
     where = str(dataset) if isinstance(dataset, (str, os.PathLike)) else "<items>"
     opts = {
-        "base_url": base_url,
+        "base_url": without_credentials(base_url),
         "model": model,
         "dataset": where,
         **o.to_dict(),

@@ -26,6 +26,7 @@ from optbench.files import atomic_write_text
 from optbench.driver import Progress, adrive, drive, records_table, resolve_api_key, start_run, write_parquet
 from optbench.options import LoadTestOptions
 from optbench.prompts import PromptSet, load_user_prompts, synthetic_prompts
+from optbench.urls import without_credentials
 
 #: The metrics of ``summary["metrics"]`` (the Rust core's names, in its order).
 METRICS: tuple[str, ...] = tuple(_core.METRIC_NAMES)
@@ -196,9 +197,10 @@ def _plan(
     overrides: dict[str, Any],
     label: str | None,
 ) -> tuple[LoadTestOptions, dict[str, Any], str, str | None]:
-    """The checked options, the config a result records, the label and the API key."""
+    """The checked options, the config a result records (the URL without credentials), the
+    label and the API key."""
     opts = LoadTestOptions.make(options, **overrides)
-    config = {"base_url": base_url, "model": model, **opts.to_dict()}
+    config = {"base_url": without_credentials(base_url), "model": model, **opts.to_dict()}
     return opts, config, label or _default_label(model, base_url), resolve_api_key(opts.api_key_env)
 
 
@@ -215,7 +217,8 @@ def _journal(journal: str | os.PathLike[str] | None, config: dict[str, Any], lab
 
 
 def _default_label(model: str, base_url: str) -> str:
-    host = urlparse(base_url).netloc or base_url
+    public = without_credentials(base_url)
+    host = urlparse(public).netloc or public
     return f"{Path(model).name or model}@{host}"
 
 

@@ -13,10 +13,13 @@ else is derived from them:
 - what a result records: ``result.options`` and its ``to_dict()`` in the Parquet metadata, from
   which :meth:`from_dict` rebuilds the options of the run.
 
-Values are checked against the declared types here (a wrong type, a value outside a
-``Literal``, a negative count); the rules between values (``concurrency`` at least 1, a
-positive ``request_rate``...) are the Rust core's, raised as ``ConfigError`` naming the field
-when the run is built. Adding an option is adding a field (plus its handling where it is used).
+Values are checked here, when the object is built, before any work starts: against the
+declared types (a wrong type, a value outside a ``Literal``), against each field's bounds (its
+``minimum``, ``maximum``, ``above`` and allowed ``keys``, which ``option`` also writes into the
+field's one line of documentation, so the CLI's help and the README say them), and floats must be
+finite. A closed loop needs a ``concurrency``. Errors are ``ConfigError`` naming the field (the
+configuration file and key, or the command-line flag, where the value came from there). Adding
+an option is adding a field (plus its handling where it is used).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -32,6 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar, Union
 
+from optbench.datasets import CATEGORIES
 from optbench.exceptions import ConfigError
 
 #: Per-request deadline in seconds by default: long enough for 1024 tokens on a slow CPU server.
@@ -43,16 +48,59 @@ Gsm8kMode = Literal["marked-or-last", "official", "lmeval-strict", "lmeval-flexi
 RENAMED_VALUES: dict[str, dict[str, str]] = {"gsm8k_mode": {"default": "marked-or-last"}}
 
 
-def option(default: Any, doc: str, *, minimum: int | None = None, cli: str | None = None, core: bool = True) -> Any:
-    """A field of an options class: its default, one line of documentation, and optionally the
-    smallest integer its (unsigned) type holds, the CLI's name for its value, and ``core=False``
-    for a load-test option that Python consumes instead of passing it to the Rust core."""
-    metadata: dict[str, Any] = {"doc": doc, "core": core}
-    if minimum is not None:
-        metadata["minimum"] = minimum
+#: The largest value of the Rust core's unsigned integers the options reach.
+U32_MAX = 2**32 - 1
+U64_MAX = 2**64 - 1
+#: The most requests of a load test (each phase): the core keeps every record in memory.
+MAX_REQUESTS = 1_000_000
+#: The longest per-request deadline or time limit, in seconds (7 days).
+MAX_SECONDS = 604_800.0
+
+Number = Union[int, float]
+
+
+def option(
+    default: Any,
+    doc: str,
+    *,
+    minimum: Number | None = None,
+    maximum: Number | None = None,
+    above: Number | None = None,
+    keys: Sequence[str] | None = None,
+    check: Callable[[Any], str | None] | None = None,
+    cli: str | None = None,
+    core: bool = True,
+) -> Any:
+    """A field of an options class: its default, one line of documentation, and optionally its
+    bounds (``minimum`` and ``maximum`` inclusive, ``above`` exclusive; for a table, of each
+    value), the allowed ``keys`` of a table (or items of a list), a ``check`` of anything else
+    (the value -> None or what is wrong, e.g. ``"['qa'] needs 'target'"``), the CLI's name for its value,
+    and ``core=False`` for a load-test option that Python consumes instead of passing it to the
+    Rust core. The bounds are appended to ``doc``, so every place that shows it says them."""
+    metadata: dict[str, Any] = {"doc": doc + _bounds_doc(minimum, maximum, above), "core": core}
+    for name, value in (("minimum", minimum), ("maximum", maximum), ("above", above), ("keys", keys), ("check", check)):
+        if value is not None:
+            metadata[name] = value
     if cli is not None:
         metadata["cli"] = cli
     return field(default=default, metadata=metadata)
+
+
+def _bounds_doc(minimum: Number | None, maximum: Number | None, above: Number | None) -> str:
+    """The bounds in words, to append to a field's doc: "; from 1 to 100", "; above 0"..."""
+    if minimum is not None and maximum is not None:
+        return f"; from {_num(minimum)} to {_num(maximum)}"
+    parts = [f"above {_num(above)}"] if above is not None else []
+    parts += [f"at least {_num(minimum)}"] if minimum is not None else []
+    parts += [f"at most {_num(maximum)}"] if maximum is not None else []
+    return f"; {', '.join(parts)}" if parts else ""
+
+
+def _num(value: Number) -> str:
+    """A bound as the docs show it: ``2^64-1`` for the largest unsigned integers."""
+    if isinstance(value, int) and value >= U32_MAX and (value + 1).bit_count() == 1:
+        return f"2^{(value + 1).bit_length() - 1}-1"
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 OptionsT = TypeVar("OptionsT", bound="Options")
@@ -65,7 +113,6 @@ class Options:
     section: ClassVar[str]
 
     def __post_init__(self) -> None:
-        hints = _hints(type(self))
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             renamed = RENAMED_VALUES.get(f.name, {})
@@ -78,12 +125,13 @@ class Options:
                 value = renamed[value]
             value = _normalise(value)
             object.__setattr__(self, f.name, value)
-            problem = type_problem(value, hints[f.name])
-            if problem is None and f.metadata.get("minimum") is not None and isinstance(value, int):
-                if value < f.metadata["minimum"]:
-                    problem = f"at least {f.metadata['minimum']}"
+            problem = field_problem(type(self), f.name, value)
             if problem is not None:
-                raise ConfigError(f"{f.name} must be {problem}, got {value!r}")
+                raise ConfigError(f"{f.name}{problem}")
+        self._check_together()
+
+    def _check_together(self) -> None:
+        """The rules between fields (each field is already valid on its own)."""
 
     @classmethod
     def make(cls: type[OptionsT], options: OptionsT | Mapping[str, Any] | None = None, **overrides: Any) -> OptionsT:
@@ -137,19 +185,24 @@ class LoadTestOptions(Options):
 
     section: ClassVar[str] = "load_test"
 
-    num_requests: int = option(100, "measured requests", minimum=0)
+    num_requests: int = option(100, "measured requests", minimum=1, maximum=MAX_REQUESTS)
     concurrency: int | None = option(
         8,
         "closed loop: requests in flight; open loop: a cap on them (None: no cap; waiting shows as queue delay)",
-        minimum=0,
+        minimum=1,
+        maximum=MAX_REQUESTS,
     )
-    request_rate: float | None = option(None, "requests per second: turns the run into an open loop")
+    request_rate: float | None = option(None, "requests per second: turns the run into an open loop", above=0)
     arrival: Literal["constant", "poisson", "gamma"] = option("poisson", "open-loop gaps between requests")
     burstiness: float = option(
-        1.0, "gamma shape: below 1 burstier than Poisson, above 1 more regular (with poisson, not 1 means gamma)"
+        1.0,
+        "gamma shape: below 1 burstier than Poisson, above 1 more regular (with poisson, not 1 means gamma)",
+        above=0,
     )
-    input_tokens: int = option(2048, "synthetic prompt length in the server's tokens", minimum=0, core=False)
-    output_tokens: int = option(1024, "`max_tokens` of each request", minimum=0)
+    input_tokens: int = option(
+        2048, "synthetic prompt length in the server's tokens", minimum=1, maximum=1_048_576, core=False
+    )
+    output_tokens: int = option(1024, "`max_tokens` of each request", minimum=1, maximum=U32_MAX)
     endpoint: Literal["completions", "chat"] = option(
         "completions", "`completions` (/v1/completions) or `chat` (/v1/chat/completions)"
     )
@@ -159,16 +212,27 @@ class LoadTestOptions(Options):
         cli="FILE.jsonl",
         core=False,
     )
-    seed: int = option(0, "seed of the synthetic prompts and of the open-loop schedule", minimum=0)
-    warmup: int = option(0, "requests sent first, kept as rows with warmup=True, excluded from every metric", minimum=0)
+    seed: int = option(0, "seed of the synthetic prompts and of the open-loop schedule", minimum=0, maximum=U64_MAX)
+    warmup: int = option(
+        0,
+        "requests sent first, kept as rows with warmup=True, excluded from every metric",
+        minimum=0,
+        maximum=MAX_REQUESTS,
+    )
     ignore_eos: bool = option(False, "ask the server to generate exactly output_tokens (llama.cpp, vLLM, SGLang)")
     timeout_s: float | None = option(
-        DEFAULT_TIMEOUT_S, "per-request deadline in seconds (a `deadline` row); None waits forever"
+        DEFAULT_TIMEOUT_S,
+        "per-request deadline in seconds (a `deadline` row); None waits forever",
+        above=0,
+        maximum=MAX_SECONDS,
     )
     time_limit_s: float | None = option(
-        None, "stop the measured phase after this many seconds; requests in flight become `cancelled` rows"
+        None,
+        "stop the measured phase after this many seconds; requests in flight become `cancelled` rows",
+        above=0,
+        maximum=MAX_SECONDS,
     )
-    temperature: float = option(0.0, "sampling temperature")
+    temperature: float = option(0.0, "sampling temperature", minimum=0)
     api_key_env: str | None = option(
         None, "name of an environment variable holding a bearer API key", cli="VAR", core=False
     )
@@ -177,6 +241,10 @@ class LoadTestOptions(Options):
         None, "extra JSON fields for every request body (they override the defaults)", cli="JSON"
     )
 
+    def _check_together(self) -> None:
+        if self.concurrency is None and self.request_rate is None:
+            raise ConfigError("concurrency must be an integer in a closed loop (None needs request_rate: an open loop)")
+
 
 @dataclass(frozen=True)
 class EvaluationOptions(Options):
@@ -184,22 +252,35 @@ class EvaluationOptions(Options):
 
     section: ClassVar[str] = "evaluation"
 
-    categories: list[str] | None = option(None, "a subset of qa, reasoning, chat, code (None: all)", cli="LIST")
-    limit: int | None = option(None, "at most this many scored items per category (a quick slice)", minimum=0)
-    concurrency: int = option(8, "requests in flight while generating", minimum=0)
+    categories: list[str] | None = option(
+        None, "a subset of qa, reasoning, chat, code (None: all)", keys=CATEGORIES, cli="LIST"
+    )
+    limit: int | None = option(None, "at most this many scored items per category (a quick slice)", minimum=1)
+    concurrency: int = option(8, "requests in flight while generating", minimum=1, maximum=MAX_REQUESTS)
     endpoint_mode: Literal["completions", "chat"] = option(
         "completions", "endpoint of the qa, reasoning and code prompts (chat items always use chat)"
     )
     templates: dict[str, dict[str, str]] | None = option(
         None,
-        "per-category prompt templates replacing the defaults (optbench.evaluate.DEFAULT_TEMPLATES)",
+        "per-category prompt templates replacing the defaults (optbench.evaluate.DEFAULT_TEMPLATES):"
+        " qa, reasoning, code; each with `shot` and `target`, optionally `instruction`",
+        keys=("qa", "reasoning", "code"),
+        check=lambda value: _template_problem(value),
         cli="JSON",
     )
     max_tokens: dict[str, int] | None = option(
-        None, "per-category max_tokens replacing the defaults (optbench.evaluate.DEFAULT_MAX_TOKENS)", cli="JSON"
+        None,
+        "per-category max_tokens replacing the defaults (optbench.evaluate.DEFAULT_MAX_TOKENS)",
+        minimum=1,
+        maximum=U32_MAX,
+        keys=CATEGORIES,
+        cli="JSON",
     )
     stop: dict[str, list[str]] | None = option(
-        None, "per-category stop sequences replacing the defaults (optbench.evaluate.DEFAULT_STOP)", cli="JSON"
+        None,
+        "per-category stop sequences replacing the defaults (optbench.evaluate.DEFAULT_STOP)",
+        keys=CATEGORIES,
+        cli="JSON",
     )
     gsm8k_mode: Gsm8kMode = option("marked-or-last", "how reasoning answers are extracted (optbench.scoring)")
     no_answer_phrase: str | None = option(
@@ -210,17 +291,39 @@ class EvaluationOptions(Options):
         "all-MiniLM-L6-v2 folder or hub id for the chat scorer (None: $OPTBENCH_EMBEDDING_MODEL or the hub)",
         cli="PATH",
     )
-    sandbox_workers: int | None = option(None, "code programs run at once (None: one per CPU)", minimum=0)
-    code_timeout_s: float = option(10.0, "per-program timeout of the code sandbox in seconds")
-    timeout_s: float | None = option(DEFAULT_TIMEOUT_S, "per-request deadline in seconds; None waits forever")
+    sandbox_workers: int | None = option(None, "code programs run at once (None: one per CPU)", minimum=1, maximum=4096)
+    code_timeout_s: float = option(10.0, "per-program timeout of the code sandbox in seconds", above=0, maximum=86_400)
+    timeout_s: float | None = option(
+        DEFAULT_TIMEOUT_S, "per-request deadline in seconds; None waits forever", above=0, maximum=MAX_SECONDS
+    )
     api_key_env: str | None = option(None, "name of an environment variable holding a bearer API key", cli="VAR")
+
+
+#: The parts of a prompt template (``optbench.evaluate.DEFAULT_TEMPLATES``); ``instruction`` may be left out.
+TEMPLATE_PARTS = ("instruction", "shot", "target")
+
+
+def _template_problem(templates: Mapping[str, Mapping[str, str]] | None) -> str | None:
+    for category, template in (templates or {}).items():
+        unknown = sorted(set(template) - set(TEMPLATE_PARTS))
+        if unknown:
+            return f".{category} has {unknown[0]!r}, which is not one of {', '.join(TEMPLATE_PARTS)}"
+        missing = [part for part in ("shot", "target") if part not in template]
+        if missing:
+            return f".{category} needs {' and '.join(repr(m) for m in missing)} (a template replaces the whole default)"
+    return None
 
 
 # --------------------------------------------------------------------------- types
 
 
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
 
 
 def _normalise(value: Any) -> Any:
@@ -266,6 +369,36 @@ def _plural(what: str) -> str:
 def type_problem(value: Any, tp: Any) -> str | None:
     """None when ``value`` is of type ``tp``, else what it should be (e.g. "an integer")."""
     return None if _is_instance(value, tp) else describe(tp)
+
+
+def field_problem(cls: type[Options], name: str, value: Any) -> str | None:
+    """None when ``value`` suits the field ``name`` of ``cls`` on its own, else what is wrong,
+    to follow the field's name: ``" must be at least 1, got 0"``, ``".qa must be ..."``."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)  # type: ignore[arg-type]
+    problem = type_problem(value, _hints(cls)[name])
+    if problem is not None:
+        return f" must be {problem}, got {value!r}"
+    meta = f.metadata
+    allowed = meta.get("keys")
+    if allowed is not None and isinstance(value, (dict, list)):
+        for key in value:
+            if key not in allowed:
+                return f" has {key!r}, which is not one of {', '.join(allowed)}"
+    items = value.items() if isinstance(value, dict) else [("", value)]
+    for key, v in items:
+        where = f".{key}" if key else ""
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            return f"{where} must be a finite number, got {v!r}"
+        if meta.get("above") is not None and not v > meta["above"]:
+            return f"{where} must be above {_num(meta['above'])}, got {v!r}"
+        if meta.get("minimum") is not None and v < meta["minimum"]:
+            return f"{where} must be at least {_num(meta['minimum'])}, got {v!r}"
+        if meta.get("maximum") is not None and v > meta["maximum"]:
+            return f"{where} must be at most {_num(meta['maximum'])}, got {v!r}"
+    check = meta.get("check")
+    return None if check is None else check(value)
 
 
 def _is_instance(value: Any, tp: Any) -> bool:
@@ -317,19 +450,18 @@ def type_name(tp: Any) -> str:
 
 def check_table(cls: type[Options], where: str, table: Mapping[str, Any]) -> dict[str, Any]:
     """Checks a configuration file's ``[load_test]`` / ``[evaluation]`` table against the
-    options' fields; errors name the file and the key. Returns the table as a dict."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    hints = _hints(cls)
+    options' fields, each on its own (the rules between fields apply once the table is merged
+    with a profile); errors name the file and the key. Returns the table as a dict."""
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for key, value in table.items():
         full = f"{cls.section}.{key}"
         if key not in fields:
             raise ConfigError(f"{where}: unknown key '{full}' (allowed: {', '.join(sorted(fields))})")
-        try:
-            cls.make(**{key: value})
-        except ConfigError as e:
-            problem = type_problem(value, hints[key])
-            detail = f"must be {problem}, got {value!r}" if problem else str(e).removeprefix(f"{key} ")
-            raise ConfigError(f"{where}: key '{full}' {detail}") from None
+        if isinstance(value, str) and value in RENAMED_VALUES.get(key, {}):
+            value = RENAMED_VALUES[key][value]  # a former name: it warns when the options are built
+        problem = field_problem(cls, key, _normalise(value))
+        if problem is not None:
+            raise ConfigError(f"{where}: key '{full}'{problem}")
     return dict(table)
 
 
@@ -365,6 +497,21 @@ def _cli_parser(tp: Any) -> Callable[[str], Any]:
     return str
 
 
+def _checked(cls: type[Options], name: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse``, then the field's checks: argparse names the flag in the error
+    (``argument --seed: must be at least 0, got -1``)."""
+
+    def convert(text: str) -> Any:
+        value = parse(text)
+        problem = None if value == "" else field_problem(cls, name, value)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem.lstrip(" ."))
+        return value
+
+    convert.__name__ = getattr(parse, "__name__", "value")  # argparse's "invalid int value: 'x'"
+    return convert
+
+
 def _cli_core(tp: Any) -> Any:
     """``X`` of ``X | None``."""
     args = [a for a in typing.get_args(tp) if a is not type(None)] if _is_union(tp) else [tp]
@@ -398,7 +545,7 @@ def add_cli_options(parser: argparse.ArgumentParser | Any, cls: type[Options], *
             kwargs["choices"] = choices + sorted(renamed)  # former names still parse (with a warning)
             kwargs["metavar"] = "{" + ",".join(choices) + "}"
         else:
-            kwargs["type"] = _cli_parser(tp)
+            kwargs["type"] = _checked(cls, f.name, _cli_parser(tp))
             plain = {int: "N", float: "X", str: "TEXT"}
             kwargs["metavar"] = f.metadata.get("cli") or plain.get(_cli_core(tp), f.name.upper())
         if f.default is not None and _is_union(tp) and str in typing.get_args(tp):
@@ -473,6 +620,7 @@ __all__ = [
     "Options",
     "add_cli_options",
     "check_table",
+    "field_problem",
     "markdown_table",
     "options_from_cli",
     "type_problem",

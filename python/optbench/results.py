@@ -207,3 +207,24 @@ def recover_journals(results_dir: str | os.PathLike[str] = "results") -> list[Pa
             lock.release()
             Path(str(journal) + ".lock").unlink(missing_ok=True)
     return written
+
+
+def ensure_results_dir(path: str | os.PathLike[str]) -> Path:
+    """Creates the results folder ``path`` (and its parents) if needed and checks that files can
+    be written in it, before any work starts; returns it. A file in the way, a folder that
+    cannot be created or one that is not writable raises ``ConfigError`` naming it."""
+    import tempfile
+
+    from optbench.exceptions import ConfigError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path, prefix=".optbench-write-check-"):
+            pass
+    except OSError as e:
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"results folder {path}: is a file, not a folder") from None
+        reason = e.strerror or type(e).__name__
+        raise ConfigError(f"results folder {path}: cannot create it or write in it ({reason})") from None
+    return path

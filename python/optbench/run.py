@@ -26,6 +26,7 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import re
 import sys
 import traceback
 import warnings
@@ -36,7 +37,7 @@ from typing import Any, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from optbench.config import ServerConfig, load_config
+from optbench.config import ServerConfig, load_config, run_settings
 from optbench.datasets import build_test_dataset
 from optbench.evaluate import evaluate
 from optbench.exceptions import ConfigError, OptbenchError
@@ -44,8 +45,9 @@ from optbench.files import atomic_write_text
 from optbench.loadtest import load_test
 from optbench.options import EvaluationOptions, LoadTestOptions
 from optbench.results import JOURNAL as LOAD_TEST_JOURNAL
-from optbench.results import new_run_id
+from optbench.results import ensure_results_dir, new_run_id
 from optbench.servers.engines import serve
+from optbench.urls import redact_urls
 
 
 #: The evaluation's answers as they finish (JSON lines), while it runs.
@@ -214,6 +216,11 @@ def run_one(cfg: ServerConfig, run_dir: Path, profile: str, dataset: Path | None
 
 
 def _write_meta(out: Path, meta: dict[str, Any]) -> None:
+    # URLs without their credentials, also inside a failure's reason.
+    meta = {
+        k: redact_urls(v) if k in ("base_url", "reason", "traceback") and isinstance(v, str) else v
+        for k, v in meta.items()
+    }
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=1, default=str) + "\n")
 
 
@@ -276,12 +283,17 @@ def run(
 
     profile_named(profile)  # an unknown name fails before any server starts
     profile = RENAMED_PROFILES.get(profile, profile)
+    if run_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", run_id):
+        raise ConfigError(f"run_id {run_id!r}: use letters, digits and ._- (it names a folder under runs/)")
     cfgs = [c if isinstance(c, ServerConfig) else load_config(c) for c in configs]
     if not cfgs:
         raise ConfigError("give at least one configuration")
     names = [c.name for c in cfgs]
     if len(set(names)) != len(names):
         raise ConfigError(f"configuration names must differ, got {names}")
+    for cfg in cfgs:  # the rules between options, with the profile's, before any server starts
+        run_settings(cfg, profile_named(profile).load_test, profile_named(profile).evaluation)
+    ensure_results_dir(results_dir)
     data = None if dataset is None else ensure_dataset(dataset, dataset_source)
     if resume and run_id is None:
         from optbench.report import latest_run

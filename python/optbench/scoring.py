@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import typing
 import warnings
@@ -178,15 +179,26 @@ def humaneval(
 
     if len(items) != len(completions):
         raise ConfigError(f"{len(items)} items but {len(completions)} completions: give one completion per item")
+    if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
+        raise ConfigError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
     tests = []
     for i, item in enumerate(items):
-        try:
-            prompt = item["prompt"]
-            if isinstance(prompt, Mapping):
-                prompt = prompt["prompt"]
-            tests.append((prompt, completions[i], item["test"], item["entry_point"]))
-        except (KeyError, TypeError) as e:
-            raise ConfigError(f"item {i} is not a HumanEval item (needs prompt, test and entry_point): {e!r}") from e
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"item {i} must be a HumanEval item (a dict), got {type(item).__name__}")
+        values = dict(item)
+        if isinstance(values.get("prompt"), Mapping):  # a code item of the evaluation dataset
+            values["prompt"] = values["prompt"].get("prompt")
+        missing = [k for k in ("prompt", "test", "entry_point") if values.get(k) is None]
+        if missing:
+            raise ConfigError(
+                f"item {i} is missing {', '.join(repr(k) for k in missing)} "
+                "(a HumanEval item needs prompt, test and entry_point)"
+            )
+        wrong = [(repr(k), values[k]) for k in ("prompt", "test", "entry_point") if not isinstance(values[k], str)]
+        wrong += [] if isinstance(completions[i], str) else [("its completion", completions[i])]
+        if wrong:
+            raise ConfigError(f"item {i}: {wrong[0][0]} must be a string, got {type(wrong[0][1]).__name__}")
+        tests.append((values["prompt"], completions[i], values["test"], values["entry_point"]))
     # The completion and the test run in two processes, so that a completion cannot forge a
     # pass (see optbench.sandbox.run_tests).
     results, isolation = sandbox.run_tests(
