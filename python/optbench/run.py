@@ -183,12 +183,16 @@ def run(
     report_path: str | os.PathLike[str] | None = "RESULTS.md",
     run_id: str | None = None,
     progress: bool = True,
+    ray: bool | str | None = None,
+    ray_storage: str | None = None,
 ) -> dict[str, Any]:
     """Runs every configuration in turn and writes ``results/results.csv`` and RESULTS.md.
 
     A configuration that fails is recorded with its reason and the others still run.
-    ``dataset=None`` skips the quality evaluation (speed only). Returns the report (see
-    :func:`optbench.report.build_report`)."""
+    ``dataset=None`` skips the quality evaluation (speed only). ``ray``: run the configurations
+    as tasks on a Ray cluster instead (``True``: Ray's default cluster, else its address;
+    ``ray_storage``: a folder or URI the tasks send their files through; see
+    :mod:`optbench.ray_runner`). Returns the report (see :func:`optbench.report.build_report`)."""
     from optbench.report import build_report
 
     profile_named(profile)  # an unknown name fails before any server starts
@@ -199,8 +203,18 @@ def run(
     names = [c.name for c in cfgs]
     if len(set(names)) != len(names):
         raise ConfigError(f"configuration names must differ, got {names}")
+    on_ray = None
+    if ray is not None and ray is not False:
+        from optbench.ray_runner import prepare
+
+        on_ray = prepare(cfgs, ray, ray_storage)  # Ray installed, resources valid: before any work
+    elif ray_storage is not None:
+        raise ConfigError("--ray-storage needs --ray")
     data = None if dataset is None else ensure_dataset(dataset, dataset_source)
     run_dir = Path(results_dir) / "runs" / (run_id or new_run_id("run"))
+    if on_ray is not None:
+        on_ray.run(run_dir, profile, data, progress)
+        return build_report(run_dir, results_dir=results_dir, report_path=report_path)
     for i, cfg in enumerate(cfgs, 1):
         _log(f"configuration {i}/{len(cfgs)}: {cfg.name}")
         run_one(cfg, run_dir, profile, data, progress)
