@@ -131,6 +131,18 @@ def test_bad_ray_arguments_are_errors_before_any_work(capsys, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_cluster_address_where_nothing_answers_is_an_error_at_once(capsys, tmp_path):
+    pytest.importorskip("ray")
+    from optbench.servers.process import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    code = cli.main(["run", str(CONFIGS / "embedded.toml"), "--ray", address, "--results-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--ray {address}: nothing answers at {address}" in err
+    assert time.monotonic() - started < 15 and not (tmp_path / "runs").exists()
+
+
 def test_ray_takes_an_optional_address_and_never_swallows_a_configuration():
     parser = cli.build_parser()
     a, b = str(CONFIGS / "embedded.toml"), str(CONFIGS / "vllm.toml")

@@ -32,6 +32,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import sys
 import tarfile
 import tempfile
@@ -288,6 +289,22 @@ def _fits_now(ray: ModuleType, opts: dict[str, Any]) -> bool:
     return False
 
 
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """A :class:`ConfigError` unless something answers at a ``HOST:PORT`` or
+    ``ray://HOST:PORT`` address (Ray itself retries an unreachable one for minutes)."""
+    target = address[len("ray://") :] if address.startswith("ray://") else address
+    host, sep, port = target.rpartition(":")
+    if target in ("auto", "local") or not sep or not port.isdigit():
+        return  # Ray's own names, or a form Ray rejects at once with its own message
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError(
+            f"--ray {address}: nothing answers at {host}:{port} ({e}); is the cluster up "
+            "(`ray status` on its head) and is this its head's address?"
+        ) from None
+
+
 def _env_for(cfgs: Sequence[ServerConfig]) -> dict[str, str]:
     names = {k for k in os.environ if k.startswith(FORWARDED_ENV_PREFIX)}
     names |= {c.server["api_key_env"] for c in cfgs if isinstance(c.server.get("api_key_env"), str)}
@@ -308,7 +325,6 @@ class RayRun:
         """Runs every configuration not already complete in ``run_dir`` as a Ray task and
         places each one's folder in ``run_dir``; returns when every task has ended."""
         ray = self.ray
-        run_dir.mkdir(parents=True, exist_ok=True)
         todo = []
         for cfg in self.cfgs:
             if complete(run_dir / cfg.name, dataset is not None):
@@ -325,6 +341,7 @@ class RayRun:
             except (ConnectionError, RuntimeError, ValueError) as e:
                 raise ConfigError(f"--ray {self.address or ''}: cannot start or reach a Ray cluster: {e}") from None
         try:
+            run_dir.mkdir(parents=True, exist_ok=True)
             self._run(todo, run_dir, profile, dataset, progress)
         finally:
             if owns:
@@ -435,6 +452,10 @@ def prepare(cfgs: Sequence[ServerConfig], address: bool | str, storage: str | No
     if isinstance(address, str) and not address.strip():
         raise ConfigError("--ray: the cluster address is empty")
     ray = import_ray()
+    if isinstance(address, str):
+        check_reachable(address)
+    elif os.environ.get("RAY_ADDRESS") and not ray.is_initialized():
+        check_reachable(os.environ["RAY_ADDRESS"])
     options = {}
     task = ray.remote(run_config_task)
     for cfg in cfgs:
