@@ -466,5 +466,7 @@ def prepare(cfgs: Sequence[ServerConfig], address: bool | str, storage: str | No
             raise ConfigError(f"{_where(cfg)}: [resources] is not valid for Ray {ray.__version__}: {e}") from None
         options[cfg.name] = opts
     if storage is not None:
+        if "://" not in storage:  # the same folder for the tasks, whatever their working directory
+            storage = str(Path(storage).resolve())
         _storage_fs(storage)
     return RayRun(ray, None if address is True else address, storage, list(cfgs), options)
