@@ -362,3 +362,29 @@ def test_files_come_back_through_storage_and_a_task_that_raises_is_recorded(clus
     meta = json.loads((tmp_path / "r" / "runs" / "s2" / "broken" / "meta.json").read_text())
     assert meta["status"] == "failed" and meta["reason"].startswith("the Ray task raised "), meta["reason"]
     assert "b: FAILED" not in err and "broken: FAILED: the Ray task raised" in err
+
+
+@pytest.mark.llama
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ctrl_c_cancels_the_tasks_and_records_them_as_interrupted(cluster, tiny_dataset, tmp_path):
+    marker = tmp_path / "hung"
+    hangs = _config_file(tmp_path, "hangs", binary=_hangs_the_first_time(tmp_path, marker))
+    args = ["--ray", cluster, "--dataset", str(tiny_dataset), "--results-dir", str(tmp_path / "r"), "--run-id", "i1"]
+    proc = _optbench(str(hangs), *args, "--report", str(tmp_path / "R.md"))
+    deadline = time.monotonic() + 120
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), "the server never started"
+    worker, hung_server = map(int, marker.read_text().split())
+    proc.send_signal(signal.SIGINT)
+    code, err = _finish(proc, timeout=60)
+    assert code == 130, err[-4000:]
+    meta = json.loads((tmp_path / "r" / "runs" / "i1" / "hangs" / "meta.json").read_text())
+    assert meta["status"] == "failed" and meta["reason"] == "interrupted: the Ray task was cancelled"
+    # The cancelled task's worker and its server are gone.
+    for _ in range(100):
+        if not (_alive(worker) or _alive(hung_server)):
+            break
+        time.sleep(0.1)
+    assert not _alive(worker) and not _alive(hung_server)
