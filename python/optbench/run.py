@@ -269,6 +269,8 @@ def run(
     run_id: str | None = None,
     resume: bool = False,
     progress: bool = True,
+    ray: bool | str | None = None,
+    ray_storage: str | None = None,
 ) -> dict[str, Any]:
     """Runs every configuration in turn and writes ``results/results.csv`` and RESULTS.md.
 
@@ -277,8 +279,10 @@ def run(
     folder (``results/runs/<run_id>``); when that folder exists, configurations already
     complete there are skipped and the others run again. ``resume=True`` without a
     ``run_id`` continues the newest run. Ctrl-C or SIGTERM stops after keeping the finished
-    requests, writes the report of what finished, then raises KeyboardInterrupt. Returns the
-    report (see :func:`optbench.report.build_report`)."""
+    requests, writes the report of what finished, then raises KeyboardInterrupt. ``ray``: run
+    the configurations as tasks on a Ray cluster instead (``True``: Ray's default cluster, else
+    its address; ``ray_storage``: a folder or URI the tasks send their files through; see
+    :mod:`optbench.ray_runner`). Returns the report (see :func:`optbench.report.build_report`)."""
     from optbench.report import build_report
 
     profile_named(profile)  # an unknown name fails before any server starts
@@ -294,6 +298,13 @@ def run(
     for cfg in cfgs:  # the rules between options, with the profile's, before any server starts
         run_settings(cfg, profile_named(profile).load_test, profile_named(profile).evaluation)
     ensure_results_dir(results_dir)
+    on_ray = None
+    if ray is not None and ray is not False:
+        from optbench.ray_runner import prepare
+
+        on_ray = prepare(cfgs, ray, ray_storage)  # Ray installed, resources valid: before any work
+    elif ray_storage is not None:
+        raise ConfigError("--ray-storage needs --ray")
     data = None if dataset is None else ensure_dataset(dataset, dataset_source)
     if resume and run_id is None:
         from optbench.report import latest_run
@@ -301,6 +312,9 @@ def run(
         run_dir = latest_run(results_dir)
     else:
         run_dir = Path(results_dir) / "runs" / (run_id or new_run_id("run"))
+    if on_ray is not None:
+        on_ray.run(run_dir, profile, data, progress)
+        return build_report(run_dir, results_dir=results_dir, report_path=report_path)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         for i, cfg in enumerate(cfgs, 1):
