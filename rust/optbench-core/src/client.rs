@@ -71,13 +71,14 @@ impl From<Prompt> for RequestInput {
 /// What every request of a run shares.
 #[derive(Debug, Clone)]
 pub struct RequestSettings {
-    /// Server root, e.g. `http://127.0.0.1:8000` (a trailing `/v1` is accepted and dropped).
+    /// Server root, e.g. `http://127.0.0.1:8000` (a trailing `/v1` is accepted and dropped; see
+    /// [`server_root`] for what is refused).
     pub base_url: String,
     /// The `model` field of each request.
     pub model: String,
     /// Completions or chat.
     pub endpoint: Endpoint,
-    /// Sent as `Authorization: Bearer <key>` when set.
+    /// Sent as `Authorization: Bearer <key>` when set (checked by [`check_api_key`]).
     pub api_key: Option<String>,
     /// `max_tokens` of each request.
     pub max_tokens: u32,
@@ -91,14 +92,59 @@ pub struct RequestSettings {
     pub request_timeout: Option<Duration>,
 }
 
-/// Normalises a user's base URL to the server root (no trailing `/` or `/v1`).
+/// Normalises a user's base URL to the server root (no trailing `/` or `/v1`), or says what is
+/// wrong with it as a [`CoreError::Config`] before any request is sent.
+///
+/// Accepted: an `http://` or `https://` URL with a host, an optional port and an optional path
+/// prefix (a proxy's), with surrounding whitespace, a trailing `/` and a trailing `/v1`
+/// dropped. Refused: any other scheme; whitespace or control characters inside the URL; a
+/// port outside 1-65535 or any other URL syntax error; a query (`?...`) or fragment (`#...`);
+/// and a URL that already names an endpoint, i.e. whose path ends in `/completions`
+/// (`.../v1/completions`, `.../v1/chat/completions`). Such a URL is refused rather than
+/// stripped: the endpoint is chosen with `endpoint`, and silently dropping the path could send
+/// chat requests to the completions endpoint (or the reverse).
 pub fn server_root(base_url: &str) -> Result<String> {
+    let bad = |why: String| Err(CoreError::config(format!("base_url {base_url:?} {why}")));
     let trimmed = base_url.trim().trim_end_matches('/');
-    let root = trimmed.strip_suffix("/v1").unwrap_or(trimmed);
-    if !(root.starts_with("http://") || root.starts_with("https://")) {
-        return Err(CoreError::config(format!("base_url must start with http:// or https://, got {base_url:?}")));
+    let lower = trimmed.to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        return bad("must start with http:// or https://, e.g. http://127.0.0.1:8000".into());
     }
+    if trimmed.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad("contains a space or a control character".into());
+    }
+    let url = match reqwest::Url::parse(trimmed) {
+        Ok(url) => url,
+        Err(e) => return bad(format!("is not a valid URL: {e}")),
+    };
+    if url.host_str().is_none_or(str::is_empty) {
+        return bad("has no host".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return bad("must not have a query (?...) or a fragment (#...)".into());
+    }
+    if url.path().trim_end_matches('/').ends_with("/completions") {
+        return bad(
+            "names an endpoint: give the server root (e.g. http://127.0.0.1:8000 or \
+             http://127.0.0.1:8000/v1) and choose the endpoint with endpoint='completions' or 'chat'"
+                .into(),
+        );
+    }
+    let root = trimmed.strip_suffix("/v1").unwrap_or(trimmed);
     Ok(root.to_string())
+}
+
+/// Checks that `key` can be sent as an `Authorization: Bearer` header: printable ASCII only
+/// (a key read from a file or variable with its trailing newline cannot be). The message does
+/// not repeat the key.
+pub fn check_api_key(key: &str) -> Result<()> {
+    match reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(CoreError::config(
+            "api_key contains a character that an HTTP header cannot carry (a newline, another \
+             control character or a non-ASCII character); check where the key was read from",
+        )),
+    }
 }
 
 /// Idle keep-alive connections are dropped after this long: servers close theirs after about
@@ -107,9 +153,13 @@ pub fn server_root(base_url: &str) -> Result<String> {
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Builds the shared HTTP client: keep-alive pooling, no total timeout (long generations must
-/// not be cut; the per-request deadline is separate), Nagle off.
+/// not be cut; the per-request deadline is separate), Nagle off, and redirects not followed: a
+/// redirect is an answer of its own (the `http_3xx` kind, naming its `Location`), never a
+/// silent hop to another host that would drop the `Authorization` header and time the wrong
+/// server.
 pub fn build_http_client(pool_size: usize) -> Result<reqwest::Client> {
     reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(pool_size.max(1))
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .tcp_nodelay(true)
@@ -158,13 +208,24 @@ pub struct PreparedRequest {
 }
 
 impl RequestSettings {
+    /// Checks the target (base URL and API key) and returns the server root; every failure is a
+    /// [`CoreError::Config`] saying what to fix.
+    pub fn check_target(&self) -> Result<String> {
+        if let Some(key) = &self.api_key {
+            check_api_key(key)?;
+        }
+        server_root(&self.base_url)
+    }
+
     /// Serialises the request body for `prompt`.
     pub fn prepare(&self, prompt: &Prompt) -> Result<PreparedRequest> {
         self.prepare_input(&RequestInput::from(prompt.clone()))
     }
 
-    /// Serialises the request body for one input, its overrides applied last.
+    /// Serialises the request body for one input, its overrides applied last. Fails on a bad
+    /// target too ([`RequestSettings::check_target`]).
     pub fn prepare_input(&self, input: &RequestInput) -> Result<PreparedRequest> {
+        let root = self.check_target()?;
         let endpoint = input.endpoint.unwrap_or(self.endpoint);
         let mut body = serde_json::Map::new();
         body.insert("model".into(), self.model.clone().into());
@@ -192,7 +253,6 @@ impl RequestSettings {
         for (k, v) in self.extra_body.iter().chain(&input.body) {
             body.insert(k.clone(), v.clone());
         }
-        let root = server_root(&self.base_url)?;
         Ok(PreparedRequest {
             url: format!("{root}{}", endpoint.path()),
             body: Bytes::from(serde_json::to_vec(&body).expect("a JSON map serialises")),
@@ -276,6 +336,43 @@ fn is_stale_connection(e: &reqwest::Error) -> bool {
 /// How long to wait for the end of a body after `data: [DONE]` before giving the connection up.
 const DRAIN_AFTER_DONE: Duration = Duration::from_millis(200);
 
+/// How much of an error answer's body is read for its `error_message` (the rest is dropped).
+const ERROR_BODY_BYTES: usize = 8 * 1024;
+
+/// How long reading an error answer's body may take.
+const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The first [`ERROR_BODY_BYTES`] of an error answer's body, as text (whatever arrived within
+/// [`ERROR_BODY_TIMEOUT`]): a server that answers 500 with an endless body is not buffered.
+async fn error_body(response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    let read = async {
+        while let Some(Ok(bytes)) = stream.next().await {
+            let room = ERROR_BODY_BYTES - body.len();
+            body.extend_from_slice(&bytes[..bytes.len().min(room)]);
+            if body.len() >= ERROR_BODY_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(ERROR_BODY_TIMEOUT, read).await;
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// The message of a redirect: its status and where it pointed.
+pub(crate) fn redirect_message(status: reqwest::StatusCode, headers: &reqwest::header::HeaderMap) -> String {
+    let location = match headers.get(reqwest::header::LOCATION) {
+        Some(l) => format!("to {}", snippet(&String::from_utf8_lossy(l.as_bytes()), 300)),
+        None => "without a Location header".to_string(),
+    };
+    format!(
+        "HTTP {}: redirected {location}; redirects are not followed: give the base_url of the server \
+         that answers",
+        status.as_u16()
+    )
+}
+
 fn elapsed_ns(t0: Instant) -> i64 {
     t0.elapsed().as_nanos() as i64
 }
@@ -318,14 +415,12 @@ pub async fn stream_request(
     rec.first_byte_ns = Some(elapsed_ns(t0));
     let status = response.status();
     rec.http_status = Some(status.as_u16());
+    if status.is_redirection() {
+        return Err((ErrorKind::Http3xx, redirect_message(status, response.headers())));
+    }
     if !status.is_success() {
         let kind = if status.is_client_error() { ErrorKind::Http4xx } else { ErrorKind::Http5xx };
-        // The body of an error is small; read a bounded amount of it for the message.
-        let body = tokio::time::timeout(Duration::from_secs(5), response.text())
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .unwrap_or_default();
+        let body = error_body(response).await;
         return Err((kind, format!("HTTP {}: {}", status.as_u16(), snippet(&body, 500))));
     }
 
@@ -337,13 +432,19 @@ pub async fn stream_request(
         let arrived = elapsed_ns(t0);
         let bytes = item.map_err(|e| (ErrorKind::StreamReset, error_chain(&e)))?;
         events.clear();
-        parser.feed(&bytes, &mut events);
+        // Events completed before an oversized one still count; then the request fails without
+        // reading (or buffering) more.
+        let fed = parser.feed(&bytes, &mut events);
         for event in &events {
             if let Step::Done = handle_event(event, arrived, rec)? {
                 rec.done_ns = Some(arrived);
                 drain_to_end(&mut stream).await;
                 return finish(rec);
             }
+        }
+        if let Err(too_large) = fed {
+            rec.done_ns = Some(arrived);
+            return Err((ErrorKind::MalformedChunk, too_large.to_string()));
         }
     }
     rec.done_ns = Some(elapsed_ns(t0));

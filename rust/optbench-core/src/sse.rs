@@ -6,6 +6,18 @@
 //! line dispatches the event; one leading space after the colon is dropped. Bytes may arrive
 //! in any split: an event cut across reads is held until its blank line arrives, and one read
 //! can carry many events.
+//!
+//! One line, and the data of one event, may hold at most [`MAX_EVENT_BYTES`] bytes: a server
+//! that sends more gets [`EventTooLarge`] before the parser buffers past the limit, so a runaway
+//! stream cannot take the client's memory.
+
+use std::fmt;
+
+/// The most bytes one SSE line (without its line end), or the joined `data` of one event, may
+/// hold: 1 MiB. A streamed chunk of an OpenAI-compatible server is a few hundred bytes (one or a
+/// few tokens plus ids); 1 MiB leaves room for servers that send the whole answer, `logprobs`
+/// or `timings` in one event, and bounds what one request can make the client buffer.
+pub const MAX_EVENT_BYTES: usize = 1 << 20;
 
 /// One dispatched SSE event. Only the fields the OpenAI streaming protocol uses are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,8 +28,29 @@ pub struct SseEvent {
     pub data: String,
 }
 
+/// A line or an event passed the parser's size limit (see [`MAX_EVENT_BYTES`]). The parser
+/// keeps answering this error (and buffers nothing more) once it happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventTooLarge {
+    /// The limit that was passed, in bytes.
+    pub limit: usize,
+}
+
+impl fmt::Display for EventTooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "an SSE line or event is longer than {} bytes (the client's limit on one streamed event, \
+             MAX_EVENT_BYTES); the rest of the stream was not read",
+            self.limit
+        )
+    }
+}
+
+impl std::error::Error for EventTooLarge {}
+
 /// Feeds bytes in, gets whole events out. Keeps the unfinished tail between calls.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SseParser {
     /// Bytes of the line that has not ended yet.
     line: Vec<u8>,
@@ -26,16 +59,44 @@ pub struct SseParser {
     data: String,
     has_data: bool,
     event: Option<String>,
+    /// Most bytes of one line and of one event's data.
+    max_event_bytes: usize,
+    /// Set once the limit was passed; every later `feed` fails.
+    overflowed: bool,
+}
+
+impl Default for SseParser {
+    fn default() -> Self {
+        Self::with_max_event_bytes(MAX_EVENT_BYTES)
+    }
 }
 
 impl SseParser {
-    /// A parser with no buffered input.
+    /// A parser with no buffered input and the default limit, [`MAX_EVENT_BYTES`].
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Consumes one read's bytes and appends every event it completes to `out`.
-    pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<SseEvent>) {
+    /// A parser whose lines and events may hold at most `max_event_bytes` bytes.
+    pub fn with_max_event_bytes(max_event_bytes: usize) -> Self {
+        SseParser {
+            line: Vec::new(),
+            pending_cr: false,
+            data: String::new(),
+            has_data: false,
+            event: None,
+            max_event_bytes,
+            overflowed: false,
+        }
+    }
+
+    /// Consumes one read's bytes and appends every event it completes to `out`. Fails when a
+    /// line or an event's data would pass the limit; the events completed before that point are
+    /// in `out`, and the parser buffers nothing more.
+    pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<SseEvent>) -> Result<(), EventTooLarge> {
+        if self.overflowed {
+            return Err(self.too_large());
+        }
         if self.pending_cr {
             self.pending_cr = false;
             if bytes.first() == Some(&b'\n') {
@@ -43,7 +104,7 @@ impl SseParser {
             }
         }
         while let Some(pos) = bytes.iter().position(|&b| b == b'\n' || b == b'\r') {
-            self.line.extend_from_slice(&bytes[..pos]);
+            self.extend_line(&bytes[..pos])?;
             let terminator = bytes[pos];
             bytes = &bytes[pos + 1..];
             if terminator == b'\r' {
@@ -54,9 +115,13 @@ impl SseParser {
                 }
             }
             let line = std::mem::take(&mut self.line);
-            self.process_line(&line, out);
+            let processed = self.process_line(&line, out);
+            // Keep the line's allocation for the next one.
+            self.line = line;
+            self.line.clear();
+            processed?;
         }
-        self.line.extend_from_slice(bytes);
+        self.extend_line(bytes)
     }
 
     /// True when bytes of an unfinished line or event are buffered (the stream was cut short).
@@ -64,17 +129,41 @@ impl SseParser {
         !self.line.is_empty() || self.has_data
     }
 
-    fn process_line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) {
+    /// Bytes held for the unfinished line and event: at most three times the limit (a line, the
+    /// event's data and its `event:` name), whatever arrives.
+    pub fn buffered_bytes(&self) -> usize {
+        self.line.len() + self.data.len() + self.event.as_ref().map_or(0, String::len)
+    }
+
+    fn too_large(&mut self) -> EventTooLarge {
+        self.overflowed = true;
+        self.line = Vec::new();
+        self.data = String::new();
+        self.event = None;
+        self.has_data = false;
+        EventTooLarge { limit: self.max_event_bytes }
+    }
+
+    /// Appends to the unfinished line, unless that passes the limit.
+    fn extend_line(&mut self, bytes: &[u8]) -> Result<(), EventTooLarge> {
+        if self.line.len() + bytes.len() > self.max_event_bytes {
+            return Err(self.too_large());
+        }
+        self.line.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn process_line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) -> Result<(), EventTooLarge> {
         if line.is_empty() {
             if self.has_data {
                 out.push(SseEvent { event: self.event.take(), data: std::mem::take(&mut self.data) });
             }
             self.has_data = false;
             self.event = None;
-            return;
+            return Ok(());
         }
         if line[0] == b':' {
-            return; // comment / keep-alive
+            return Ok(()); // comment / keep-alive
         }
         let (field, value) = match line.iter().position(|&b| b == b':') {
             Some(i) => {
@@ -86,6 +175,10 @@ impl SseParser {
         let value = String::from_utf8_lossy(value);
         match field {
             b"data" => {
+                let separator = usize::from(self.has_data);
+                if self.data.len() + separator + value.len() > self.max_event_bytes {
+                    return Err(self.too_large());
+                }
                 if self.has_data {
                     self.data.push('\n');
                 }
@@ -95,6 +188,7 @@ impl SseParser {
             b"event" => self.event = Some(value.into_owned()),
             _ => {} // id, retry and unknown fields do not matter here
         }
+        Ok(())
     }
 }
 
@@ -106,7 +200,7 @@ mod tests {
         let mut p = SseParser::new();
         let mut out = Vec::new();
         for c in chunks {
-            p.feed(c, &mut out);
+            p.feed(c, &mut out).unwrap();
         }
         out
     }
@@ -170,9 +264,9 @@ mod tests {
     fn blank_lines_without_data_dispatch_nothing_and_partial_is_reported() {
         let mut p = SseParser::new();
         let mut out = Vec::new();
-        p.feed(b"\n\n\nid: 3\n\n", &mut out);
+        p.feed(b"\n\n\nid: 3\n\n", &mut out).unwrap();
         assert!(out.is_empty());
-        p.feed(b"data: cut sho", &mut out);
+        p.feed(b"data: cut sho", &mut out).unwrap();
         assert!(out.is_empty());
         assert!(p.has_partial_event());
     }
