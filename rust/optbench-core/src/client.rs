@@ -124,11 +124,9 @@ pub fn server_root(base_url: &str) -> Result<String> {
         return bad("must not have a query (?...) or a fragment (#...)".into());
     }
     if url.path().trim_end_matches('/').ends_with("/completions") {
-        return bad(
-            "names an endpoint: give the server root (e.g. http://127.0.0.1:8000 or \
+        return bad("names an endpoint: give the server root (e.g. http://127.0.0.1:8000 or \
              http://127.0.0.1:8000/v1) and choose the endpoint with endpoint='completions' or 'chat'"
-                .into(),
-        );
+            .into());
     }
     let root = trimmed.strip_suffix("/v1").unwrap_or(trimmed);
     Ok(root.to_string())
@@ -622,5 +620,132 @@ mod tests {
         let url = format!("http://{}/tokenize", silent.local_addr().unwrap());
         let e = client.post(&url).timeout(Duration::from_millis(100)).send().await.unwrap_err();
         assert!(matches!(exchange_error(&url, &e), CoreError::Timeout(_)));
+    }
+
+    #[test]
+    fn bad_targets_are_config_errors_before_any_request() {
+        let refused = |url: &str| {
+            let e = server_root(url).unwrap_err();
+            assert!(matches!(e, CoreError::Config(_)), "{url}: {e}");
+            e.to_string()
+        };
+        assert!(refused("http://127.0.0.1:99999").contains("invalid port"));
+        assert!(refused("http://127.0.0.1:8000/ v1").contains("space"));
+        assert!(refused("http://exa mple:8000").contains("space"));
+        assert!(refused("ftp://127.0.0.1:8000").contains("http://"));
+        assert!(refused("127.0.0.1:8000").contains("http://"));
+        assert!(refused("http://127.0.0.1:8000?key=1").contains("query"));
+        assert!(refused("http://").contains("base_url"));
+        for url in ["http://h:8000/v1/completions", "http://h:8000/v1/chat/completions/", "http://h/p/v1/completions"] {
+            assert!(refused(url).contains("endpoint='completions' or 'chat'"), "{url}");
+        }
+        // What is accepted, normalised.
+        assert_eq!(server_root(" http://h:8000/v1/ ").unwrap(), "http://h:8000");
+        assert_eq!(server_root("https://h/proxy/v1").unwrap(), "https://h/proxy");
+        assert_eq!(server_root("HTTP://H:8000").unwrap(), "HTTP://H:8000");
+
+        let mut s = settings(Endpoint::Completions);
+        s.api_key = Some("sk-abc\n".into());
+        let e = s.prepare(&Prompt::Text("hi".into())).unwrap_err();
+        assert!(matches!(&e, CoreError::Config(m) if m.contains("api_key") && !m.contains("sk-abc")), "{e}");
+        s.api_key = Some("sk-\u{7}abc".into());
+        assert!(s.check_target().is_err());
+        s.api_key = Some("sk-abc.DEF_123".into());
+        assert_eq!(s.check_target().unwrap(), "http://127.0.0.1:8000");
+    }
+
+    #[test]
+    fn a_redirect_names_its_location() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let status = reqwest::StatusCode::TEMPORARY_REDIRECT;
+        assert!(redirect_message(status, &headers).contains("without a Location"));
+        headers.insert(reqwest::header::LOCATION, "http://elsewhere:9000/v1/completions".parse().unwrap());
+        let m = redirect_message(status, &headers);
+        assert!(m.starts_with("HTTP 307: redirected to http://elsewhere:9000/v1/completions"), "{m}");
+    }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use crate::sse::SseParser;
+
+        /// JSON values shaped like stream chunks often enough to reach every field: objects with
+        /// the protocol's keys (and others), holding any JSON.
+        fn json() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<u64>().prop_map(serde_json::Value::from),
+                any::<f64>().prop_map(serde_json::Value::from),
+                ".{0,12}".prop_map(serde_json::Value::from),
+            ];
+            let key = prop_oneof![
+                Just("choices"),
+                Just("usage"),
+                Just("error"),
+                Just("timings"),
+                Just("text"),
+                Just("delta"),
+                Just("content"),
+                Just("reasoning_content"),
+                Just("finish_reason"),
+                Just("completion_tokens"),
+                Just("prompt_tokens"),
+                Just("x"),
+            ];
+            leaf.prop_recursive(4, 48, 6, move |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                    proptest::collection::btree_map(key.clone().prop_map(str::to_string), inner, 0..5)
+                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            /// Any JSON value as a `data:` payload, with or without `event: error`: a step or a
+            /// failure of a chunk kind, never a panic; a failure names its kind's reason.
+            #[test]
+            fn any_json_chunk_is_handled(value in json(), error_event in any::<bool>()) {
+                let mut rec = RequestRecord::default();
+                let event = SseEvent {
+                    event: error_event.then(|| "error".to_string()),
+                    data: value.to_string(),
+                };
+                match handle_event(&event, 1, &mut rec) {
+                    Ok(_) => prop_assert!(rec.chunk_times_ns.len() == rec.chunk_text_bytes.len()),
+                    Err((kind, message)) => {
+                        prop_assert!(matches!(kind, ErrorKind::MalformedChunk | ErrorKind::StreamError));
+                        prop_assert!(!message.is_empty());
+                    }
+                }
+            }
+
+            /// Any bytes through the parser and the chunk handling, as `stream_request` feeds
+            /// them: no panic, and the text kept is exactly the sum of the chunks' lengths.
+            #[test]
+            fn any_bytes_through_parser_and_chunks(
+                bytes in proptest::collection::vec(any::<u8>(), 0..512),
+                prefix_json in json(),
+            ) {
+                let mut stream = format!("data: {prefix_json}\n\n").into_bytes();
+                stream.extend_from_slice(&bytes);
+                let mut parser = SseParser::with_max_event_bytes(256);
+                let mut events = Vec::new();
+                let _ = parser.feed(&stream, &mut events);
+                let mut rec = RequestRecord::default();
+                for event in &events {
+                    if handle_event(event, 1, &mut rec).is_err() {
+                        break;
+                    }
+                }
+                let kept: u64 = rec.chunk_text_bytes.iter().map(|&n| u64::from(n)).sum();
+                prop_assert_eq!(kept, rec.output_text.len() as u64);
+            }
+        }
     }
 }

@@ -277,4 +277,122 @@ mod tests {
         let ev = parse_chunks(&[b"data\n\n"]);
         assert_eq!(data(&ev), [""]);
     }
+
+    #[test]
+    fn an_oversized_line_fails_without_buffering_it() {
+        let mut p = SseParser::new();
+        let mut out = Vec::new();
+        p.feed(b"data: first\n\n", &mut out).unwrap();
+        // A 3 MiB line, in reads of 64 KiB, never ended.
+        let piece = vec![b'x'; 64 * 1024];
+        p.feed(b"data: ", &mut out).unwrap();
+        let mut failed = None;
+        for i in 0..48 {
+            if let Err(e) = p.feed(&piece, &mut out) {
+                failed = Some(i);
+                assert_eq!(e.limit, MAX_EVENT_BYTES);
+                assert!(e.to_string().contains("MAX_EVENT_BYTES"), "{e}");
+                break;
+            }
+            assert!(p.buffered_bytes() <= MAX_EVENT_BYTES);
+        }
+        // The read that would pass 1 MiB (the 17th) fails; the earlier event was delivered.
+        assert_eq!(failed, Some(15));
+        assert_eq!(data(&out), ["first"]);
+        assert_eq!(p.buffered_bytes(), 0);
+        // It stays failed.
+        assert!(p.feed(b"\n\ndata: more\n\n", &mut out).is_err());
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn many_short_data_lines_of_one_event_are_capped_too() {
+        // Every line fits in 12 bytes; the event's data passes 12 at the third line.
+        let mut p = SseParser::with_max_event_bytes(12);
+        let mut out = Vec::new();
+        p.feed(b"data: 12345\ndata: 1234\n", &mut out).unwrap(); // 5 + 1 + 4 = 10 bytes
+        assert!(p.feed(b"data: 12\n", &mut out).is_err());
+        assert!(out.is_empty());
+        // An event exactly at the limit passes.
+        let mut p = SseParser::with_max_event_bytes(12);
+        p.feed(b"data: 12345\ndata: 123456\n\n", &mut out).unwrap();
+        assert_eq!(data(&out), ["12345\n123456"]);
+    }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// Bytes that look like an event stream often enough to reach every branch: protocol
+        /// fragments, line ends of every kind, invalid UTF-8 and arbitrary bytes.
+        fn stream_bytes() -> impl Strategy<Value = Vec<u8>> {
+            let piece = prop_oneof![
+                Just(b"data:".to_vec()),
+                Just(b"data: ".to_vec()),
+                Just(b"event: error".to_vec()),
+                Just(b": ping".to_vec()),
+                Just(b"id: 1".to_vec()),
+                Just(b"[DONE]".to_vec()),
+                Just(b"{\"choices\":[{\"text\":\"hi\"}]}".to_vec()),
+                Just(b"\n".to_vec()),
+                Just(b"\r".to_vec()),
+                Just(b"\r\n".to_vec()),
+                Just(b"\n\n".to_vec()),
+                Just(vec![0xff, 0xfe, 0xc3]),
+                proptest::collection::vec(any::<u8>(), 0..40),
+                proptest::collection::vec(Just(b'a'), 0..80),
+            ];
+            proptest::collection::vec(piece, 0..40).prop_map(|pieces| pieces.concat())
+        }
+
+        /// Feeds `bytes` cut at `cuts` (positions, in any order); returns the events, whether
+        /// the parser failed, and the most bytes it held at any point.
+        fn parse(bytes: &[u8], cuts: &[usize], limit: usize) -> (Vec<SseEvent>, bool, usize) {
+            let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+            cuts.push(0);
+            cuts.push(bytes.len());
+            cuts.sort_unstable();
+            let mut p = SseParser::with_max_event_bytes(limit);
+            let (mut out, mut failed, mut held) = (Vec::new(), false, 0);
+            for w in cuts.windows(2) {
+                if p.feed(&bytes[w[0]..w[1]], &mut out).is_err() {
+                    failed = true;
+                    break;
+                }
+                held = held.max(p.buffered_bytes());
+            }
+            (out, failed, held)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            /// Any bytes, cut anywhere: no panic, the same events (and the same failure) as in
+            /// one read, and never more than three times the limit held (line, data, event name).
+            #[test]
+            fn any_split_gives_the_same_events(
+                bytes in stream_bytes(),
+                cuts in proptest::collection::vec(any::<usize>(), 0..12),
+                limit in prop_oneof![Just(MAX_EVENT_BYTES), 1usize..64],
+            ) {
+                let whole = parse(&bytes, &[], limit);
+                let split = parse(&bytes, &cuts, limit);
+                prop_assert_eq!(&whole.0, &split.0);
+                prop_assert_eq!(whole.1, split.1);
+                prop_assert!(split.2 <= 3 * limit, "held {} bytes with a limit of {}", split.2, limit);
+                for event in &split.0 {
+                    prop_assert!(event.data.len() <= limit);
+                }
+            }
+
+            /// One byte at a time is a split too (the CR/LF pairing across reads).
+            #[test]
+            fn byte_by_byte_gives_the_same_events(bytes in stream_bytes()) {
+                let cuts: Vec<usize> = (0..=bytes.len()).collect();
+                let (whole, split) = (parse(&bytes, &[], MAX_EVENT_BYTES), parse(&bytes, &cuts, MAX_EVENT_BYTES));
+                prop_assert_eq!((whole.0, whole.1), (split.0, split.1));
+            }
+        }
+    }
 }
