@@ -374,9 +374,11 @@ async fn fill_missing_token_counts(
         .collect();
     let mut counted: Vec<Option<usize>> = vec![None; missing.len()];
     if let Some(c) = counter.filter(|c| c.is_exact() && !missing.is_empty() && !cancel.is_cancelled()) {
-        let recs = &*records;
-        let mut counts = stream::iter(missing.iter().enumerate())
-            .map(|(slot, &i)| async move { (slot, c.count(&recs[i].output_text, false).await) })
+        // Owned indices in, so the stream (and the run's future) stays `Send`.
+        let texts: Vec<&str> = missing.iter().map(|&i| records[i].output_text.as_str()).collect();
+        let texts = &texts;
+        let mut counts = stream::iter(0..texts.len())
+            .map(move |slot| async move { (slot, c.count(texts[slot], false).await) })
             .buffer_unordered(RECOUNT_CONCURRENCY);
         let collect = async {
             while let Some((slot, n)) = counts.next().await {

@@ -148,7 +148,11 @@ impl TokenCounter {
                 if let Some(k) = api_key {
                     req = req.bearer_auth(k);
                 }
-                let resp = req.send().await.map_err(|e| exchange_error(url, &e))?;
+                let failed = |e: &reqwest::Error| match e.is_timeout() {
+                    true => CoreError::Timeout(format!("{url} did not answer within {:.1} s", timeout.as_secs_f64())),
+                    false => exchange_error(url, e),
+                };
+                let resp = req.send().await.map_err(|e| failed(&e))?;
                 let status = resp.status();
                 if status.is_redirection() {
                     return Err(CoreError::Http(format!("{url}: {}", redirect_message(status, resp.headers()))));
@@ -156,9 +160,9 @@ impl TokenCounter {
                 if !status.is_success() {
                     return Err(CoreError::Http(format!("{url} answered HTTP {}", status.as_u16())));
                 }
-                let parsed: TokenizeResponse = resp.json().await.map_err(|e| match exchange_error(url, &e) {
+                let parsed: TokenizeResponse = resp.json().await.map_err(|e| match failed(&e) {
                     CoreError::Http(_) => CoreError::Http(format!("{url} answered with unexpected JSON: {e}")),
-                    failed => failed,
+                    other => other,
                 })?;
                 parsed
                     .count
