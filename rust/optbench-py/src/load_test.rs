@@ -224,7 +224,8 @@ impl LoadTest {
     }
 
     /// Asks the run to stop: nothing new is sent and requests in flight end as `cancelled`
-    /// rows. Finished rows are kept. Returns at once; `wait()` for the end.
+    /// rows; the token recount of answers without `usage` is skipped or cut (they keep their
+    /// chunk counts). Finished rows are kept. Returns at once; `wait()` for the end.
     fn cancel(&self) {
         self.cancel.cancel();
     }
