@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import numpy as np
 import pandas as pd
@@ -265,6 +266,82 @@ def test_bad_configuration_raises_a_clear_error(kwargs, match):
 def test_base_url_needs_a_scheme():
     with pytest.raises(ConfigError, match="http://"):
         run("127.0.0.1:8000")
+
+
+@pytest.mark.parametrize(
+    "base_url,api_key,match",
+    [
+        ("http://127.0.0.1:99999", None, "invalid port"),
+        ("http://127.0.0.1:8000/ v1", None, "space"),
+        ("ftp://127.0.0.1:8000", None, "http://"),
+        ("http://127.0.0.1:8000/v1/completions", None, "names an endpoint"),
+        ("http://127.0.0.1:8000/v1/chat/completions", None, "names an endpoint"),
+        ("http://127.0.0.1:9", "sk-key\n", "api_key"),
+    ],
+)
+@pytest.mark.parametrize("synthetic", [False, True])
+def test_a_bad_target_is_a_config_error_before_the_run(monkeypatch, base_url, api_key, match, synthetic):
+    # These used to start the run and give rows of connection errors (or double the path).
+    kw: dict = {"prompts": None, "input_tokens": 8} if synthetic else {}
+    if api_key is not None:
+        monkeypatch.setenv("OPTBENCH_TEST_KEY", api_key)
+        kw["api_key_env"] = "OPTBENCH_TEST_KEY"
+    with pytest.raises(ConfigError, match=match) as info:
+        run(base_url, **kw)
+    assert "sk-key" not in str(info.value)
+
+
+def test_a_redirect_is_an_http_3xx_row_naming_the_location():
+    import http.server
+    import threading
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.send_response(302)
+            self.send_header("Location", "http://127.0.0.1:1/elsewhere")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        r = run(f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    df = r.requests
+    # It used to be labelled http_5xx (after following the redirect to a dead port: connect).
+    assert (df["error_kind"] == "http_3xx").all(), df[["error_kind", "error_message"]]
+    assert (df["http_status"] == 302).all()
+    assert df["error_message"].str.contains("redirected to http://127.0.0.1:1/elsewhere").all()
+    assert r.summary["failures_by_kind"] == {"http_3xx": 6}
+
+
+def test_a_hanging_tokenize_costs_at_most_timeout_s_before_and_after_the_run():
+    # The probe used to wait 30 s, and the recount 30 s per answer, one at a time.
+    with MockServer(ttft_ms=5, gap_ms=1, tokens=8, fault="no_usage", tokenize="hang") as server:
+        started = time.monotonic()
+        with pytest.warns(UserWarning, match="did not answer within 1.0 s"):
+            r = run(server.base_url, prompts=None, input_tokens=16, num_requests=12, timeout_s=1.0)
+        took = time.monotonic() - started
+    assert took < 5.0, took
+    assert r.prompt_source == "estimate" and any("/tokenize" in w for w in r.warnings)
+    assert r.stop_reason == "completed"
+    assert (r.requests["token_count_source"] == "chunks").all()
+    assert (r.requests["output_tokens"] == 8).all()
+
+
+def test_a_working_tokenize_sizes_prompts_and_recounts_answers():
+    with MockServer(ttft_ms=5, gap_ms=1, tokens=8, fault="no_usage", tokenize="words") as server:
+        r = run(server.base_url, prompts=None, input_tokens=16, num_requests=12, timeout_s=5.0)
+    assert r.prompt_source == "server"
+    assert (r.requests["token_count_source"] == "tokenizer").all()
+    # " tok0 ... tok7": one token per word.
+    assert (r.requests["output_tokens"] == 8).all()
 
 
 def test_synthetic_prompts_without_tokenize_warn_and_estimate():

@@ -216,6 +216,7 @@ def make_prompts(
     seed: int = 0,
     tokenizer: str | None = None,
     api_key: str | None = None,
+    timeout_s: float | None = None,
 ) -> tuple[list[str], str, str | None]: ...
 def count_tokens(tokenizer: str, text: str, add_special: bool = True) -> int: ...
 
@@ -231,6 +232,7 @@ class MockServer:
         fault_arg: int = 0,
         host: str = "127.0.0.1",
         port: int = 0,
+        tokenize: Literal["missing", "words", "hang"] = "missing",
     ) -> MockServer: ...
     @property
     def base_url(self) -> str: ...

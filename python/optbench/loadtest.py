@@ -155,7 +155,14 @@ def _prepare(base_url: str, model: str, options: LoadTestOptions, api_key: str |
         return load_user_prompts(o.prompts)
     # One distinct prompt per request, warm-up included, so a prefix cache never helps.
     return synthetic_prompts(
-        base_url, model, o.num_requests + o.warmup, o.input_tokens, seed=o.seed, tokenizer=o.tokenizer, api_key=api_key
+        base_url,
+        model,
+        o.num_requests + o.warmup,
+        o.input_tokens,
+        seed=o.seed,
+        tokenizer=o.tokenizer,
+        api_key=api_key,
+        timeout_s=o.timeout_s,
     )
 
 

@@ -89,15 +89,19 @@ def synthetic_prompts(
     seed: int = 0,
     tokenizer: str | None = None,
     api_key: str | None = None,
+    timeout_s: float | None = None,
 ) -> PromptSet:
     """``num_prompts`` different prompts of ``input_tokens`` tokens as the server counts them.
 
     The length is measured with the server's ``/tokenize`` endpoint when it has one, else with
     ``tokenizer`` (a ``tokenizer.json``), else estimated at 4 characters per token with a warning.
+    ``timeout_s`` (the load test's per-request deadline) bounds each ``/tokenize`` call, never
+    more than 10 s: a server that does not answer in time is treated as one without the endpoint.
+    A bad ``base_url`` or ``api_key`` raises :class:`~optbench.exceptions.ConfigError`.
     """
     if num_prompts < 1:
         raise ConfigError("num_prompts must be at least 1")
     texts, source, warning = _core.make_prompts(
-        base_url, model, num_prompts, input_tokens, seed=seed, tokenizer=tokenizer, api_key=api_key
+        base_url, model, num_prompts, input_tokens, seed=seed, tokenizer=tokenizer, api_key=api_key, timeout_s=timeout_s
     )
     return PromptSet(texts=texts, source=source, warnings=[warning] if warning else [])

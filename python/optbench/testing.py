@@ -10,7 +10,9 @@ timings and injectable faults: the first token ``ttft_ms`` after a request is re
         truth = server.log()   # per request: when it was read, first and last token written
 
 Faults (``fault=``): ``status`` (HTTP ``fault_arg``), ``reset`` (after ``fault_arg`` tokens),
-``malformed``, ``no_done``, ``slow_headers`` (``fault_arg`` ms), ``no_usage``.
+``malformed``, ``no_done``, ``slow_headers`` (``fault_arg`` ms), ``no_usage``. ``tokenize=``
+says how ``POST /tokenize`` answers: ``missing`` (404), ``words`` (one token per word) or
+``hang`` (never answers).
 """
 
 from optbench._core import MockServer

@@ -71,13 +71,14 @@ impl From<Prompt> for RequestInput {
 /// What every request of a run shares.
 #[derive(Debug, Clone)]
 pub struct RequestSettings {
-    /// Server root, e.g. `http://127.0.0.1:8000` (a trailing `/v1` is accepted and dropped).
+    /// Server root, e.g. `http://127.0.0.1:8000` (a trailing `/v1` is accepted and dropped; see
+    /// [`server_root`] for what is refused).
     pub base_url: String,
     /// The `model` field of each request.
     pub model: String,
     /// Completions or chat.
     pub endpoint: Endpoint,
-    /// Sent as `Authorization: Bearer <key>` when set.
+    /// Sent as `Authorization: Bearer <key>` when set (checked by [`check_api_key`]).
     pub api_key: Option<String>,
     /// `max_tokens` of each request.
     pub max_tokens: u32,
@@ -91,14 +92,57 @@ pub struct RequestSettings {
     pub request_timeout: Option<Duration>,
 }
 
-/// Normalises a user's base URL to the server root (no trailing `/` or `/v1`).
+/// Normalises a user's base URL to the server root (no trailing `/` or `/v1`), or says what is
+/// wrong with it as a [`CoreError::Config`] before any request is sent.
+///
+/// Accepted: an `http://` or `https://` URL with a host, an optional port and an optional path
+/// prefix (a proxy's), with surrounding whitespace, a trailing `/` and a trailing `/v1`
+/// dropped. Refused: any other scheme; whitespace or control characters inside the URL; a
+/// port outside 1-65535 or any other URL syntax error; a query (`?...`) or fragment (`#...`);
+/// and a URL that already names an endpoint, i.e. whose path ends in `/completions`
+/// (`.../v1/completions`, `.../v1/chat/completions`). Such a URL is refused rather than
+/// stripped: the endpoint is chosen with `endpoint`, and silently dropping the path could send
+/// chat requests to the completions endpoint (or the reverse).
 pub fn server_root(base_url: &str) -> Result<String> {
+    let bad = |why: String| Err(CoreError::config(format!("base_url {base_url:?} {why}")));
     let trimmed = base_url.trim().trim_end_matches('/');
-    let root = trimmed.strip_suffix("/v1").unwrap_or(trimmed);
-    if !(root.starts_with("http://") || root.starts_with("https://")) {
-        return Err(CoreError::config(format!("base_url must start with http:// or https://, got {base_url:?}")));
+    let lower = trimmed.to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        return bad("must start with http:// or https://, e.g. http://127.0.0.1:8000".into());
     }
+    if trimmed.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad("contains a space or a control character".into());
+    }
+    let url = match reqwest::Url::parse(trimmed) {
+        Ok(url) => url,
+        Err(e) => return bad(format!("is not a valid URL: {e}")),
+    };
+    if url.host_str().is_none_or(str::is_empty) {
+        return bad("has no host".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return bad("must not have a query (?...) or a fragment (#...)".into());
+    }
+    if url.path().trim_end_matches('/').ends_with("/completions") {
+        return bad("names an endpoint: give the server root (e.g. http://127.0.0.1:8000 or \
+             http://127.0.0.1:8000/v1) and choose the endpoint with endpoint='completions' or 'chat'"
+            .into());
+    }
+    let root = trimmed.strip_suffix("/v1").unwrap_or(trimmed);
     Ok(root.to_string())
+}
+
+/// Checks that `key` can be sent as an `Authorization: Bearer` header: printable ASCII only
+/// (a key read from a file or variable with its trailing newline cannot be). The message does
+/// not repeat the key.
+pub fn check_api_key(key: &str) -> Result<()> {
+    match reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(CoreError::config(
+            "api_key contains a character that an HTTP header cannot carry (a newline, another \
+             control character or a non-ASCII character); check where the key was read from",
+        )),
+    }
 }
 
 /// Idle keep-alive connections are dropped after this long: servers close theirs after about
@@ -107,9 +151,13 @@ pub fn server_root(base_url: &str) -> Result<String> {
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Builds the shared HTTP client: keep-alive pooling, no total timeout (long generations must
-/// not be cut; the per-request deadline is separate), Nagle off.
+/// not be cut; the per-request deadline is separate), Nagle off, and redirects not followed: a
+/// redirect is an answer of its own (the `http_3xx` kind, naming its `Location`), never a
+/// silent hop to another host that would drop the `Authorization` header and time the wrong
+/// server.
 pub fn build_http_client(pool_size: usize) -> Result<reqwest::Client> {
     reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(pool_size.max(1))
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .tcp_nodelay(true)
@@ -158,13 +206,24 @@ pub struct PreparedRequest {
 }
 
 impl RequestSettings {
+    /// Checks the target (base URL and API key) and returns the server root; every failure is a
+    /// [`CoreError::Config`] saying what to fix.
+    pub fn check_target(&self) -> Result<String> {
+        if let Some(key) = &self.api_key {
+            check_api_key(key)?;
+        }
+        server_root(&self.base_url)
+    }
+
     /// Serialises the request body for `prompt`.
     pub fn prepare(&self, prompt: &Prompt) -> Result<PreparedRequest> {
         self.prepare_input(&RequestInput::from(prompt.clone()))
     }
 
-    /// Serialises the request body for one input, its overrides applied last.
+    /// Serialises the request body for one input, its overrides applied last. Fails on a bad
+    /// target too ([`RequestSettings::check_target`]).
     pub fn prepare_input(&self, input: &RequestInput) -> Result<PreparedRequest> {
+        let root = self.check_target()?;
         let endpoint = input.endpoint.unwrap_or(self.endpoint);
         let mut body = serde_json::Map::new();
         body.insert("model".into(), self.model.clone().into());
@@ -192,7 +251,6 @@ impl RequestSettings {
         for (k, v) in self.extra_body.iter().chain(&input.body) {
             body.insert(k.clone(), v.clone());
         }
-        let root = server_root(&self.base_url)?;
         Ok(PreparedRequest {
             url: format!("{root}{}", endpoint.path()),
             body: Bytes::from(serde_json::to_vec(&body).expect("a JSON map serialises")),
@@ -276,6 +334,43 @@ fn is_stale_connection(e: &reqwest::Error) -> bool {
 /// How long to wait for the end of a body after `data: [DONE]` before giving the connection up.
 const DRAIN_AFTER_DONE: Duration = Duration::from_millis(200);
 
+/// How much of an error answer's body is read for its `error_message` (the rest is dropped).
+const ERROR_BODY_BYTES: usize = 8 * 1024;
+
+/// How long reading an error answer's body may take.
+const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The first [`ERROR_BODY_BYTES`] of an error answer's body, as text (whatever arrived within
+/// [`ERROR_BODY_TIMEOUT`]): a server that answers 500 with an endless body is not buffered.
+async fn error_body(response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    let read = async {
+        while let Some(Ok(bytes)) = stream.next().await {
+            let room = ERROR_BODY_BYTES - body.len();
+            body.extend_from_slice(&bytes[..bytes.len().min(room)]);
+            if body.len() >= ERROR_BODY_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(ERROR_BODY_TIMEOUT, read).await;
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// The message of a redirect: its status and where it pointed.
+pub(crate) fn redirect_message(status: reqwest::StatusCode, headers: &reqwest::header::HeaderMap) -> String {
+    let location = match headers.get(reqwest::header::LOCATION) {
+        Some(l) => format!("to {}", snippet(&String::from_utf8_lossy(l.as_bytes()), 300)),
+        None => "without a Location header".to_string(),
+    };
+    format!(
+        "HTTP {}: redirected {location}; redirects are not followed: give the base_url of the server \
+         that answers",
+        status.as_u16()
+    )
+}
+
 fn elapsed_ns(t0: Instant) -> i64 {
     t0.elapsed().as_nanos() as i64
 }
@@ -318,14 +413,12 @@ pub async fn stream_request(
     rec.first_byte_ns = Some(elapsed_ns(t0));
     let status = response.status();
     rec.http_status = Some(status.as_u16());
+    if status.is_redirection() {
+        return Err((ErrorKind::Http3xx, redirect_message(status, response.headers())));
+    }
     if !status.is_success() {
         let kind = if status.is_client_error() { ErrorKind::Http4xx } else { ErrorKind::Http5xx };
-        // The body of an error is small; read a bounded amount of it for the message.
-        let body = tokio::time::timeout(Duration::from_secs(5), response.text())
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .unwrap_or_default();
+        let body = error_body(response).await;
         return Err((kind, format!("HTTP {}: {}", status.as_u16(), snippet(&body, 500))));
     }
 
@@ -337,13 +430,19 @@ pub async fn stream_request(
         let arrived = elapsed_ns(t0);
         let bytes = item.map_err(|e| (ErrorKind::StreamReset, error_chain(&e)))?;
         events.clear();
-        parser.feed(&bytes, &mut events);
+        // Events completed before an oversized one still count; then the request fails without
+        // reading (or buffering) more.
+        let fed = parser.feed(&bytes, &mut events);
         for event in &events {
             if let Step::Done = handle_event(event, arrived, rec)? {
                 rec.done_ns = Some(arrived);
                 drain_to_end(&mut stream).await;
                 return finish(rec);
             }
+        }
+        if let Err(too_large) = fed {
+            rec.done_ns = Some(arrived);
+            return Err((ErrorKind::MalformedChunk, too_large.to_string()));
         }
     }
     rec.done_ns = Some(elapsed_ns(t0));
@@ -521,5 +620,132 @@ mod tests {
         let url = format!("http://{}/tokenize", silent.local_addr().unwrap());
         let e = client.post(&url).timeout(Duration::from_millis(100)).send().await.unwrap_err();
         assert!(matches!(exchange_error(&url, &e), CoreError::Timeout(_)));
+    }
+
+    #[test]
+    fn bad_targets_are_config_errors_before_any_request() {
+        let refused = |url: &str| {
+            let e = server_root(url).unwrap_err();
+            assert!(matches!(e, CoreError::Config(_)), "{url}: {e}");
+            e.to_string()
+        };
+        assert!(refused("http://127.0.0.1:99999").contains("invalid port"));
+        assert!(refused("http://127.0.0.1:8000/ v1").contains("space"));
+        assert!(refused("http://exa mple:8000").contains("space"));
+        assert!(refused("ftp://127.0.0.1:8000").contains("http://"));
+        assert!(refused("127.0.0.1:8000").contains("http://"));
+        assert!(refused("http://127.0.0.1:8000?key=1").contains("query"));
+        assert!(refused("http://").contains("base_url"));
+        for url in ["http://h:8000/v1/completions", "http://h:8000/v1/chat/completions/", "http://h/p/v1/completions"] {
+            assert!(refused(url).contains("endpoint='completions' or 'chat'"), "{url}");
+        }
+        // What is accepted, normalised.
+        assert_eq!(server_root(" http://h:8000/v1/ ").unwrap(), "http://h:8000");
+        assert_eq!(server_root("https://h/proxy/v1").unwrap(), "https://h/proxy");
+        assert_eq!(server_root("HTTP://H:8000").unwrap(), "HTTP://H:8000");
+
+        let mut s = settings(Endpoint::Completions);
+        s.api_key = Some("sk-abc\n".into());
+        let e = s.prepare(&Prompt::Text("hi".into())).unwrap_err();
+        assert!(matches!(&e, CoreError::Config(m) if m.contains("api_key") && !m.contains("sk-abc")), "{e}");
+        s.api_key = Some("sk-\u{7}abc".into());
+        assert!(s.check_target().is_err());
+        s.api_key = Some("sk-abc.DEF_123".into());
+        assert_eq!(s.check_target().unwrap(), "http://127.0.0.1:8000");
+    }
+
+    #[test]
+    fn a_redirect_names_its_location() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let status = reqwest::StatusCode::TEMPORARY_REDIRECT;
+        assert!(redirect_message(status, &headers).contains("without a Location"));
+        headers.insert(reqwest::header::LOCATION, "http://elsewhere:9000/v1/completions".parse().unwrap());
+        let m = redirect_message(status, &headers);
+        assert!(m.starts_with("HTTP 307: redirected to http://elsewhere:9000/v1/completions"), "{m}");
+    }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use crate::sse::SseParser;
+
+        /// JSON values shaped like stream chunks often enough to reach every field: objects with
+        /// the protocol's keys (and others), holding any JSON.
+        fn json() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<u64>().prop_map(serde_json::Value::from),
+                any::<f64>().prop_map(serde_json::Value::from),
+                ".{0,12}".prop_map(serde_json::Value::from),
+            ];
+            let key = prop_oneof![
+                Just("choices"),
+                Just("usage"),
+                Just("error"),
+                Just("timings"),
+                Just("text"),
+                Just("delta"),
+                Just("content"),
+                Just("reasoning_content"),
+                Just("finish_reason"),
+                Just("completion_tokens"),
+                Just("prompt_tokens"),
+                Just("x"),
+            ];
+            leaf.prop_recursive(4, 48, 6, move |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                    proptest::collection::btree_map(key.clone().prop_map(str::to_string), inner, 0..5)
+                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            /// Any JSON value as a `data:` payload, with or without `event: error`: a step or a
+            /// failure of a chunk kind, never a panic; a failure names its kind's reason.
+            #[test]
+            fn any_json_chunk_is_handled(value in json(), error_event in any::<bool>()) {
+                let mut rec = RequestRecord::default();
+                let event = SseEvent {
+                    event: error_event.then(|| "error".to_string()),
+                    data: value.to_string(),
+                };
+                match handle_event(&event, 1, &mut rec) {
+                    Ok(_) => prop_assert!(rec.chunk_times_ns.len() == rec.chunk_text_bytes.len()),
+                    Err((kind, message)) => {
+                        prop_assert!(matches!(kind, ErrorKind::MalformedChunk | ErrorKind::StreamError));
+                        prop_assert!(!message.is_empty());
+                    }
+                }
+            }
+
+            /// Any bytes through the parser and the chunk handling, as `stream_request` feeds
+            /// them: no panic, and the text kept is exactly the sum of the chunks' lengths.
+            #[test]
+            fn any_bytes_through_parser_and_chunks(
+                bytes in proptest::collection::vec(any::<u8>(), 0..512),
+                prefix_json in json(),
+            ) {
+                let mut stream = format!("data: {prefix_json}\n\n").into_bytes();
+                stream.extend_from_slice(&bytes);
+                let mut parser = SseParser::with_max_event_bytes(256);
+                let mut events = Vec::new();
+                let _ = parser.feed(&stream, &mut events);
+                let mut rec = RequestRecord::default();
+                for event in &events {
+                    if handle_event(event, 1, &mut rec).is_err() {
+                        break;
+                    }
+                }
+                let kept: u64 = rec.chunk_text_bytes.iter().map(|&n| u64::from(n)).sum();
+                prop_assert_eq!(kept, rec.output_text.len() as u64);
+            }
+        }
     }
 }

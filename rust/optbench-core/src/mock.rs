@@ -3,7 +3,8 @@
 //! It answers `POST /v1/completions` and `POST /v1/chat/completions` with SSE: it waits `ttft`
 //! after reading the request, then sends `tokens` one-token chunks `gap` apart on absolute
 //! deadlines (so the truth is known to the microsecond), then `usage` and `[DONE]`. Faults
-//! replace parts of that script. It speaks just enough HTTP/1.1 for clients (keep-alive with
+//! replace parts of that script. `POST /tokenize` is missing (404), counts words, or hangs
+//! ([`MockTokenize`]). It speaks just enough HTTP/1.1 for clients (keep-alive with
 //! chunked streaming bodies, so pooled connections are reused as with real servers) and binds
 //! where it is told (tests use `127.0.0.1:0`).
 
@@ -34,6 +35,20 @@ pub enum Fault {
     SlowHeaders(Duration),
     /// Leaves out the `usage` chunk.
     NoUsage,
+    /// Answers with this redirect status (3xx) and `Location` header, without a body.
+    Redirect(u16, String),
+}
+
+/// How the server answers `POST /tokenize`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MockTokenize {
+    /// 404, as servers without the endpoint answer.
+    Missing,
+    /// `{"tokens": [...]}` with one token per whitespace-separated word of `content`/`prompt`,
+    /// plus one for `add_special`.
+    Words,
+    /// Reads the request and never answers (a stuck server).
+    Hang,
 }
 
 /// How the server waits for a token's deadline.
@@ -62,6 +77,8 @@ pub struct MockBehavior {
     pub timer: MockTimer,
     /// The model name `/v1/models` lists.
     pub model: String,
+    /// How `POST /tokenize` is answered.
+    pub tokenize: MockTokenize,
 }
 
 impl Default for MockBehavior {
@@ -73,6 +90,7 @@ impl Default for MockBehavior {
             fault: Fault::None,
             timer: MockTimer::Precise,
             model: "optbench-mock".to_string(),
+            tokenize: MockTokenize::Missing,
         }
     }
 }
@@ -268,6 +286,10 @@ async fn serve(mut socket: TcpStream, state: &State) -> std::io::Result<()> {
     let mut pending = Vec::new();
     while let Some(request) = read_request(&mut socket, &mut pending).await? {
         let path = request.path.split('?').next().unwrap_or("/");
+        if request.method == "POST" && path == "/tokenize" {
+            answer_tokenize(&mut socket, state.behavior.tokenize, &request.body).await?;
+            continue;
+        }
         if request.method == "GET" || path.starts_with("/mock/") {
             answer_other(&mut socket, state, &request.method, path).await?;
             continue;
@@ -311,6 +333,22 @@ pub fn log_json(log: &[MockRequestLog]) -> String {
         })
         .collect();
     serde_json::Value::Array(rows).to_string()
+}
+
+/// `POST /tokenize` as `how` says.
+async fn answer_tokenize(socket: &mut TcpStream, how: MockTokenize, body: &[u8]) -> std::io::Result<()> {
+    match how {
+        MockTokenize::Missing => json_response(socket, "404 Not Found", "{\"error\":\"not found\"}").await,
+        // Until the server stops (which ends every connection's task).
+        MockTokenize::Hang => std::future::pending().await,
+        MockTokenize::Words => {
+            let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+            let text = request["content"].as_str().or(request["prompt"].as_str()).unwrap_or("");
+            let special = usize::from(request["add_special"].as_bool().unwrap_or(false));
+            let tokens: Vec<usize> = (0..text.split_whitespace().count() + special).collect();
+            json_response(socket, "200 OK", &serde_json::json!({ "tokens": tokens }).to_string()).await
+        }
+    }
 }
 
 /// Health, model list and the truth log: what clients and benchmarks ask besides completions.
@@ -386,6 +424,14 @@ async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) 
             );
             socket.write_all(head.as_bytes()).await?;
             socket.write_all(msg.as_bytes()).await?;
+            socket.shutdown().await?;
+            return Ok(false);
+        }
+        Fault::Redirect(code, location) => {
+            let head = format!(
+                "HTTP/1.1 {code} Redirect\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            socket.write_all(head.as_bytes()).await?;
             socket.shutdown().await?;
             return Ok(false);
         }

@@ -9,13 +9,17 @@ pub enum ErrorKind {
     Connect,
     /// The connection was reset or closed before the response headers arrived.
     ConnectionReset,
+    /// The server answered with a redirect (3xx), which is not followed; `error_message` names
+    /// its `Location`.
+    Http3xx,
     /// The server answered with a 4xx status (the body snippet is in `error_message`).
     Http4xx,
     /// The server answered with a 5xx status (the body snippet is in `error_message`).
     Http5xx,
     /// The connection broke while the body was streaming.
     StreamReset,
-    /// An SSE `data:` payload was not the JSON the protocol promises.
+    /// An SSE `data:` payload was not the JSON the protocol promises, or one SSE line or event
+    /// was longer than [`crate::sse::MAX_EVENT_BYTES`].
     MalformedChunk,
     /// The server sent an `error` object inside the stream.
     StreamError,
@@ -31,9 +35,10 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in a fixed order (used for summaries).
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::Connect,
         ErrorKind::ConnectionReset,
+        ErrorKind::Http3xx,
         ErrorKind::Http4xx,
         ErrorKind::Http5xx,
         ErrorKind::StreamReset,
@@ -50,6 +55,7 @@ impl ErrorKind {
         match self {
             ErrorKind::Connect => "connect",
             ErrorKind::ConnectionReset => "connection_reset",
+            ErrorKind::Http3xx => "http_3xx",
             ErrorKind::Http4xx => "http_4xx",
             ErrorKind::Http5xx => "http_5xx",
             ErrorKind::StreamReset => "stream_reset",

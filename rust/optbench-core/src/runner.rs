@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::stream::{self, StreamExt};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -16,7 +17,7 @@ use crate::error::{CoreError, Result};
 use crate::journal::JournalWriter;
 use crate::record::{ErrorKind, RequestRecord, TokenCountSource};
 use crate::schedule::Schedule;
-use crate::tokens::TokenCounter;
+use crate::tokens::{tokenize_timeout, TokenCounter};
 
 /// Everything a run needs besides its prompts.
 #[derive(Debug, Clone)]
@@ -293,7 +294,9 @@ pub async fn run_requests(
         timeout: config.request.request_timeout,
         t0: Instant::now(),
         progress,
-        cancel: cancel.clone(),
+        // The time limit cancels this child token; the caller's own token stays for Ctrl-C,
+        // which must still be able to cut the token recount after the run.
+        cancel: cancel.child_token(),
         time_limit_hit: AtomicBool::new(false),
         records: Mutex::new(Vec::with_capacity(config.warmup + config.num_requests)),
         journal: Mutex::new(journal),
@@ -308,6 +311,7 @@ pub async fn run_requests(
     }
 
     // The time limit covers the measured phase only.
+    let time_limit_end = config.time_limit.map(|limit| Instant::now() + limit);
     let limit_timer = config.time_limit.map(|limit| {
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -331,6 +335,15 @@ pub async fn run_requests(
         timer.abort();
     }
     let wall_s = shared.t0.elapsed().as_secs_f64();
+    let journal = shared.journal.lock().expect("journal lock").take();
+    if let Some(journal) = journal {
+        journal.finish()?;
+    }
+    let mut records = std::mem::take(&mut *shared.records.lock().expect("records lock"));
+    records.sort_by_key(|r| r.request_id);
+    let recount_deadline = recount_deadline(config.request.request_timeout, time_limit_end);
+    fill_missing_token_counts(&mut records, token_counter.as_deref(), recount_deadline, &cancel).await;
+    // After the recount, so that a Ctrl-C during it is a cancelled run, not a completed one.
     let stop_reason = if shared.time_limit_hit.load(Ordering::Relaxed) {
         StopReason::TimeLimit
     } else if cancel.is_cancelled() {
@@ -338,25 +351,64 @@ pub async fn run_requests(
     } else {
         StopReason::Completed
     };
-    let journal = shared.journal.lock().expect("journal lock").take();
-    if let Some(journal) = journal {
-        journal.finish()?;
-    }
-    let mut records = std::mem::take(&mut *shared.records.lock().expect("records lock"));
-    records.sort_by_key(|r| r.request_id);
-    fill_missing_token_counts(&mut records, token_counter.as_deref()).await;
     Ok(LoadTestOutcome { records, stop_reason, wall_s })
 }
 
+/// Token counts of answers without `usage` are asked of the counter this many at a time.
+pub const RECOUNT_CONCURRENCY: usize = 8;
+
+/// The least time the recount after a run gets, even when the run used its whole time limit: a
+/// healthy `/tokenize` recounts hundreds of answers in it.
+pub const RECOUNT_MIN_BUDGET: Duration = Duration::from_secs(1);
+
+/// When the recount after a run must end: after [`tokenize_timeout`] of the per-request
+/// deadline ([`crate::tokens::TOKENIZE_TIMEOUT`] at most), or at the end of the time limit if
+/// that comes first, but never less than [`RECOUNT_MIN_BUDGET`] from now.
+fn recount_deadline(request_timeout: Option<Duration>, time_limit_end: Option<Instant>) -> Instant {
+    let now = Instant::now();
+    let mut budget = tokenize_timeout(request_timeout);
+    if let Some(end) = time_limit_end {
+        budget = budget.min(end.saturating_duration_since(now));
+    }
+    now + budget.max(RECOUNT_MIN_BUDGET)
+}
+
 /// Gives records without `usage` a token count: a tokenizer over the whole text when one is
-/// available (never per chunk), else the number of chunks, flagged as `chunks`.
-async fn fill_missing_token_counts(records: &mut [RequestRecord], counter: Option<&TokenCounter>) {
-    for rec in records.iter_mut().filter(|r| r.output_tokens.is_none() && !r.chunk_times_ns.is_empty()) {
-        let counted = match counter {
-            Some(c) if c.is_exact() => c.count(&rec.output_text, false).await.ok(),
-            _ => None,
+/// available (never per chunk), else the number of chunks, flagged as `chunks`. Counts are asked
+/// [`RECOUNT_CONCURRENCY`] at a time; whatever is not counted by `deadline` (a stuck or failing
+/// `/tokenize`) or when `cancel` fires (Ctrl-C; a run cancelled before the recount skips it)
+/// keeps the chunk count.
+async fn fill_missing_token_counts(
+    records: &mut [RequestRecord],
+    counter: Option<&TokenCounter>,
+    deadline: Instant,
+    cancel: &CancellationToken,
+) {
+    let missing: Vec<usize> = (0..records.len())
+        .filter(|&i| records[i].output_tokens.is_none() && !records[i].chunk_times_ns.is_empty())
+        .collect();
+    let mut counted: Vec<Option<usize>> = vec![None; missing.len()];
+    if let Some(c) = counter.filter(|c| c.is_exact() && !missing.is_empty() && !cancel.is_cancelled()) {
+        // Owned indices in, so the stream (and the run's future) stays `Send`.
+        let texts: Vec<&str> = missing.iter().map(|&i| records[i].output_text.as_str()).collect();
+        let texts = &texts;
+        let mut counts = stream::iter(0..texts.len())
+            .map(move |slot| async move { (slot, c.count(texts[slot], false).await) })
+            .buffer_unordered(RECOUNT_CONCURRENCY);
+        let collect = async {
+            while let Some((slot, n)) = counts.next().await {
+                counted[slot] = n.ok();
+            }
         };
-        match counted {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {}
+            _ = tokio::time::timeout_at(deadline, collect) => {}
+        }
+    }
+    for (&i, n) in missing.iter().zip(counted) {
+        let rec = &mut records[i];
+        match n {
             Some(n) => {
                 rec.output_tokens = Some(n as u32);
                 rec.token_count_source = Some(TokenCountSource::Tokenizer);

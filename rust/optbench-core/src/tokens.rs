@@ -5,12 +5,23 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::client::{build_http_client, exchange_error, server_root};
+use crate::client::{build_http_client, check_api_key, exchange_error, redirect_message, server_root};
 use crate::error::{CoreError, Result};
 
 /// Characters per token assumed when neither the server nor a tokenizer file can count.
 /// English prose with BPE vocabularies of 32k-128k entries averages about 4.
 pub const ESTIMATED_CHARS_PER_TOKEN: f64 = 4.0;
+
+/// The longest one `/tokenize` call may take (connecting included): tokenizing even a long
+/// text takes a server milliseconds, so a call this slow means a stuck server. A shorter
+/// request timeout (`timeout_s`) shortens it; see [`tokenize_timeout`].
+pub const TOKENIZE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The deadline of one `/tokenize` call for a run whose per-request deadline is
+/// `request_timeout`: the shorter of the two, [`TOKENIZE_TIMEOUT`] when there is none.
+pub fn tokenize_timeout(request_timeout: Option<Duration>) -> Duration {
+    request_timeout.map_or(TOKENIZE_TIMEOUT, |t| t.min(TOKENIZE_TIMEOUT))
+}
 
 /// A way of counting tokens.
 pub enum TokenCounter {
@@ -24,6 +35,8 @@ pub enum TokenCounter {
         model: String,
         /// Bearer key, if the server needs one.
         api_key: Option<String>,
+        /// Deadline of each call, connecting included.
+        timeout: Duration,
     },
     /// A Hugging Face `tokenizer.json`.
     File(Box<tokenizers::Tokenizer>),
@@ -56,20 +69,34 @@ impl TokenCounter {
         Ok(TokenCounter::File(Box::new(tok)))
     }
 
+    /// The server's `/tokenize` at `base_url`, each call bounded by `timeout`. Fails (as a
+    /// configuration error) on a bad base URL or API key; does not contact the server.
+    pub fn server(base_url: &str, model: &str, api_key: Option<&str>, timeout: Duration) -> Result<TokenCounter> {
+        if let Some(key) = api_key {
+            check_api_key(key)?;
+        }
+        Ok(TokenCounter::Server {
+            client: build_http_client(8)?,
+            url: format!("{}/tokenize", server_root(base_url)?),
+            model: model.to_string(),
+            api_key: api_key.map(str::to_string),
+            timeout,
+        })
+    }
+
     /// Picks the best counter: the server's `/tokenize` when it answers, else `tokenizer_path`
     /// when given, else the estimate. Returns the counter and a warning when it is the estimate.
+    /// `request_timeout` is the load test's per-request deadline (`timeout_s`): the probe and
+    /// every later call of a server counter are bounded by [`tokenize_timeout`] of it, so a
+    /// server that accepts connections and never answers costs that long, not more.
     pub async fn detect(
         base_url: &str,
         model: &str,
         api_key: Option<&str>,
         tokenizer_path: Option<&str>,
+        request_timeout: Option<Duration>,
     ) -> Result<(TokenCounter, Option<String>)> {
-        let server = TokenCounter::Server {
-            client: build_http_client(8)?,
-            url: format!("{}/tokenize", server_root(base_url)?),
-            model: model.to_string(),
-            api_key: api_key.map(str::to_string),
-        };
+        let server = TokenCounter::server(base_url, model, api_key, tokenize_timeout(request_timeout))?;
         let why = match server.count("hello world", true).await {
             Ok(n) if n > 0 => return Ok((server, None)),
             Ok(_) => "it returned no tokens".to_string(),
@@ -107,7 +134,7 @@ impl TokenCounter {
     /// to a prompt.
     pub async fn count(&self, text: &str, add_special: bool) -> Result<usize> {
         match self {
-            TokenCounter::Server { client, url, model, api_key } => {
+            TokenCounter::Server { client, url, model, api_key, timeout } => {
                 // llama.cpp reads `content`/`add_special`, vLLM reads `prompt`/`model`/
                 // `add_special_tokens`; each ignores the other's fields.
                 let body = serde_json::json!({
@@ -117,18 +144,25 @@ impl TokenCounter {
                     "add_special": add_special,
                     "add_special_tokens": add_special,
                 });
-                let mut req = client.post(url).json(&body).timeout(Duration::from_secs(30));
+                let mut req = client.post(url).json(&body).timeout(*timeout);
                 if let Some(k) = api_key {
                     req = req.bearer_auth(k);
                 }
-                let resp = req.send().await.map_err(|e| exchange_error(url, &e))?;
+                let failed = |e: &reqwest::Error| match e.is_timeout() {
+                    true => CoreError::Timeout(format!("{url} did not answer within {:.1} s", timeout.as_secs_f64())),
+                    false => exchange_error(url, e),
+                };
+                let resp = req.send().await.map_err(|e| failed(&e))?;
                 let status = resp.status();
+                if status.is_redirection() {
+                    return Err(CoreError::Http(format!("{url}: {}", redirect_message(status, resp.headers()))));
+                }
                 if !status.is_success() {
                     return Err(CoreError::Http(format!("{url} answered HTTP {}", status.as_u16())));
                 }
-                let parsed: TokenizeResponse = resp.json().await.map_err(|e| match exchange_error(url, &e) {
+                let parsed: TokenizeResponse = resp.json().await.map_err(|e| match failed(&e) {
                     CoreError::Http(_) => CoreError::Http(format!("{url} answered with unexpected JSON: {e}")),
-                    failed => failed,
+                    other => other,
                 })?;
                 parsed
                     .count

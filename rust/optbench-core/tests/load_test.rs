@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use optbench_core::client::{Endpoint, Prompt, RequestSettings};
 use optbench_core::metrics::Summary;
-use optbench_core::mock::{Fault, MockBehavior, MockServer};
+use optbench_core::mock::{Fault, MockBehavior, MockServer, MockTokenize};
 use optbench_core::record::{ErrorKind, TokenCountSource};
 use optbench_core::runner::{run_load_test, LoadTestConfig, LoadTestOutcome, Progress, StopReason};
 use optbench_core::schedule::{Arrival, Schedule};
+use optbench_core::tokens::{tokenize_timeout, TokenCounter, TOKENIZE_TIMEOUT};
+use optbench_core::CoreError;
 use tokio_util::sync::CancellationToken;
 
 fn settings(base_url: &str, endpoint: Endpoint, max_tokens: u32) -> RequestSettings {
@@ -253,4 +255,184 @@ async fn connections_are_reused_across_requests() {
     assert!(out.records.iter().all(|r| r.is_success()));
     let opened = server.connections_accepted();
     assert!(opened <= 6, "{opened} connections for 40 requests at concurrency 4");
+}
+
+fn no_usage(tokenize: MockTokenize) -> MockBehavior {
+    MockBehavior {
+        ttft: Duration::from_millis(5),
+        gap: Duration::from_millis(1),
+        tokens: 8,
+        fault: Fault::NoUsage,
+        tokenize,
+        ..MockBehavior::default()
+    }
+}
+
+/// A run of `n` requests without `usage`, recounted by the server's `/tokenize` with calls that
+/// may each take 30 s (the counter's old fixed timeout): only the run's own bounds stop a hang.
+async fn recount_run(
+    server: &MockServer,
+    n: usize,
+    request_timeout: Option<Duration>,
+    time_limit: Option<Duration>,
+    cancel: CancellationToken,
+) -> (LoadTestOutcome, Duration) {
+    let counter = TokenCounter::server(&server.base_url(), "mock", None, Duration::from_secs(30)).unwrap();
+    let mut cfg = closed(&server.base_url(), n, 4, 8);
+    cfg.request.request_timeout = request_timeout;
+    cfg.time_limit = time_limit;
+    let started = std::time::Instant::now();
+    let out = run_load_test(cfg, prompts(4), Arc::new(Progress::default()), cancel, Some(Arc::new(counter)))
+        .await
+        .expect("valid config");
+    (out, started.elapsed())
+}
+
+fn assert_chunk_counts(out: &LoadTestOutcome, n: usize) {
+    assert_eq!(out.records.len(), n);
+    for r in &out.records {
+        assert!(r.is_success(), "{:?}", r.error_message);
+        assert_eq!((r.output_tokens, r.token_count_source), (Some(8), Some(TokenCountSource::Chunks)));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_tokenize_is_bounded_by_the_request_timeout() {
+    let server = MockServer::start("127.0.0.1:0", no_usage(MockTokenize::Hang)).await.unwrap();
+    // Each recount may wait at most min(timeout_s, 10 s) = 1.5 s, all of them together too.
+    let (out, took) = recount_run(&server, 12, Some(Duration::from_millis(1500)), None, CancellationToken::new()).await;
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    assert_eq!(out.stop_reason, StopReason::Completed);
+    assert_chunk_counts(&out, 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_tokenize_is_bounded_by_the_time_limit() {
+    let server = MockServer::start("127.0.0.1:0", no_usage(MockTokenize::Hang)).await.unwrap();
+    // No request timeout: the recount gets what remains of the 1 s limit, and at least 1 s.
+    let limit = Duration::from_secs(1);
+    let (out, took) = recount_run(&server, 6, None, Some(limit), CancellationToken::new()).await;
+    assert!(took < Duration::from_millis(2600), "took {took:?}");
+    assert_chunk_counts(&out, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_cuts_the_recount_and_the_run_is_cancelled() {
+    let server = MockServer::start("127.0.0.1:0", no_usage(MockTokenize::Hang)).await.unwrap();
+    let cancel = CancellationToken::new();
+    let c2 = cancel.clone();
+    tokio::spawn(async move {
+        // The 3 requests take ~15 ms; the recount is hanging by now.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c2.cancel();
+    });
+    let (out, took) = recount_run(&server, 3, None, None, cancel).await;
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    assert_eq!(out.stop_reason, StopReason::Cancelled);
+    assert_chunk_counts(&out, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_working_tokenize_recounts_every_answer() {
+    let server = MockServer::start("127.0.0.1:0", no_usage(MockTokenize::Words)).await.unwrap();
+    let (out, _) = recount_run(&server, 20, Some(Duration::from_secs(5)), None, CancellationToken::new()).await;
+    for r in &out.records {
+        // " tok0 tok1 ... tok7": 8 words, counted without special tokens.
+        assert_eq!((r.output_tokens, r.token_count_source), (Some(8), Some(TokenCountSource::Tokenizer)));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tokenize_probe_waits_no_longer_than_timeout_s() {
+    // Accepts connections (the backlog) and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", silent.local_addr().unwrap());
+    let started = std::time::Instant::now();
+    let (counter, warning) =
+        TokenCounter::detect(&base, "m", None, None, Some(Duration::from_millis(500))).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert_eq!(counter.source_name(), "estimate");
+    assert!(warning.unwrap().contains("/tokenize"));
+    // Without a timeout_s the probe still gives up after TOKENIZE_TIMEOUT, not 30 s.
+    assert_eq!(tokenize_timeout(None), TOKENIZE_TIMEOUT);
+    assert!(TOKENIZE_TIMEOUT <= Duration::from_secs(10));
+    assert_eq!(tokenize_timeout(Some(Duration::from_secs(600))), TOKENIZE_TIMEOUT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_rows_naming_the_location_not_followed() {
+    // A 307 to another host that would answer: it used to be followed, silently.
+    let elsewhere = MockServer::start("127.0.0.1:0", MockBehavior::default()).await.unwrap();
+    let location = format!("{}/v1/completions", elsewhere.base_url());
+    let out = faulty(Fault::Redirect(307, location.clone()), None).await;
+    assert_all_failed(&out, ErrorKind::Http3xx, &format!("HTTP 307: redirected to {location}"));
+    assert!(elsewhere.log().is_empty(), "the redirect was followed");
+    // A 302 used to be labelled http_5xx.
+    let out = faulty(Fault::Redirect(302, "/moved".into()), None).await;
+    assert_all_failed(&out, ErrorKind::Http3xx, "redirected to /moved");
+    assert_eq!(out.records[0].http_status, Some(302));
+}
+
+/// A server that answers every request on every connection with `response`, then closes.
+async fn raw_server(response: Vec<u8>) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let response = Arc::new(response);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let response = response.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket.write_all(&response).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    (base, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_event_over_the_cap_fails_the_request_as_malformed() {
+    // One valid chunk whose text is 3 MiB, then [DONE]: it used to be buffered whole and parsed.
+    let text = "x".repeat(3 << 20);
+    let event = format!("data: {{\"choices\":[{{\"text\":\"{text}\"}}]}}\n\ndata: [DONE]\n\n");
+    let mut response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        event.len()
+    )
+    .into_bytes();
+    response.extend_from_slice(event.as_bytes());
+    let (base, task) = raw_server(response).await;
+    let out = run(closed(&base, 2, 2, 8)).await;
+    task.abort();
+    assert_eq!(out.records.len(), 2);
+    for r in &out.records {
+        assert_eq!(r.error_kind, Some(ErrorKind::MalformedChunk), "{:?}", r.error_message);
+        assert!(r.error_message.as_deref().unwrap().contains("MAX_EVENT_BYTES"));
+        assert!(r.output_text.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn bad_targets_fail_before_the_run() {
+    let cases = [
+        ("http://127.0.0.1:99999", None, "invalid port"),
+        ("http://127.0.0.1:8000/ v1", None, "space"),
+        ("ws://127.0.0.1:8000", None, "http://"),
+        ("http://127.0.0.1:8000/v1/chat/completions", None, "names an endpoint"),
+        ("http://127.0.0.1:8000", Some("key\n"), "api_key"),
+    ];
+    for (url, key, message) in cases {
+        let mut cfg = closed(url, 2, 2, 4);
+        cfg.request.api_key = key.map(str::to_string);
+        let progress = Arc::new(Progress::default());
+        let err = run_load_test(cfg, prompts(1), progress.clone(), CancellationToken::new(), None).await.unwrap_err();
+        assert!(matches!(&err, CoreError::Config(m) if m.contains(message)), "{url}: {err}");
+        assert_eq!(progress.snapshot().sent, 0);
+        let err = TokenCounter::detect(url, "m", key, None, Some(Duration::from_secs(1))).await.unwrap_err();
+        assert!(matches!(&err, CoreError::Config(m) if m.contains(message)), "{url}: {err}");
+    }
 }

@@ -115,6 +115,7 @@ fn main() {
                 Timer::Precise => MockTimer::Precise,
             },
             model: args.model.clone(),
+            ..MockBehavior::default()
         },
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("optbench-mock-server: {e}");

@@ -6,11 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use optbench_core::arrow::records_to_batch;
-use optbench_core::client::{build_http_client, server_root, Endpoint, Prompt, RequestInput, RequestSettings};
+use optbench_core::client::{Endpoint, Prompt, RequestInput, RequestSettings};
 use optbench_core::metrics::{Summary, METRIC_NAMES, STATISTIC_NAMES};
 use optbench_core::runner::{run_requests, LoadTestConfig, LoadTestOutcome, Progress, StopReason};
 use optbench_core::schedule::{Arrival, Schedule};
-use optbench_core::tokens::TokenCounter;
+use optbench_core::tokens::{tokenize_timeout, TokenCounter};
 use optbench_core::CoreError;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -178,20 +178,24 @@ impl LoadTest {
             journal,
         };
         config.validate(inputs.len()).map_err(PyCoreError)?;
+        // A bad base URL or API key is a ConfigError here, not a run of failed rows.
+        config.request.check_target().map_err(PyCoreError)?;
         // Prepare now so that a bad prompt, endpoint or URL fails here, not inside the run.
         for (i, input) in inputs.iter().enumerate() {
             config.request.prepare_input(input).map_err(|e| config_err(format!("request {i}: {e}")))?;
         }
         // Counts tokens of answers that come without `usage`: the tokenizer file when given,
-        // else the server's /tokenize (falling back to the chunk count if it has none).
+        // else the server's /tokenize (falling back to the chunk count if it has none or it
+        // does not answer in time; the recount is bounded by the run's own timeouts).
         let counter = match tokenizer {
             Some(path) => TokenCounter::from_file(&path).map_err(PyCoreError)?,
-            None => TokenCounter::Server {
-                client: build_http_client(2).map_err(PyCoreError)?,
-                url: format!("{}/tokenize", server_root(&config.request.base_url).map_err(PyCoreError)?),
-                model: config.request.model.clone(),
-                api_key: config.request.api_key.clone(),
-            },
+            None => TokenCounter::server(
+                &config.request.base_url,
+                &config.request.model,
+                config.request.api_key.as_deref(),
+                tokenize_timeout(config.request.request_timeout),
+            )
+            .map_err(PyCoreError)?,
         };
 
         let progress = Arc::new(Progress::default());
@@ -222,7 +226,8 @@ impl LoadTest {
     }
 
     /// Asks the run to stop: nothing new is sent and requests in flight end as `cancelled`
-    /// rows. Finished rows are kept. Returns at once; `wait()` for the end.
+    /// rows; the token recount of answers without `usage` is skipped or cut (they keep their
+    /// chunk counts). Finished rows are kept. Returns at once; `wait()` for the end.
     fn cancel(&self) {
         self.cancel.cancel();
     }

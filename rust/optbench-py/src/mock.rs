@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use optbench_core::mock::{Fault, MockBehavior, MockServer as CoreMockServer};
+use optbench_core::mock::{Fault, MockBehavior, MockServer as CoreMockServer, MockTokenize};
 use optbench_core::CoreError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -15,7 +15,8 @@ use crate::errors::{config_err, PyCoreError};
 /// of its own (for tests and for trying pipelines without a GPU). `fault` is one of `none`,
 /// `status` (answer HTTP `fault_arg`), `reset` (reset the connection after `fault_arg` tokens),
 /// `malformed` (a non-JSON chunk after `fault_arg` tokens), `no_done`, `slow_headers` (wait
-/// `fault_arg` ms before the headers) or `no_usage`.
+/// `fault_arg` ms before the headers) or `no_usage`. `tokenize` is how `POST /tokenize` is
+/// answered: `missing` (404), `words` (one token per whitespace-separated word) or `hang` (never).
 #[pyclass(frozen, module = "optbench._core")]
 pub struct MockServer {
     inner: Mutex<Option<CoreMockServer>>,
@@ -25,7 +26,9 @@ pub struct MockServer {
 #[pymethods]
 impl MockServer {
     #[new]
-    #[pyo3(signature = (*, ttft_ms=20.0, gap_ms=5.0, tokens=16, fault="none", fault_arg=0, host="127.0.0.1", port=0))]
+    #[pyo3(signature = (
+        *, ttft_ms=20.0, gap_ms=5.0, tokens=16, fault="none", fault_arg=0, host="127.0.0.1", port=0, tokenize="missing"
+    ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         ttft_ms: f64,
@@ -35,6 +38,7 @@ impl MockServer {
         fault_arg: u64,
         host: &str,
         port: u16,
+        tokenize: &str,
     ) -> PyResult<Self> {
         if !(ttft_ms >= 0.0 && gap_ms >= 0.0) {
             return Err(config_err("ttft_ms and gap_ms must be >= 0"));
@@ -49,11 +53,18 @@ impl MockServer {
             "no_usage" => Fault::NoUsage,
             other => return Err(config_err(format!("unknown fault {other:?}"))),
         };
+        let tokenize = match tokenize {
+            "missing" => MockTokenize::Missing,
+            "words" => MockTokenize::Words,
+            "hang" => MockTokenize::Hang,
+            other => return Err(config_err(format!("tokenize must be 'missing', 'words' or 'hang', got {other:?}"))),
+        };
         let behavior = MockBehavior {
             ttft: Duration::from_secs_f64(ttft_ms / 1e3),
             gap: Duration::from_secs_f64(gap_ms / 1e3),
             tokens,
             fault,
+            tokenize,
             ..MockBehavior::default()
         };
         let bind = format!("{host}:{port}");

@@ -1,19 +1,27 @@
 //! Bindings for prompts of a target length and token counting (`make_prompts`,
 //! `count_tokens`).
 
+use std::time::Duration;
+
 use optbench_core::prompts::synthetic_prompts;
 use optbench_core::tokens::TokenCounter;
 use pyo3::prelude::*;
 
+use crate::errors::config_err;
 use crate::native_call;
 
 /// Synthetic prompts of `input_tokens` tokens each, as the server counts them (its
 /// `/tokenize`, else `tokenizer` = a tokenizer.json path, else an estimate). Returns
 /// `(prompts, source, warning)` where source is `server`, `tokenizer` or `estimate` and warning
 /// is set for the estimate. Reproducible from `seed`; every prompt differs from the start.
-/// Runs without the GIL; Ctrl-C raises `KeyboardInterrupt`.
+/// `timeout_s` is the load test's per-request deadline: each `/tokenize` call (the probe
+/// included) waits at most that long, and never more than 10 s (`TOKENIZE_TIMEOUT`); a server
+/// that does not answer in time counts as one without `/tokenize`. A bad `base_url` or
+/// `api_key` raises `ConfigError`. Runs without the GIL; Ctrl-C raises `KeyboardInterrupt`.
 #[pyfunction]
-#[pyo3(signature = (base_url, model, num_prompts, input_tokens, *, seed=0, tokenizer=None, api_key=None))]
+#[pyo3(signature = (
+    base_url, model, num_prompts, input_tokens, *, seed=0, tokenizer=None, api_key=None, timeout_s=None
+))]
 #[allow(clippy::too_many_arguments)]
 fn make_prompts(
     py: Python<'_>,
@@ -24,10 +32,16 @@ fn make_prompts(
     seed: u64,
     tokenizer: Option<String>,
     api_key: Option<String>,
+    timeout_s: Option<f64>,
 ) -> PyResult<(Vec<String>, &'static str, Option<String>)> {
+    let timeout = match timeout_s {
+        None => None,
+        Some(t) if t > 0.0 && t.is_finite() => Some(Duration::from_secs_f64(t)),
+        Some(t) => return Err(config_err(format!("timeout_s must be a positive number of seconds, got {t}"))),
+    };
     native_call::block_on(py, move || async move {
         let (counter, warning) =
-            TokenCounter::detect(&base_url, &model, api_key.as_deref(), tokenizer.as_deref()).await?;
+            TokenCounter::detect(&base_url, &model, api_key.as_deref(), tokenizer.as_deref(), timeout).await?;
         let prompts = synthetic_prompts(&counter, num_prompts, input_tokens, seed, 8).await?;
         Ok((prompts, counter.source_name(), warning))
     })
