@@ -421,7 +421,9 @@ fn canonical_solutions_timed() {
             }
         })
         .collect();
-    let sb = sandbox();
+    // OPTBENCH_SANDBOX_FORK_SERVER=0: a fresh interpreter per program.
+    let fork_server = std::env::var("OPTBENCH_SANDBOX_FORK_SERVER").as_deref() != Ok("0");
+    let sb = Sandbox::new(SandboxConfig { fork_server, ..SandboxConfig::default() }).unwrap();
     let workers = 2;
     let started = Instant::now();
     let never = std::sync::atomic::AtomicBool::new(false);
@@ -438,11 +440,14 @@ fn canonical_solutions_timed() {
     let wall = started.elapsed();
     let failed: Vec<String> = results.iter().filter(|r| !r.passed()).map(|r| r.status.to_string()).collect();
     let mean_ms = results.iter().map(|r| r.duration.as_secs_f64()).sum::<f64>() / results.len() as f64 * 1e3;
+    let cpu_ms = results.iter().map(|r| r.cpu_time.as_secs_f64()).sum::<f64>() / results.len() as f64 * 1e3;
     eprintln!(
-        "{} canonical solutions, {workers} workers: {:.2} s wall, {mean_ms:.0} ms per run on average, {} failed {failed:?}",
+        "{} canonical solutions, {workers} workers: {:.2} s wall, {mean_ms:.0} ms per run on average \
+         ({cpu_ms:.0} ms CPU), {} failed {failed:?}",
         results.len(),
         wall.as_secs_f64(),
         failed.len()
     );
+    eprintln!("fork server: {}; notes: {:?}", results[0].isolation.fork_server, results[0].isolation.notes);
     assert!(failed.is_empty());
 }
