@@ -294,7 +294,7 @@ _main = types.ModuleType("__main__")
 _main.__dict__["__builtins__"] = __builtins__
 sys.modules["__main__"] = _main
 sys.argv[:] = ["-c", _run["mode"], str(_source), str(_control)]
-del _run, _fds, _source, _control, _sock, _const, _filters
+del _run, _fds, _source, _control
 
 
 def _end(code):
