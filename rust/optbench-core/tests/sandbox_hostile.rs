@@ -29,11 +29,6 @@ fn sandboxes() -> [Sandbox; 2] {
     both(SandboxConfig::default())
 }
 
-fn sandbox() -> Sandbox {
-    let [forked, _] = sandboxes();
-    forked
-}
-
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
