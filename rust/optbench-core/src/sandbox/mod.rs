@@ -1,7 +1,9 @@
 //! A sandbox for untrusted Python programs: the code scorer runs each HumanEval sample here.
 //!
-//! Every program runs in its own `python3 -I -B` process, in a fresh temporary directory that is
-//! removed afterwards, with:
+//! Every program runs in its own process, in a fresh temporary directory that is removed
+//! afterwards: forked from its worker's fork server (see [`fork_server`]; the default where it
+//! works, [`SandboxConfig::fork_server`]) or a freshly started `python3 -I -B`, with the same
+//! setup either way:
 //!
 //! - its own session and process group; a wall-clock timeout (and the program's own end) kills
 //!   the whole group with `SIGKILL`;
@@ -18,7 +20,9 @@
 //!   anywhere but the work directory (and `/dev/null`), TCP `bind`/`connect`, and signalling
 //!   or connecting to abstract Unix sockets outside the sandbox.
 //!
-//! What was achieved is reported per run as an [`Isolation`]; nothing silently pretends.
+//! What was achieved is reported per run as an [`Isolation`]; nothing silently pretends. A run
+//! through the fork server says so ([`Isolation::fork_server`]) with a note on what it shares
+//! with its worker's other programs (the fork server's address-space layout and hash seed).
 //!
 //! The program is executed the way HumanEval's reference harness executes it: compiled from
 //! its file and `exec`uted in fresh, empty globals (so `__name__` is not `"__main__"`), and it
