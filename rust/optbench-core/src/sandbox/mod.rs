@@ -142,6 +142,8 @@ pub struct Sandbox {
 /// its own process; `test` mode runs a completion and its test in two processes.
 const DRIVER: &str = include_str!("driver.py");
 const END_MARKER: &[u8] = b"\0optbench-sandbox-end\0";
+/// What the probe says when the program's uid cannot use the interpreter.
+const OUT_OF_REACH: &str = "out of reach of the sandbox uid";
 /// The probe run by [`Sandbox::new`]; it prints the interpreter's version. It checks that the
 /// program's uid can execute the interpreter and read its standard library: a fork server
 /// starts the interpreter before the child leaves the parent's uid.
@@ -188,7 +190,8 @@ impl Sandbox {
                     Ok(r) => format!("{}: probe {} {}", sandbox.python.display(), r.status, r.stderr.trim()),
                     Err(e) => format!("{}: {e}", sandbox.python.display()),
                 };
-                if fork_server_error.is_some() {
+                // An interpreter out of the sandbox uid's reach fails a fresh start too.
+                if fork_server_error.is_some() || failure.contains(OUT_OF_REACH) {
                     failures.push(failure);
                     break;
                 }
