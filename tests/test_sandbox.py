@@ -249,3 +249,20 @@ def test_isolation_is_reported_feature_by_feature():
         # What CI (root) gets on a kernel with namespaces; anything missing is said in the notes.
         missing = [k for k in ("ipc_namespace", "pid_namespace", "private_proc", "seccomp") if not isolation[k]]
         assert not missing or isolation["notes"], isolation
+
+
+@pytest.mark.parametrize("fork_server", [True, False])
+def test_fork_server_and_fresh_interpreter_score_alike(humaneval, fork_server):
+    """The code scorer's two paths give the same verdicts, and the report says which ran: the
+    fork server by default (where it works; its note says what its children share), a fresh
+    interpreter per program when asked (its note says so)."""
+    items = humaneval[:4]
+    completions = [item["canonical_solution"] for item in items[:2]] + ["    return None\n"] * 2
+    scores = score_humaneval(items, completions, workers=2, fork_server=fork_server)
+    assert [r.passed for r in scores.results] == [True, True, False, False]
+    isolation = scores.isolation
+    assert isolation["fork_server"] is fork_server, isolation["notes"]
+    note = "fork server: " if fork_server else "no fork server (turned off in the configuration)"
+    assert any(n.startswith(note) for n in isolation["notes"]), isolation["notes"]
+    _, isolation = run_programs(["print(1)"], fork_server=fork_server)
+    assert isolation["fork_server"] is fork_server

@@ -163,6 +163,9 @@ class Isolation(TypedDict):
     no_new_privs: bool
     limits: SandboxLimits
     wall_timeout_s: float
+    #: The programs' processes were forked from a fork server per worker (a pre-started
+    #: interpreter); False: a fresh interpreter each (``notes`` says why).
+    fork_server: bool
     notes: list[str]
 
 @final
@@ -280,6 +283,7 @@ def run_programs(
     cpu_s: int = 10,
     python: str | PathLike[str] | None = None,
     max_output_bytes: int = 65536,
+    fork_server: bool = True,
 ) -> tuple[list[ProgramResult], Isolation]: ...
 def run_tests(
     tests: list[tuple[str, str, str, str]],
@@ -290,5 +294,6 @@ def run_tests(
     cpu_s: int = 10,
     python: str | PathLike[str] | None = None,
     max_output_bytes: int = 65536,
+    fork_server: bool = True,
 ) -> tuple[list[ProgramResult], Isolation]: ...
 def humaneval_program(prompt: str, completion: str, test: str, entry_point: str) -> str: ...

@@ -1,12 +1,19 @@
 """Run untrusted Python programs in optbench's sandbox; score HumanEval completions.
 
-Each program runs in its own ``python3 -I -B`` process (Rust, ``optbench-core``'s ``sandbox``):
+Each program runs in its own process (Rust, ``optbench-core``'s ``sandbox``), by default forked
+from a fork server (one per worker: a ``python3 -I -B`` interpreter started once, which has
+imported the modules test programs commonly use and never sees a program), else a freshly
+started ``python3 -I -B``. Either way the process gets the same setup before the program runs:
 own session and process group, killed as a whole at the wall-clock timeout; limits on CPU
 time, address space, processes, file size and open files, no core dumps; an empty environment,
 stdin from ``/dev/null``, a fresh temporary working directory removed afterwards; a new network
 namespace where the kernel allows one; when run as root, an unprivileged uid of its own; and,
 where the kernel has Landlock, no writes outside the working directory and no TCP. The report
-returned with the results says which of these this machine actually gave.
+returned with the results says which of these this machine actually gave, and whether the fork
+server was used. Nothing a program does reaches the next one through the fork server: each
+child is a fresh fork of it (its memory, modules and environment as the fork server has them),
+with fresh namespaces, cgroup, uid and work directory; what forked children share is the fork
+server's address-space layout and str hash seed (the report's notes say so).
 
 Programs run the way HumanEval's reference harness runs them: ``exec`` of the whole program in
 fresh globals, which must return (``os._exit(0)`` or ``sys.exit(0)`` before the end fails, as
@@ -68,6 +75,7 @@ def run_programs(
     cpu_s: int = 10,
     python: str | os.PathLike[str] | None = None,
     max_output_bytes: int = 65536,
+    fork_server: bool = True,
 ) -> tuple[list[SandboxResult], _core.Isolation]:
     """Runs each program in the sandbox, ``workers`` at a time (None: one per CPU).
 
@@ -82,7 +90,12 @@ def run_programs(
     ``filesystem_writes_confined``, ``tcp_denied``, ``signals_scoped``, ``no_new_privs``,
     ``limits`` (the resource limits applied; ``processes`` None when not applied;
     ``program_memory_bytes`` / ``program_processes`` the whole program's, None without a cgroup),
-    ``wall_timeout_s`` and ``notes`` (why anything is missing).
+    ``wall_timeout_s``, ``fork_server`` and ``notes`` (why anything is missing).
+
+    ``fork_server`` (default True) runs the programs through a fork server per worker, which
+    saves each program the interpreter's start-up; where it cannot start or run the probe
+    program, each program starts a fresh interpreter and ``notes`` says why. False: a fresh
+    interpreter per program.
 
     ``python`` defaults to ``python3`` on PATH, else the system interpreter: under root,
     programs run as an unprivileged uid, which cannot start an interpreter installed under
@@ -101,6 +114,7 @@ def run_programs(
         cpu_s=cpu_s,
         python=None if python is None else os.fspath(python),
         max_output_bytes=max_output_bytes,
+        fork_server=fork_server,
     )
     return [SandboxResult(**d) for d in dicts], isolation
 
@@ -120,6 +134,7 @@ def run_tests(
     cpu_s: int = 10,
     python: str | os.PathLike[str] | None = None,
     max_output_bytes: int = 65536,
+    fork_server: bool = True,
 ) -> tuple[list[SandboxResult], _core.Isolation]:
     """Runs HumanEval-style tests, each ``(prompt, completion, test, entry_point)``, the way the
     code scorer does: ``prompt + completion`` in one sandboxed process, the test's
@@ -135,5 +150,6 @@ def run_tests(
         cpu_s=cpu_s,
         python=None if python is None else os.fspath(python),
         max_output_bytes=max_output_bytes,
+        fork_server=fork_server,
     )
     return [SandboxResult(**d) for d in dicts], isolation

@@ -18,10 +18,13 @@ use crate::native_call;
 /// run got. Limits: `timeout_s` wall clock per program (the whole process group is killed),
 /// `memory_mb` address space, `cpu_s` CPU time, `max_output_bytes` kept of stdout and of
 /// stderr each. `python`: the interpreter (None: `python3` on PATH or the system one, the
-/// first that runs as the sandbox's unprivileged uid). The GIL is released while programs
+/// first that runs as the sandbox's unprivileged uid). `fork_server`: run the programs through a
+/// fork server per worker (a pre-started interpreter that forks each program's process, with the
+/// same isolation), falling back to a fresh interpreter per program where it does not work (the
+/// isolation's `fork_server` and `notes` say which ran). The GIL is released while programs
 /// run; Ctrl-C kills the programs in flight and raises `KeyboardInterrupt`.
 #[pyfunction]
-#[pyo3(signature = (programs, *, workers=None, timeout_s=10.0, memory_mb=1024, cpu_s=10, python=None, max_output_bytes=65536))]
+#[pyo3(signature = (programs, *, workers=None, timeout_s=10.0, memory_mb=1024, cpu_s=10, python=None, max_output_bytes=65536, fork_server=true))]
 #[allow(clippy::too_many_arguments)]
 fn run_programs<'py>(
     py: Python<'py>,
@@ -32,8 +35,10 @@ fn run_programs<'py>(
     cpu_s: i64,
     python: Option<PathBuf>,
     max_output_bytes: i64,
+    fork_server: bool,
 ) -> PyResult<(Vec<Bound<'py, PyDict>>, Bound<'py, PyDict>)> {
     let (config, workers) = sandbox_config(workers, timeout_s, memory_mb, cpu_s, python, max_output_bytes)?;
+    let config = SandboxConfig { fork_server, ..config };
     // Ctrl-C sets the cancel flag, which kills the programs in flight within a tick.
     let (sb, results) = native_call::run_blocking(py, |cancel| {
         let sb = Sandbox::new(config)?;
@@ -49,7 +54,7 @@ fn run_programs<'py>(
 /// of the test, so that the completion cannot forge a pass. Parameters, results and isolation
 /// as [`run_programs`].
 #[pyfunction]
-#[pyo3(signature = (tests, *, workers=None, timeout_s=10.0, memory_mb=1024, cpu_s=10, python=None, max_output_bytes=65536))]
+#[pyo3(signature = (tests, *, workers=None, timeout_s=10.0, memory_mb=1024, cpu_s=10, python=None, max_output_bytes=65536, fork_server=true))]
 #[allow(clippy::too_many_arguments)]
 fn run_tests<'py>(
     py: Python<'py>,
@@ -60,12 +65,14 @@ fn run_tests<'py>(
     cpu_s: i64,
     python: Option<PathBuf>,
     max_output_bytes: i64,
+    fork_server: bool,
 ) -> PyResult<(Vec<Bound<'py, PyDict>>, Bound<'py, PyDict>)> {
     let tests: Vec<CodeTest> = tests
         .into_iter()
         .map(|(prompt, completion, test, entry_point)| CodeTest { prompt, completion, test, entry_point })
         .collect();
     let (config, workers) = sandbox_config(workers, timeout_s, memory_mb, cpu_s, python, max_output_bytes)?;
+    let config = SandboxConfig { fork_server, ..config };
     let (sb, results) = native_call::run_blocking(py, |cancel| {
         let sb = Sandbox::new(config)?;
         let results = sb.run_tests_cancellable(&tests, workers, cancel.flag())?;
@@ -172,6 +179,7 @@ fn isolation_dict<'py>(py: Python<'py>, iso: &Isolation) -> PyResult<Bound<'py, 
     d.set_item("no_new_privs", iso.no_new_privs)?;
     d.set_item("limits", limits)?;
     d.set_item("wall_timeout_s", iso.wall_timeout.as_secs_f64())?;
+    d.set_item("fork_server", iso.fork_server)?;
     d.set_item("notes", &iso.notes)?;
     Ok(d)
 }

@@ -35,7 +35,7 @@ pub(super) fn fd_above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
 }
 
 /// The steps of the child's setup, as reported on the control pipe when one fails.
-const SETUP_STEPS: [&str; 8] =
+pub(super) const SETUP_STEPS: [&str; 8] =
     ["setsid", "setrlimit", "setgroups", "setgid", "setuid", "fcntl", "fork into the PID namespace", "chdir"];
 
 /// Namespaces and mounts the child got, as bits of the setup header.
@@ -51,6 +51,7 @@ pub(super) mod got {
 
 /// Everything the child does between `fork` and `exec`, prepared before the fork (the child of
 /// a multi-threaded process may not allocate).
+#[derive(Clone)]
 pub(super) struct ChildSetup {
     rlimits: [(RlimitResource, libc::rlim_t, libc::rlim_t); 6],
     rlimit_count: usize,
@@ -120,6 +121,42 @@ impl ChildSetup {
             cgroup_procs: fds.cgroup_procs,
             seccomp: seccomp::filters().ok(),
         })
+    }
+
+    /// The same setup for a child of the fork server: the run's parameters as the JSON object
+    /// `fork_server.py` reads, and the descriptors it names by index (the child's stdout and
+    /// stderr are `stdout` and `stderr`).
+    pub(super) fn fork_server_request(&self, mode: &str, stdout: RawFd, stderr: RawFd) -> (Vec<u8>, Vec<RawFd>) {
+        let mut fds = vec![self.control_fd, self.source_fd, stdout, stderr];
+        let landlock = self.landlock.map(|(fd, _)| {
+            fds.push(fd);
+            fds.len() - 1
+        });
+        let mut cgroup_procs = Vec::new();
+        for fd in self.cgroup_procs.into_iter().filter(|&fd| fd >= 0) {
+            fds.push(fd);
+            cgroup_procs.push(fds.len() - 1);
+        }
+        let rlimits: Vec<(i64, libc::rlim_t, libc::rlim_t)> = self.rlimits[..self.rlimit_count]
+            .iter()
+            .map(|&(resource, soft, hard)| (resource as i64, soft, hard))
+            .collect();
+        let request = serde_json::json!({
+            "mode": mode,
+            "control": 0,
+            "source": 1,
+            "stdout": 2,
+            "stderr": 3,
+            "landlock": landlock,
+            "landlock_access": self.landlock.map_or(0, |(_, access)| access),
+            "cgroup_procs": cgroup_procs,
+            "new_user_namespace": self.new_user_namespace,
+            "rlimits": rlimits,
+            "run_as": self.run_as,
+            "workdir": self.workdir.to_string_lossy(),
+            "tmpfs_options": self.tmpfs_options.to_string_lossy(),
+        });
+        (request.to_string().into_bytes(), fds)
     }
 
     /// Runs in the child after `fork`: only async-signal-safe system calls. Mandatory steps

@@ -44,6 +44,11 @@ pub struct SandboxConfig {
     /// applied and the sandbox is much weaker. Default `60000..61000` (the range the `isolate`
     /// sandbox uses; these ids need no `/etc/passwd` entry).
     pub uids: Option<Range<u32>>,
+    /// Run programs through a fork server per worker (see the module documentation): a
+    /// pre-started interpreter that forks one child per program, which gets the same setup a
+    /// freshly started interpreter gets. Where the fork server cannot start or run the probe,
+    /// programs start a fresh interpreter each and the isolation report says why. Default true.
+    pub fork_server: bool,
 }
 
 impl Default for SandboxConfig {
@@ -60,6 +65,7 @@ impl Default for SandboxConfig {
             max_disk_files: 10_000,
             max_output_bytes: 64 << 10,
             uids: Some(60000..61000),
+            fork_server: true,
         }
     }
 }

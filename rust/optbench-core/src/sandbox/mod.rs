@@ -1,7 +1,9 @@
 //! A sandbox for untrusted Python programs: the code scorer runs each HumanEval sample here.
 //!
-//! Every program runs in its own `python3 -I -B` process, in a fresh temporary directory that is
-//! removed afterwards, with:
+//! Every program runs in its own process, in a fresh temporary directory that is removed
+//! afterwards: forked from its worker's fork server (see [`fork_server`]; the default where it
+//! works, [`SandboxConfig::fork_server`]) or a freshly started `python3 -I -B`, with the same
+//! setup either way:
 //!
 //! - its own session and process group; a wall-clock timeout (and the program's own end) kills
 //!   the whole group with `SIGKILL`;
@@ -18,7 +20,9 @@
 //!   anywhere but the work directory (and `/dev/null`), TCP `bind`/`connect`, and signalling
 //!   or connecting to abstract Unix sockets outside the sandbox.
 //!
-//! What was achieved is reported per run as an [`Isolation`]; nothing silently pretends.
+//! What was achieved is reported per run as an [`Isolation`]; nothing silently pretends. A run
+//! through the fork server says so ([`Isolation::fork_server`]) with a note on what it shares
+//! with its worker's other programs (the fork server's address-space layout and hash seed).
 //!
 //! The program is executed the way HumanEval's reference harness executes it: compiled from
 //! its file and `exec`uted in fresh, empty globals (so `__name__` is not `"__main__"`), and it
@@ -29,6 +33,7 @@
 mod cgroup;
 mod child;
 mod config;
+mod fork_server;
 mod landlock;
 mod python;
 mod report;
@@ -44,16 +49,19 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use crate::{CoreError, Result};
 
 use cgroup::RunCgroup;
+use child::SETUP_STEPS;
 use child::{fd_above_stdio, got, pipe_above_stdio, read_setup_failure, ChildFds, ChildSetup, SetupHeader};
 use config::applied_limits;
 pub use config::{AppliedLimits, SandboxConfig};
+use fork_server::ForkServer;
 use python::{default_python_candidates, resolve_python};
 pub use report::{Isolation, SandboxResult, Status};
-use supervise::{classify, supervise};
+use supervise::{classify, supervise, Leader};
 use uid_lease::UidLease;
 use workdir::WorkDir;
 
@@ -124,14 +132,25 @@ pub struct Sandbox {
     python: PathBuf,
     python_version: String,
     isolation: Isolation,
+    /// Idle fork servers, one per worker that has run a program (see [`fork_server`]).
+    fork_servers: Mutex<Vec<ForkServer>>,
+    /// Why programs start a fresh interpreter each: the fork server is off or did not work.
+    fork_server_error: Option<String>,
 }
 
 /// The Python driver of every run (see the file's comments): `program` mode runs a program in
 /// its own process; `test` mode runs a completion and its test in two processes.
 const DRIVER: &str = include_str!("driver.py");
 const END_MARKER: &[u8] = b"\0optbench-sandbox-end\0";
-/// The probe run by [`Sandbox::new`]; it prints the interpreter's version.
-const PROBE: &str = "import sys\nprint('%d.%d.%d' % sys.version_info[:3])\n";
+/// What the probe says when the program's uid cannot use the interpreter.
+const OUT_OF_REACH: &str = "out of reach of the sandbox uid";
+/// The probe run by [`Sandbox::new`]; it prints the interpreter's version. It checks that the
+/// program's uid can execute the interpreter and read its standard library: a fork server
+/// starts the interpreter before the child leaves the parent's uid.
+const PROBE: &str = "import os, sys\n\
+    assert os.access(sys.executable, os.X_OK) and os.access(os.path.dirname(os.__file__), os.R_OK | os.X_OK), \
+    'the interpreter or its standard library is out of reach of the sandbox uid'\n\
+    print('%d.%d.%d' % sys.version_info[:3])\n";
 
 impl Sandbox {
     /// Validates `config`, finds the interpreter and checks, by running a probe program, that
@@ -147,21 +166,36 @@ impl Sandbox {
         }
         let mut failures = Vec::new();
         for python in candidates {
-            // Filled in from the probe's result below.
-            let mut sandbox = Sandbox {
-                isolation: Isolation::unknown(&python, &config),
-                config: config.clone(),
-                python,
-                python_version: String::new(),
-            };
-            match sandbox.run(PROBE) {
-                Ok(r) if r.passed() => {
-                    sandbox.python_version = r.stdout.trim().to_string();
-                    sandbox.isolation = r.isolation;
-                    return Ok(sandbox);
+            // Through a fork server first (when configured), else a fresh interpreter each.
+            let mut fork_server_error = (!config.fork_server).then(|| "turned off in the configuration".to_string());
+            loop {
+                // Filled in from the probe's result below.
+                let mut sandbox = Sandbox {
+                    isolation: Isolation::unknown(&python, &config),
+                    config: config.clone(),
+                    python: python.clone(),
+                    python_version: String::new(),
+                    fork_servers: Mutex::new(Vec::new()),
+                    fork_server_error: fork_server_error.clone(),
+                };
+                let failure = match sandbox.run(PROBE) {
+                    Ok(r) if r.passed() && (r.isolation.fork_server || fork_server_error.is_some()) => {
+                        sandbox.python_version = r.stdout.trim().to_string();
+                        sandbox.isolation = r.isolation;
+                        return Ok(sandbox);
+                    }
+                    Ok(r) if r.passed() => {
+                        format!("{}: the probe did not run through the fork server", sandbox.python.display())
+                    }
+                    Ok(r) => format!("{}: probe {} {}", sandbox.python.display(), r.status, r.stderr.trim()),
+                    Err(e) => format!("{}: {e}", sandbox.python.display()),
+                };
+                // An interpreter out of the sandbox uid's reach fails a fresh start too.
+                if fork_server_error.is_some() || failure.contains(OUT_OF_REACH) {
+                    failures.push(failure);
+                    break;
                 }
-                Ok(r) => failures.push(format!("{}: probe {} {}", sandbox.python.display(), r.status, r.stderr.trim())),
-                Err(e) => failures.push(format!("{}: {e}", sandbox.python.display())),
+                fork_server_error = Some(failure);
             }
         }
         let who = if is_root() && config.uids.is_some() {
@@ -345,46 +379,37 @@ impl Sandbox {
         )
         .map_err(|e| sandbox_err("cannot prepare the child", e))?;
 
-        let mut command = Command::new(&self.python);
-        command
-            .args([
-                "-I",
-                "-B",
-                "-c",
-                DRIVER,
-                job.mode(),
-                &task.as_raw_fd().to_string(),
-                &ctl_write.as_raw_fd().to_string(),
-            ])
-            .env_clear()
-            .env("HOME", &workdir.path)
-            .env("TMPDIR", &workdir.path)
-            .current_dir(&workdir.path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        // SAFETY: `ChildSetup::apply` makes only async-signal-safe system calls on data
-        // prepared above (no allocation, no locks), as `pre_exec` requires after `fork`.
-        unsafe {
-            command.pre_exec(move || setup.apply());
+        // Through the fork server where there is one, else a freshly started interpreter.
+        let mut forked = None;
+        let mut server = self.fork_server_error.is_none().then(|| self.take_fork_server()).flatten();
+        if let Some(srv) = server.as_mut() {
+            match self.fork(srv, &setup, job) {
+                Ok(f) => forked = Some(f),
+                Err(e) => {
+                    notes.push(format!("the fork server failed ({e}): this program started a fresh interpreter"));
+                    server = None; // broken: ended on drop
+                }
+            }
         }
-        let spawned = command.spawn();
-        drop(ctl_write); // the child has its copy; ours must go for the pipe to end with it
-        drop(task);
-        let mut child = match spawned {
-            Ok(child) => child,
-            Err(e) => {
-                let detail = read_setup_failure(&ctl_read).unwrap_or_default();
-                return Err(sandbox_err(&format!("cannot start {}{detail}", self.python.display()), e));
+        let used_fork_server = forked.is_some();
+        let (leader_pid, stdout, stderr, child) = match forked {
+            Some((pid, stdout, stderr)) => (pid, stdout, stderr, None),
+            None => {
+                let mut child = self.spawn(&setup, job, &workdir.path, &task, &ctl_write, &ctl_read)?;
+                let stdout = OwnedFd::from(child.stdout.take().expect("piped stdout"));
+                let stderr = OwnedFd::from(child.stderr.take().expect("piped stderr"));
+                (child.id() as libc::pid_t, stdout, stderr, Some(child))
             }
         };
+        drop(ctl_write); // the child has its copy; ours must go for the pipe to end with it
+        drop(task);
         drop(ruleset); // the child holds the Landlock domain now
-
-        let stdout = OwnedFd::from(child.stdout.take().expect("piped stdout"));
-        let stderr = OwnedFd::from(child.stderr.take().expect("piped stderr"));
-        let pid = child.id() as libc::pid_t;
+        let leader = match (&child, server.as_mut()) {
+            (None, Some(srv)) => Leader::Forked(leader_pid, srv),
+            _ => Leader::Spawned(leader_pid),
+        };
         let supervised = supervise(
-            pid,
+            leader,
             [stdout, stderr, ctl_read],
             self.config.timeout,
             self.config.max_output_bytes,
@@ -392,6 +417,9 @@ impl Sandbox {
             stop,
         );
         drop(child); // already reaped by `supervise`; dropping a `Child` neither waits nor kills
+        if let Some(srv) = server {
+            self.return_fork_server(srv);
+        }
         let oom_killed = cgroup.as_ref().is_some_and(RunCgroup::oom_killed);
         let cgroup_version = cgroup.as_ref().map(|c| c.version);
         drop(cgroup); // removed once its processes are gone
@@ -402,8 +430,13 @@ impl Sandbox {
         }
         drop(lease);
         let Some(s) = supervised else { return Ok(None) };
+        if used_fork_server {
+            if let Some(failure) = forked_setup_failure(&s.control.head) {
+                return Err(failure);
+            }
+        }
 
-        let mut isolation = self.isolation_from_header(&s.control.head, run_as, limits, notes);
+        let mut isolation = self.isolation_from_header(&s.control.head, run_as, limits, notes, used_fork_server);
         if let Some(version) = cgroup_version {
             if isolation.memory_limit_whole_program {
                 isolation.cgroup = Some(version.to_string());
@@ -436,14 +469,96 @@ impl Sandbox {
         }))
     }
 
-    /// The isolation report from the header the child wrote before `exec`.
+    /// A fork server of the pool, or a new one; `None` if none starts (the run then starts a
+    /// fresh interpreter, and the note says why).
+    fn take_fork_server(&self) -> Option<ForkServer> {
+        if let Some(server) = self.fork_servers.lock().expect("fork server pool").pop() {
+            return Some(server);
+        }
+        ForkServer::start(&self.python).ok()
+    }
+
+    /// Puts a fork server back into the pool (one per worker that ran), unless it broke.
+    fn return_fork_server(&self, server: ForkServer) {
+        if !server.broken {
+            self.fork_servers.lock().expect("fork server pool").push(server);
+        }
+    }
+
+    /// Has `server` fork the run's child: its pid, and our ends of its stdout and stderr.
+    fn fork(
+        &self,
+        server: &mut ForkServer,
+        setup: &ChildSetup,
+        job: Job<'_>,
+    ) -> io::Result<(libc::pid_t, OwnedFd, OwnedFd)> {
+        let (stdout_read, stdout_write) = pipe_above_stdio()?;
+        let (stderr_read, stderr_write) = pipe_above_stdio()?;
+        let (request, fds) = setup.fork_server_request(job.mode(), stdout_write.as_raw_fd(), stderr_write.as_raw_fd());
+        let pid = server.fork(&request, &fds)?;
+        Ok((pid, stdout_read, stderr_read))
+    }
+
+    /// Starts the run's child as a fresh interpreter (`fork`, the setup, `exec`).
+    fn spawn(
+        &self,
+        setup: &ChildSetup,
+        job: Job<'_>,
+        workdir: &Path,
+        task: &OwnedFd,
+        ctl_write: &OwnedFd,
+        ctl_read: &OwnedFd,
+    ) -> Result<std::process::Child> {
+        let mut command = Command::new(&self.python);
+        command
+            .args([
+                "-I",
+                "-B",
+                "-c",
+                DRIVER,
+                job.mode(),
+                &task.as_raw_fd().to_string(),
+                &ctl_write.as_raw_fd().to_string(),
+            ])
+            .env_clear()
+            .env("HOME", workdir)
+            .env("TMPDIR", workdir)
+            .current_dir(workdir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let setup = setup.clone();
+        // SAFETY: `ChildSetup::apply` makes only async-signal-safe system calls on data
+        // prepared before (no allocation, no locks), as `pre_exec` requires after `fork`.
+        unsafe {
+            command.pre_exec(move || setup.apply());
+        }
+        command.spawn().map_err(|e| {
+            let detail = read_setup_failure(ctl_read).unwrap_or_default();
+            sandbox_err(&format!("cannot start {}{detail}", self.python.display()), e)
+        })
+    }
+
+    /// The isolation report from the header the child wrote before `exec` (or, `forked`, before
+    /// the fork server's child ran the driver).
     fn isolation_from_header(
         &self,
         head: &[u8],
         run_as: Option<u32>,
         limits: AppliedLimits,
         mut notes: Vec<String>,
+        forked: bool,
     ) -> Isolation {
+        if forked {
+            notes.push(
+                "fork server: the program's process is a fork of its worker's pre-started interpreter, \
+                 not a fresh one: it shares that interpreter's address-space layout (ASLR) and str hash \
+                 seed with the worker's other programs (its setup is a fresh interpreter's)"
+                    .to_string(),
+            );
+        } else if let Some(why) = &self.fork_server_error {
+            notes.push(format!("no fork server ({why}): each program started a fresh interpreter"));
+        }
         let header = SetupHeader::parse(head);
         let header_ok = header.is_some();
         if header.is_none() {
@@ -502,9 +617,21 @@ impl Sandbox {
             no_new_privs: h.no_new_privs,
             limits,
             wall_timeout: self.config.timeout,
+            fork_server: forked,
             notes,
         }
     }
+}
+
+/// The sandbox error for a child of the fork server whose setup failed (it reported the step
+/// and errno on the control pipe instead of the setup header), if it did.
+fn forked_setup_failure(control: &[u8]) -> Option<CoreError> {
+    let [b'E', step, errno, ..] = *control else { return None };
+    let step = SETUP_STEPS.get(step as usize).copied().unwrap_or("the setup");
+    Some(sandbox_err(
+        &format!("cannot start the program in the fork server ({step} failed in the child)"),
+        io::Error::from_raw_os_error(errno as i32),
+    ))
 }
 
 /// What per-process limits allow a whole program, for the isolation notes.

@@ -95,6 +95,9 @@ pub struct Isolation {
     pub limits: AppliedLimits,
     /// The wall-clock timeout.
     pub wall_timeout: Duration,
+    /// The program's process was forked from its worker's fork server (a pre-started
+    /// interpreter) rather than started as a fresh interpreter; its setup is the same.
+    pub fork_server: bool,
     /// Why something above is missing, one line each.
     pub notes: Vec<String>,
 }
@@ -121,6 +124,7 @@ impl Isolation {
             no_new_privs: false,
             limits: applied_limits(config, false),
             wall_timeout: config.timeout,
+            fork_server: false,
             notes: Vec::new(),
         }
     }
@@ -158,6 +162,7 @@ impl Isolation {
                 ..self.limits.clone()
             },
             wall_timeout: self.wall_timeout.max(other.wall_timeout),
+            fork_server: self.fork_server && other.fork_server,
             notes,
         }
     }

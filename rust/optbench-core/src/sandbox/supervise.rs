@@ -5,6 +5,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::child::{set_nonblocking, HEADER_LEN};
+use super::fork_server::ForkServer;
 use super::uid_lease::UidLease;
 use super::{errno, SandboxConfig, Status, Stop, END_MARKER};
 
@@ -63,17 +64,34 @@ pub(super) struct Supervised {
     pub(super) control: Capture,
 }
 
+/// The process a run started, which leads its process group.
+pub(super) enum Leader<'a> {
+    /// Our own child (spawned, then `exec`).
+    Spawned(libc::pid_t),
+    /// A child of the fork server, which reaps it when asked.
+    Forked(libc::pid_t, &'a mut ForkServer),
+}
+
+impl Leader<'_> {
+    fn pid(&self) -> libc::pid_t {
+        match self {
+            Leader::Spawned(pid) | Leader::Forked(pid, _) => *pid,
+        }
+    }
+}
+
 /// Reads the pipes while waiting for the program to end, the timeout or `stop`; then kills the
 /// process group (and, with a uid of its own, everything of that uid), drains the pipes and
-/// reaps the process. `None` when stopped.
+/// reaps the process (itself, or through the fork server). `None` when stopped.
 pub(super) fn supervise(
-    pid: libc::pid_t,
+    leader: Leader<'_>,
     fds: [OwnedFd; 3],
     timeout: Duration,
     max_output: usize,
     lease: Option<&UidLease>,
     stop: &dyn Stop,
 ) -> Option<Supervised> {
+    let pid = leader.pid();
     let start = Instant::now();
     let deadline = start + timeout;
     let mut captures = [
@@ -97,8 +115,12 @@ pub(super) fn supervise(
 
     let mut timed_out = false;
     let mut stopped = false;
+    let exited = || match &leader {
+        Leader::Spawned(pid) => leader_exited(*pid),
+        Leader::Forked(pid, _) => forked_exited(*pid, pidfd.as_ref()),
+    };
     loop {
-        if leader_exited(pid) {
+        if exited() {
             break;
         }
         let now = Instant::now();
@@ -126,21 +148,11 @@ pub(super) fn supervise(
         poll_and_read(&mut open, &mut captures, None, Duration::from_millis(20), &mut buf);
     }
 
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid; wait4 fills it and `status`.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let reaped = loop {
-        // SAFETY: wait4 on our own child, writing into `status` and `usage`, which we own.
-        match unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } {
-            r if r < 0 && errno() == libc::EINTR => continue,
-            r => break r == pid,
-        }
-    };
+    let (reaped, status, cpu_time) = reap(leader);
     drop(fds);
     if stopped {
         return None;
     }
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     let [stdout, stderr, control] = captures;
     Some(Supervised {
         timed_out,
@@ -148,11 +160,51 @@ pub(super) fn supervise(
         exit_code: (reaped && libc::WIFEXITED(status)).then(|| libc::WEXITSTATUS(status)),
         signal: (reaped && libc::WIFSIGNALED(status)).then(|| libc::WTERMSIG(status)),
         duration,
-        cpu_time: tv(usage.ru_utime) + tv(usage.ru_stime),
+        cpu_time,
         stdout,
         stderr,
         control,
     })
+}
+
+/// Reaps the leader: whether its status could be collected, the status and its CPU time (its
+/// own and that of the children it waited for).
+fn reap(leader: Leader<'_>) -> (bool, libc::c_int, Duration) {
+    match leader {
+        Leader::Spawned(pid) => {
+            let mut status = 0;
+            // SAFETY: an all-zero rusage is valid; wait4 fills it and `status`.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            let reaped = loop {
+                // SAFETY: wait4 on our own child, writing into `status` and `usage`, which we own.
+                match unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } {
+                    r if r < 0 && errno() == libc::EINTR => continue,
+                    r => break r == pid,
+                }
+            };
+            let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+            (reaped, status, tv(usage.ru_utime) + tv(usage.ru_stime))
+        }
+        Leader::Forked(pid, server) => match server.reap(pid) {
+            Ok(Some(r)) => (true, r.status, r.cpu_time),
+            _ => (false, 0, Duration::ZERO),
+        },
+    }
+}
+
+/// Whether a child of the fork server has exited (it stays a zombie until the fork server
+/// reaps it, so its pid and pgid stay reserved): its pidfd is readable, or, without one, its
+/// `/proc` entry says so or is gone.
+fn forked_exited(pid: libc::pid_t, pidfd: Option<&OwnedFd>) -> bool {
+    if let Some(fd) = pidfd {
+        let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: poll on one pollfd we own, without waiting.
+        return unsafe { libc::poll(&mut pfd, 1, 0) } > 0;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+        Err(_) => true,
+    }
 }
 
 /// Whether the process has exited, without reaping it (so its pid and pgid stay reserved).
