@@ -615,8 +615,8 @@ def update_readme(path: str | os.PathLike[str]) -> bool:
         cls = next(
             (
                 c
-                for c in (LoadTestOptions, EvaluationOptions)
-                if marker.startswith(f"<!-- generated from optbench.options.{c.__name__};")
+                for c in Options.__subclasses__()  # SearchOptions too (optbench.search)
+                if marker.startswith(f"<!-- generated from {c.__module__}.{c.__name__};")
             ),
             None,
         )

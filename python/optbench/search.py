@@ -93,7 +93,7 @@ class SearchOptions(Options):
     tolerance: float | None = option(
         None,
         "stop when the highest passing and first failing levels are this close"
-        " (None: 1 for a concurrency, 10% of the highest passing rate)",
+        " (None: 1 for a concurrency, a tenth of the highest passing rate)",
         above=0,
     )
     trials: int = option(3, "independent load tests per level", minimum=3, maximum=100)
