@@ -178,6 +178,15 @@ def test_judge_level_fails_on_any_requirement():
     assert verdict == FAIL and row["attainment_verdict"] == PASS and row["e2e_ms:p50<=50_verdict"] == FAIL
 
 
+def test_the_readme_table_of_search_options_is_the_generated_one():
+    from pathlib import Path
+
+    from optbench.options import markdown_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert markdown_table(SearchOptions) in readme, "run scripts/readme_tables.py"
+
+
 def test_the_search_needs_an_slo_and_sane_options():
     with pytest.raises(optbench.ConfigError, match="needs an SLO"):
         optbench.search("http://127.0.0.1:9", "m", results_dir=None)
