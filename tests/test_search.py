@@ -14,7 +14,8 @@ import pytest
 import optbench
 from optbench import slo
 from optbench.cli import main
-from optbench.report import speed_metrics_from_summary
+from optbench.report import render_markdown, speed_metrics_from_summary
+from optbench.slo import summary_columns
 from optbench.search import FAIL, INCONCLUSIVE, PASS, SearchOptions, judge_level, requirements, run_search
 from optbench.testing import MockServer, capacity_model
 
@@ -104,6 +105,21 @@ def test_a_load_test_reports_goodput_in_its_summary_row_and_results_csv():
     # results.csv of `optbench run` (report.py) takes them from the summary in the Parquet metadata.
     assert speed_metrics_from_summary(r.summary)["attainment"] == 0
     assert "attainment" not in speed_metrics_from_summary({**r.summary, "slo": None})
+    table = pd.DataFrame(
+        [
+            {
+                "configuration": "a",
+                "status": "ok",
+                "baseline": True,
+                "acceptable": True,
+                "output_token_throughput": 1.0,
+                "tokens_per_s_p50": 1.0,
+                **summary_columns(r.summary["slo"]),
+            }
+        ]
+    )
+    text, _ = render_markdown(table, [{"name": "a", "status": "ok", "engine": "mock", "model": "mock"}])
+    assert "| SLO attainment | goodput req/s | goodput tok/s |" in text and "SLO `ttft_ms<=1000, tpot_ms<=0.5`" in text
 
 
 def test_the_interval_is_the_wider_of_wilson_and_t():
