@@ -59,7 +59,10 @@ def capacity_model(
     ``active = min(concurrency, slots)`` requests are decoded at every moment, so every gap is
     ``gap_ms × (1 + gap_growth × (active − 1))`` and every request holds its slot for
     ``S = ttft_ms + (tokens − 1) × gap``. Slots are given first-come first-served; the queue
-    wait of each request follows from simulating that queue with the service time ``S``.
+    wait of each request follows from simulating that queue with the service time ``S``. The
+    model leaves out the run's tail: once fewer than ``concurrency`` requests remain to be sent,
+    fewer are decoded at once and the real gaps get shorter (at concurrency 6 with 20 requests,
+    the last 2 run with 2 active), so the server can do better than the model there.
 
     Returns one row per request, in the order they were sent, with the columns the SLO code
     reads (``optbench.slo``): ``request_id``, ``warmup`` (False), ``error_kind`` (None),
