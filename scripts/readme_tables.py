@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Rewrites README.md's option tables from optbench.options (LoadTestOptions, EvaluationOptions).
+"""Rewrites README.md's option tables (LoadTestOptions, EvaluationOptions, SearchOptions).
 
 Run it after adding or changing an option; tests/test_options.py fails while they differ.
 """

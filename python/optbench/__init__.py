@@ -12,6 +12,9 @@ In Jupyter, ``await optbench.aload_test(...)`` keeps the event loop free.
 
 Quality: ``optbench.evaluate(base_url, model, dataset="data/test_dataset.json")`` generates and
 scores answers (QA, math reasoning, chat, code); ``optbench.compare_quality`` gives the verdict.
+
+Capacity: ``optbench.search(base_url, model, slo={"ttft_ms": 500, "itl_ms": 50}, target=0.99)``
+finds the highest concurrency (or request rate) whose SLO attainment meets the target.
 """
 
 from optbench import datasets, embeddings, exceptions, sandbox, scoring, testing
@@ -26,6 +29,7 @@ from optbench.results import save_load_test
 from optbench.config import ServerConfig, load_config
 from optbench.report import build_report
 from optbench.run import run
+from optbench.search import SearchOptions, SearchResult, search
 from optbench.servers.engines import Server, serve
 from optbench.servers.llama_cpp import LlamaServer, embedded_server
 
@@ -47,6 +51,9 @@ __all__ = [
     "Server",
     "serve",
     "run",
+    "search",
+    "SearchOptions",
+    "SearchResult",
     "build_report",
     "embedded_server",
     "evaluate",

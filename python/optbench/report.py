@@ -31,6 +31,7 @@ from optbench.options import EvaluationOptions, LoadTestOptions
 from optbench.files import atomic_path, atomic_write_text
 from optbench.quality import QUALITY_THRESHOLD, acceptable, category_scores, overall_score
 from optbench.results import JOURNAL, load_journal
+from optbench.slo import summary_columns
 
 RESULTS_CSV = "results.csv"
 
@@ -54,6 +55,7 @@ def speed_metrics_from_summary(summary: dict[str, Any]) -> dict[str, float]:
         "output_token_throughput": float(summary["output_token_throughput"]) if window else float("nan"),
         "num_requests": int(summary["num_requests"]),
         "num_failed": int(summary["num_failed"]),
+        **summary_columns(summary.get("slo")),  # attainment and goodput under the run's SLO
     }
 
 
@@ -201,6 +203,16 @@ def _options_text(meta: dict[str, Any]) -> str:
     return "; ".join(parts) or "not recorded"
 
 
+def _slo_text(table: pd.DataFrame) -> str:
+    """RESULTS.md's sentence on the SLO (see ``optbench.slo``)."""
+    slos = ", ".join(f"`{s}`" for s in table["slo"].dropna().unique()) if "slo" in table else "–"
+    return (
+        f"SLO {slos}: a request is good when it succeeded and met every objective (ITL: its mean gap); "
+        "SLO attainment = good / finished requests; goodput = good requests (and their output tokens) "
+        "per second of the measured window."
+    )
+
+
 def render_markdown(
     table: pd.DataFrame, metas: list[dict[str, Any]], decision_png: str | None = None
 ) -> tuple[str, dict[str, Any]]:
@@ -231,6 +243,7 @@ def render_markdown(
         "are per-request percentiles over successful requests; throughputs are over the measured window. A "
         f"configuration is acceptable when its overall quality is at least {100 * (1 - QUALITY_THRESHOLD):.0f}% of "
         f"the baseline's (`{base['configuration']}`). Profile: `{m0.get('profile')}`.",
+        *(["", _slo_text(table)] if "attainment" in table else []),
         "",
         "Options that differ from the defaults (every option is in each configuration's `meta.json`):",
         "",
@@ -249,6 +262,9 @@ def render_markdown(
         ("e2e_p99_ms", "P99 E2E (ms)", 1),
         ("request_throughput", "req/s", 3),
         ("output_token_throughput", "output tok/s", 1),
+        ("attainment", "SLO attainment", 3),
+        ("goodput_rps", "goodput req/s", 3),
+        ("goodput_tps", "goodput tok/s", 1),
     ]
     cols += [(f"quality_{c}", c, 3) for c in CATEGORIES if f"quality_{c}" in table]
     cols += [
