@@ -317,32 +317,26 @@ def _server_section(metas: list[dict[str, Any]]) -> list[str]:
 def _gpu_section(table: pd.DataFrame, metas: list[dict[str, Any]]) -> list[str]:
     if not any("gpu_telemetry" in m or m.get("gpu_cost_per_hour") is not None for m in metas):
         return []
-    lines = ["### GPU telemetry, energy and cost", ""]
-    rows = table.set_index("configuration") if "configuration" in table else None
-    header = (
-        "| configuration | energy (J) | J per output token | J per request | mean power (W) | peak memory (MiB) "
-        "| utilisation (%) | cost per hour | cost per million output tokens |"
-    )
-    body = []
+    costs = dict(zip(table["configuration"], table["cost_per_million_output_tokens"]))
+    lines, body = ["### GPU telemetry, energy and cost", ""], []
     for m in metas:
         g = m.get("gpu_telemetry") or {}
-        r = rows.loc[m["name"]] if rows is not None and m["name"] in rows.index else {}
-        cost = r.get("cost_per_million_output_tokens") if len(r) else None
-        if not g.get("available") and m.get("gpu_cost_per_hour") is None:
-            if "gpu_telemetry" in m:
-                lines.append(f"- {m['name']}: {_telemetry.summary_line(g)}.")
-            continue
-        body.append(
-            f"| {m['name']} | {_f(g.get('energy_j'), ',.0f')} | {_f(g.get('energy_per_output_token_j'), '.3f')} "
-            f"| {_f(g.get('energy_per_request_j'), ',.1f')} | {_f(g.get('power_mean_w'), ',.0f')} "
-            f"| {_f(g.get('memory_peak_mib'), ',.0f')} | {_f(g.get('utilization_mean_pct'), '.0f')} "
-            f"| {_f(m.get('gpu_cost_per_hour'), ',.2f')} | {_f(cost, ',.3f')} |"
-        )
-        if not g.get("available") and "gpu_telemetry" in m:
+        if "gpu_telemetry" in m and not g.get("available"):
             lines.append(f"- {m['name']}: {_telemetry.summary_line(g)}.")
+        if g.get("available") or m.get("gpu_cost_per_hour") is not None:
+            body.append(
+                f"| {m['name']} | {_f(g.get('energy_j'), ',.0f')} | {_f(g.get('energy_per_output_token_j'), '.3f')} "
+                f"| {_f(g.get('energy_per_request_j'), ',.1f')} | {_f(g.get('power_mean_w'), ',.0f')} "
+                f"| {_f(g.get('memory_peak_mib'), ',.0f')} | {_f(g.get('utilization_mean_pct'), '.0f')} "
+                f"| {_f(m.get('gpu_cost_per_hour'), ',.2f')} | {_f(costs.get(m['name']), ',.3f')} |"
+            )
     if body:
-        lines += ["", header, "|---|---|---|---|---|---|---|---|---|", *body]
         lines += [
+            "",
+            "| configuration | energy (J) | J per output token | J per request | mean power (W) | peak memory (MiB) "
+            "| utilisation (%) | cost per hour | cost per million output tokens |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *body,
             "",
             "Energy is the GPUs' energy counter over the load test (warm-up included) divided by its output tokens "
             "and requests; cost per million output tokens is `gpu_cost_per_hour` (the configuration's setting) over "
