@@ -96,6 +96,8 @@ def test_sglang_commands():
     assert plain[plain.index("--model-path") + 1] == "meta-llama/Llama-3.1-8B-Instruct"
     assert "--enable-torch-compile" not in plain and "--enable-torch-compile" in compiled
     assert compiled[compiled.index("--mem-fraction-static") + 1] == "0.85"
+    # /metrics is read during load tests (optbench.server_metrics): SGLang serves it only when asked.
+    assert "--enable-metrics" in plain and "--enable-metrics" in compiled
 
 
 def test_weights_apart_from_the_served_name_and_every_key_becomes_its_flag(tmp_path):

@@ -424,6 +424,46 @@ def test_load_test_prompts_measured_by_vllms_tokenize_and_counts_from_usage(vllm
 
 
 @pytest.mark.timeout(600)
+def test_vllms_own_metrics_over_a_load_test_match_the_client(vllm):
+    """optbench.server_metrics reads vLLM's /metrics around a load test: its histograms hold
+    exactly these requests, its token counters moved by what the client counted, and its TTFT
+    and E2E percentiles sit within their bucket of the client's."""
+    from optbench.server_metrics import MetricsScraper, client_vs_server
+
+    with MetricsScraper(vllm.base_url, interval_s=0.5) as scraper:
+        r = optbench.load_test(
+            vllm.base_url,
+            MODEL,
+            num_requests=6,
+            concurrency=3,
+            input_tokens=64,
+            output_tokens=12,
+            ignore_eos=True,
+            progress=False,
+        )
+    df = r.requests
+    assert r.summary["num_succeeded"] == 6, df["error_message"].tolist()
+    s = scraper.summary()
+    assert s["available"] and s["engine"] == "vllm" and s["failed_scrapes"] == 0, s
+    hists = s["histograms"]
+    for key, family in (
+        ("ttft_ms", "vllm:time_to_first_token_seconds"),
+        ("e2e_ms", "vllm:e2e_request_latency_seconds"),
+        ("queue_ms", "vllm:request_queue_time_seconds"),
+    ):
+        assert hists[key]["metric"] == family and hists[key]["count"] == 6, (key, hists.get(key))
+    assert hists["itl_ms"]["count"] == 6 * 11  # one gap per token after the first
+    assert s["counters"]["generation_tokens"] == df["output_tokens"].sum()
+    assert s["counters"]["prompt_tokens"] == df["prompt_tokens"].sum()
+    assert 0 <= s["gauges"]["kv_cache_usage"]["max"] <= 1 and s["prefix_cache_hit_rate"] is not None
+    rows = {row["quantity"]: row for row in client_vs_server(df, s, None)}
+    for quantity in ("TTFT P50", "E2E P50"):
+        # The client's figure includes HTTP and vLLM's API server; it is never far below the
+        # server's, and within a bucket of it at most (the calibration adds its own error).
+        assert rows[quantity]["difference"] > -rows[quantity]["tolerance"], rows[quantity]
+
+
+@pytest.mark.timeout(600)
 def test_ignore_eos_is_what_makes_the_answer_run_to_max_tokens(vllm):
     """The same chat question with and without ignore_eos: the model's own answer ends early
     (finish_reason stop); with ignore_eos every answer is exactly max_tokens long."""

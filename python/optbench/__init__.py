@@ -10,6 +10,9 @@ Load-test OpenAI-compatible servers with a Rust streaming client whose numbers y
 
 In Jupyter, ``await optbench.aload_test(...)`` keeps the event loop free.
 
+How far to trust the numbers: ``optbench.calibrate(concurrency=8)`` measures this machine's client
+error against a mock server with known timings (``optbench run`` does it before each load test).
+
 Quality: ``optbench.evaluate(base_url, model, dataset="data/test_dataset.json")`` generates and
 scores answers (QA, math reasoning, chat, code); ``optbench.compare_quality`` gives the verdict.
 
@@ -27,6 +30,7 @@ from optbench.prompts import PromptSet, load_user_prompts, synthetic_prompts
 from optbench.quality import compare_quality
 from optbench.results import save_load_test
 from optbench.config import ServerConfig, load_config
+from optbench.calibration import Calibration, calibrate
 from optbench.report import build_report
 from optbench.run import run
 from optbench.search import SearchOptions, SearchResult, search
@@ -55,6 +59,8 @@ __all__ = [
     "SearchOptions",
     "SearchResult",
     "build_report",
+    "calibrate",
+    "Calibration",
     "embedded_server",
     "evaluate",
     "aevaluate",

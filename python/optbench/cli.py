@@ -11,6 +11,7 @@ optbench serve [--print-command] CONFIG                    start a configuration
 optbench run CONFIG [CONFIG ...] [--profile quick]         the whole comparison: results.csv + RESULTS.md
 optbench run CONFIG [CONFIG ...] --ray [ADDRESS]           ... one Ray task per configuration on a Ray cluster
 optbench report [RUN_DIR]                                  rebuild results.csv + RESULTS.md from Parquet
+optbench calibrate [--concurrency N]                       this machine's client error against the mock server
 optbench info                                              versions, build, where things are
 """
 
@@ -316,10 +317,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         ray=ray,
         ray_storage=args.ray_storage,
+        calibrate=not args.no_calibrate,
     )
     print(report["markdown"])
     print(f"wrote {report['csv']} and {report['report']}", file=sys.stderr)
     return 0 if (report["table"]["status"] == "ok").any() else 1
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from optbench.calibration import calibrate
+
+    c = calibrate(
+        args.concurrency,
+        output_tokens=args.output_tokens,
+        gap_ms=args.gap_ms,
+        ttft_ms=args.ttft_ms,
+        num_requests=args.num_requests,
+        endpoint=args.endpoint,
+    )
+    print(json.dumps(c.to_dict(), indent=2) if args.json else c.line())
+    return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -459,8 +476,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URI",
         help="a folder (shared by the nodes and this machine) or URI (s3://, gs://, hdfs://) the tasks "
         "write their files to, for the driver to copy; default: the tasks return them to the driver",
+    p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="skip the client's self-calibration against the mock server before each load test (a few seconds)",
     )
     p.set_defaults(func=_cmd_run)
+    _add_calibrate_command(sub)
     p = sub.add_parser("report", help="rebuild results.csv and RESULTS.md from a run's Parquet files")
     p.add_argument("run_dir", nargs="?", default=None, help="results/runs/<run id> (default: the newest)")
     p.add_argument("--results-dir", default="results")
@@ -489,6 +511,40 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="versions, build profile and where the embedded server is")
     p.set_defaults(func=_cmd_info)
     return parser
+
+
+def _add_calibrate_command(sub: Any) -> None:
+    from optbench import calibration as c
+
+    p = sub.add_parser("calibrate", help="measure this machine's client error (TTFT, ITL, CPU) against the mock server")
+    p.add_argument("--concurrency", type=_count(1, 4096), default=8, help="requests in flight, 1 to 4096 (default 8)")
+    p.add_argument(
+        "--output-tokens",
+        type=_count(2, 100_000),
+        default=c.DEFAULT_OUTPUT_TOKENS,
+        help=f"tokens per stream, 2 to 100000 (default {c.DEFAULT_OUTPUT_TOKENS})",
+    )
+    p.add_argument(
+        "--gap-ms",
+        type=float,
+        default=c.DEFAULT_GAP_MS,
+        help=f"the mock's gap between tokens (default {c.DEFAULT_GAP_MS:g})",
+    )
+    p.add_argument(
+        "--ttft-ms",
+        type=float,
+        default=c.DEFAULT_TTFT_MS,
+        help=f"the mock's time to first token (default {c.DEFAULT_TTFT_MS:g})",
+    )
+    p.add_argument(
+        "--num-requests",
+        type=_count(1, 1_000_000),
+        default=None,
+        help=f"requests (default: about {c.TARGET_SECONDS:g} s of streams, at least two per slot)",
+    )
+    p.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
+    p.add_argument("--json", action="store_true", help="print every figure as JSON")
+    p.set_defaults(func=_cmd_calibrate)
 
 
 class _Terminated(KeyboardInterrupt):

@@ -9,6 +9,7 @@ A configuration says which engine serves which model, and how::
     port = 8000                          # host defaults to 127.0.0.1
     baseline = false                     # the configuration others are compared with
     ready_timeout_s = 1200               # how long the server may take to load
+    gpu_cost_per_hour = 3.50             # the hourly price of its GPUs: cost per million output tokens
     env = { VLLM_LOGGING_LEVEL = "INFO" }
 
     [server]                             # engine settings: each engine class's `keys`
@@ -51,6 +52,8 @@ from optbench.jsonl import not_utf8
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 #: The longest a server may take to load, in seconds (a day).
 MAX_READY_TIMEOUT_S = 86_400
+#: The highest hourly GPU price a configuration may give (a typing slip beyond it is an error).
+MAX_GPU_COST_PER_HOUR = 1_000_000
 
 TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str,
@@ -61,6 +64,7 @@ TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "port": int,
     "baseline": bool,
     "ready_timeout_s": (int, float),
+    "gpu_cost_per_hour": (int, float),
     "env": dict,
     "server": dict,
     "load_test": dict,
@@ -97,6 +101,9 @@ class ServerConfig:
     port: int | None = None
     baseline: bool = False
     ready_timeout_s: float = 600.0
+    #: The hourly price of the GPUs the configuration runs on (any currency): the report's cost
+    #: per million output tokens. None: no cost.
+    gpu_cost_per_hour: float | None = None
     env: dict[str, str] = field(default_factory=dict)
     server: dict[str, Any] = field(default_factory=dict)
     load_test: dict[str, Any] = field(default_factory=dict)
@@ -199,6 +206,11 @@ def parse_config(data: dict[str, Any], where: str = "<config>", path: Path | Non
         raise ConfigError(
             f"{where}: key 'ready_timeout_s' must be above 0 and at most {MAX_READY_TIMEOUT_S}, got {ready_timeout_s}"
         )
+    cost = data.get("gpu_cost_per_hour")
+    if cost is not None and not 0 <= cost <= MAX_GPU_COST_PER_HOUR:
+        raise ConfigError(
+            f"{where}: key 'gpu_cost_per_hour' must be from 0 to {MAX_GPU_COST_PER_HOUR} (an hourly price), got {cost}"
+        )
     name = data.get("name") or (path.stem if path else engine)
     check_name(name, where, "key 'name'" if data.get("name") else "the file's name (set key 'name')")
     return ServerConfig(
@@ -211,6 +223,7 @@ def parse_config(data: dict[str, Any], where: str = "<config>", path: Path | Non
         port=port,
         baseline=data.get("baseline", False),
         ready_timeout_s=float(ready_timeout_s),
+        gpu_cost_per_hour=None if cost is None else float(cost),
         env=dict(env),
         server=server,
         load_test=load_test,

@@ -21,13 +21,14 @@ from urllib.parse import urlparse
 import pandas as pd
 import pyarrow as pa
 
-from optbench import _core
+from optbench import _core, evidence
 from optbench.files import atomic_write_text
 from optbench.driver import Progress, adrive, drive, records_table, resolve_api_key, start_run, write_parquet
 from optbench.options import LoadTestOptions
 from optbench.prompts import PromptSet, load_user_prompts, synthetic_prompts
 from optbench.slo import evaluate as evaluate_slo
 from optbench.slo import summary_columns
+from optbench.server_metrics import server_timing_columns, server_timing_summary
 from optbench.urls import without_credentials
 
 #: The metrics of ``summary["metrics"]`` (the Rust core's names, in its order).
@@ -43,12 +44,18 @@ class LoadTestResult:
     Attributes:
         requests: one row per request (warm-up rows included with ``warmup=True``): every field
             of the per-request record plus the derived ``ttft_ms``, ``e2e_ms``, ``tokens_per_s``,
-            ``tpot_ms``, ``queue_delay_ms`` and the per-request ``itl_ms`` list.
+            ``tpot_ms``, ``queue_delay_ms`` and the per-request ``itl_ms`` list; where the server
+            reports its own timings (llama.cpp), ``server_prompt_ms``, ``server_decode_ms``,
+            ``server_prompt_tokens``, ``server_cached_tokens``, ``server_output_tokens`` and
+            ``ttft_minus_server_prompt_ms`` (see :mod:`optbench.server_metrics`).
         summary: aggregates over measured requests: counts, ``failures_by_kind``,
             ``duration_s``, ``request_throughput``, ``output_token_throughput`` and
             ``metrics[name][stat]`` for each metric in :data:`METRICS` and stat in ``count`` +
             :data:`STATS`; with an ``slo`` option, ``slo``: attainment (with its Wilson
-            interval) and goodput (``optbench.slo.evaluate``).
+            interval) and goodput (``optbench.slo.evaluate``); ``server_timings`` where the
+            server reported its own (the P50 / P99 / mean of its prompt time and of TTFT minus
+            it). ``optbench run`` adds
+            ``calibration``, ``server_metrics`` and ``gpu_telemetry`` (:mod:`optbench.evidence`).
         config: the parameters of the run: ``base_url``, ``model`` and every option, as JSON
             values (what the Parquet metadata records).
         label: a name for the run in tables.
@@ -147,6 +154,7 @@ class LoadTestResult:
                 f"goodput {g['goodput_rps']:.3f} req/s, {g['goodput_tps']:.1f} tok/s"
                 + ("" if g["slo_met"] is None else f" | percentile objectives {'met' if g['slo_met'] else 'MISSED'}")
             )
+        lines.extend(evidence.summary_lines(s))  # calibration, the server's view, GPU telemetry
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
 
@@ -182,10 +190,13 @@ def _result(
     run: _core.LoadTest, config: dict[str, Any], label: str, prompt_set: PromptSet, options: LoadTestOptions
 ) -> LoadTestResult:
     table = records_table(run)
-    df = table.to_pandas()
+    df = server_timing_columns(table.to_pandas())  # llama.cpp's own timings as columns
     stop_reason = run.stop_reason()
     warns = list(prompt_set.warnings)
     summary = dict(run.summary())
+    timings = server_timing_summary(df)
+    if timings is not None:
+        summary["server_timings"] = timings
     if summary["num_token_counts_estimated"]:
         warns.append(
             f"{summary['num_token_counts_estimated']} responses had no usage and no tokenizer could "

@@ -25,6 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from optbench import evidence
 from optbench.datasets import CATEGORIES
 from optbench.exceptions import ConfigError
 from optbench.options import EvaluationOptions, LoadTestOptions
@@ -149,6 +150,7 @@ def _config_row(meta: dict[str, Any]) -> dict[str, Any]:
             row.update(quality_metrics(pd.read_parquet(d / "samples.parquet")))
         except UNREADABLE as e:
             problems.append(f"samples.parquet is unreadable ({type(e).__name__}: {e})")
+    row.update(evidence.columns(meta))  # calibration, the server's view, GPU telemetry and cost
     if problems:
         if meta["status"] == "ok":
             meta["status"] = "failed"
@@ -287,7 +289,8 @@ def render_markdown(
             f"![Speed against quality: the baseline's {100 * QUALITY_THRESHOLD:.0f}% band is shaded, "
             f"acceptable configurations are filled]({decision_png})",
         ]
-    lines += ["", "## Findings", ""]
+    lines += ["", *evidence.markdown(table, metas)]
+    lines += ["## Findings", ""]
     if best is not None:
         speedup = (
             best["output_token_throughput"] / base["output_token_throughput"]

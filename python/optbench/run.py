@@ -37,6 +37,8 @@ from typing import Any, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from optbench import evidence
+from optbench.calibration import summary_line as calibration_line
 from optbench.config import ServerConfig, load_config, run_settings
 from optbench.datasets import build_test_dataset
 from optbench.evaluate import evaluate
@@ -136,10 +138,15 @@ def ensure_dataset(dataset: str | os.PathLike[str], source: str | None) -> Path:
     return path
 
 
-def run_one(cfg: ServerConfig, run_dir: Path, profile: str, dataset: Path | None, progress: bool) -> ConfigOutcome:
+def run_one(
+    cfg: ServerConfig, run_dir: Path, profile: str, dataset: Path | None, progress: bool, calibrate: bool = True
+) -> ConfigOutcome:
     """Serves, load-tests and evaluates one configuration; never raises for the configuration's
     own failures (they are recorded in meta.json). Ctrl-C or SIGTERM keeps the finished
-    requests, records the configuration as ``interrupted`` and raises KeyboardInterrupt."""
+    requests, records the configuration as ``interrupted`` and raises KeyboardInterrupt.
+    With ``calibrate`` the client's error is measured first (:mod:`optbench.calibration`);
+    the server's ``/metrics`` and the GPUs are watched during the load test
+    (:mod:`optbench.evidence`)."""
     out = run_dir / cfg.name
     _set_aside_earlier_attempt(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -158,6 +165,7 @@ def run_one(cfg: ServerConfig, run_dir: Path, profile: str, dataset: Path | None
         "evaluation": ev.to_dict(),
         "started_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "status": "running",
+        "gpu_cost_per_hour": cfg.gpu_cost_per_hour,
     }
     phase = "start"
 
@@ -171,10 +179,22 @@ def run_one(cfg: ServerConfig, run_dir: Path, profile: str, dataset: Path | None
         _log(f"{cfg.name}: starting {cfg.engine} ({cfg.model})")
         with serve(cfg, log_dir=out) as server:
             meta.update(base_url=server.base_url, engine_version=server.version, gpu=server.gpu)
+            if calibrate:
+                enter("calibration")
+                meta["calibration"] = evidence.calibrate_for(lt)
+                _log(f"{cfg.name}: {calibration_line(meta['calibration'])}")
             enter("load test")
             _log(f"{cfg.name}: load test ({lt.num_requests} requests, concurrency {lt.concurrency})")
             journal = out / LOAD_TEST_JOURNAL
-            result = load_test(server.base_url, server.model, lt, label=cfg.name, progress=progress, journal=journal)
+            env = {**os.environ, **cfg.env}  # the server's: its CUDA_VISIBLE_DEVICES
+            observer = evidence.Observer(
+                server.base_url, gpus=cfg.engine != "openai", env=env, api_key_env=lt.api_key_env
+            )
+            with observer as seen:
+                result = load_test(
+                    server.base_url, server.model, lt, label=cfg.name, progress=progress, journal=journal
+                )
+            meta.update(seen.record(result, meta.get("calibration")))
             result.to_parquet(out / "requests.parquet")
             _remove_journal(journal)
             if result.stop_reason == "cancelled":
@@ -271,6 +291,7 @@ def run(
     progress: bool = True,
     ray: bool | str | None = None,
     ray_storage: str | None = None,
+    calibrate: bool = True,
 ) -> dict[str, Any]:
     """Runs every configuration in turn and writes ``results/results.csv`` and RESULTS.md.
 
@@ -282,7 +303,9 @@ def run(
     requests, writes the report of what finished, then raises KeyboardInterrupt. ``ray``: run
     the configurations as tasks on a Ray cluster instead (``True``: Ray's default cluster, else
     its address; ``ray_storage``: a folder or URI the tasks send their files through; see
-    :mod:`optbench.ray_runner`). Returns the report (see :func:`optbench.report.build_report`)."""
+    :mod:`optbench.ray_runner`).     ``calibrate=False`` skips the client's self-calibration before each load test (a few
+    seconds against optbench's mock server; see :mod:`optbench.calibration`). Returns the
+    report (see :func:`optbench.report.build_report`)."""
     from optbench.report import build_report
 
     profile_named(profile)  # an unknown name fails before any server starts
@@ -322,7 +345,7 @@ def run(
                 _log(f"configuration {i}/{len(cfgs)}: {cfg.name} is complete in {run_dir}: skipped")
                 continue
             _log(f"configuration {i}/{len(cfgs)}: {cfg.name}")
-            run_one(cfg, run_dir, profile, data, progress)
+            run_one(cfg, run_dir, profile, data, progress, calibrate)
     except KeyboardInterrupt:
         _log(f"interrupted: writing the report of what finished; continue with --resume (run {run_dir.name})")
         with contextlib.suppress(OptbenchError):

@@ -2,7 +2,8 @@
 
 The module entry point works in every SGLang version checked (0.5.12, 0.5.23; newer ones also
 have ``sglang serve``) and in every packaging, through the interpreter named by
-``server.python``.
+``server.python``. ``--enable-metrics`` is always passed: optbench reads the server's
+Prometheus ``/metrics`` during a load test (``optbench.server_metrics``).
 """
 
 from __future__ import annotations
@@ -35,3 +36,6 @@ class SglangEngine(PythonModuleEngine):
         "tokenizer_path": Key(str, "--tokenizer-path", "a tokenizer folder or hub id other than the model's"),
         "extra_args": EXTRA_ARGS,
     }
+
+    def command(self, port: int, python: str | None = None) -> list[str]:
+        return super().command(port, python) + ["--enable-metrics"]
