@@ -476,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URI",
         help="a folder (shared by the nodes and this machine) or URI (s3://, gs://, hdfs://) the tasks "
         "write their files to, for the driver to copy; default: the tasks return them to the driver",
+    )
     p.add_argument(
         "--no-calibrate",
         action="store_true",
