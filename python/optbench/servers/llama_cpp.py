@@ -308,7 +308,8 @@ class LlamaCppEngine(Engine):
         return llama_server_version(find_llama_server(self.cfg.server.get("binary")))
 
     def start(self, port: int, log_path: Path) -> str:
-        self.server = self._server(port, log_path).start()
+        self.server = self._server(port, log_path)  # kept first, so stop() reaches a start that fails
+        self.server.start()
         self.process = self.server.process
         self.port = port
         self.running_version = self.server.version or "unknown"
