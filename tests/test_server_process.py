@@ -169,16 +169,19 @@ def test_an_interrupted_serve_start_stops_the_server(monkeypatch, tmp_path, how)
     before = llama_children()
     server = optbench.serve(CONFIGS / "embedded.toml")
     _interrupt_health_polls(monkeypatch, how)
-    with pytest.raises(KeyboardInterrupt if how == "sigint" else RuntimeError):
+    # The traceback is kept, as an interactive session keeps the last one: that keeps the
+    # started objects alive, so their garbage collection cannot be what stops the server.
+    with pytest.raises(KeyboardInterrupt if how == "sigint" else RuntimeError) as first:
         server.start()  # not as a context manager: start() itself cleans up
     left = llama_children() - before
     for pid in left:
         kill_group(pid)
     assert not left, "the configuration's llama-server still runs after its start was interrupted"
-    with pytest.raises(KeyboardInterrupt if how == "sigint" else RuntimeError):
+    with pytest.raises(KeyboardInterrupt if how == "sigint" else RuntimeError) as second:
         with optbench.serve(CONFIGS / "embedded.toml"):
             pass
     left = llama_children() - before
+    assert first.traceback and second.traceback
     for pid in left:
         kill_group(pid)
     assert not left, "the configuration's llama-server still runs after its start in `with` was interrupted"
