@@ -25,6 +25,7 @@ from optbench.exceptions import ServerStartError
 from optbench.servers.engines import print_command
 from optbench.servers.llama_cpp import LlamaServer
 from optbench.servers.probe import check_model, listed_models
+from optbench.servers.process import ManagedProcess
 
 pytestmark = [pytest.mark.llama, pytest.mark.slow]
 
@@ -119,6 +120,50 @@ def test_a_server_started_from_a_thread_dies_with_its_killed_process(tmp_path):
             kill_group(pid)
 
 
+_STARTS_A_SERVER_THAT_IGNORES_SIGTERM = """
+import sys, time
+from optbench.servers import process
+process.ORPHAN_GRACE_S = 1.0
+code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(600)"
+p = process.ManagedProcess([sys.executable, "-c", code], log_path=sys.argv[1])
+deadline = time.monotonic() + 30
+while "up" not in p.log_tail() and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(p.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_server_that_ignores_sigterm_is_killed_after_its_caller_dies(tmp_path):
+    child = subprocess.Popen(
+        [sys.executable, "-c", _STARTS_A_SERVER_THAT_IGNORES_SIGTERM, str(tmp_path / "log")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    pid = None
+    try:
+        pid = int(child.stdout.readline()) if child.stdout else None
+        assert pid is not None
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        assert group_gone(pid, 8), "a server that ignores SIGTERM outlived its SIGKILLed parent"
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        if pid is not None:
+            kill_group(pid)
+
+
+def test_stopping_a_server_leaves_no_process_behind(tmp_path):
+    before = children()
+    proc = ManagedProcess([sys.executable, "-c", "import time; time.sleep(600)"], log_path=tmp_path / "log")
+    assert len(children() - before) == 2  # the server and its watcher
+    proc.stop(grace_s=5)
+    assert children() - before == set()
+    assert group_gone(proc.pid, 0)
+
+
 # -- 2. any exception while waiting for readiness stops the server ------------------------------
 
 
@@ -134,8 +179,9 @@ def _interrupt_health_polls(monkeypatch, how: str) -> None:
     monkeypatch.setattr(urllib.request, "urlopen", poll)
 
 
-def llama_children() -> set[int]:
-    """The ids of this process's llama-server children that still run (zombies excluded)."""
+def children(name: bytes = b"") -> set[int]:
+    """The ids of this process's children that still run (zombies excluded) and whose
+    command line contains ``name``."""
     found = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -146,9 +192,13 @@ def llama_children() -> set[int]:
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z" and int(fields[1]) == os.getpid() and b"llama-server" in cmdline:
+        if fields[0] != "Z" and int(fields[1]) == os.getpid() and name in cmdline:
             found.add(int(entry.name))
     return found
+
+
+def llama_children() -> set[int]:
+    return children(b"llama-server")
 
 
 @pytest.mark.parametrize("how", ["sigint", "error"])
@@ -281,7 +331,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         if self.mode == "slow":
-            time.sleep(3)
+            time.sleep(3)  # longer than the client waits: no answer
+            return
         code = {"404": 404, "500": 500}.get(self.mode, 200)
         self.send_response(code)
         self.send_header("Content-Type", "application/json")

@@ -3,32 +3,36 @@ fail-fast with the log's tail, and teardown (SIGTERM, then SIGKILL of the whole 
 success, failure, Ctrl-C and interpreter exit alike.
 
 A server must also die when the Python process that started it dies without running any
-clean-up (SIGKILL, a crash). On Linux the child asks for that with ``PR_SET_PDEATHSIG``, but
-the kernel sends that signal when the *thread* that forked the child exits, not the process
-(prctl(2)): a server started from a short-lived worker thread would get SIGTERM as soon as that
-thread ended. So every server is forked by one daemon thread of this module, the spawner,
-which lives as long as the process (a new one is started after ``os.fork``): its exit is the
-process's exit, and the signal means exactly "the caller is gone"."""
+clean-up (SIGKILL, a crash). Each server has a watcher for that: a small Python process
+(``python -I -S``, in a session of its own so a terminal's Ctrl-C does not reach it) that holds
+the read end of a pipe whose only write end this process holds. The kernel closes that end
+when this process ends, however it ends, so the watcher reads end-of-file exactly then; it
+sends SIGTERM to the server's process group, and SIGKILL after :data:`ORPHAN_GRACE_S` to
+whatever is left of it. :meth:`ManagedProcess.stop` first tells the watcher to stand down.
+
+``PR_SET_PDEATHSIG`` is not used: the kernel sends it when the *thread* that forked the child
+exits (prctl(2)), so a server started from a short-lived worker thread died with that thread,
+and at process death it is sent again at each thread the child passes to on the way out
+(llama-server hangs on its second SIGTERM). It reaches only the leader, too, not the group.
+The pipe does not depend on threads. One caveat: a copy of this process made with ``os.fork``
+(multiprocessing's ``fork`` start method) holds the write end as well, so the watcher acts
+when both have ended."""
 
 from __future__ import annotations
 
 import atexit
-import ctypes
-import functools
 import os
-import queue
 import random
 import signal
 import socket
 import subprocess
-import threading
+import sys
 import time
 import urllib.error
 import urllib.request
 import weakref
-from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 from optbench.exceptions import ConfigError, ServerStartError
 
@@ -78,84 +82,77 @@ def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _load_prctl() -> Any:
-    """libc's ``prctl``, looked up once in the parent: the child only calls it (loading a
-    library between fork and exec can deadlock on a lock another thread held at the fork)."""
-    try:
-        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
+#: Seconds the watcher of a server whose caller died waits after SIGTERM before SIGKILL.
+ORPHAN_GRACE_S = 10.0
+
+# Runs in the watcher (python -I -S -c): reads "<process group> <grace>\n", then waits. A byte
+# means the owner stopped the server itself: nothing to do. End-of-file means the owner is gone.
+_WATCHER = """
+import os, signal, sys, time
+line = b""
+while not line.endswith(b"\\n"):
+    chunk = os.read(0, 1)
+    if not chunk:
+        sys.exit(0)
+    line += chunk
+pgid, grace = int(line.split()[0]), float(line.split()[1])
+if os.read(0, 1):
+    sys.exit(0)
+try:
+    os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        os.killpg(pgid, 0)
+    os.killpg(pgid, signal.SIGKILL)
+except ProcessLookupError:
+    pass
+"""
 
 
-_PRCTL = _load_prctl()
-_PR_SET_PDEATHSIG = 1
-
-
-def _new_session_dying_with_parent(parent_pid: int) -> None:  # pragma: no cover - runs in the child
-    """Child set-up: a new session (so the whole group can be signalled) and, on Linux, a
-    SIGTERM when the parent dies (see the module docs for why the spawner thread forks), so a
-    crashed caller never leaves a server behind. A parent that died before the request took
-    effect is noticed by the parent id having changed already; the child then exits."""
-    os.setsid()
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
-
-class _Spawner:
-    """The daemon thread that forks every server (see the module docs): ``submit(fn)`` runs
-    ``fn`` on it; the returned future holds its result or exception."""
+class _Watcher:
+    """The watcher of one server (see the module docs)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._jobs: "queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]]" = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
-
-    @staticmethod
-    def _loop(jobs: "queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]]") -> None:
-        while True:
-            fn, future = jobs.get()
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(fn())
-            except BaseException as e:
-                future.set_exception(e)
-
-    def submit(self, fn: Callable[[], Any]) -> "Future[Any]":
-        with self._lock:
-            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-                # First use, or a forked copy of the process, which has no copy of the thread.
-                self._jobs = queue.SimpleQueue()
-                self._thread = threading.Thread(
-                    target=self._loop, args=(self._jobs,), name="optbench-server-spawner", daemon=True
-                )
-                self._thread.start()
-                self._pid = os.getpid()
-            future: "Future[Any]" = Future()
-            self._jobs.put((fn, future))
-        return future
-
-
-_SPAWNER = _Spawner()
-
-
-def _kill_started(future: "Future[subprocess.Popen[bytes]]") -> None:
-    """Kills the process group of a server whose start was interrupted."""
-    if future.exception() is None:
-        proc = future.result()
+        read_end, self._write_end = os.pipe()  # both non-inheritable: no other child holds them
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _WATCHER],
+                stdin=read_end,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(self._write_end)
+            raise
+        finally:
+            os.close(read_end)
+
+    def watch(self, pgid: int) -> None:
+        """Names the process group to stop if this process ends."""
+        os.write(self._write_end, f"{pgid} {ORPHAN_GRACE_S}\n".encode())
+
+    def stand_down(self) -> None:
+        """The owner stops the server itself: the watcher exits without signalling."""
+        if self._write_end >= 0:
+            try:
+                os.write(self._write_end, b"q")
+            except OSError:
+                pass
+            os.close(self._write_end)
+            self._write_end = -1
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 class ManagedProcess:
-    """A server subprocess started from an argument list (never a shell string), forked by
-    the spawner thread (see the module docs) so it outlives the thread that asked for it."""
+    """A server subprocess started from an argument list (never a shell string), in its own
+    process group, with a watcher that stops the group if this process dies (see the module
+    docs); it runs until stopped, whichever thread started it."""
 
     def __init__(
         self,
@@ -173,27 +170,27 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         full_env = {**os.environ, **(env or {})}
-        preexec = functools.partial(_new_session_dying_with_parent, os.getpid())
-        future = _SPAWNER.submit(
-            lambda: subprocess.Popen(
+        try:
+            self._watcher = _Watcher()
+        except OSError as e:
+            self._log.close()
+            raise ServerStartError(f"cannot start the watcher of {name}: {sys.executable}: {e}") from e
+        try:
+            self.proc = subprocess.Popen(
                 self.args,
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 env=full_env,
-                preexec_fn=preexec,
+                start_new_session=True,  # its own process group, which stop() and the watcher signal
             )
-        )
-        try:
-            self.proc: subprocess.Popen[bytes] = future.result()
-        except OSError as e:
+        except BaseException as e:
             self._log.close()
-            raise ServerStartError(f"cannot start {name}: {self.args[0]}: {e}") from e
-        except BaseException:
-            # Interrupted (Ctrl-C) while the spawner forks: stop the child once it exists.
-            future.add_done_callback(_kill_started)
-            self._log.close()
+            self._watcher.stand_down()
+            if isinstance(e, OSError):
+                raise ServerStartError(f"cannot start {name}: {self.args[0]}: {e}") from e
             raise
+        self._watcher.watch(self.proc.pid)
         _LIVE.add(self)
 
     @property
@@ -247,6 +244,7 @@ class ManagedProcess:
 
     def stop(self, grace_s: float = 10.0) -> int | None:
         """SIGTERM to the process group, then SIGKILL after ``grace_s``. Safe to call twice."""
+        self._watcher.stand_down()
         if self.proc.poll() is None:
             for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
                 try:
