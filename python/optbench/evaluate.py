@@ -45,6 +45,7 @@ from optbench.driver import Progress, adrive, drive, records_table, resolve_api_
 from optbench.options import EvaluationOptions
 from optbench.results import append_csv_rows, new_run_id
 from optbench.urls import without_credentials
+from optbench.servers.probe import check_model
 
 NUM_SHOTS = 2
 EVALUATION_CSV = "evaluation_summary.csv"
@@ -339,7 +340,7 @@ def _scored(
     if "code_isolation" in samples.attrs:
         # What the sandbox actually achieved on this machine, kept with the scores.
         summary["code_isolation"] = samples.attrs.pop("code_isolation")
-    warns = []
+    warns = list(filter(None, [check_model(opts["base_url"], opts["model"], opts["api_key"])]))
     if summary["num_failed"]:
         warns.append(f"{summary['num_failed']} generations failed and scored 0 (see error_kind)")
     config = {k: v for k, v in opts.items() if k != "api_key"}

@@ -30,6 +30,7 @@ from optbench.slo import evaluate as evaluate_slo
 from optbench.slo import summary_columns
 from optbench.server_metrics import server_timing_columns, server_timing_summary
 from optbench.urls import without_credentials
+from optbench.servers.probe import check_model
 
 #: The metrics of ``summary["metrics"]`` (the Rust core's names, in its order).
 METRICS: tuple[str, ...] = tuple(_core.METRIC_NAMES)
@@ -170,6 +171,13 @@ def column_name(metric: str, stat: str) -> str:
 
 
 def _prepare(base_url: str, model: str, options: LoadTestOptions, api_key: str | None) -> PromptSet:
+    """The run's prompts, with a warning when the server does not list ``model``."""
+    prompt_set = _prompts(base_url, model, options, api_key)
+    prompt_set.warnings += filter(None, [check_model(base_url, model, api_key)])
+    return prompt_set
+
+
+def _prompts(base_url: str, model: str, options: LoadTestOptions, api_key: str | None) -> PromptSet:
     o = options
     if o.prompts is not None:
         return load_user_prompts(o.prompts)

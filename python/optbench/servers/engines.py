@@ -14,13 +14,14 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
 from optbench.config import ServerConfig, load_config
 from optbench.exceptions import ServerStartError
 from optbench.servers.base import Engine, engine_class
-from optbench.servers.process import free_port, port_is_free
+from optbench.servers.process import free_port, has_text, port_is_free
 
 DEFAULT_PORT = 8000
 
@@ -70,30 +71,54 @@ def gpu_info() -> dict[str, Any] | None:
 class Server:
     """A configuration's server while it runs: ``base_url``, ``model``, ``version``,
     ``gpu`` (after the model loaded, where ``nvidia-smi`` exists), ``log_path``, ``pid`` and
-    ``command``."""
+    ``command``.
+
+    The log is ``<log_dir>/<name>.log`` and is kept when ``log_dir`` is given; otherwise it
+    lies in a temporary folder made by :meth:`start` and removed by :meth:`stop` (a start that
+    fails with :class:`ServerStartError` keeps it, since the error names the log)."""
 
     def __init__(self, cfg: ServerConfig, log_dir: str | os.PathLike[str] | None = None) -> None:
         self.config = cfg
         self.model = cfg.model
-        self.log_path = Path(log_dir or tempfile.mkdtemp(prefix="optbench-serve-")) / f"{cfg.name}.log"
+        self._log_dir = Path(log_dir) if log_dir else None
+        #: The log file (None before the first start when no ``log_dir`` was given).
+        self.log_path = self._log_dir / f"{cfg.name}.log" if self._log_dir else None
+        self._temp_dir: weakref.finalize | None = None
         self.version = "unknown"
         self.gpu: dict[str, Any] | None = None
         self.engine = engine_for(cfg)
         self.base_url = ""
 
     def start(self) -> "Server":
+        """Starts the server and waits until it is ready; any failure or interruption (Ctrl-C)
+        on the way stops it again before the exception propagates."""
         cfg = self.config
-        if cfg.engine == "openai":
-            self.base_url = self.engine.start(0, self.log_path)
-            return self
-        if cfg.port is not None and not port_is_free(cfg.host, cfg.port):
+        if cfg.port is not None and cfg.engine != "openai" and not port_is_free(cfg.host, cfg.port):
             raise ServerStartError(
                 f"{cfg.name}: port {cfg.port} on {cfg.host} is already in use; stop what holds it or change 'port'"
             )
-        port = cfg.port or free_port(cfg.host, self.engine.highest_port)
-        self.base_url = self.engine.start(port, self.log_path)
-        self.version = self.engine.running_version
-        self.gpu = gpu_info()
+        if self._log_dir is None:
+            folder = tempfile.mkdtemp(prefix="optbench-serve-")
+            # Removed by stop(), or at interpreter exit if stop() is never called.
+            self._temp_dir = weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)
+            self.log_path = Path(folder) / f"{cfg.name}.log"
+        assert self.log_path is not None
+        try:
+            if cfg.engine == "openai":
+                self.base_url = self.engine.start(0, self.log_path)
+                return self
+            port = cfg.port or free_port(cfg.host, self.engine.highest_port)
+            self.base_url = self.engine.start(port, self.log_path)
+            self.version = self.engine.running_version
+            self.gpu = gpu_info()
+        except ServerStartError:
+            if self._temp_dir is not None and has_text(self.log_path):
+                self._temp_dir.detach()  # the error names the log: keep it
+            self.engine.stop()
+            raise
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     @property
@@ -109,15 +134,14 @@ class Server:
         return self.engine.running_command
 
     def stop(self) -> None:
-        """Stops the server's whole process group (nothing for ``openai``). Safe to call twice."""
+        """Stops the server's whole process group (nothing for ``openai``) and removes the
+        temporary log folder, if :meth:`start` made one. Safe to call twice."""
         self.engine.stop()
+        if self._temp_dir is not None:
+            self._temp_dir()
 
     def __enter__(self) -> "Server":
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
+        return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -17,12 +17,13 @@ import re
 import shutil
 import subprocess
 import tempfile
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from optbench.exceptions import ConfigError, ServerStartError
 from optbench.servers.base import EXTRA_ARGS, Engine, Key
-from optbench.servers.process import ManagedProcess, free_port, port_is_free
+from optbench.servers.process import ManagedProcess, free_port, has_text, port_is_free
 
 if TYPE_CHECKING:
     from optbench.config import ServerConfig
@@ -130,7 +131,9 @@ class LlamaServer:
         gpu_layers: ``-ngl`` layers offloaded to a GPU (None: llama.cpp's default).
         alias: the model name the server reports and accepts.
         extra_args: more ``llama-server`` arguments, as a list.
-        log_path: the server's log file (default: a temporary file).
+        log_path: the server's log file, kept (default: a file in a temporary folder made by
+            :meth:`start` and removed by :meth:`stop`; a start that fails with
+            :class:`ServerStartError` keeps it, since the error names the log).
         ready_timeout_s: how long to wait for ``/health``.
     """
 
@@ -168,9 +171,10 @@ class LlamaServer:
             EMBEDDED_MODEL_NAME if self.model_path.name == EMBEDDED_MODEL_FILE else self.model_path.stem
         )
         self.extra_args = list(extra_args)
-        self.log_path = (
-            Path(log_path) if log_path else Path(tempfile.mkdtemp(prefix="optbench-llama-")) / "llama-server.log"
-        )
+        self._given_log_path = Path(log_path) if log_path else None
+        #: The log file (None before the first start when no ``log_path`` was given).
+        self.log_path = self._given_log_path
+        self._temp_dir: weakref.finalize | None = None
         self.ready_timeout_s = ready_timeout_s
         self.process: ManagedProcess | None = None
         self.version: str | None = None
@@ -200,16 +204,33 @@ class LlamaServer:
                 f"port {self.port} on {self.host} is already in use; choose another port or stop what holds it"
             )
         self.version = llama_server_version(self.binary)
-        self.process = ManagedProcess(self.command(), log_path=self.log_path, name="llama-server")
-        self.process.wait_ready(
-            f"{self.base_url}/health", self.ready_timeout_s, fallback_url=f"{self.base_url}/v1/models"
-        )
+        if self._given_log_path is None:
+            folder = tempfile.mkdtemp(prefix="optbench-llama-")
+            # Removed by stop(), or at interpreter exit if stop() is never called.
+            self._temp_dir = weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)
+            self.log_path = Path(folder) / "llama-server.log"
+        assert self.log_path is not None
+        try:
+            self.process = ManagedProcess(self.command(), log_path=self.log_path, name="llama-server")
+            self.process.wait_ready(
+                f"{self.base_url}/health", self.ready_timeout_s, fallback_url=f"{self.base_url}/v1/models"
+            )
+        except ServerStartError:
+            if self._temp_dir is not None and has_text(self.log_path):
+                self._temp_dir.detach()  # the error names the log: keep it
+            raise
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
-        """Stops the whole process group (SIGTERM, then SIGKILL). Safe to call twice."""
+        """Stops the whole process group (SIGTERM, then SIGKILL) and removes the temporary
+        log folder, if :meth:`start` made one. Safe to call twice."""
         if self.process is not None:
             self.process.stop()
+        if self._temp_dir is not None:
+            self._temp_dir()
 
     def __enter__(self) -> "LlamaServer":
         return self.start()
@@ -287,7 +308,8 @@ class LlamaCppEngine(Engine):
         return llama_server_version(find_llama_server(self.cfg.server.get("binary")))
 
     def start(self, port: int, log_path: Path) -> str:
-        self.server = self._server(port, log_path).start()
+        self.server = self._server(port, log_path)  # kept first, so stop() reaches a start that fails
+        self.server.start()
         self.process = self.server.process
         self.port = port
         self.running_version = self.server.version or "unknown"
