@@ -6,6 +6,8 @@ optbench demo                                              `run` on the embedded
 optbench embedded-server [--port N]                        serve the embedded model until Ctrl-C
 optbench dataset build --source FOLDER|hub                 build data/test_dataset.json (520 prompts)
 optbench evaluate --base-url URL --model NAME [options]    generate and score on the dataset
+optbench quality-under-load --base-url URL --model NAME     the dataset's answers at concurrency 1 against N
+optbench compare RUN_OR_CONFIG_DIR...                       differences between runs, with bootstrap intervals
 optbench serve [--print-command] CONFIG                    start a configuration's server (or print its command)
 optbench run CONFIG [CONFIG ...] [--profile quick]         the whole comparison: results.csv + RESULTS.md
 optbench report [RUN_DIR]                                  rebuild results.csv + RESULTS.md from Parquet
@@ -35,6 +37,7 @@ from optbench.loadtest import LoadTestResult, load_test
 from optbench.options import EvaluationOptions, LoadTestOptions, add_cli_options, options_from_cli
 from optbench.results import JOURNAL, ensure_results_dir, journal_lock, new_run_id, recover_journals, save_load_test
 from optbench.run import PROFILES, RENAMED_PROFILES
+from optbench.bootstrap import check_settings as bootstrap_settings
 from optbench.servers.llama_cpp import LlamaServer, embedded_model_path, find_llama_server, llama_server_version
 
 
@@ -262,6 +265,44 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quality_under_load(args: argparse.Namespace) -> int:
+    from optbench.under_load import quality_under_load, save_quality_under_load
+
+    opts = EvaluationOptions.make(**options_from_cli(EvaluationOptions, args))
+    if not Path(args.dataset).is_file():
+        raise ConfigError(f"--dataset {args.dataset}: not found (build it with `optbench dataset build`)")
+    bootstrap_settings(args.level, args.resamples, args.seed)
+    if not args.no_save:
+        ensure_results_dir(args.results_dir)
+    n = opts.under_load_concurrency or opts.concurrency
+    with _target(args, n) as (base_url, model):
+        result = quality_under_load(
+            base_url,
+            model,
+            opts,
+            dataset=args.dataset,
+            label=args.label,
+            progress=not args.no_progress,
+            level=args.level,
+            resamples=args.resamples,
+            seed=args.seed,
+        )
+    print(result)
+    if not args.no_save:
+        paths = save_quality_under_load(result, args.results_dir)
+        print(f"appended rows to {paths['csv']}; both answers per item in {paths['parquet']}", file=sys.stderr)
+    if "cancelled" in (result.alone.summary.get("stop_reason"), result.loaded.summary.get("stop_reason")):
+        return 130
+    return 1 if result.changed else 0
+
+
+def _add_bootstrap_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("intervals (percentile bootstrap)")
+    g.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
+    g.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples, 100 to 1000000 (default 2000)")
+    g.add_argument("--seed", type=int, default=0, help="the bootstrap's seed (default 0)")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from optbench.run import run
 
@@ -411,6 +452,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_cli_options(p, EvaluationOptions)
     _add_output_options(p)
     p.set_defaults(func=_cmd_evaluate)
+    p = sub.add_parser(
+        "quality-under-load",
+        help="generate the dataset's answers at concurrency 1 and at N and compare them (exit 1 when a score changed)",
+        description="Generates the dataset's answers at concurrency 1 and at concurrency N (--under-load-concurrency, "
+        "else --concurrency, default 8) at temperature 0 and compares them: identical share, first differing token, "
+        "per-category score change with a paired bootstrap interval. Exit status 1 when a category's score changed.",
+    )
+    _add_target_options(p)
+    p.add_argument(
+        "--dataset",
+        default="data/test_dataset.json",
+        help="file written by `optbench dataset build` (default data/test_dataset.json)",
+    )
+    add_cli_options(p, EvaluationOptions)
+    _add_bootstrap_options(p)
+    _add_output_options(p)
+    p.set_defaults(func=_cmd_quality_under_load)
     p = sub.add_parser("info", help="versions, build profile and where the embedded server is")
     p.set_defaults(func=_cmd_info)
     return parser

@@ -7,6 +7,8 @@ linearly): P50/P99 TTFT, P50 tokens/s, P50/P99 E2E; request and output-token thr
 the measured window (first scheduled start to last end). :func:`speed_metrics` recomputes the
 same figures from the rows with pandas (a test holds the two equal).
 Quality: from ``samples.parquet``: each category's mean score; overall = mean of the categories.
+Quality under load: from ``under_load.parquet`` (:mod:`optbench.under_load`): the share of identical
+answers and the category whose score dropped most under load, with its interval.
 The baseline is the configuration marked ``baseline = true`` (else the first); a configuration
 is acceptable when its overall quality is at least 95% of the baseline's. The recommendation
 is the acceptable configuration with the highest output-token throughput.
@@ -31,6 +33,10 @@ from optbench.options import EvaluationOptions, LoadTestOptions
 from optbench.files import atomic_path, atomic_write_text
 from optbench.quality import QUALITY_THRESHOLD, acceptable, category_scores, overall_score
 from optbench.results import JOURNAL, load_journal
+from optbench.under_load import UNDER_LOAD_PARQUET
+from optbench.under_load import markdown_section as under_load_section
+from optbench.under_load import read_summary as read_under_load
+from optbench.under_load import report_columns as under_load_columns
 
 RESULTS_CSV = "results.csv"
 
@@ -147,6 +153,11 @@ def _config_row(meta: dict[str, Any]) -> dict[str, Any]:
             row.update(quality_metrics(pd.read_parquet(d / "samples.parquet")))
         except UNREADABLE as e:
             problems.append(f"samples.parquet is unreadable ({type(e).__name__}: {e})")
+    if (d / UNDER_LOAD_PARQUET).exists():
+        try:
+            row.update(under_load_columns(read_under_load(d / UNDER_LOAD_PARQUET)))
+        except UNREADABLE as e:
+            problems.append(f"{UNDER_LOAD_PARQUET} is unreadable ({type(e).__name__}: {e})")
     if problems:
         if meta["status"] == "ok":
             meta["status"] = "failed"
@@ -271,7 +282,7 @@ def render_markdown(
             f"![Speed against quality: the baseline's {100 * QUALITY_THRESHOLD:.0f}% band is shaded, "
             f"acceptable configurations are filled]({decision_png})",
         ]
-    lines += ["", "## Findings", ""]
+    lines += ["", *under_load_section(metas), "## Findings", ""]
     if best is not None:
         speedup = (
             best["output_token_throughput"] / base["output_token_throughput"]

@@ -6,6 +6,7 @@ Layout of a run (``results/runs/<run id>/``)::
     <config name>/<config name>.log  the server's log
     <config name>/requests.parquet   the load test's per-request rows
     <config name>/samples.parquet    the evaluation's per-sample rows
+    <config name>/under_load.parquet the answers at concurrency 1 and N, item by item (quality under load)
     <config name>/meta.json          status, failure reason, engine version, GPU, settings
     <config name>/*.journal.jsonl    while a phase runs: each request as it finishes
 
@@ -65,13 +66,15 @@ class Profile:
 
 
 #: ``reference``: 100 requests at concurrency 8 with 2048-token prompts and 1024 output tokens
-#: (2 warm-up requests), then the whole dataset. ``quick`` fits a CPU machine: a short load test
+#: (2 warm-up requests), then the whole dataset, generated again at concurrency 1 to compare with the
+#: answers at the load test's concurrency (``under_load_concurrency``). ``quick`` fits a CPU machine: a short load test
 #: and a small slice of every category with short generations.
 PROFILES: dict[str, Profile] = {
     "reference": Profile(
         LoadTestOptions(num_requests=100, concurrency=8, input_tokens=2048, output_tokens=1024, warmup=2),
-        EvaluationOptions(),
-        "100 requests at concurrency 8, 2048-token prompts, 1024 output tokens; the whole dataset",
+        EvaluationOptions(under_load_concurrency=8),
+        "100 requests at concurrency 8, 2048-token prompts, 1024 output tokens; the whole dataset, "
+        "and its answers at concurrency 1 against 8 (quality under load)",
     ),
     "quick": Profile(
         LoadTestOptions(num_requests=12, concurrency=4, input_tokens=256, output_tokens=48, warmup=1, ignore_eos=True),
@@ -147,6 +150,9 @@ def run_one(cfg: ServerConfig, run_dir: Path, profile: str, dataset: Path | None
     chosen = profile_named(profile)
     lt = LoadTestOptions.make(chosen.load_test, **cfg.load_test)
     ev = EvaluationOptions.make(chosen.evaluation, **cfg.evaluation)
+    if ev.under_load_concurrency is not None and "under_load_concurrency" not in cfg.evaluation and lt.concurrency:
+        # The profile's quality under load follows the configuration's load-test concurrency.
+        ev = EvaluationOptions.make(ev, under_load_concurrency=lt.concurrency)
     meta: dict[str, Any] = {
         "name": cfg.name,
         "engine": cfg.engine,
@@ -198,6 +204,9 @@ def run_one(cfg: ServerConfig, run_dir: Path, profile: str, dataset: Path | None
                     raise KeyboardInterrupt
                 if "code_isolation" in evaluation.summary:
                     meta["code_isolation"] = evaluation.summary["code_isolation"]
+                if ev.under_load_concurrency is not None:
+                    enter("quality under load")
+                    _under_load(cfg, server, ev, dataset, evaluation, out, progress)
         meta.update(status="ok", reason=None)
     except KeyboardInterrupt:
         meta.update(status="interrupted", reason=f"interrupted (Ctrl-C or SIGTERM) during {phase}")
@@ -213,6 +222,29 @@ def run_one(cfg: ServerConfig, run_dir: Path, profile: str, dataset: Path | None
     meta["finished_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     _write_meta(out, meta)
     return ConfigOutcome(cfg.name, meta["status"], meta.get("reason"), out)
+
+
+def _under_load(
+    cfg: ServerConfig, server: Any, ev: EvaluationOptions, dataset: Path, evaluation: Any, out: Path, progress: bool
+) -> None:
+    """Quality under load: the answers at concurrency 1 against those at ``under_load_concurrency``
+    (the evaluation's own answers when it ran at that concurrency), to ``under_load.parquet``."""
+    from optbench.under_load import UNDER_LOAD_PARQUET, quality_under_load
+
+    n = ev.under_load_concurrency
+    _log(f"{cfg.name}: quality under load (the answers at concurrency 1 against {n})")
+    result = quality_under_load(
+        server.base_url,
+        server.model,
+        ev,
+        dataset=dataset,
+        label=cfg.name,
+        progress=progress,
+        loaded=evaluation if ev.concurrency == n else None,
+    )
+    result.to_parquet(out / UNDER_LOAD_PARQUET)
+    if "cancelled" in (result.alone.summary.get("stop_reason"), result.loaded.summary.get("stop_reason")):
+        raise KeyboardInterrupt
 
 
 def _write_meta(out: Path, meta: dict[str, Any]) -> None:
