@@ -12,6 +12,9 @@ In Jupyter, ``await optbench.aload_test(...)`` keeps the event loop free.
 
 Quality: ``optbench.evaluate(base_url, model, dataset="data/test_dataset.json")`` generates and
 scores answers (QA, math reasoning, chat, code); ``optbench.compare_quality`` gives the verdict.
+``optbench.quality_under_load(base_url, model, concurrency=8)`` checks that the answers stay the
+same at concurrency 8 as at 1; ``optbench.compare(run_a, run_b)`` says which differences between
+runs are real, with bootstrap intervals.
 """
 
 from optbench import datasets, embeddings, exceptions, sandbox, scoring, testing
@@ -26,6 +29,8 @@ from optbench.results import save_load_test
 from optbench.config import ServerConfig, load_config
 from optbench.report import build_report
 from optbench.run import run
+from optbench.under_load import QualityUnderLoadResult, quality_under_load
+from optbench.compare import Comparison, compare
 from optbench.servers.engines import Server, serve
 from optbench.servers.llama_cpp import LlamaServer, embedded_server
 
@@ -53,6 +58,10 @@ __all__ = [
     "aevaluate",
     "EvaluationResult",
     "compare_quality",
+    "quality_under_load",
+    "QualityUnderLoadResult",
+    "compare",
+    "Comparison",
     "save_evaluation",
     "datasets",
     "embeddings",

@@ -3,13 +3,19 @@ load, ``optbench compare``).
 
 Every interval here is a *percentile bootstrap*: the statistic is recomputed on ``resamples``
 resamples drawn with replacement (numpy's PCG64 generator, seeded, so the same inputs give the
-same interval), and the interval is the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of
-those recomputed values. A difference is *real* at the level when its interval excludes 0.
+same interval), spread about their mean by ``sqrt(n / (n - 1)) * t(n - 1) / z`` for ``n``
+independent units resampled (:func:`expansion`: the widening of Hesterberg's expanded percentile
+interval, without which 3 trials give a "95%" interval that covers ~75% of the time), and the
+interval is the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of those values. A difference
+is *real* at the level when its interval excludes 0.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
+from statistics import NormalDist
 
 import numpy as np
 
@@ -33,6 +39,42 @@ def check_settings(level: float, resamples: int, seed: int) -> None:
         raise ConfigError(f"resamples must be an integer from {MIN_RESAMPLES} to {MAX_RESAMPLES}, got {resamples!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+
+
+@functools.lru_cache(maxsize=256)
+def student_t_quantile(p: float, df: int) -> float:
+    """The ``p`` quantile of Student's t distribution with ``df`` degrees of freedom (its
+    density integrated numerically on a fine grid, then inverted; within 1e-4 of the exact
+    value for ``p`` in [0.5, 0.9995])."""
+    if df < 1:
+        raise ValueError(f"df must be at least 1, got {df}")
+    if p < 0.5:
+        return -student_t_quantile(1 - p, df)
+    x = np.linspace(0.0, 2000.0, 400_001) ** 2 / 2000.0  # dense near 0, reaching far into the tail
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    pdf = np.exp(log_c - (df + 1) / 2 * np.log1p(x * x / df))
+    cdf = 0.5 + np.concatenate([[0.0], np.cumsum((pdf[1:] + pdf[:-1]) / 2 * np.diff(x))])
+    return float(np.interp(p, cdf, x))
+
+
+def expansion(n: int, level: float) -> float:
+    """How much to spread bootstrap replicates drawn from ``n`` independent units so that the
+    percentile interval is as wide as Student's t makes it: ``sqrt(n / (n - 1)) * t(n - 1) / z``
+    (Hesterberg's expanded percentile interval, 2015: the plain percentile interval is too narrow
+    for small samples, e.g. covering ~75% instead of 95% with 3 trials). 1 for large ``n``."""
+    if n < 2:
+        return 1.0
+    q = (1 + level) / 2
+    return math.sqrt(n / (n - 1)) * student_t_quantile(q, n - 1) / NormalDist().inv_cdf(q)
+
+
+def expand(replicates: np.ndarray, n: int, level: float) -> np.ndarray:
+    """``replicates`` spread about their mean by :func:`expansion` (``n``: the units resampled);
+    NaN for fewer than 2 units, which say nothing about their spread."""
+    if n < 2:
+        return np.full(np.shape(replicates), np.nan)
+    center = np.nanmean(replicates) if np.isfinite(replicates).any() else np.nan
+    return center + expansion(n, level) * (replicates - center)
 
 
 def percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
@@ -73,8 +115,11 @@ __all__ = [
     "DEFAULT_LEVEL",
     "DEFAULT_RESAMPLES",
     "check_settings",
+    "expand",
+    "expansion",
     "is_real",
     "percentile_interval",
     "resampled_means",
     "stratified_mean_of_means",
+    "student_t_quantile",
 ]

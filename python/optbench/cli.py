@@ -36,7 +36,7 @@ from optbench.exceptions import ConfigError, OptbenchError
 from optbench.loadtest import LoadTestResult, load_test
 from optbench.options import EvaluationOptions, LoadTestOptions, add_cli_options, options_from_cli
 from optbench.results import JOURNAL, ensure_results_dir, journal_lock, new_run_id, recover_journals, save_load_test
-from optbench.run import PROFILES, RENAMED_PROFILES
+from optbench.run import MAX_TRIALS, PROFILES, RENAMED_PROFILES
 from optbench.bootstrap import check_settings as bootstrap_settings
 from optbench.servers.llama_cpp import LlamaServer, embedded_model_path, find_llama_server, llama_server_version
 
@@ -296,6 +296,28 @@ def _cmd_quality_under_load(args: argparse.Namespace) -> int:
     return 1 if result.changed else 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from optbench.compare import compare
+
+    result = compare(*args.targets, level=args.level, resamples=args.resamples, seed=args.seed)
+    if args.json:
+        out = {
+            "names": result.names,
+            "level": result.level,
+            "resamples": result.resamples,
+            "seed": result.seed,
+            "differences": json.loads(result.table.to_json(orient="records")),
+            "notes": result.notes,
+        }
+        print(json.dumps(out, indent=1))
+    else:
+        print(result)
+    if args.csv:
+        result.table.to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}", file=sys.stderr)
+    return 0
+
+
 def _add_bootstrap_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("intervals (percentile bootstrap)")
     g.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
@@ -316,6 +338,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         run_id=args.run_id,
         resume=args.resume,
         progress=not args.no_progress,
+        trials=args.trials,
     )
     print(report["markdown"])
     print(f"wrote {report['csv']} and {report['report']}", file=sys.stderr)
@@ -425,6 +448,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue the newest run: skip the configurations it completed, run the others again",
     )
+    p.add_argument(
+        "--trials",
+        type=_count(1, MAX_TRIALS),
+        default=1,
+        help=f"run each load test this many times, 1 to {MAX_TRIALS} (default 1); results.csv shows the median, "
+        "`optbench compare` resamples whole trials from 3 on",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_run)
     p = sub.add_parser("report", help="rebuild results.csv and RESULTS.md from a run's Parquet files")
@@ -469,6 +499,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bootstrap_options(p)
     _add_output_options(p)
     p.set_defaults(func=_cmd_quality_under_load)
+    p = sub.add_parser(
+        "compare",
+        help="each metric's difference between runs or configurations, with a bootstrap interval: real or noise",
+        description="Compares each run or configuration with the first (a run folder counts as its configurations, "
+        "the baseline first): P50/P99 TTFT, P50 tokens/s, output-token throughput, goodput when recorded, and "
+        "quality, each difference with a percentile bootstrap interval; a difference is real when its interval "
+        "excludes 0. With 3 or more trials (optbench run --trials) whole trials are resampled.",
+    )
+    p.add_argument(
+        "targets",
+        nargs="+",
+        metavar="RUN_OR_CONFIG_DIR",
+        help="results/runs/<id> (all its configurations), results/runs/<id>/<config>, a load test's folder "
+        "or a requests.parquet",
+    )
+    _add_bootstrap_options(p)
+    p.add_argument("--json", action="store_true", help="print the differences as JSON")
+    p.add_argument("--csv", default=None, help="also write the differences to this CSV file")
+    p.set_defaults(func=_cmd_compare)
     p = sub.add_parser("info", help="versions, build profile and where the embedded server is")
     p.set_defaults(func=_cmd_info)
     return parser

@@ -7,6 +7,9 @@ linearly): P50/P99 TTFT, P50 tokens/s, P50/P99 E2E; request and output-token thr
 the measured window (first scheduled start to last end). :func:`speed_metrics` recomputes the
 same figures from the rows with pandas (a test holds the two equal).
 Quality: from ``samples.parquet``: each category's mean score; overall = mean of the categories.
+With ``--trials K``, each speed figure is the median over the trials. The recommendation says by
+how much the recommended configuration's output-token throughput differs from the baseline's,
+with a bootstrap interval, or that there is no real difference (:mod:`optbench.compare`).
 Quality under load: from ``under_load.parquet`` (:mod:`optbench.under_load`): the share of identical
 answers and the category whose score dropped most under load, with its interval.
 The baseline is the configuration marked ``baseline = true`` (else the first); a configuration
@@ -27,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from optbench.compare import recommendation_sentence, trial_files
 from optbench.datasets import CATEGORIES
 from optbench.exceptions import ConfigError
 from optbench.options import EvaluationOptions, LoadTestOptions
@@ -70,6 +74,24 @@ def run_speed_metrics(path: str | os.PathLike[str]) -> dict[str, float]:
     if b"optbench.summary" in meta:
         return speed_metrics_from_summary(json.loads(meta[b"optbench.summary"]))
     return speed_metrics(pd.read_parquet(path))
+
+
+def trials_speed_metrics(config_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The speed columns of a configuration run with ``--trials K``: each figure's median over
+    the trials (``requests.parquet``, ``requests_trial2.parquet``...), the counts summed, and
+    ``trials``. With one trial, :func:`run_speed_metrics` of ``requests.parquet``."""
+    per_trial = pd.DataFrame([run_speed_metrics(f) for f in trial_files(config_dir)])
+    out: dict[str, Any] = {}
+    for col in per_trial:
+        values = per_trial[col]
+        if col in ("num_requests", "num_failed"):
+            out[col] = int(values.sum())
+        elif pd.api.types.is_numeric_dtype(values):
+            out[col] = float(values.median())
+        else:
+            out[col] = values.iloc[0]
+    out["trials"] = len(per_trial)
+    return out
 
 
 def speed_metrics(requests: pd.DataFrame) -> dict[str, float]:
@@ -136,7 +158,7 @@ def _config_row(meta: dict[str, Any]) -> dict[str, Any]:
     requests, journal = d / "requests.parquet", d / JOURNAL
     try:
         if requests.exists():
-            row.update(run_speed_metrics(requests))
+            row.update(trials_speed_metrics(d))
         elif journal.exists():
             _, summary, bad = load_journal(journal)
             row.update(speed_metrics_from_summary(summary))
@@ -241,7 +263,12 @@ def render_markdown(
         "code: HumanEval pass@1 in a sandbox), then stopped. TTFT, tokens/s (output tokens / (E2E − TTFT)) and E2E "
         "are per-request percentiles over successful requests; throughputs are over the measured window. A "
         f"configuration is acceptable when its overall quality is at least {100 * (1 - QUALITY_THRESHOLD):.0f}% of "
-        f"the baseline's (`{base['configuration']}`). Profile: `{m0.get('profile')}`.",
+        f"the baseline's (`{base['configuration']}`). Profile: `{m0.get('profile')}`."
+        + (
+            f" Each load test ran {m0['trials']} times (trials); the table shows each speed figure's median over them."
+            if m0.get("trials", 1) > 1
+            else ""
+        ),
         "",
         "Options that differ from the defaults (every option is in each configuration's `meta.json`):",
         "",
@@ -332,9 +359,26 @@ def render_markdown(
             f"Deploy **{best['configuration']}**: it is the fastest configuration whose quality stays within "
             f"{100 * QUALITY_THRESHOLD:.0f}% of the baseline."
         )
+        sentence = _speed_difference(best, base, ok, metas)
+        if sentence:
+            findings["speed_difference"] = sentence
+            lines += ["", f"Output-token throughput: {sentence}."]
     else:
         lines.append("No recommendation: no configuration both finished and kept the baseline's quality.")
     return "\n".join(lines) + "\n", findings
+
+
+def _speed_difference(best: Any, base: Any, ok: pd.DataFrame, metas: list[dict[str, Any]]) -> str:
+    """The recommended configuration's throughput against the baseline's with its bootstrap
+    interval (when the baseline is the recommendation: the next-fastest acceptable one against it)."""
+    dirs = {m["name"]: m["_dir"] for m in metas}
+    other = best["configuration"]
+    if other == base["configuration"]:
+        rest = ok[ok["configuration"] != other].sort_values("output_token_throughput", ascending=False)
+        if not len(rest):
+            return ""
+        other = rest.iloc[0]["configuration"]
+    return recommendation_sentence(dirs[base["configuration"]], dirs[other])
 
 
 def build_report(

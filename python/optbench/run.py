@@ -4,7 +4,8 @@ then write the comparison table and RESULTS.md.
 Layout of a run (``results/runs/<run id>/``)::
 
     <config name>/<config name>.log  the server's log
-    <config name>/requests.parquet   the load test's per-request rows
+    <config name>/requests.parquet   the load test's per-request rows (trial 1)
+    <config name>/requests_trial<i>.parquet  trial i's rows, with ``trials`` > 1 (the same load test again)
     <config name>/samples.parquet    the evaluation's per-sample rows
     <config name>/under_load.parquet the answers at concurrency 1 and N, item by item (quality under load)
     <config name>/meta.json          status, failure reason, engine version, GPU, settings
@@ -38,6 +39,7 @@ from typing import Any, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from optbench.compare import trial_parquet
 from optbench.config import ServerConfig, load_config, run_settings
 from optbench.datasets import build_test_dataset
 from optbench.evaluate import evaluate
@@ -50,6 +52,9 @@ from optbench.results import ensure_results_dir, new_run_id
 from optbench.servers.engines import serve
 from optbench.urls import redact_urls
 
+
+#: The most load-test trials per configuration.
+MAX_TRIALS = 1000
 
 #: The evaluation's answers as they finish (JSON lines), while it runs.
 EVALUATION_JOURNAL = "samples.journal.jsonl"
@@ -139,7 +144,9 @@ def ensure_dataset(dataset: str | os.PathLike[str], source: str | None) -> Path:
     return path
 
 
-def run_one(cfg: ServerConfig, run_dir: Path, profile: str, dataset: Path | None, progress: bool) -> ConfigOutcome:
+def run_one(
+    cfg: ServerConfig, run_dir: Path, profile: str, dataset: Path | None, progress: bool, trials: int = 1
+) -> ConfigOutcome:
     """Serves, load-tests and evaluates one configuration; never raises for the configuration's
     own failures (they are recorded in meta.json). Ctrl-C or SIGTERM keeps the finished
     requests, records the configuration as ``interrupted`` and raises KeyboardInterrupt."""
@@ -162,6 +169,7 @@ def run_one(cfg: ServerConfig, run_dir: Path, profile: str, dataset: Path | None
         "profile": profile,
         "load_test": lt.to_dict(),
         "evaluation": ev.to_dict(),
+        "trials": trials,
         "started_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "status": "running",
     }
@@ -177,14 +185,18 @@ def run_one(cfg: ServerConfig, run_dir: Path, profile: str, dataset: Path | None
         _log(f"{cfg.name}: starting {cfg.engine} ({cfg.model})")
         with serve(cfg, log_dir=out) as server:
             meta.update(base_url=server.base_url, engine_version=server.version, gpu=server.gpu)
-            enter("load test")
-            _log(f"{cfg.name}: load test ({lt.num_requests} requests, concurrency {lt.concurrency})")
-            journal = out / LOAD_TEST_JOURNAL
-            result = load_test(server.base_url, server.model, lt, label=cfg.name, progress=progress, journal=journal)
-            result.to_parquet(out / "requests.parquet")
-            _remove_journal(journal)
-            if result.stop_reason == "cancelled":
-                raise KeyboardInterrupt
+            for trial in range(1, trials + 1):
+                of = f", trial {trial} of {trials}" if trials > 1 else ""
+                enter(f"load test{of}")
+                _log(f"{cfg.name}: load test ({lt.num_requests} requests, concurrency {lt.concurrency}{of})")
+                journal = out / LOAD_TEST_JOURNAL
+                result = load_test(
+                    server.base_url, server.model, lt, label=cfg.name, progress=progress, journal=journal
+                )
+                result.to_parquet(out / trial_parquet(trial))
+                _remove_journal(journal)
+                if result.stop_reason == "cancelled":
+                    raise KeyboardInterrupt
             if dataset is not None:
                 enter("evaluation")
                 _log(f"{cfg.name}: evaluation ({dataset})")
@@ -301,6 +313,7 @@ def run(
     run_id: str | None = None,
     resume: bool = False,
     progress: bool = True,
+    trials: int = 1,
 ) -> dict[str, Any]:
     """Runs every configuration in turn and writes ``results/results.csv`` and RESULTS.md.
 
@@ -309,11 +322,16 @@ def run(
     folder (``results/runs/<run_id>``); when that folder exists, configurations already
     complete there are skipped and the others run again. ``resume=True`` without a
     ``run_id`` continues the newest run. Ctrl-C or SIGTERM stops after keeping the finished
-    requests, writes the report of what finished, then raises KeyboardInterrupt. Returns the
-    report (see :func:`optbench.report.build_report`)."""
+    requests, writes the report of what finished, then raises KeyboardInterrupt. ``trials``
+    runs each configuration's load test that many times (``requests.parquet``, then
+    ``requests_trial2.parquet``...): results.csv shows the median over the trials and
+    :func:`optbench.compare` resamples whole trials from 3 on. Returns the report (see
+    :func:`optbench.report.build_report`)."""
     from optbench.report import build_report
 
     profile_named(profile)  # an unknown name fails before any server starts
+    if isinstance(trials, bool) or not isinstance(trials, int) or not 1 <= trials <= MAX_TRIALS:
+        raise ConfigError(f"trials must be an integer from 1 to {MAX_TRIALS}, got {trials!r}")
     profile = RENAMED_PROFILES.get(profile, profile)
     if run_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", run_id):
         raise ConfigError(f"run_id {run_id!r}: use letters, digits and ._- (it names a folder under runs/)")
@@ -340,7 +358,7 @@ def run(
                 _log(f"configuration {i}/{len(cfgs)}: {cfg.name} is complete in {run_dir}: skipped")
                 continue
             _log(f"configuration {i}/{len(cfgs)}: {cfg.name}")
-            run_one(cfg, run_dir, profile, data, progress)
+            run_one(cfg, run_dir, profile, data, progress, trials)
     except KeyboardInterrupt:
         _log(f"interrupted: writing the report of what finished; continue with --resume (run {run_dir.name})")
         with contextlib.suppress(OptbenchError):

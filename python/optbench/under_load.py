@@ -276,7 +276,7 @@ def compare_answers(
         d = rows_c["score_change"].to_numpy(dtype=float)
         means = bootstrap.resampled_means(d, resamples, rng)
         per_cat_changes.append(means)
-        low, high = bootstrap.percentile_interval(means, level)
+        low, high = bootstrap.percentile_interval(bootstrap.expand(means, len(d), level), level)
         ans = rows_c["identical"].dropna()
         cats[str(cat)] = {
             "n": int(len(rows_c)),
@@ -291,7 +291,7 @@ def compare_answers(
         if len(rows_c) < FEW_ITEMS:
             warns.append(f"{cat}: {len(rows_c)} items; an interval from fewer than {FEW_ITEMS} is rough")
     overall_means = np.mean(np.vstack(per_cat_changes), axis=0) if per_cat_changes else np.full(resamples, np.nan)
-    low, high = bootstrap.percentile_interval(overall_means, level)
+    low, high = bootstrap.percentile_interval(bootstrap.expand(overall_means, len(pairs), level), level)
     overall = {
         "n": int(len(pairs)),
         "identical_share": float(pairs["identical"].dropna().mean()) if answered.any() else float("nan"),
