@@ -293,7 +293,7 @@ def _cmd_quality_under_load(args: argparse.Namespace) -> int:
         print(f"appended rows to {paths['csv']}; both answers per item in {paths['parquet']}", file=sys.stderr)
     if "cancelled" in (result.alone.summary.get("stop_reason"), result.loaded.summary.get("stop_reason")):
         return 130
-    return 1 if result.changed else 0
+    return 1 if result.answers_changed else 0
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -484,10 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_evaluate)
     p = sub.add_parser(
         "quality-under-load",
-        help="generate the dataset's answers at concurrency 1 and at N and compare them (exit 1 when a score changed)",
+        help="generate the dataset's answers at concurrency 1 and at N and compare them (exit 1 when answers change)",
         description="Generates the dataset's answers at concurrency 1 and at concurrency N (--under-load-concurrency, "
         "else --concurrency, default 8) at temperature 0 and compares them: identical share, first differing token, "
-        "per-category score change with a paired bootstrap interval. Exit status 1 when a category's score changed.",
+        "per-category score change with a paired bootstrap interval. Exit status 1 when some answer at N differs from the one at 1.",
     )
     _add_target_options(p)
     p.add_argument(

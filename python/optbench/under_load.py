@@ -8,6 +8,8 @@ then compares them item by item:
 
 - **identical share** = answers identical at 1 and at N / items answered in both passes (a
   request that failed in either pass is counted apart, in ``num_failed_1`` / ``num_failed_n``);
+  **answers changed** when it is below 1: at temperature 0 every answer should be the same, so a
+  difference is the flag of a server whose batching or scheduling changes what the model says;
 - **first difference** = for an answer that differs, the position of its first differing token
   (0-based): both answers are tokenized by the server's ``/tokenize`` endpoint (llama.cpp, vLLM),
   and the position is the length of their common prefix of token ids. A server without
@@ -88,9 +90,15 @@ class QualityUnderLoadResult:
         return float(self.summary["identical_share"])
 
     @property
-    def changed(self) -> bool:
+    def answers_changed(self) -> bool:
+        """Whether some answer at concurrency N differs from the one at 1 (at temperature 0 they
+        should all be the same: the flag of a server whose answers change under load)."""
+        return bool(self.summary["answers_changed"])
+
+    @property
+    def scores_changed(self) -> bool:
         """Whether some category's score changed under load (its interval excludes 0)."""
-        return bool(self.summary["changed"])
+        return bool(self.summary["scores_changed"])
 
     def summary_rows(self) -> list[dict[str, Any]]:
         """One row per category and one ``overall``: scores at 1 and N, the change, its interval, the verdict."""
@@ -115,8 +123,14 @@ class QualityUnderLoadResult:
 
     def __str__(self) -> str:
         s = self.summary
+        verdict = (
+            f"ANSWERS CHANGE UNDER LOAD: {s['num_compared'] - s['num_identical']} of {s['num_compared']} differ"
+            if s["answers_changed"]
+            else "the answers are the same under load"
+        )
         lines = [
-            f"{self.label}: quality under load, concurrency 1 against {s['concurrency']}",
+            f"{self.label}: quality under load, concurrency 1 against {s['concurrency']}: {verdict}"
+            + ("; scores changed" if s["scores_changed"] else ""),
             f"  identical answers: {s['num_identical']}/{s['num_compared']} ({_pct(s['identical_share'])})"
             + (
                 f"; first difference at {s['position_unit']} {s['first_difference_median']:.0f} (median)"
@@ -322,7 +336,8 @@ def compare_answers(
         "max_drop": {"category": worst, **{k: cats[worst][k] for k in ("change", "low", "high", "verdict")}}
         if worst
         else None,
-        "changed": any(v["verdict"] == CHANGED for v in cats.values()),
+        "answers_changed": num_identical < num_compared,
+        "scores_changed": any(v["verdict"] == CHANGED for v in cats.values()),
         "level": level,
         "resamples": resamples,
         "seed": seed,
@@ -414,7 +429,8 @@ def report_columns(summary: Mapping[str, Any]) -> dict[str, Any]:
         "under_load_max_drop": drop.get("change", float("nan")),
         "under_load_max_drop_low": drop.get("low", float("nan")),
         "under_load_max_drop_high": drop.get("high", float("nan")),
-        "under_load_changed": summary["changed"],
+        "under_load_answers_changed": summary["answers_changed"],
+        "under_load_scores_changed": summary["scores_changed"],
     }
 
 
