@@ -180,15 +180,26 @@ def test_the_reference_profile_checks_quality_under_load_at_the_load_tests_concu
     assert quick.evaluation.under_load_concurrency is None
 
 
+#: Prompts without the few-shot examples: short, so that two passes fit a busy 2-core machine.
+NO_SHOTS = {
+    "qa": {"shot": "", "target": "Context: {context}\nQuestion: {question}\nAnswer:"},
+    "reasoning": {"shot": "", "target": "Question: {question}\nAnswer:"},
+}
+
+
 @pytest.mark.llama
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_against_the_real_llama_server(llama_server, dataset_path):
+    # llama.cpp at temperature 0 may or may not answer alike when 4 requests share a batch:
+    # the report must be well-formed either way (what it says is printed, for the record).
     r = optbench.quality_under_load(
         llama_server.base_url,
         llama_server.model,
         dataset=dataset_path,
         categories=["qa", "reasoning"],
-        limit=3,
+        limit=2,
+        templates=NO_SHOTS,
         max_tokens={"qa": 12, "reasoning": 24},
         concurrency=4,
         progress=False,
@@ -196,7 +207,7 @@ def test_against_the_real_llama_server(llama_server, dataset_path):
     s = r.summary
     print(f"\nllama-server, concurrency 1 against 4: {s['num_identical']}/{s['num_compared']} identical")
     print(r.pairs[["id", "identical", "first_difference", "length_1", "length_n"]].to_string())
-    assert s["num_items"] == 6 and s["num_compared"] == 6 and s["num_failed_n"] == 0
+    assert s["num_items"] == 4 and s["num_compared"] == 4 and s["num_failed_n"] == 0
     assert 0 <= r.identical_share <= 1 and s["answers_changed"] == (r.identical_share < 1)
     assert s["position_unit"] == "token" or not s["answers_changed"]  # llama.cpp has /tokenize
     differ = r.pairs[~r.pairs["identical"].astype(bool)]
@@ -206,3 +217,15 @@ def test_against_the_real_llama_server(llama_server, dataset_path):
     for v in [*s["categories"].values(), s["overall"]]:
         assert v["verdict"] in (CHANGED, NO_EVIDENCE)
         assert v["change"] == pytest.approx(v["score_n"] - v["score_1"])
+    # The first difference is counted in the server's tokens: an answer with a word put in
+    # front differs at token 0; one with words added at the end, where the first answer ends.
+    samples = r.alone.samples.copy()
+    samples.loc[0, "output"] = "Zebra" + samples.loc[0, "output"]
+    samples.loc[1, "output"] = samples.loc[1, "output"] + " and then some more words"
+    edited = EvaluationResult(samples, r.alone.summary, "edited", {}, options=r.alone.options)
+    t = compare_answers(
+        r.alone, edited, concurrency=4, label="x", base_url=llama_server.base_url, model=llama_server.model
+    )
+    assert t.summary["position_unit"] == "token" and t.summary["num_identical"] == 2
+    first = t.pairs["first_difference"]
+    assert first[0] == 0 and first[1] >= t.pairs.loc[1, "length_1"] - 1 and t.pairs.loc[1, "length_n"] > first[1]
