@@ -61,6 +61,7 @@ SAMPLE = {
 }
 # Fields whose values are names: a valid name rather than any string.
 SAMPLE[EvaluationOptions]["categories"] = ["qa"]
+SAMPLE[LoadTestOptions]["slo"] = {"ttft_ms": 500, "itl_ms": {"p99": 50}}
 SAMPLE[EvaluationOptions]["templates"] = {"qa": {"shot": "Q: {question}\nA: {answer}\n", "target": "Q: {question}\nA:"}}
 
 

@@ -15,6 +15,9 @@ scores answers (QA, math reasoning, chat, code); ``optbench.compare_quality`` gi
 ``optbench.quality_under_load(base_url, model, concurrency=8)`` checks that the answers stay the
 same at concurrency 8 as at 1; ``optbench.compare(run_a, run_b)`` says which differences between
 runs are real, with bootstrap intervals.
+
+Capacity: ``optbench.search(base_url, model, slo={"ttft_ms": 500, "itl_ms": 50}, target=0.99)``
+finds the highest concurrency (or request rate) whose SLO attainment meets the target.
 """
 
 from optbench import datasets, embeddings, exceptions, sandbox, scoring, testing
@@ -31,6 +34,7 @@ from optbench.report import build_report
 from optbench.run import run
 from optbench.under_load import QualityUnderLoadResult, quality_under_load
 from optbench.compare import Comparison, compare
+from optbench.search import SearchOptions, SearchResult, search
 from optbench.servers.engines import Server, serve
 from optbench.servers.llama_cpp import LlamaServer, embedded_server
 
@@ -52,6 +56,9 @@ __all__ = [
     "Server",
     "serve",
     "run",
+    "search",
+    "SearchOptions",
+    "SearchResult",
     "build_report",
     "embedded_server",
     "evaluate",

@@ -106,6 +106,8 @@ class MockLogEntry(TypedDict):
     last_token_sent_s: float | None
     tokens_sent: int
     concurrent_at_arrival: int
+    slot_acquired_s: float | None
+    diverged: bool
 
 @type_check_only
 class ProgramResult(TypedDict):
@@ -231,6 +233,10 @@ class MockServer:
         fault_arg: int = 0,
         host: str = "127.0.0.1",
         port: int = 0,
+        slots: int | None = None,
+        gap_growth: float = 0.0,
+        diverge_above: int | None = None,
+        diverge_at: int = 0,
     ) -> MockServer: ...
     @property
     def base_url(self) -> str: ...

@@ -2,6 +2,7 @@
 
 optbench load-test --base-url URL --model NAME [options]   load-test a running server
 optbench load-test --embedded [options]                    ... or the embedded llama-server
+optbench search --slo ttft_ms=500,itl_ms=50 [target] [...]   the highest load meeting an SLO
 optbench demo                                              `run` on the embedded server, quick profile
 optbench embedded-server [--port N]                        serve the embedded model until Ctrl-C
 optbench dataset build --source FOLDER|hub                 build data/test_dataset.json (520 prompts)
@@ -140,6 +141,32 @@ def _report(result: LoadTestResult, args: argparse.Namespace, run_id: str | None
     if result.stop_reason == "cancelled":
         return 130
     return 0 if result.summary["num_succeeded"] > 0 else 1
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from optbench.search import SearchOptions, search
+
+    lt = options_from_cli(LoadTestOptions, args)
+    so = SearchOptions.make(**options_from_cli(SearchOptions, args))
+    if not lt.get("slo"):
+        raise ConfigError("optbench search needs --slo, e.g. --slo ttft_ms=500,itl_ms=50")
+    if not args.no_save:
+        ensure_results_dir(args.results_dir)
+    slots = int(min(so.max_level, 8)) if so.over == "concurrency" else 8
+    with _target(args, slots) as (base_url, model):
+        result = search(
+            base_url,
+            model,
+            lt,
+            search_options=so,
+            label=args.label,
+            results_dir=None if args.no_save else args.results_dir,
+            progress=not args.no_progress,
+        )
+    print(json.dumps(result.to_dict(), indent=1) if args.json else result.summary_text())
+    if result.files:
+        print(f"wrote {', '.join(str(p) for p in result.files.values())}", file=sys.stderr)
+    return 0 if result.highest_passing is not None else 1
 
 
 def _demo_dataset_source(given: str | None) -> str | None:
@@ -411,6 +438,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("load-test", help="load-test an OpenAI-compatible server")
     _add_load_test_options(p)
     p.set_defaults(func=_run_load_test)
+    p = sub.add_parser(
+        "search",
+        help="the highest concurrency (or request rate) whose SLO attainment meets a target",
+        description="Bracket then bisect the load, k trials per level, each level judged PASS, FAIL or "
+        "INCONCLUSIVE on an interval of its SLO attainment (optbench.search). The load-test options describe "
+        "each trial (--num-requests per trial; --concurrency/--request-rate are set by the search). With "
+        "--embedded the server gets --parallel slots (default min(--max-level, 8)). Exit status 1 when no "
+        "level passes.",
+    )
+    from optbench.search import SearchOptions
+
+    _add_target_options(p)
+    add_cli_options(p, LoadTestOptions)
+    add_cli_options(p, SearchOptions)
+    _add_output_options(p).add_argument("--json", action="store_true", help="print the answer as JSON")
+    p.set_defaults(func=_cmd_search)
     p = sub.add_parser("demo", help="optbench run on the embedded server with the quick profile")
     p.add_argument("--results-dir", default="results")
     p.add_argument("--dataset", default="data/test_dataset.json", help="built from --dataset-source if missing")

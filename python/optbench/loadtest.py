@@ -26,6 +26,8 @@ from optbench.files import atomic_write_text
 from optbench.driver import Progress, adrive, drive, records_table, resolve_api_key, start_run, write_parquet
 from optbench.options import LoadTestOptions
 from optbench.prompts import PromptSet, load_user_prompts, synthetic_prompts
+from optbench.slo import evaluate as evaluate_slo
+from optbench.slo import summary_columns
 from optbench.urls import without_credentials
 
 #: The metrics of ``summary["metrics"]`` (the Rust core's names, in its order).
@@ -45,7 +47,8 @@ class LoadTestResult:
         summary: aggregates over measured requests: counts, ``failures_by_kind``,
             ``duration_s``, ``request_throughput``, ``output_token_throughput`` and
             ``metrics[name][stat]`` for each metric in :data:`METRICS` and stat in ``count`` +
-            :data:`STATS`.
+            :data:`STATS`; with an ``slo`` option, ``slo``: attainment (with its Wilson
+            interval) and goodput (``optbench.slo.evaluate``).
         config: the parameters of the run: ``base_url``, ``model`` and every option, as JSON
             values (what the Parquet metadata records).
         label: a name for the run in tables.
@@ -103,6 +106,7 @@ class LoadTestResult:
             stop_reason=self.stop_reason,
             prompt_source=self.prompt_source,
         )
+        row.update(summary_columns(s.get("slo")))
         for k in (
             "base_url",
             "model",
@@ -135,6 +139,14 @@ class LoadTestResult:
             f"window {s['duration_s']:.2f} s | {s['request_throughput']:.3f} req/s | "
             f"{s['output_token_throughput']:.1f} output tok/s | {s['total_output_tokens']} output tokens"
         )
+        if s.get("slo"):
+            g = s["slo"]
+            lines.append(
+                f"SLO {', '.join(g['objectives'])}: attainment {g['attainment']:.3f} "
+                f"[{g['attainment_low']:.3f}, {g['attainment_high']:.3f}] ({g['good']}/{g['n']} good) | "
+                f"goodput {g['goodput_rps']:.3f} req/s, {g['goodput_tps']:.1f} tok/s"
+                + ("" if g["slo_met"] is None else f" | percentile objectives {'met' if g['slo_met'] else 'MISSED'}")
+            )
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
 
@@ -176,6 +188,8 @@ def _result(
         warns.append("optbench._core is a debug build: timings carry extra client overhead")
     if stop_reason != "completed":
         warns.append(f"the run stopped early ({stop_reason}); the results cover what finished")
+    if options.slo:
+        summary["slo"] = evaluate_slo(df, options.slo, run.summary()["duration_s"])
     return LoadTestResult(
         requests=df,
         summary=summary,

@@ -38,6 +38,7 @@ from typing import Any, ClassVar, Literal, TypeVar, Union
 
 from optbench.datasets import CATEGORIES
 from optbench.exceptions import ConfigError
+from optbench.slo import SLO_METRICS, parse_slo_text, slo_problem
 
 #: Per-request deadline in seconds by default: long enough for 1024 tokens on a slow CPU server.
 DEFAULT_TIMEOUT_S = 600.0
@@ -69,12 +70,14 @@ def option(
     keys: Sequence[str] | None = None,
     check: Callable[[Any], str | None] | None = None,
     cli: str | None = None,
+    parse: Callable[[str], Any] | None = None,
     core: bool = True,
 ) -> Any:
     """A field of an options class: its default, one line of documentation, and optionally its
     bounds (``minimum`` and ``maximum`` inclusive, ``above`` exclusive; for a table, of each
     value), the allowed ``keys`` of a table (or items of a list), a ``check`` of anything else
     (the value -> None or what is wrong, e.g. ``"['qa'] needs 'target'"``), the CLI's name for its value,
+    how the CLI reads it (``parse``: text -> value, raising ``ValueError``; default by type),
     and ``core=False`` for a load-test option that Python consumes instead of passing it to the
     Rust core. The bounds are appended to ``doc``, so every place that shows it says them."""
     metadata: dict[str, Any] = {"doc": doc + _bounds_doc(minimum, maximum, above), "core": core}
@@ -83,6 +86,8 @@ def option(
             metadata[name] = value
     if cli is not None:
         metadata["cli"] = cli
+    if parse is not None:
+        metadata["parse"] = parse
     return field(default=default, metadata=metadata)
 
 
@@ -239,6 +244,17 @@ class LoadTestOptions(Options):
     tokenizer: str | None = option(None, "a tokenizer.json for servers without /tokenize", cli="PATH")
     extra_body: dict[str, Any] | None = option(
         None, "extra JSON fields for every request body (they override the defaults)", cli="JSON"
+    )
+    slo: dict[str, Any] | None = option(
+        None,
+        "request-level SLO, metric: bound in ms, of ttft_ms, itl_ms (a request's mean gap), itl_max_ms,"
+        " tpot_ms, e2e_ms; a bound is a number (every request) or {pQ: ms} (a percentile); the summary"
+        " then reports attainment and goodput (optbench.slo); CLI: ttft_ms=500,itl_ms:p99=50",
+        keys=SLO_METRICS,
+        check=slo_problem,
+        cli="METRIC=MS,...",
+        parse=parse_slo_text,
+        core=False,
     )
 
     def _check_together(self) -> None:
@@ -509,7 +525,12 @@ def _checked(cls: type[Options], name: str, parse: Callable[[str], Any]) -> Call
     (``argument --seed: must be at least 0, got -1``)."""
 
     def convert(text: str) -> Any:
-        value = parse(text)
+        try:
+            value = parse(text)
+        except ValueError as e:
+            if parse in (int, float):
+                raise  # argparse's own "invalid int value: 'x'"
+            raise argparse.ArgumentTypeError(str(e)) from None
         problem = None if value == "" else field_problem(cls, name, value)
         if problem is not None:
             raise argparse.ArgumentTypeError(problem.lstrip(" ."))
@@ -552,7 +573,7 @@ def add_cli_options(parser: argparse.ArgumentParser | Any, cls: type[Options], *
             kwargs["choices"] = choices + sorted(renamed)  # former names still parse (with a warning)
             kwargs["metavar"] = "{" + ",".join(choices) + "}"
         else:
-            kwargs["type"] = _checked(cls, f.name, _cli_parser(tp))
+            kwargs["type"] = _checked(cls, f.name, f.metadata.get("parse") or _cli_parser(tp))
             plain = {int: "N", float: "X", str: "TEXT"}
             kwargs["metavar"] = f.metadata.get("cli") or plain.get(_cli_core(tp), f.name.upper())
         if f.default is not None and _is_union(tp) and str in typing.get_args(tp):
@@ -601,8 +622,8 @@ def update_readme(path: str | os.PathLike[str]) -> bool:
         cls = next(
             (
                 c
-                for c in (LoadTestOptions, EvaluationOptions)
-                if marker.startswith(f"<!-- generated from optbench.options.{c.__name__};")
+                for c in Options.__subclasses__()  # SearchOptions too (optbench.search)
+                if marker.startswith(f"<!-- generated from {c.__module__}.{c.__name__};")
             ),
             None,
         )

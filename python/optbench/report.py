@@ -41,6 +41,7 @@ from optbench.under_load import UNDER_LOAD_PARQUET
 from optbench.under_load import markdown_section as under_load_section
 from optbench.under_load import read_summary as read_under_load
 from optbench.under_load import report_columns as under_load_columns
+from optbench.slo import summary_columns
 
 RESULTS_CSV = "results.csv"
 
@@ -64,6 +65,7 @@ def speed_metrics_from_summary(summary: dict[str, Any]) -> dict[str, float]:
         "output_token_throughput": float(summary["output_token_throughput"]) if window else float("nan"),
         "num_requests": int(summary["num_requests"]),
         "num_failed": int(summary["num_failed"]),
+        **summary_columns(summary.get("slo")),  # attainment and goodput under the run's SLO
     }
 
 
@@ -86,6 +88,8 @@ def trials_speed_metrics(config_dir: str | os.PathLike[str]) -> dict[str, Any]:
         values = per_trial[col]
         if col in ("num_requests", "num_failed"):
             out[col] = int(values.sum())
+        elif pd.api.types.is_bool_dtype(values):
+            out[col] = bool(values.all())  # e.g. slo_met: met in every trial
         elif pd.api.types.is_numeric_dtype(values):
             out[col] = float(values.median())
         else:
@@ -234,6 +238,16 @@ def _options_text(meta: dict[str, Any]) -> str:
     return "; ".join(parts) or "not recorded"
 
 
+def _slo_text(table: pd.DataFrame) -> str:
+    """RESULTS.md's sentence on the SLO (see ``optbench.slo``)."""
+    slos = ", ".join(f"`{s}`" for s in table["slo"].dropna().unique()) if "slo" in table else "–"
+    return (
+        f"SLO {slos}: a request is good when it succeeded and met every objective (ITL: its mean gap); "
+        "SLO attainment = good / finished requests; goodput = good requests (and their output tokens) "
+        "per second of the measured window."
+    )
+
+
 def render_markdown(
     table: pd.DataFrame, metas: list[dict[str, Any]], decision_png: str | None = None
 ) -> tuple[str, dict[str, Any]]:
@@ -269,6 +283,7 @@ def render_markdown(
             if m0.get("trials", 1) > 1
             else ""
         ),
+        *(["", _slo_text(table)] if "attainment" in table else []),
         "",
         "Options that differ from the defaults (every option is in each configuration's `meta.json`):",
         "",
@@ -287,6 +302,9 @@ def render_markdown(
         ("e2e_p99_ms", "P99 E2E (ms)", 1),
         ("request_throughput", "req/s", 3),
         ("output_token_throughput", "output tok/s", 1),
+        ("attainment", "SLO attainment", 3),
+        ("goodput_rps", "goodput req/s", 3),
+        ("goodput_tps", "goodput tok/s", 1),
     ]
     cols += [(f"quality_{c}", c, 3) for c in CATEGORIES if f"quality_{c}" in table]
     cols += [

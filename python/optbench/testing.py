@@ -7,12 +7,104 @@ timings and injectable faults: the first token ``ttft_ms`` after a request is re
     from optbench.testing import MockServer
     with MockServer(ttft_ms=50, gap_ms=10, tokens=100) as server:
         result = optbench.load_test(server.base_url, "mock", num_requests=16, prompts=["hi"])
-        truth = server.log()   # per request: when it was read, first and last token written
+        truth = server.log()   # per request: when it was read, got its slot, first and last token
 
 Faults (``fault=``): ``status`` (HTTP ``fault_arg``), ``reset`` (after ``fault_arg`` tokens),
 ``malformed``, ``no_done``, ``slow_headers`` (``fault_arg`` ms), ``no_usage``.
+
+**Text.** Token ``i`` of an answer is `` tokD``, ``D`` a digit drawn from a hash of the prompt
+(the JSON of ``prompt``, or of ``messages`` for chat) and ``i``: the same prompt always gets the
+same answer, different prompts (almost always) different ones.
+
+**Capacity model** (``slots``, ``gap_growth``). At most ``slots`` requests are *active* (being
+decoded) at once; the others wait, after their response headers, in a first-in first-out queue.
+A request's first token is due ``ttft_ms`` after it gets its slot, so its TTFT is its queue wait
+plus ``ttft_ms``. After each token the next is due ``gap_ms × (1 + gap_growth × (active − 1))``
+later, ``active`` being the requests holding a slot at that moment (itself included). With
+``slots=None`` there is no queue and every request in flight is active.
+
+**Answers that change under load** (``diverge_above``, ``diverge_at``). When token
+``diverge_at`` of an answer is due and more than ``diverge_above`` requests are active, that
+token and every later one of the answer differ from the answer the prompt gets alone (each
+replaced token is another digit), as a batching bug would; ``log()`` marks such requests
+``diverged``.
+
+:func:`capacity_model` computes, for a closed loop, what the capacity model gives each request
+(the truth a search for the highest concurrency meeting an SLO is tested against).
 """
+
+from __future__ import annotations
+
+import heapq
+
+import pandas as pd
 
 from optbench._core import MockServer
 
-__all__ = ["MockServer"]
+
+def capacity_model(
+    concurrency: int,
+    num_requests: int,
+    *,
+    slots: int | None = None,
+    ttft_ms: float = 20.0,
+    gap_ms: float = 5.0,
+    gap_growth: float = 0.0,
+    tokens: int = 16,
+) -> pd.DataFrame:
+    """What a :class:`MockServer` with these settings gives each of ``num_requests`` requests
+    of a closed loop with ``concurrency`` in flight (all starting together, each finished one
+    replaced at once, as ``optbench.load_test`` does), in the steady state of the model.
+
+    ``active = min(concurrency, slots)`` requests are decoded at every moment, so every gap is
+    ``gap_ms × (1 + gap_growth × (active − 1))`` and every request holds its slot for
+    ``S = ttft_ms + (tokens − 1) × gap``. Slots are given first-come first-served; the queue
+    wait of each request follows from simulating that queue with the service time ``S``.
+
+    Returns one row per request, in the order they were sent, with the columns the SLO code
+    reads (``optbench.slo``): ``request_id``, ``warmup`` (False), ``error_kind`` (None),
+    ``queue_ms`` (the wait for a slot), ``ttft_ms`` (wait + ``ttft_ms``), ``itl_ms`` (the list
+    of gaps), ``tpot_ms``, ``e2e_ms``, ``output_tokens``, ``sent_s`` and ``done_s`` (seconds
+    from the start). The real server adds a little: the client's own latency (well under a
+    millisecond on loopback) and a timer that may write up to ~1 ms late.
+    """
+    if concurrency < 1 or num_requests < 1 or tokens < 1:
+        raise ValueError("concurrency, num_requests and tokens must be at least 1")
+    active = concurrency if slots is None else min(concurrency, slots)
+    gap = gap_ms * (1 + gap_growth * (active - 1))
+    service = ttft_ms + (tokens - 1) * gap
+    free = [0.0] * (slots if slots is not None else concurrency)  # when each slot is free
+    heapq.heapify(free)
+    # (arrival, order): the first `concurrency` at 0, then each one when another ends.
+    arrivals = [(0.0, i) for i in range(min(concurrency, num_requests))]
+    heapq.heapify(arrivals)
+    sent = len(arrivals)
+    rows = []
+    while arrivals:
+        arrival, order = heapq.heappop(arrivals)
+        start = max(arrival, heapq.heappop(free))
+        done = start + service
+        heapq.heappush(free, done)
+        wait = start - arrival
+        rows.append(
+            {
+                "request_id": order,
+                "warmup": False,
+                "error_kind": None,
+                "queue_ms": wait,
+                "ttft_ms": wait + ttft_ms,
+                "itl_ms": [gap] * (tokens - 1),
+                "tpot_ms": gap if tokens > 1 else None,
+                "e2e_ms": wait + service,
+                "output_tokens": tokens,
+                "sent_s": arrival / 1e3,
+                "done_s": done / 1e3,
+            }
+        )
+        if sent < num_requests:
+            heapq.heappush(arrivals, (done, sent))
+            sent += 1
+    return pd.DataFrame(rows).sort_values("request_id", ignore_index=True)
+
+
+__all__ = ["MockServer", "capacity_model"]

@@ -6,6 +6,21 @@
 //! replace parts of that script. It speaks just enough HTTP/1.1 for clients (keep-alive with
 //! chunked streaming bodies, so pooled connections are reused as with real servers) and binds
 //! where it is told (tests use `127.0.0.1:0`).
+//!
+//! **Capacity model.** With `slots = Some(s)`, at most `s` requests are *active* (decoded) at
+//! once; the others wait, after their response headers, in a first-in first-out queue. A
+//! request's first token is due `ttft` after it gets its slot, so its TTFT is its queue wait plus
+//! `ttft`. After each token the next one is due `gap × (1 + gap_growth × (active − 1))` later,
+//! `active` being the number of requests holding a slot at that moment (itself included);
+//! deadlines are chained, so a late write does not delay the next one. With `slots = None` every
+//! request is active as soon as it is read, and `gap_growth` applies to all of them.
+//!
+//! **Text.** Token `i` is ` tokD`, `D` a digit from a hash of the request's prompt (the JSON of
+//! `prompt`, or of `messages` for chat) and `i`: the same prompt always gets the same answer,
+//! different prompts (almost always) different ones. With `diverge = Some(d)`, when token
+//! `d.at` is due and more than `d.above` requests are active, that token and every later one of
+//! the request come from another sequence, each differing from the token it replaces: the answer
+//! changes under load from token `d.at` on, as with a batching bug.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -47,6 +62,15 @@ pub enum MockTimer {
     Coarse,
 }
 
+/// Answers that change under load: see the module's documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Diverge {
+    /// The answer changes when more than this many requests are active.
+    pub above: usize,
+    /// The first token that changes (counted from 0).
+    pub at: usize,
+}
+
 /// How the server answers.
 #[derive(Debug, Clone)]
 pub struct MockBehavior {
@@ -62,6 +86,12 @@ pub struct MockBehavior {
     pub timer: MockTimer,
     /// The model name `/v1/models` lists.
     pub model: String,
+    /// Requests decoded at once (None: no limit); the others wait in a FIFO queue.
+    pub slots: Option<usize>,
+    /// How the gap grows with the active requests: `gap × (1 + gap_growth × (active − 1))`.
+    pub gap_growth: f64,
+    /// Answers that change under load (None: never).
+    pub diverge: Option<Diverge>,
 }
 
 impl Default for MockBehavior {
@@ -73,6 +103,9 @@ impl Default for MockBehavior {
             fault: Fault::None,
             timer: MockTimer::Precise,
             model: "optbench-mock".to_string(),
+            slots: None,
+            gap_growth: 0.0,
+            diverge: None,
         }
     }
 }
@@ -92,12 +125,18 @@ pub struct MockRequestLog {
     pub tokens_sent: usize,
     /// Requests in flight when this one arrived (itself included).
     pub concurrent_at_arrival: usize,
+    /// When it got its slot (the end of its queue wait; with no slot limit, when it was read).
+    pub slot_acquired: Option<Duration>,
+    /// Whether its answer changed under load (see [`Diverge`]).
+    pub diverged: bool,
 }
 
 struct State {
     behavior: MockBehavior,
     started: Instant,
     in_flight: AtomicUsize,
+    active: AtomicUsize,
+    queue: Option<tokio::sync::Semaphore>,
     connections: AtomicUsize,
     next_id: AtomicU64,
     log: Mutex<Vec<MockRequestLog>>,
@@ -134,9 +173,12 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, stop: Cancellatio
 impl MockServer {
     fn new_state(behavior: MockBehavior) -> Arc<State> {
         Arc::new(State {
-            behavior,
+            behavior: behavior.clone(),
             started: Instant::now(),
             in_flight: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            // tokio's semaphore is fair: waiters get permits in the order they asked.
+            queue: behavior.slots.map(tokio::sync::Semaphore::new),
             connections: AtomicUsize::new(0),
             next_id: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
@@ -307,6 +349,8 @@ pub fn log_json(log: &[MockRequestLog]) -> String {
                 "last_token_sent_s": secs(l.last_token_sent),
                 "tokens_sent": l.tokens_sent,
                 "concurrent_at_arrival": l.concurrent_at_arrival,
+                "slot_acquired_s": secs(l.slot_acquired),
+                "diverged": l.diverged,
             })
         })
         .collect();
@@ -343,6 +387,39 @@ async fn answer_other(socket: &mut TcpStream, state: &State, method: &str, path:
     }
 }
 
+/// Updates request `id`'s log entry. The log may have been cleared (between benchmark runs)
+/// while the request streamed; requests are logged in id order, so a binary search finds it if
+/// it is still there.
+fn update_log(state: &State, id: u64, f: impl FnOnce(&mut MockRequestLog)) {
+    let mut log = state.log.lock().expect("mock log");
+    if let Ok(at) = log.binary_search_by_key(&id, |l| l.id) {
+        f(&mut log[at]);
+    }
+}
+
+/// FNV-1a over the JSON text of the request's prompt (`messages` for chat): the answer's seed.
+fn prompt_hash(request: &serde_json::Value, chat: bool) -> u64 {
+    let prompt = if chat { &request["messages"] } else { &request["prompt"] };
+    prompt.to_string().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// splitmix64's finaliser: spreads the bits of `x`.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The digit of token `i` of an answer with `seed`; a diverged token is always another digit.
+pub fn token_digit(seed: u64, i: usize, diverged: bool) -> u64 {
+    let digit = mix(seed ^ mix(i as u64 + 1)) % 10;
+    if diverged {
+        (digit + 1 + mix(seed.rotate_left(17) ^ mix(i as u64 + 1)) % 9) % 10
+    } else {
+        digit
+    }
+}
+
 /// Answers one request; returns whether the connection can be reused.
 async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) -> std::io::Result<bool> {
     let received_at = Instant::now();
@@ -359,6 +436,8 @@ async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) 
             last_token_sent: None,
             tokens_sent: 0,
             concurrent_at_arrival: concurrent,
+            slot_acquired: None,
+            diverged: false,
         });
         id
     };
@@ -406,12 +485,36 @@ async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) 
         );
         chunk(socket, role.as_bytes()).await?;
     }
-    let first_at = received_at + b.ttft;
+    // The queue: wait for a slot (FIFO), then count as active until the answer ends.
+    let _permit = match &state.queue {
+        Some(queue) => Some(queue.acquire().await.expect("the mock's queue is never closed")),
+        None => None,
+    };
+    let slot_at = Instant::now();
+    state.active.fetch_add(1, Ordering::SeqCst);
+    let _active = InFlight(&state.active);
+    update_log(state, id, |entry| entry.slot_acquired = Some(slot_at - state.started));
+    let seed = prompt_hash(&request, chat);
+    let mut diverged = false;
+    let mut due = if b.slots.is_some() { slot_at + b.ttft } else { received_at + b.ttft };
     for i in 0..tokens {
-        let due = first_at + b.gap * i as u32;
+        if i > 0 {
+            let active = state.active.load(Ordering::SeqCst).max(1);
+            due += if b.gap_growth == 0.0 {
+                b.gap
+            } else {
+                b.gap.mul_f64((1.0 + b.gap_growth * (active - 1) as f64).max(0.0))
+            };
+        }
         match b.timer {
             MockTimer::Precise => crate::schedule::precise_sleep_until(due).await,
             MockTimer::Coarse => tokio::time::sleep_until(due).await,
+        }
+        if let Some(d) = b.diverge {
+            if i == d.at && state.active.load(Ordering::SeqCst) > d.above {
+                diverged = true;
+                update_log(state, id, |entry| entry.diverged = true);
+            }
         }
         match &b.fault {
             Fault::ResetAfter(n) if i == *n => {
@@ -425,25 +528,23 @@ async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) 
             }
             _ => {}
         }
+        let digit = token_digit(seed, i, diverged);
         let event = if chat {
-            format!("data: {{{head},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" tok{i}\"}},\"finish_reason\":null}}]}}\n\n")
+            format!("data: {{{head},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" tok{digit}\"}},\"finish_reason\":null}}]}}\n\n")
         } else {
-            format!("data: {{{head},\"choices\":[{{\"index\":0,\"text\":\" tok{i}\",\"finish_reason\":null}}]}}\n\n")
+            format!(
+                "data: {{{head},\"choices\":[{{\"index\":0,\"text\":\" tok{digit}\",\"finish_reason\":null}}]}}\n\n"
+            )
         };
         chunk(socket, event.as_bytes()).await?;
         let sent = Instant::now() - state.started;
-        // The log may have been cleared (between benchmark runs) while this request streamed;
-        // requests are logged in id order, so a binary search finds this one if it is still there.
-        let mut log = state.log.lock().expect("mock log");
-        if let Ok(at) = log.binary_search_by_key(&id, |l| l.id) {
-            let entry = &mut log[at];
+        update_log(state, id, |entry| {
             if i == 0 {
                 entry.first_token_sent = Some(sent);
             }
             entry.last_token_sent = Some(sent);
             entry.tokens_sent = i + 1;
-        }
-        drop(log);
+        });
     }
     let finish = if chat {
         format!("data: {{{head},\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"length\"}}]}}\n\n")

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use optbench_core::client::{Endpoint, Prompt, RequestSettings};
 use optbench_core::metrics::Summary;
-use optbench_core::mock::{Fault, MockBehavior, MockServer};
+use optbench_core::mock::{Diverge, Fault, MockBehavior, MockServer};
 use optbench_core::record::{ErrorKind, TokenCountSource};
 use optbench_core::runner::{run_load_test, LoadTestConfig, LoadTestOutcome, Progress, StopReason};
 use optbench_core::schedule::{Arrival, Schedule};
@@ -253,4 +253,82 @@ async fn connections_are_reused_across_requests() {
     assert!(out.records.iter().all(|r| r.is_success()));
     let opened = server.connections_accepted();
     assert!(opened <= 6, "{opened} connections for 40 requests at concurrency 4");
+}
+
+fn words(text: &str) -> Vec<&str> {
+    text.split_whitespace().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_text_is_a_function_of_the_prompt() {
+    let behavior =
+        MockBehavior { ttft: Duration::from_millis(1), gap: Duration::ZERO, tokens: 12, ..MockBehavior::default() };
+    let server = MockServer::start("127.0.0.1:0", behavior).await.unwrap();
+    let out = run(closed(&server.base_url(), 8, 2, 12)).await;
+    let text = |id: u32| out.records.iter().find(|r| r.request_id == id).unwrap().output_text.clone();
+    for r in &out.records {
+        assert!(r.is_success(), "{:?}", r.error_message);
+        let w = words(&r.output_text);
+        assert_eq!(w.len(), 12);
+        assert!(w.iter().all(|t| t.len() == 4 && t.starts_with("tok")), "{}", r.output_text);
+    }
+    // Request i gets prompt i % 4: the same prompt, the same answer; another prompt, another.
+    for i in 0..4 {
+        assert_eq!(text(i), text(i + 4));
+        for j in 0..i {
+            assert_ne!(text(i), text(j));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_capacity_queues_beyond_its_slots_and_slows_with_the_batch() {
+    // 2 slots, gap 5 ms × (1 + 1.0 × (2 − 1)) = 10 ms with both busy: a request takes
+    // 20 + 4 × 10 = 60 ms, so of 4 sent at once two wait 60 ms for a slot.
+    let behavior = MockBehavior {
+        ttft: Duration::from_millis(20),
+        gap: Duration::from_millis(5),
+        tokens: 5,
+        slots: Some(2),
+        gap_growth: 1.0,
+        ..MockBehavior::default()
+    };
+    let server = MockServer::start_dedicated("127.0.0.1:0", behavior).unwrap();
+    let out = run(closed(&server.base_url(), 4, 4, 5)).await;
+    let mut waits: Vec<f64> =
+        server.log().iter().map(|l| (l.slot_acquired.unwrap() - l.received).as_secs_f64() * 1e3).collect();
+    waits.sort_by(f64::total_cmp);
+    assert!(waits[0] < 3.0 && waits[1] < 3.0, "{waits:?}");
+    assert!((waits[2] - 60.0).abs() < 6.0 && (waits[3] - 60.0).abs() < 6.0, "{waits:?}");
+    let mut ttfts: Vec<f64> = out.records.iter().map(|r| r.ttft_ms().unwrap()).collect();
+    ttfts.sort_by(f64::total_cmp);
+    assert!((ttfts[0] - 20.0).abs() < 5.0 && (ttfts[3] - 80.0).abs() < 8.0, "{ttfts:?}");
+    for r in &out.records {
+        let itl = r.itl_ms();
+        let mean = itl.iter().sum::<f64>() / itl.len() as f64;
+        assert!((mean - 10.0).abs() < 2.0, "mean ITL {mean} ms, truth 10 ms: {itl:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_answers_change_under_load_from_the_stated_token() {
+    let behavior = MockBehavior {
+        ttft: Duration::from_millis(5),
+        gap: Duration::from_millis(2),
+        tokens: 8,
+        diverge: Some(Diverge { above: 1, at: 3 }),
+        ..MockBehavior::default()
+    };
+    let server = MockServer::start_dedicated("127.0.0.1:0", behavior).unwrap();
+    let alone = run(closed(&server.base_url(), 4, 1, 8)).await;
+    let loaded = run(closed(&server.base_url(), 4, 4, 8)).await;
+    let log = server.log();
+    assert!(log[..4].iter().all(|l| !l.diverged) && log[4..].iter().all(|l| l.diverged));
+    for id in 0..4 {
+        let a = &alone.records.iter().find(|r| r.request_id == id).unwrap().output_text;
+        let b = &loaded.records.iter().find(|r| r.request_id == id).unwrap().output_text;
+        let (a, b) = (words(a), words(b));
+        assert_eq!(a[..3], b[..3]);
+        assert!((3..8).all(|i| a[i] != b[i]), "{a:?} vs {b:?}");
+    }
 }

@@ -77,7 +77,7 @@ async fn ttft_and_itl_match_the_servers_truth() {
         assert_eq!(r.prompt_tokens, Some(7));
         assert_eq!(r.finish_reason.as_deref(), Some("length"));
         assert_eq!(r.chunk_times_ns.len(), 20);
-        assert!(r.output_text.starts_with(" tok0 tok1"));
+        assert_eq!(r.output_text.split_whitespace().filter(|w| w.starts_with("tok")).count(), 20);
     }
     // The closed loop never had more than 4 requests in flight, and reached 4 (counted from the
     // client's own send and end times; the server's count can lag by a handler's last write).

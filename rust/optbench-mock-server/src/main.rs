@@ -6,7 +6,9 @@
 //! `[DONE]`. It also answers `GET /health`, `GET /v1/models`, `GET /mock/log` (the truth: per
 //! request, when it was read and when its first and last tokens were written, in seconds since
 //! the server started), `GET /mock/clock` (`now_s` on that clock) and `POST /mock/reset`
-//! (empties the log). It runs on one thread, so `taskset -c N` gives it one
+//! (empties the log). `--slots` adds a capacity model (a FIFO queue in front of a fixed number of
+//! decoding slots, a gap that grows with the batch) and `--diverge-above` answers that change
+//! under load; optbench_core::mock documents both. It runs on one thread, so `taskset -c N` gives it one
 //! core of its own and the client under test the others.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -15,7 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use optbench_core::mock::{log_json, Fault, MockBehavior, MockServer, MockTimer};
+use optbench_core::mock::{log_json, Diverge, Fault, MockBehavior, MockServer, MockTimer};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Timer {
@@ -54,6 +56,20 @@ struct Args {
     /// malformed:AFTER_TOKENS, no-done, no-usage or slow-headers:MS.
     #[arg(long, default_value = "none", value_parser = parse_fault)]
     fault: Fault,
+    /// Requests decoded at once (0 = no limit); the others wait in a first-in first-out queue,
+    /// and a request's first token is due --ttft-ms after it gets its slot.
+    #[arg(long, default_value_t = 0)]
+    slots: usize,
+    /// The gap grows with the requests being decoded: gap-ms × (1 + gap-growth × (active − 1)).
+    #[arg(long, default_value_t = 0.0)]
+    gap_growth: f64,
+    /// Answers change under load: when token --diverge-at is due and more than this many
+    /// requests are being decoded, it and the later tokens differ from the answer given alone.
+    #[arg(long)]
+    diverge_above: Option<usize>,
+    /// The first token that changes under load (see --diverge-above).
+    #[arg(long, default_value_t = 0)]
+    diverge_at: usize,
     /// Write the truth log (a JSON array) here when stopped with Ctrl-C or SIGTERM.
     #[arg(long)]
     log: Option<PathBuf>,
@@ -104,6 +120,10 @@ async fn wait_for_stop() {
 
 fn main() {
     let args = Args::parse();
+    if !args.gap_growth.is_finite() || args.gap_growth < 0.0 {
+        eprintln!("optbench-mock-server: --gap-growth must be a number >= 0, got {}", args.gap_growth);
+        std::process::exit(2);
+    }
     let behavior = match (millis("ttft-ms", args.ttft_ms), millis("gap-ms", args.gap_ms)) {
         (Ok(ttft), Ok(gap)) => MockBehavior {
             ttft,
@@ -115,6 +135,9 @@ fn main() {
                 Timer::Precise => MockTimer::Precise,
             },
             model: args.model.clone(),
+            slots: (args.slots > 0).then_some(args.slots),
+            gap_growth: args.gap_growth,
+            diverge: args.diverge_above.map(|above| Diverge { above, at: args.diverge_at }),
         },
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("optbench-mock-server: {e}");

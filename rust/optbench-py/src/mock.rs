@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use optbench_core::mock::{Fault, MockBehavior, MockServer as CoreMockServer};
+use optbench_core::mock::{Diverge, Fault, MockBehavior, MockServer as CoreMockServer};
 use optbench_core::CoreError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -15,7 +15,10 @@ use crate::errors::{config_err, PyCoreError};
 /// of its own (for tests and for trying pipelines without a GPU). `fault` is one of `none`,
 /// `status` (answer HTTP `fault_arg`), `reset` (reset the connection after `fault_arg` tokens),
 /// `malformed` (a non-JSON chunk after `fault_arg` tokens), `no_done`, `slow_headers` (wait
-/// `fault_arg` ms before the headers) or `no_usage`.
+/// `fault_arg` ms before the headers) or `no_usage`. `slots` (None: no limit) is the number of
+/// requests decoded at once, the others waiting in a FIFO queue; the gap after each token is
+/// `gap_ms × (1 + gap_growth × (active − 1))`. With `diverge_above`, an answer changes from token
+/// `diverge_at` on when more than `diverge_above` requests are active as that token is due.
 #[pyclass(frozen, module = "optbench._core")]
 pub struct MockServer {
     inner: Mutex<Option<CoreMockServer>>,
@@ -25,7 +28,10 @@ pub struct MockServer {
 #[pymethods]
 impl MockServer {
     #[new]
-    #[pyo3(signature = (*, ttft_ms=20.0, gap_ms=5.0, tokens=16, fault="none", fault_arg=0, host="127.0.0.1", port=0))]
+    #[pyo3(signature = (
+        *, ttft_ms=20.0, gap_ms=5.0, tokens=16, fault="none", fault_arg=0, host="127.0.0.1", port=0,
+        slots=None, gap_growth=0.0, diverge_above=None, diverge_at=0,
+    ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         ttft_ms: f64,
@@ -35,9 +41,19 @@ impl MockServer {
         fault_arg: u64,
         host: &str,
         port: u16,
+        slots: Option<usize>,
+        gap_growth: f64,
+        diverge_above: Option<usize>,
+        diverge_at: usize,
     ) -> PyResult<Self> {
-        if !(ttft_ms >= 0.0 && gap_ms >= 0.0) {
-            return Err(config_err("ttft_ms and gap_ms must be >= 0"));
+        if !(ttft_ms >= 0.0 && gap_ms >= 0.0 && ttft_ms.is_finite() && gap_ms.is_finite()) {
+            return Err(config_err("ttft_ms and gap_ms must be finite numbers >= 0"));
+        }
+        if !(gap_growth >= 0.0 && gap_growth.is_finite()) {
+            return Err(config_err("gap_growth must be a finite number >= 0"));
+        }
+        if slots == Some(0) {
+            return Err(config_err("slots must be at least 1 (None: no limit)"));
         }
         let fault = match fault {
             "none" => Fault::None,
@@ -54,6 +70,9 @@ impl MockServer {
             gap: Duration::from_secs_f64(gap_ms / 1e3),
             tokens,
             fault,
+            slots,
+            gap_growth,
+            diverge: diverge_above.map(|above| Diverge { above, at: diverge_at }),
             ..MockBehavior::default()
         };
         let bind = format!("{host}:{port}");
@@ -71,8 +90,9 @@ impl MockServer {
     }
 
     /// Server-side truth per answered request: `received_s`, `first_token_sent_s`,
-    /// `last_token_sent_s` (seconds since the server started), `tokens_sent` and
-    /// `concurrent_at_arrival`.
+    /// `last_token_sent_s`, `slot_acquired_s` (seconds since the server started; the slot ends
+    /// the queue wait), `tokens_sent`, `concurrent_at_arrival` and `diverged` (whether the answer
+    /// changed under load).
     fn log<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
         let guard = self.inner.lock().expect("mock");
         let Some(server) = guard.as_ref() else { return Ok(Vec::new()) };
@@ -86,6 +106,8 @@ impl MockServer {
                 d.set_item("last_token_sent_s", l.last_token_sent.map(|t| t.as_secs_f64()))?;
                 d.set_item("tokens_sent", l.tokens_sent)?;
                 d.set_item("concurrent_at_arrival", l.concurrent_at_arrival)?;
+                d.set_item("slot_acquired_s", l.slot_acquired.map(|t| t.as_secs_f64()))?;
+                d.set_item("diverged", l.diverged)?;
                 Ok(d)
             })
             .collect()
