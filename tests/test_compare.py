@@ -22,6 +22,8 @@ from optbench.testing import MockServer
 
 #: Each request: the first token 20 ms after it is read, then 15 more `gap` ms apart.
 TTFT_MS, TOKENS = 20, 16
+#: E2E is 170 ms with 10 ms gaps and 200 ms with 12 ms gaps: an SLO between them.
+SLO_E2E_MS = 185
 
 
 def _trials(servers: dict[str, MockServer], trials: int, requests: int = 16) -> dict[str, list]:
@@ -40,6 +42,7 @@ def _trials(servers: dict[str, MockServer], trials: int, requests: int = 16) -> 
                     output_tokens=TOKENS,
                     warmup=1,
                     label=name,
+                    slo={"e2e_ms": SLO_E2E_MS},
                     progress=False,
                 )
             )
@@ -70,6 +73,12 @@ def test_identical_runs_differ_by_nothing_real_and_a_20_percent_gap_is_real():
     assert c.sentence("same").startswith("no real difference between same and a in output tokens/s")
     # TTFT is set alike on all three: not a real difference either.
     assert not c.real("slower", "ttft_p50_ms")
+    # Under the SLO (E2E <= 185 ms) the slower server's requests are never good: goodput and
+    # attainment are worse for real.
+    for metric in ("goodput_rps", "goodput_tps", "attainment"):
+        row = c.row("slower", metric)
+        assert row["real"] and row["verdict"] == "worse" and row["candidate_value"] == 0, (metric, row)
+    assert c.row("same", "attainment")["baseline_value"] > 0.9
     # Seeded: the same inputs give the same intervals; another seed moves them only a little.
     again = compare(runs["a"], runs["same"], runs["slower"])
     pd.testing.assert_frame_equal(again.table, c.table)

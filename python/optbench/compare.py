@@ -8,8 +8,9 @@ to the baseline) with a percentile bootstrap interval at ``level`` (95% by defau
 there is **no real difference** at that level.
 
 Metrics: P50 and P99 TTFT, P50 tokens/s (the per-request decode rate), output-token throughput;
-goodput and attainment when the requests carry a per-request ``good`` column; overall and
-per-category quality when both sides have ``samples.parquet``. Each speed metric is computed
+goodput (good requests and their output tokens per second) and SLO attainment when both sides
+ran under the same SLO (the load test's ``slo`` option; :mod:`optbench.slo` judges each request);
+overall and per-category quality when both sides have ``samples.parquet``. Each speed metric is computed
 per trial exactly as the load test's summary computes it (over measured, successful requests;
 throughput over the trial's measured window), then averaged over the trials.
 
@@ -90,6 +91,12 @@ class Measurements:
     trials: list[pd.DataFrame]
     samples: pd.DataFrame | None = None
     source: str = "<in memory>"
+    #: The SLO the load tests ran under (the same in every trial), else None.
+    slo: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.slo:  # each request judged once: a ``good`` column (NaN for requests that did not finish)
+            self.trials = [_with_good(df, self.slo) for df in self.trials]
 
     @property
     def units(self) -> int:
@@ -117,6 +124,24 @@ def _window_s(measured: pd.DataFrame) -> float:
     return float((end.max() - measured["scheduled_ns"].min()) / 1e9)
 
 
+def _with_good(df: pd.DataFrame, slo: dict[str, Any]) -> pd.DataFrame:
+    """``df`` with ``good``: 1.0 when the request met every objective of ``slo``, 0.0 when not,
+    NaN for a warm-up or cancelled request (left out of attainment, as ``optbench.slo`` does)."""
+    from optbench.slo import judge, parse_slo
+
+    judged = judge(df, parse_slo(slo))
+    out = df.copy()
+    out["good"] = np.nan
+    out.loc[judged.index, "good"] = judged["good"].astype(float)
+    return out
+
+
+def _slo_of(configs: list[Any]) -> dict[str, Any] | None:
+    """The SLO the trials' configs share (None when one has none or they differ)."""
+    slos = [c.get("slo") if isinstance(c, dict) else None for c in configs]
+    return slos[0] if slos and slos[0] and all(x == slos[0] for x in slos) else None
+
+
 Target = Union[str, "os.PathLike[str]", LoadTestResult, Sequence[LoadTestResult], Measurements]
 
 
@@ -129,7 +154,8 @@ def _from_directory(d: Path, name: str | None = None) -> Measurements:
         meta = pq.read_schema(files[0]).metadata or {}
         label = meta.get(b"optbench.label", d.name.encode()).decode()
     samples = pd.read_parquet(d / "samples.parquet") if (d / "samples.parquet").exists() else None
-    return Measurements(label, [pd.read_parquet(f) for f in files], samples, str(d))
+    configs = [json.loads((pq.read_schema(f).metadata or {}).get(b"optbench.config", b"{}")) for f in files]
+    return Measurements(label, [pd.read_parquet(f) for f in files], samples, str(d), _slo_of(configs))
 
 
 def load_targets(target: Target) -> list[Measurements]:
@@ -139,11 +165,12 @@ def load_targets(target: Target) -> list[Measurements]:
     if isinstance(target, Measurements):
         return [target]
     if isinstance(target, LoadTestResult):
-        return [Measurements(target.label, [target.requests])]
+        return [Measurements(target.label, [target.requests], slo=_slo_of([target.config]))]
     if isinstance(target, (str, os.PathLike)):
         path = Path(target)
         if path.is_file():
-            return [Measurements(path.parent.name, [pd.read_parquet(path)], None, str(path))]
+            config = json.loads((pq.read_schema(path).metadata or {}).get(b"optbench.config", b"{}"))
+            return [Measurements(path.parent.name, [pd.read_parquet(path)], None, str(path), _slo_of([config]))]
         if not path.is_dir():
             raise ConfigError(f"{path}: no such run, configuration folder or requests.parquet")
         if (path / "meta.json").exists():
@@ -163,7 +190,7 @@ def load_targets(target: Target) -> list[Measurements]:
         return ordered
     trials = [t for t in target if isinstance(t, LoadTestResult)] if isinstance(target, Sequence) else []
     if trials and len(trials) == len(target):
-        return [Measurements(trials[0].label, [t.requests for t in trials])]
+        return [Measurements(trials[0].label, [t.requests for t in trials], slo=_slo_of([t.config for t in trials]))]
     raise ConfigError(
         f"cannot compare a {type(target).__name__}: give run or configuration folders, requests.parquet files "
         "or LoadTestResult objects"
@@ -222,7 +249,17 @@ def _ok_tokens(df: pd.DataFrame) -> np.ndarray:
 
 
 def _good(df: pd.DataFrame) -> np.ndarray:
-    return df["good"].fillna(False).to_numpy(dtype=float)
+    """1 per good request, 0 otherwise (goodput counts)."""
+    return df["good"].fillna(0.0).to_numpy(dtype=float)
+
+
+def _good_tokens(df: pd.DataFrame) -> np.ndarray:
+    return _good(df) * _ok_tokens(df)
+
+
+def _good_or_nan(df: pd.DataFrame) -> np.ndarray:
+    """1 or 0 per finished request, NaN for one that did not finish (attainment's share)."""
+    return df["good"].to_numpy(dtype=float)
 
 
 def _per_second(rows: np.ndarray, window_s: float) -> np.ndarray:
@@ -230,7 +267,13 @@ def _per_second(rows: np.ndarray, window_s: float) -> np.ndarray:
 
 
 def _share(rows: np.ndarray, window_s: float) -> np.ndarray:
-    return rows.mean(axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample without a finished request: NaN
+        return np.nanmean(rows, axis=1)
+
+
+def _judged(df: pd.DataFrame) -> bool:
+    return "good" in df
 
 
 SPEED_METRICS: tuple[SpeedMetric, ...] = (
@@ -238,8 +281,9 @@ SPEED_METRICS: tuple[SpeedMetric, ...] = (
     SpeedMetric("ttft_p99_ms", "P99 TTFT (ms)", False, _latency("ttft_ms"), _quantile(0.99)),
     SpeedMetric("tokens_per_s_p50", "P50 tokens/s", True, _latency("tokens_per_s"), _quantile(0.5)),
     SpeedMetric("output_token_throughput", "output tokens/s", True, _ok_tokens, _per_second),
-    SpeedMetric("goodput", "goodput (good req/s)", True, _good, _per_second, lambda df: "good" in df),
-    SpeedMetric("attainment", "attainment (good share)", True, _good, _share, lambda df: "good" in df),
+    SpeedMetric("goodput_rps", "goodput (good req/s)", True, _good, _per_second, _judged),
+    SpeedMetric("goodput_tps", "goodput (good tokens/s)", True, _good_tokens, _per_second, _judged),
+    SpeedMetric("attainment", "SLO attainment", True, _good_or_nan, _share, _judged),
 )
 
 
@@ -357,7 +401,7 @@ class Comparison:
                 f"({_signed_pct(rel)} [{_signed_pct(lo)}, {_signed_pct(hi)}], {pct})"
             )
         up = rel > 0
-        if metric in ("output_token_throughput", "tokens_per_s_p50", "goodput"):
+        if metric in ("output_token_throughput", "tokens_per_s_p50", "goodput_rps", "goodput_tps"):
             word = "faster" if up else "slower"
             return f"{candidate} is {word} than {r['baseline']} by {_abs_interval(rel, lo, hi)} in {r['label']} ({pct})"
         word = "higher" if up else "lower"
@@ -470,13 +514,16 @@ def compare(
             notes.append(
                 f"{m.name}: {ok:.0f} successful requests per trial; a P99 from fewer than {P99_MIN_REQUESTS} is rough"
             )
+    for m in sides[1:]:
+        if sides[0].slo != m.slo and sides[0].slo and m.slo:
+            notes.append(f"{m.name}: goodput and attainment not compared: its SLO differs from {sides[0].name}'s")
     # One random stream per side and metric, so a side resamples the same way in every pair.
     speed: dict[tuple[int, str], np.ndarray] = {}
     base = sides[0]
     rows = []
     for j, cand in enumerate(sides[1:], 1):
         for k, metric in enumerate(SPEED_METRICS):
-            if not all(metric.available(df) for m in (base, cand) for df in m.trials):
+            if not all(metric.available(df) for m in (base, cand) for df in m.trials) or base.slo != cand.slo:
                 continue
             for i in (0, j):
                 if (i, metric.name) not in speed:
