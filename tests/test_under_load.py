@@ -14,7 +14,8 @@ from optbench.config import parse_config
 from optbench.datasets import build_test_dataset, load_test_dataset
 from optbench.evaluate import EvaluationResult
 from optbench.exceptions import ConfigError
-from optbench.run import PROFILES
+from optbench.options import LoadTestOptions
+from optbench.run import PROFILES, evaluation_options
 from optbench.testing import MockServer
 from optbench.under_load import CHANGED, NO_EVIDENCE, UNDER_LOAD_PARQUET, compare_answers, read_summary
 
@@ -178,6 +179,20 @@ def test_the_reference_profile_checks_quality_under_load_at_the_load_tests_concu
     ref, quick = PROFILES["reference"], PROFILES["quick"]
     assert ref.evaluation.under_load_concurrency == ref.load_test.concurrency == 8
     assert quick.evaluation.under_load_concurrency is None
+
+    def options(profile, load_test, evaluation):
+        cfg = parse_config(
+            {"engine": "openai", "model": "m", "server": {"base_url": "http://127.0.0.1:9"}, "evaluation": evaluation},
+            "c",
+        )
+        return evaluation_options(
+            PROFILES[profile], cfg, LoadTestOptions.make(PROFILES[profile].load_test, **load_test)
+        )
+
+    # It follows the configuration's load-test concurrency, unless the configuration sets its own.
+    assert options("reference", {"concurrency": 32}, {}).under_load_concurrency == 32
+    assert options("reference", {"concurrency": 32}, {"under_load_concurrency": 4}).under_load_concurrency == 4
+    assert options("quick", {"concurrency": 32}, {}).under_load_concurrency is None
 
 
 #: Prompts without the few-shot examples: short, so that two passes fit a busy 2-core machine.

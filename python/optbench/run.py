@@ -144,6 +144,16 @@ def ensure_dataset(dataset: str | os.PathLike[str], source: str | None) -> Path:
     return path
 
 
+def evaluation_options(chosen: Profile, cfg: ServerConfig, lt: LoadTestOptions) -> EvaluationOptions:
+    """The profile's evaluation options with the configuration's ``[evaluation]`` keys; a
+    profile's quality under load (``under_load_concurrency``) follows the configuration's
+    load-test concurrency ``lt`` unless the configuration sets its own."""
+    ev = EvaluationOptions.make(chosen.evaluation, **cfg.evaluation)
+    if ev.under_load_concurrency is not None and "under_load_concurrency" not in cfg.evaluation and lt.concurrency:
+        ev = EvaluationOptions.make(ev, under_load_concurrency=lt.concurrency)
+    return ev
+
+
 def run_one(
     cfg: ServerConfig, run_dir: Path, profile: str, dataset: Path | None, progress: bool, trials: int = 1
 ) -> ConfigOutcome:
@@ -156,10 +166,7 @@ def run_one(
     # The profile's options; what the configuration sets explicitly wins.
     chosen = profile_named(profile)
     lt = LoadTestOptions.make(chosen.load_test, **cfg.load_test)
-    ev = EvaluationOptions.make(chosen.evaluation, **cfg.evaluation)
-    if ev.under_load_concurrency is not None and "under_load_concurrency" not in cfg.evaluation and lt.concurrency:
-        # The profile's quality under load follows the configuration's load-test concurrency.
-        ev = EvaluationOptions.make(ev, under_load_concurrency=lt.concurrency)
+    ev = evaluation_options(chosen, cfg, lt)
     meta: dict[str, Any] = {
         "name": cfg.name,
         "engine": cfg.engine,
