@@ -15,6 +15,9 @@ error against a mock server with known timings (``optbench run`` does it before 
 
 Quality: ``optbench.evaluate(base_url, model, dataset="data/test_dataset.json")`` generates and
 scores answers (QA, math reasoning, chat, code); ``optbench.compare_quality`` gives the verdict.
+``optbench.quality_under_load(base_url, model, concurrency=8)`` checks that the answers stay the
+same at concurrency 8 as at 1; ``optbench.compare(run_a, run_b)`` says which differences between
+runs are real, with bootstrap intervals.
 
 Capacity: ``optbench.search(base_url, model, slo={"ttft_ms": 500, "itl_ms": 50}, target=0.99)``
 finds the highest concurrency (or request rate) whose SLO attainment meets the target.
@@ -33,6 +36,8 @@ from optbench.config import ServerConfig, load_config
 from optbench.calibration import Calibration, calibrate
 from optbench.report import build_report
 from optbench.run import run
+from optbench.under_load import QualityUnderLoadResult, quality_under_load
+from optbench.compare import Comparison, compare
 from optbench.search import SearchOptions, SearchResult, search
 from optbench.servers.engines import Server, serve
 from optbench.servers.llama_cpp import LlamaServer, embedded_server
@@ -66,6 +71,10 @@ __all__ = [
     "aevaluate",
     "EvaluationResult",
     "compare_quality",
+    "quality_under_load",
+    "QualityUnderLoadResult",
+    "compare",
+    "Comparison",
     "save_evaluation",
     "datasets",
     "embeddings",

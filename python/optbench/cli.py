@@ -7,6 +7,8 @@ optbench demo                                              `run` on the embedded
 optbench embedded-server [--port N]                        serve the embedded model until Ctrl-C
 optbench dataset build --source FOLDER|hub                 build data/test_dataset.json (520 prompts)
 optbench evaluate --base-url URL --model NAME [options]    generate and score on the dataset
+optbench quality-under-load --base-url URL --model NAME     the dataset's answers at concurrency 1 against N
+optbench compare RUN_OR_CONFIG_DIR...                       differences between runs, with bootstrap intervals
 optbench serve [--print-command] CONFIG                    start a configuration's server (or print its command)
 optbench run CONFIG [CONFIG ...] [--profile quick]         the whole comparison: results.csv + RESULTS.md
 optbench run CONFIG [CONFIG ...] --ray [ADDRESS]           ... one Ray task per configuration on a Ray cluster
@@ -37,7 +39,8 @@ from optbench.exceptions import ConfigError, OptbenchError
 from optbench.loadtest import LoadTestResult, load_test
 from optbench.options import EvaluationOptions, LoadTestOptions, add_cli_options, options_from_cli
 from optbench.results import JOURNAL, ensure_results_dir, journal_lock, new_run_id, recover_journals, save_load_test
-from optbench.run import PROFILES, RENAMED_PROFILES
+from optbench.run import MAX_TRIALS, PROFILES, RENAMED_PROFILES
+from optbench.bootstrap import check_settings as bootstrap_settings
 from optbench.servers.llama_cpp import LlamaServer, embedded_model_path, find_llama_server, llama_server_version
 
 
@@ -301,6 +304,66 @@ def _ray_target(args: argparse.Namespace) -> tuple[list[str], bool | str | None]
     return configs, ray
 
 
+def _cmd_quality_under_load(args: argparse.Namespace) -> int:
+    from optbench.under_load import quality_under_load, save_quality_under_load
+
+    opts = EvaluationOptions.make(**options_from_cli(EvaluationOptions, args))
+    if not Path(args.dataset).is_file():
+        raise ConfigError(f"--dataset {args.dataset}: not found (build it with `optbench dataset build`)")
+    bootstrap_settings(args.level, args.resamples, args.seed)
+    if not args.no_save:
+        ensure_results_dir(args.results_dir)
+    n = opts.under_load_concurrency or opts.concurrency
+    with _target(args, n) as (base_url, model):
+        result = quality_under_load(
+            base_url,
+            model,
+            opts,
+            dataset=args.dataset,
+            label=args.label,
+            progress=not args.no_progress,
+            level=args.level,
+            resamples=args.resamples,
+            seed=args.seed,
+        )
+    print(result)
+    if not args.no_save:
+        paths = save_quality_under_load(result, args.results_dir)
+        print(f"appended rows to {paths['csv']}; both answers per item in {paths['parquet']}", file=sys.stderr)
+    if "cancelled" in (result.alone.summary.get("stop_reason"), result.loaded.summary.get("stop_reason")):
+        return 130
+    return 1 if result.answers_changed else 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from optbench.compare import compare
+
+    result = compare(*args.targets, level=args.level, resamples=args.resamples, seed=args.seed)
+    if args.json:
+        out = {
+            "names": result.names,
+            "level": result.level,
+            "resamples": result.resamples,
+            "seed": result.seed,
+            "differences": json.loads(result.table.to_json(orient="records")),
+            "notes": result.notes,
+        }
+        print(json.dumps(out, indent=1))
+    else:
+        print(result)
+    if args.csv:
+        result.table.to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}", file=sys.stderr)
+    return 0
+
+
+def _add_bootstrap_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("intervals (percentile bootstrap)")
+    g.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
+    g.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples, 100 to 1000000 (default 2000)")
+    g.add_argument("--seed", type=int, default=0, help="the bootstrap's seed (default 0)")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from optbench.run import run
 
@@ -318,6 +381,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ray=ray,
         ray_storage=args.ray_storage,
         calibrate=not args.no_calibrate,
+        trials=args.trials,
     )
     print(report["markdown"])
     print(f"wrote {report['csv']} and {report['report']}", file=sys.stderr)
@@ -458,6 +522,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue the newest run: skip the configurations it completed, run the others again",
     )
+    p.add_argument(
+        "--trials",
+        type=_count(1, MAX_TRIALS),
+        default=1,
+        help=f"run each load test this many times, 1 to {MAX_TRIALS} (default 1); results.csv shows the median, "
+        "`optbench compare` resamples whole trials from 3 on",
+    )
     p.add_argument("--no-progress", action="store_true")
     g = p.add_argument_group("Ray (pip install 'optbench[ray]')")
     g.add_argument(
@@ -509,6 +580,42 @@ def build_parser() -> argparse.ArgumentParser:
     add_cli_options(p, EvaluationOptions)
     _add_output_options(p)
     p.set_defaults(func=_cmd_evaluate)
+    p = sub.add_parser(
+        "quality-under-load",
+        help="generate the dataset's answers at concurrency 1 and at N and compare them (exit 1 when answers change)",
+        description="Generates the dataset's answers at concurrency 1 and at concurrency N (--under-load-concurrency, "
+        "else --concurrency, default 8) at temperature 0 and compares them: identical share, first differing token, "
+        "per-category score change with a paired bootstrap interval. Exit status 1 when some answer at N differs from the one at 1.",
+    )
+    _add_target_options(p)
+    p.add_argument(
+        "--dataset",
+        default="data/test_dataset.json",
+        help="file written by `optbench dataset build` (default data/test_dataset.json)",
+    )
+    add_cli_options(p, EvaluationOptions)
+    _add_bootstrap_options(p)
+    _add_output_options(p)
+    p.set_defaults(func=_cmd_quality_under_load)
+    p = sub.add_parser(
+        "compare",
+        help="each metric's difference between runs or configurations, with a bootstrap interval: real or noise",
+        description="Compares each run or configuration with the first (a run folder counts as its configurations, "
+        "the baseline first): P50/P99 TTFT, P50 tokens/s, output-token throughput, goodput when recorded, and "
+        "quality, each difference with a percentile bootstrap interval; a difference is real when its interval "
+        "excludes 0. With 3 or more trials (optbench run --trials) whole trials are resampled.",
+    )
+    p.add_argument(
+        "targets",
+        nargs="+",
+        metavar="RUN_OR_CONFIG_DIR",
+        help="results/runs/<id> (all its configurations), results/runs/<id>/<config>, a load test's folder "
+        "or a requests.parquet",
+    )
+    _add_bootstrap_options(p)
+    p.add_argument("--json", action="store_true", help="print the differences as JSON")
+    p.add_argument("--csv", default=None, help="also write the differences to this CSV file")
+    p.set_defaults(func=_cmd_compare)
     p = sub.add_parser("info", help="versions, build profile and where the embedded server is")
     p.set_defaults(func=_cmd_info)
     return parser

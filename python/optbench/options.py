@@ -313,6 +313,13 @@ class EvaluationOptions(Options):
         DEFAULT_TIMEOUT_S, "per-request deadline in seconds; None waits forever", above=0, maximum=MAX_SECONDS
     )
     api_key_env: str | None = option(None, "name of an environment variable holding a bearer API key", cli="VAR")
+    under_load_concurrency: int | None = option(
+        None,
+        "quality under load: also generate the answers at concurrency 1 and compare them with those at this"
+        " concurrency (optbench.quality_under_load; None: off)",
+        minimum=1,
+        maximum=MAX_REQUESTS,
+    )
 
 
 #: The parts of a prompt template (``optbench.evaluate.DEFAULT_TEMPLATES``); ``instruction`` may be left out.

@@ -7,6 +7,11 @@ linearly): P50/P99 TTFT, P50 tokens/s, P50/P99 E2E; request and output-token thr
 the measured window (first scheduled start to last end). :func:`speed_metrics` recomputes the
 same figures from the rows with pandas (a test holds the two equal).
 Quality: from ``samples.parquet``: each category's mean score; overall = mean of the categories.
+With ``--trials K``, each speed figure is the median over the trials. The recommendation says by
+how much the recommended configuration's output-token throughput differs from the baseline's,
+with a bootstrap interval, or that there is no real difference (:mod:`optbench.compare`).
+Quality under load: from ``under_load.parquet`` (:mod:`optbench.under_load`): the share of identical
+answers and the category whose score dropped most under load, with its interval.
 The baseline is the configuration marked ``baseline = true`` (else the first); a configuration
 is acceptable when its overall quality is at least 95% of the baseline's. The recommendation
 is the acceptable configuration with the highest output-token throughput.
@@ -26,12 +31,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from optbench import evidence
+from optbench.compare import recommendation_sentence, trial_files
 from optbench.datasets import CATEGORIES
 from optbench.exceptions import ConfigError
 from optbench.options import EvaluationOptions, LoadTestOptions
 from optbench.files import atomic_path, atomic_write_text
 from optbench.quality import QUALITY_THRESHOLD, acceptable, category_scores, overall_score
 from optbench.results import JOURNAL, load_journal
+from optbench.under_load import UNDER_LOAD_PARQUET
+from optbench.under_load import markdown_section as under_load_section
+from optbench.under_load import read_summary as read_under_load
+from optbench.under_load import report_columns as under_load_columns
 from optbench.slo import summary_columns
 
 RESULTS_CSV = "results.csv"
@@ -67,6 +77,26 @@ def run_speed_metrics(path: str | os.PathLike[str]) -> dict[str, float]:
     if b"optbench.summary" in meta:
         return speed_metrics_from_summary(json.loads(meta[b"optbench.summary"]))
     return speed_metrics(pd.read_parquet(path))
+
+
+def trials_speed_metrics(config_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The speed columns of a configuration run with ``--trials K``: each figure's median over
+    the trials (``requests.parquet``, ``requests_trial2.parquet``...), the counts summed, and
+    ``trials``. With one trial, :func:`run_speed_metrics` of ``requests.parquet``."""
+    per_trial = pd.DataFrame([run_speed_metrics(f) for f in trial_files(config_dir)])
+    out: dict[str, Any] = {}
+    for col in per_trial:
+        values = per_trial[col]
+        if col in ("num_requests", "num_failed"):
+            out[col] = int(values.sum())
+        elif pd.api.types.is_bool_dtype(values):
+            out[col] = bool(values.all())  # e.g. slo_met: met in every trial
+        elif pd.api.types.is_numeric_dtype(values):
+            out[col] = float(values.median())
+        else:
+            out[col] = values.iloc[0]
+    out["trials"] = len(per_trial)
+    return out
 
 
 def speed_metrics(requests: pd.DataFrame) -> dict[str, float]:
@@ -133,7 +163,7 @@ def _config_row(meta: dict[str, Any]) -> dict[str, Any]:
     requests, journal = d / "requests.parquet", d / JOURNAL
     try:
         if requests.exists():
-            row.update(run_speed_metrics(requests))
+            row.update(trials_speed_metrics(d))
         elif journal.exists():
             _, summary, bad = load_journal(journal)
             row.update(speed_metrics_from_summary(summary))
@@ -151,6 +181,11 @@ def _config_row(meta: dict[str, Any]) -> dict[str, Any]:
         except UNREADABLE as e:
             problems.append(f"samples.parquet is unreadable ({type(e).__name__}: {e})")
     row.update(evidence.columns(meta))  # calibration, the server's view, GPU telemetry and cost
+    if (d / UNDER_LOAD_PARQUET).exists():
+        try:
+            row.update(under_load_columns(read_under_load(d / UNDER_LOAD_PARQUET)))
+        except UNREADABLE as e:
+            problems.append(f"{UNDER_LOAD_PARQUET} is unreadable ({type(e).__name__}: {e})")
     if problems:
         if meta["status"] == "ok":
             meta["status"] = "failed"
@@ -244,7 +279,12 @@ def render_markdown(
         "code: HumanEval pass@1 in a sandbox), then stopped. TTFT, tokens/s (output tokens / (E2E − TTFT)) and E2E "
         "are per-request percentiles over successful requests; throughputs are over the measured window. A "
         f"configuration is acceptable when its overall quality is at least {100 * (1 - QUALITY_THRESHOLD):.0f}% of "
-        f"the baseline's (`{base['configuration']}`). Profile: `{m0.get('profile')}`.",
+        f"the baseline's (`{base['configuration']}`). Profile: `{m0.get('profile')}`."
+        + (
+            f" Each load test ran {m0['trials']} times (trials); the table shows each speed figure's median over them."
+            if m0.get("trials", 1) > 1
+            else ""
+        ),
         *(["", _slo_text(table)] if "attainment" in table else []),
         "",
         "Options that differ from the defaults (every option is in each configuration's `meta.json`):",
@@ -290,7 +330,7 @@ def render_markdown(
             f"acceptable configurations are filled]({decision_png})",
         ]
     lines += ["", *evidence.markdown(table, metas)]
-    lines += ["## Findings", ""]
+    lines += [*under_load_section(metas), "## Findings", ""]
     if best is not None:
         speedup = (
             best["output_token_throughput"] / base["output_token_throughput"]
@@ -340,9 +380,26 @@ def render_markdown(
             f"Deploy **{best['configuration']}**: it is the fastest configuration whose quality stays within "
             f"{100 * QUALITY_THRESHOLD:.0f}% of the baseline."
         )
+        sentence = _speed_difference(best, base, ok, metas)
+        if sentence:
+            findings["speed_difference"] = sentence
+            lines += ["", f"Output-token throughput: {sentence}."]
     else:
         lines.append("No recommendation: no configuration both finished and kept the baseline's quality.")
     return "\n".join(lines) + "\n", findings
+
+
+def _speed_difference(best: Any, base: Any, ok: pd.DataFrame, metas: list[dict[str, Any]]) -> str:
+    """The recommended configuration's throughput against the baseline's with its bootstrap
+    interval (when the baseline is the recommendation: the next-fastest acceptable one against it)."""
+    dirs = {m["name"]: m["_dir"] for m in metas}
+    other = best["configuration"]
+    if other == base["configuration"]:
+        rest = ok[ok["configuration"] != other].sort_values("output_token_throughput", ascending=False)
+        if not len(rest):
+            return ""
+        other = rest.iloc[0]["configuration"]
+    return recommendation_sentence(dirs[base["configuration"]], dirs[other])
 
 
 def build_report(

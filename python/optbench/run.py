@@ -4,8 +4,10 @@ then write the comparison table and RESULTS.md.
 Layout of a run (``results/runs/<run id>/``)::
 
     <config name>/<config name>.log  the server's log
-    <config name>/requests.parquet   the load test's per-request rows
+    <config name>/requests.parquet   the load test's per-request rows (trial 1)
+    <config name>/requests_trial<i>.parquet  trial i's rows, with ``trials`` > 1 (the same load test again)
     <config name>/samples.parquet    the evaluation's per-sample rows
+    <config name>/under_load.parquet the answers at concurrency 1 and N, item by item (quality under load)
     <config name>/meta.json          status, failure reason, engine version, GPU, settings
     <config name>/*.journal.jsonl    while a phase runs: each request as it finishes
 
@@ -39,6 +41,7 @@ import pyarrow.parquet as pq
 
 from optbench import evidence
 from optbench.calibration import summary_line as calibration_line
+from optbench.compare import trial_parquet
 from optbench.config import ServerConfig, load_config, run_settings
 from optbench.datasets import build_test_dataset
 from optbench.evaluate import evaluate
@@ -51,6 +54,9 @@ from optbench.results import ensure_results_dir, new_run_id
 from optbench.servers.engines import serve
 from optbench.urls import redact_urls
 
+
+#: The most load-test trials per configuration.
+MAX_TRIALS = 1000
 
 #: The evaluation's answers as they finish (JSON lines), while it runs.
 EVALUATION_JOURNAL = "samples.journal.jsonl"
@@ -67,13 +73,15 @@ class Profile:
 
 
 #: ``reference``: 100 requests at concurrency 8 with 2048-token prompts and 1024 output tokens
-#: (2 warm-up requests), then the whole dataset. ``quick`` fits a CPU machine: a short load test
+#: (2 warm-up requests), then the whole dataset, generated again at concurrency 1 to compare with the
+#: answers at the load test's concurrency (``under_load_concurrency``). ``quick`` fits a CPU machine: a short load test
 #: and a small slice of every category with short generations.
 PROFILES: dict[str, Profile] = {
     "reference": Profile(
         LoadTestOptions(num_requests=100, concurrency=8, input_tokens=2048, output_tokens=1024, warmup=2),
-        EvaluationOptions(),
-        "100 requests at concurrency 8, 2048-token prompts, 1024 output tokens; the whole dataset",
+        EvaluationOptions(under_load_concurrency=8),
+        "100 requests at concurrency 8, 2048-token prompts, 1024 output tokens; the whole dataset, "
+        "and its answers at concurrency 1 against 8 (quality under load)",
     ),
     "quick": Profile(
         LoadTestOptions(num_requests=12, concurrency=4, input_tokens=256, output_tokens=48, warmup=1, ignore_eos=True),
@@ -138,8 +146,24 @@ def ensure_dataset(dataset: str | os.PathLike[str], source: str | None) -> Path:
     return path
 
 
+def evaluation_options(chosen: Profile, cfg: ServerConfig, lt: LoadTestOptions) -> EvaluationOptions:
+    """The profile's evaluation options with the configuration's ``[evaluation]`` keys; a
+    profile's quality under load (``under_load_concurrency``) follows the configuration's
+    load-test concurrency ``lt`` unless the configuration sets its own."""
+    ev = EvaluationOptions.make(chosen.evaluation, **cfg.evaluation)
+    if ev.under_load_concurrency is not None and "under_load_concurrency" not in cfg.evaluation and lt.concurrency:
+        ev = EvaluationOptions.make(ev, under_load_concurrency=lt.concurrency)
+    return ev
+
+
 def run_one(
-    cfg: ServerConfig, run_dir: Path, profile: str, dataset: Path | None, progress: bool, calibrate: bool = True
+    cfg: ServerConfig,
+    run_dir: Path,
+    profile: str,
+    dataset: Path | None,
+    progress: bool,
+    calibrate: bool = True,
+    trials: int = 1,
 ) -> ConfigOutcome:
     """Serves, load-tests and evaluates one configuration; never raises for the configuration's
     own failures (they are recorded in meta.json). Ctrl-C or SIGTERM keeps the finished
@@ -153,7 +177,7 @@ def run_one(
     # The profile's options; what the configuration sets explicitly wins.
     chosen = profile_named(profile)
     lt = LoadTestOptions.make(chosen.load_test, **cfg.load_test)
-    ev = EvaluationOptions.make(chosen.evaluation, **cfg.evaluation)
+    ev = evaluation_options(chosen, cfg, lt)
     meta: dict[str, Any] = {
         "name": cfg.name,
         "engine": cfg.engine,
@@ -163,6 +187,7 @@ def run_one(
         "profile": profile,
         "load_test": lt.to_dict(),
         "evaluation": ev.to_dict(),
+        "trials": trials,
         "started_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "status": "running",
         "gpu_cost_per_hour": cfg.gpu_cost_per_hour,
@@ -183,22 +208,25 @@ def run_one(
                 enter("calibration")
                 meta["calibration"] = evidence.calibrate_for(lt)
                 _log(f"{cfg.name}: {calibration_line(meta['calibration'])}")
-            enter("load test")
-            _log(f"{cfg.name}: load test ({lt.num_requests} requests, concurrency {lt.concurrency})")
-            journal = out / LOAD_TEST_JOURNAL
             env = {**os.environ, **cfg.env}  # the server's: its CUDA_VISIBLE_DEVICES
-            observer = evidence.Observer(
-                server.base_url, gpus=cfg.engine != "openai", env=env, api_key_env=lt.api_key_env
-            )
-            with observer as seen:
-                result = load_test(
-                    server.base_url, server.model, lt, label=cfg.name, progress=progress, journal=journal
+            for trial in range(1, trials + 1):
+                of = f", trial {trial} of {trials}" if trials > 1 else ""
+                enter(f"load test{of}")
+                _log(f"{cfg.name}: load test ({lt.num_requests} requests, concurrency {lt.concurrency}{of})")
+                journal = out / LOAD_TEST_JOURNAL
+                observer = evidence.Observer(
+                    server.base_url, gpus=cfg.engine != "openai", env=env, api_key_env=lt.api_key_env
                 )
-            meta.update(seen.record(result, meta.get("calibration")))
-            result.to_parquet(out / "requests.parquet")
-            _remove_journal(journal)
-            if result.stop_reason == "cancelled":
-                raise KeyboardInterrupt
+                with observer as seen:
+                    result = load_test(
+                        server.base_url, server.model, lt, label=cfg.name, progress=progress, journal=journal
+                    )
+                if trial == 1:  # the server's view and the GPU's of the first trial
+                    meta.update(seen.record(result, meta.get("calibration")))
+                result.to_parquet(out / trial_parquet(trial))
+                _remove_journal(journal)
+                if result.stop_reason == "cancelled":
+                    raise KeyboardInterrupt
             if dataset is not None:
                 enter("evaluation")
                 _log(f"{cfg.name}: evaluation ({dataset})")
@@ -218,6 +246,9 @@ def run_one(
                     raise KeyboardInterrupt
                 if "code_isolation" in evaluation.summary:
                     meta["code_isolation"] = evaluation.summary["code_isolation"]
+                if ev.under_load_concurrency is not None:
+                    enter("quality under load")
+                    _under_load(cfg, server, ev, dataset, evaluation, out, progress)
         meta.update(status="ok", reason=None)
     except KeyboardInterrupt:
         meta.update(status="interrupted", reason=f"interrupted (Ctrl-C or SIGTERM) during {phase}")
@@ -233,6 +264,29 @@ def run_one(
     meta["finished_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     _write_meta(out, meta)
     return ConfigOutcome(cfg.name, meta["status"], meta.get("reason"), out)
+
+
+def _under_load(
+    cfg: ServerConfig, server: Any, ev: EvaluationOptions, dataset: Path, evaluation: Any, out: Path, progress: bool
+) -> None:
+    """Quality under load: the answers at concurrency 1 against those at ``under_load_concurrency``
+    (the evaluation's own answers when it ran at that concurrency), to ``under_load.parquet``."""
+    from optbench.under_load import UNDER_LOAD_PARQUET, quality_under_load
+
+    n = ev.under_load_concurrency
+    _log(f"{cfg.name}: quality under load (the answers at concurrency 1 against {n})")
+    result = quality_under_load(
+        server.base_url,
+        server.model,
+        ev,
+        dataset=dataset,
+        label=cfg.name,
+        progress=progress,
+        loaded=evaluation if ev.concurrency == n else None,
+    )
+    result.to_parquet(out / UNDER_LOAD_PARQUET)
+    if "cancelled" in (result.alone.summary.get("stop_reason"), result.loaded.summary.get("stop_reason")):
+        raise KeyboardInterrupt
 
 
 def _write_meta(out: Path, meta: dict[str, Any]) -> None:
@@ -292,6 +346,7 @@ def run(
     ray: bool | str | None = None,
     ray_storage: str | None = None,
     calibrate: bool = True,
+    trials: int = 1,
 ) -> dict[str, Any]:
     """Runs every configuration in turn and writes ``results/results.csv`` and RESULTS.md.
 
@@ -303,12 +358,17 @@ def run(
     requests, writes the report of what finished, then raises KeyboardInterrupt. ``ray``: run
     the configurations as tasks on a Ray cluster instead (``True``: Ray's default cluster, else
     its address; ``ray_storage``: a folder or URI the tasks send their files through; see
-    :mod:`optbench.ray_runner`).     ``calibrate=False`` skips the client's self-calibration before each load test (a few
-    seconds against optbench's mock server; see :mod:`optbench.calibration`). Returns the
-    report (see :func:`optbench.report.build_report`)."""
+    :mod:`optbench.ray_runner`). ``calibrate=False`` skips the client's self-calibration before
+    each load test (a few seconds against optbench's mock server; see
+    :mod:`optbench.calibration`). ``trials`` runs each configuration's load test that many
+    times (``requests.parquet``, then ``requests_trial2.parquet``...): results.csv shows the
+    median over the trials and :func:`optbench.compare` resamples whole trials from 3 on.
+    Returns the report (see :func:`optbench.report.build_report`)."""
     from optbench.report import build_report
 
     profile_named(profile)  # an unknown name fails before any server starts
+    if isinstance(trials, bool) or not isinstance(trials, int) or not 1 <= trials <= MAX_TRIALS:
+        raise ConfigError(f"trials must be an integer from 1 to {MAX_TRIALS}, got {trials!r}")
     profile = RENAMED_PROFILES.get(profile, profile)
     if run_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", run_id):
         raise ConfigError(f"run_id {run_id!r}: use letters, digits and ._- (it names a folder under runs/)")
@@ -345,7 +405,7 @@ def run(
                 _log(f"configuration {i}/{len(cfgs)}: {cfg.name} is complete in {run_dir}: skipped")
                 continue
             _log(f"configuration {i}/{len(cfgs)}: {cfg.name}")
-            run_one(cfg, run_dir, profile, data, progress, calibrate)
+            run_one(cfg, run_dir, profile, data, progress, calibrate=calibrate, trials=trials)
     except KeyboardInterrupt:
         _log(f"interrupted: writing the report of what finished; continue with --resume (run {run_dir.name})")
         with contextlib.suppress(OptbenchError):
