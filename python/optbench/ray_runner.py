@@ -160,9 +160,11 @@ def run_config_task(
     storage: str | None,
     run_id: str,
     options: dict[str, Any],
+    run_settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The body of a configuration's Ray task: :func:`run_one` in a temporary folder, then the
-    folder back to the driver (returned as a tar archive, or written under ``storage``)."""
+    """The body of a configuration's Ray task: :func:`run_one` in a temporary folder (with the
+    run's ``run_settings``: ``calibrate``, ``trials``), then the folder back to the driver
+    (returned as a tar archive, or written under ``storage``)."""
     import ray
 
     ctx = ray.get_runtime_context()
@@ -184,7 +186,7 @@ def run_config_task(
         with tempfile.TemporaryDirectory(prefix="optbench-ray-") as tmp:
             run_dir = Path(tmp) / "run"
             data = _dataset_on_node(dataset, Path(tmp))
-            outcome = run_one(cfg, run_dir, profile, data, progress)
+            outcome = run_one(cfg, run_dir, profile, data, progress, **(run_settings or {}))
             meta_file = outcome.directory / "meta.json"
             meta = json.loads(meta_file.read_text())
             meta["ray"] = node
@@ -304,9 +306,10 @@ class RayRun:
     cfgs: list[ServerConfig]
     options: dict[str, dict[str, Any]]
 
-    def run(self, run_dir: Path, profile: str, dataset: Path | None, progress: bool) -> None:
+    def run(self, run_dir: Path, profile: str, dataset: Path | None, progress: bool, **run_settings: Any) -> None:
         """Runs every configuration not already complete in ``run_dir`` as a Ray task and
-        places each one's folder in ``run_dir``; returns when every task has ended."""
+        places each one's folder in ``run_dir``; returns when every task has ended.
+        ``run_settings`` (``calibrate``, ``trials``) go to each task's :func:`run_one`."""
         ray = self.ray
         todo = []
         for cfg in self.cfgs:
@@ -325,12 +328,20 @@ class RayRun:
                 raise ConfigError(f"--ray {self.address or ''}: cannot start or reach a Ray cluster: {e}") from None
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
-            self._run(todo, run_dir, profile, dataset, progress)
+            self._run(todo, run_dir, profile, dataset, progress, run_settings)
         finally:
             if owns:
                 ray.shutdown()
 
-    def _run(self, todo: list[ServerConfig], run_dir: Path, profile: str, dataset: Path | None, progress: bool) -> None:
+    def _run(
+        self,
+        todo: list[ServerConfig],
+        run_dir: Path,
+        profile: str,
+        dataset: Path | None,
+        progress: bool,
+        run_settings: dict[str, Any],
+    ) -> None:
         ray = self.ray
         shipped = None if dataset is None else ray.put((str(dataset.resolve()), dataset.read_bytes()))
         task = ray.remote(run_config_task)
@@ -342,7 +353,7 @@ class RayRun:
             body = replace(cfg, port=None)
             ref = task.options(
                 **opts, name=f"optbench:{cfg.name}", max_retries=0, runtime_env={"env_vars": env} if env else None
-            ).remote(body, profile, shipped, progress, os.getcwd(), self.storage, run_dir.name, opts)
+            ).remote(body, profile, shipped, progress, os.getcwd(), self.storage, run_dir.name, opts, run_settings)
             pending[ref] = cfg
             asks = ", ".join(f"{k} {v}" for k, v in opts.items())
             _log(f"{cfg.name}: submitted ({asks})")

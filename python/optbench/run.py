@@ -396,7 +396,7 @@ def run(
     else:
         run_dir = Path(results_dir) / "runs" / (run_id or new_run_id("run"))
     if on_ray is not None:
-        on_ray.run(run_dir, profile, data, progress)
+        on_ray.run(run_dir, profile, data, progress, calibrate=calibrate, trials=trials)
         return build_report(run_dir, results_dir=results_dir, report_path=report_path)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
