@@ -281,7 +281,7 @@ def _summarize(samples: pd.DataFrame) -> dict[str, Any]:
     return {"categories": cats, "overall": overall, "num_failed": int(samples["error_kind"].notna().sum())}
 
 
-def _start_generation(
+def start_generation(
     base_url: str,
     model: str,
     requests: list[dict[str, Any]],
@@ -306,7 +306,7 @@ def _start_generation(
     )
 
 
-def _scored(
+def score_generation(
     run: _core.LoadTest,
     items: Sequence[Mapping[str, Any]],
     requests: list[dict[str, Any]],
@@ -314,6 +314,8 @@ def _scored(
     label: str,
     options: EvaluationOptions,
 ) -> EvaluationResult:
+    """Scores the answers of a finished :func:`start_generation` run against ``items`` (one
+    row per item; an answer never sent or failed is a failure scored 0)."""
     rec = records_table(run).to_pandas().sort_values("request_id")
     rec = rec.set_index("request_id").reindex(range(len(items)))  # unsent rows (Ctrl-C) stay, as failures
     samples = pd.DataFrame(
@@ -358,7 +360,7 @@ def _load(dataset: str | os.PathLike[str] | Sequence[Mapping[str, Any]]) -> list
 Dataset = Union[str, "os.PathLike[str]", Sequence[Mapping[str, Any]]]
 
 
-def _plan(
+def plan_evaluation(
     base_url: str,
     model: str,
     dataset: Dataset,
@@ -414,11 +416,11 @@ def evaluate(
             finishes, so a killed evaluation keeps the answers it paid for (its folder must
             exist; read it with :func:`optbench.results.load_journal`).
     """
-    o, opts, items, requests = _plan(base_url, model, dataset, options, option_values)
+    o, opts, items, requests = plan_evaluation(base_url, model, dataset, options, option_values)
     label = label or model
-    run = _start_generation(base_url, model, requests, o, opts["api_key"], journal)
+    run = start_generation(base_url, model, requests, o, opts["api_key"], journal)
     drive(run, progress, f"{label} evaluation", 0.25, what="evaluation")
-    return _scored(run, items, requests, opts, label, o)
+    return score_generation(run, items, requests, opts, label, o)
 
 
 async def aevaluate(
@@ -434,11 +436,13 @@ async def aevaluate(
 ) -> EvaluationResult:
     """:func:`evaluate` for asyncio code and Jupyter: the event loop stays free while answers
     are generated and scored. Cancelling the awaiting task cancels the generation."""
-    o, opts, items, requests = await asyncio.to_thread(_plan, base_url, model, dataset, options, option_values)
+    o, opts, items, requests = await asyncio.to_thread(
+        plan_evaluation, base_url, model, dataset, options, option_values
+    )
     label = label or model
-    run = _start_generation(base_url, model, requests, o, opts["api_key"], journal)
+    run = start_generation(base_url, model, requests, o, opts["api_key"], journal)
     await adrive(run, progress, f"{label} evaluation", 0.25)
-    return await asyncio.to_thread(_scored, run, items, requests, opts, label, o)
+    return await asyncio.to_thread(score_generation, run, items, requests, opts, label, o)
 
 
 def save_evaluation(result: EvaluationResult, results_dir: str | os.PathLike[str] = "results") -> dict[str, Path]:

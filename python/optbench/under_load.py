@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 
 from optbench import bootstrap
 from optbench.driver import Progress, drive, write_parquet
-from optbench.evaluate import Dataset, EvaluationResult, _plan, _scored, _start_generation
+from optbench.evaluate import Dataset, EvaluationResult, plan_evaluation, score_generation, start_generation
 from optbench.exceptions import ConfigError
 from optbench.options import EvaluationOptions
 from optbench.results import append_csv_rows, new_run_id
@@ -185,7 +185,7 @@ def quality_under_load(
         seed: the bootstrap's seed (the same inputs and seed give the same intervals).
     """
     bootstrap.check_settings(level, resamples, seed)
-    o, opts, items, requests = _plan(base_url, model, dataset, options, option_values)
+    o, opts, items, requests = plan_evaluation(base_url, model, dataset, options, option_values)
     n = o.under_load_concurrency if o.under_load_concurrency is not None else o.concurrency
     label = label or model
     if loaded is not None:
@@ -198,9 +198,9 @@ def quality_under_load(
     results = {}
     for c in [1] if loaded is not None else [1, n]:
         oc = replace(o, concurrency=c)
-        run = _start_generation(base_url, model, requests, oc, opts["api_key"])
+        run = start_generation(base_url, model, requests, oc, opts["api_key"])
         drive(run, progress, f"{label} answers at concurrency {c}", 0.25, what="quality under load")
-        results[c] = _scored(run, items, requests, {**opts, "concurrency": c}, label, oc)
+        results[c] = score_generation(run, items, requests, {**opts, "concurrency": c}, label, oc)
     alone = results[1]
     loaded = loaded if loaded is not None else results[n]
     return compare_answers(
