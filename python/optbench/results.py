@@ -152,8 +152,6 @@ def recover_journals(results_dir: str | os.PathLike[str] = "results") -> list[Pa
     Returns the Parquet files written. A journal whose run is still going on is left alone:
     its process holds ``<journal>.lock`` (see :func:`journal_lock`) from before the journal
     exists until it has been saved and removed."""
-    from optbench.driver import write_parquet
-
     results_dir = Path(results_dir)
     written = []
     for journal in sorted(results_dir.glob(f"runs/*/{JOURNAL}")):
@@ -171,29 +169,22 @@ def recover_journals(results_dir: str | os.PathLike[str] = "results") -> list[Pa
             label = meta.get("label", run_dir.name)
             config = meta.get("config", {})
             rows, summary, bad = load_journal(journal)
-            parquet = write_parquet(rows, run_dir / "requests.parquet", config=config, summary=summary, label=label)
-            measured = summary["num_requests"]
-            row: dict[str, Any] = {"label": label}
-            from optbench.loadtest import METRICS, STATS, column_name
-
-            for m in METRICS:
-                for st in STATS:
-                    row[column_name(m, st)] = summary["metrics"].get(m, {}).get(st)
-            row.update(
-                num_requests=measured,
-                num_succeeded=summary["num_succeeded"],
-                num_failed=summary["num_failed"],
-                failures_by_kind=json.dumps(summary["failures_by_kind"], sort_keys=True),
-                request_throughput=summary["request_throughput"],
-                output_token_throughput=summary["output_token_throughput"],
-                total_output_tokens=summary["total_output_tokens"],
-                duration_s=summary["duration_s"],
+            killed = LoadTestResult(
+                requests=rows.to_pandas(),
+                summary=summary,
+                config=config,
+                label=label,
                 stop_reason="killed",
+                prompt_source="unknown",
+                _arrow=rows,
+            )
+            parquet = killed.to_parquet(run_dir / "requests.parquet")
+            row = killed.summary_row()
+            row.update(
                 run_id=run_dir.name,
                 timestamp_utc=meta.get("started_utc"),
                 requests_parquet=str(parquet.relative_to(results_dir)),
             )
-            row.update({k: config.get(k) for k in ("base_url", "model", "endpoint", "concurrency", "output_tokens")})
             append_csv_row(results_dir / LOAD_TEST_CSV, row)
             journal.unlink(missing_ok=True)
             meta_file.unlink(missing_ok=True)
