@@ -244,6 +244,21 @@ def _plan(
     return opts, config, label or _default_label(model, base_url), resolve_api_key(opts.api_key_env)
 
 
+def _start(
+    base_url: str, model: str, opts: LoadTestOptions, key: str | None, prompt_set: PromptSet, journal: str | None
+) -> _core.LoadTest:
+    """Starts the run on the Rust core (it goes on until done; drive it to wait)."""
+    return start_run(
+        base_url,
+        model,
+        api_key=key,
+        prompts=prompt_set.texts,
+        messages=prompt_set.messages,
+        journal=journal,
+        **opts.core_arguments(),
+    )
+
+
 @contextlib.contextmanager
 def _journal(journal: str | os.PathLike[str] | None, config: dict[str, Any], label: str) -> Iterator[str | None]:
     """Writes the journal's settings file next to it (what recovering it needs)."""
@@ -307,15 +322,7 @@ def load_test(
     for w in prompt_set.warnings:
         warnings.warn(w, stacklevel=2)
     with _journal(journal, config, label) as journal_path:
-        run = start_run(
-            base_url,
-            model,
-            api_key=key,
-            prompts=prompt_set.texts,
-            messages=prompt_set.messages,
-            journal=journal_path,
-            **opts.core_arguments(),
-        )
+        run = _start(base_url, model, opts, key, prompt_set, journal_path)
         drive(run, progress, label, progress_interval_s, what="load test")
     return _result(run, config, label, prompt_set, opts)
 
@@ -341,14 +348,6 @@ async def aload_test(
     for w in prompt_set.warnings:
         warnings.warn(w, stacklevel=2)
     with _journal(journal, config, label) as journal_path:
-        run = start_run(
-            base_url,
-            model,
-            api_key=key,
-            prompts=prompt_set.texts,
-            messages=prompt_set.messages,
-            journal=journal_path,
-            **opts.core_arguments(),
-        )
+        run = _start(base_url, model, opts, key, prompt_set, journal_path)
         await adrive(run, progress, label, progress_interval_s)
     return _result(run, config, label, prompt_set, opts)
