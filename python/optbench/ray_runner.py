@@ -45,8 +45,7 @@ from typing import Any, Sequence
 
 from optbench.config import ServerConfig
 from optbench.exceptions import ConfigError, OptbenchError
-from optbench.options import EvaluationOptions, LoadTestOptions
-from optbench.run import is_complete, profile_named, run_one
+from optbench.run import config_meta, is_complete, run_one
 
 INSTALL_HINT = "pip install 'optbench[ray]'"
 #: Seconds between the driver's "still running" lines.
@@ -228,17 +227,9 @@ def _lost_reason(ray: ModuleType, e: BaseException) -> str:
 
 def _failed_meta(cfg: ServerConfig, profile: str, reason: str, options: dict[str, Any]) -> dict[str, Any]:
     """``meta.json`` of a configuration whose task never returned its own."""
-    chosen = profile_named(profile)
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     return {
-        "name": cfg.name,
-        "engine": cfg.engine,
-        "model": cfg.model,
-        "baseline": cfg.baseline,
-        "config_file": str(cfg.path) if cfg.path else None,
-        "profile": profile,
-        "load_test": LoadTestOptions.make(chosen.load_test, **cfg.load_test).to_dict(),
-        "evaluation": EvaluationOptions.make(chosen.evaluation, **cfg.evaluation).to_dict(),
+        **config_meta(cfg, profile),
         "status": "failed",
         "reason": reason,
         "finished_utc": now,

@@ -156,6 +156,23 @@ def evaluation_options(chosen: Profile, cfg: ServerConfig, lt: LoadTestOptions) 
     return ev
 
 
+def config_meta(cfg: ServerConfig, profile: str) -> dict[str, Any]:
+    """What every ``meta.json`` of a configuration starts with: its identity and the options it
+    runs with (the profile's, with what the configuration sets explicitly winning)."""
+    chosen = profile_named(profile)
+    lt = LoadTestOptions.make(chosen.load_test, **cfg.load_test)
+    return {
+        "name": cfg.name,
+        "engine": cfg.engine,
+        "model": cfg.model,
+        "baseline": cfg.baseline,
+        "config_file": str(cfg.path) if cfg.path else None,
+        "profile": profile,
+        "load_test": lt.to_dict(),
+        "evaluation": evaluation_options(chosen, cfg, lt).to_dict(),
+    }
+
+
 def run_one(
     cfg: ServerConfig,
     run_dir: Path,
@@ -174,24 +191,18 @@ def run_one(
     out = run_dir / cfg.name
     _set_aside_earlier_attempt(out)
     out.mkdir(parents=True, exist_ok=True)
-    # The profile's options; what the configuration sets explicitly wins.
     chosen = profile_named(profile)
     lt = LoadTestOptions.make(chosen.load_test, **cfg.load_test)
     ev = evaluation_options(chosen, cfg, lt)
-    meta: dict[str, Any] = {
-        "name": cfg.name,
-        "engine": cfg.engine,
-        "model": cfg.model,
-        "baseline": cfg.baseline,
-        "config_file": str(cfg.path) if cfg.path else None,
-        "profile": profile,
-        "load_test": lt.to_dict(),
-        "evaluation": ev.to_dict(),
-        "trials": trials,
-        "started_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "status": "running",
-        "gpu_cost_per_hour": cfg.gpu_cost_per_hour,
-    }
+    meta = config_meta(cfg, profile)  # the same options, as JSON
+    meta.update(
+        {
+            "trials": trials,
+            "started_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "status": "running",
+            "gpu_cost_per_hour": cfg.gpu_cost_per_hour,
+        }
+    )
     phase = "start"
 
     def enter(p: str) -> None:
