@@ -32,6 +32,9 @@ struct JournalLine {
     done_ns: Option<i64>,
     chunk_times_ns: Vec<i64>,
     chunk_text_bytes: Vec<u32>,
+    /// Absent in journals written before it existed (then 1 token per chunk).
+    #[serde(default)]
+    chunk_tokens: Vec<u32>,
     output_text: String,
     output_tokens: Option<u32>,
     token_count_source: Option<String>,
@@ -56,6 +59,7 @@ impl From<&RequestRecord> for JournalLine {
             done_ns: r.done_ns,
             chunk_times_ns: r.chunk_times_ns.clone(),
             chunk_text_bytes: r.chunk_text_bytes.clone(),
+            chunk_tokens: r.chunk_tokens.clone(),
             output_text: r.output_text.clone(),
             output_tokens: r.output_tokens,
             token_count_source: r.token_count_source.map(|s| s.as_str().to_string()),
@@ -99,6 +103,7 @@ impl JournalLine {
             done_ns: self.done_ns,
             chunk_times_ns: self.chunk_times_ns,
             chunk_text_bytes: self.chunk_text_bytes,
+            chunk_tokens: self.chunk_tokens,
             output_text: self.output_text,
             output_tokens: self.output_tokens,
             token_count_source,
