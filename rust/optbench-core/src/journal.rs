@@ -276,6 +276,30 @@ mod tests {
     }
 
     #[test]
+    fn chunk_tokens_round_trip_and_old_lines_without_them_read() {
+        let dir = std::env::temp_dir().join(format!("optbench-journal-chunks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("requests.journal.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let writer = JournalWriter::create(&path).unwrap();
+        writer.append(&RequestRecord { chunk_tokens: vec![2, 1, 3], ..record(0, None) });
+        writer.finish().unwrap();
+        // A line written before `chunk_tokens` existed.
+        let mut old = serde_json::to_value(JournalLine::from(&record(1, None))).unwrap();
+        old.as_object_mut().unwrap().remove("chunk_tokens");
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        writeln!(f, "{old}").unwrap();
+        drop(f);
+
+        let read = read_journal(&path).unwrap();
+        assert!(read.bad_lines.is_empty(), "{:?}", read.bad_lines);
+        assert_eq!(read.records[0].chunk_tokens, vec![2, 1, 3]);
+        assert!(read.records[1].chunk_tokens.is_empty());
+        assert_eq!(read.records[1].itl_ms(), vec![10e-6, 10e-6], "1 token per chunk");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_journal_in_a_missing_folder_fails_before_the_run() {
         let err = JournalWriter::create(Path::new("/nonexistent-optbench-dir/j.jsonl")).unwrap_err();
         assert!(err.to_string().contains("cannot open the journal /nonexistent-optbench-dir/j.jsonl"), "{err}");

@@ -70,6 +70,10 @@ struct Args {
     /// The first token that changes under load (see --diverge-above).
     #[arg(long, default_value_t = 0)]
     diverge_at: usize,
+    /// Tokens in each chunk, chunks --gap-ms apart (with the cumulative usage in each chunk when
+    /// the request asks for stream_options.continuous_usage_stats).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(usize).range(1..))]
+    tokens_per_chunk: usize,
     /// Write the truth log (a JSON array) here when stopped with Ctrl-C or SIGTERM.
     #[arg(long)]
     log: Option<PathBuf>,
@@ -138,6 +142,7 @@ fn main() {
             slots: (args.slots > 0).then_some(args.slots),
             gap_growth: args.gap_growth,
             diverge: args.diverge_above.map(|above| Diverge { above, at: args.diverge_at }),
+            tokens_per_chunk: args.tokens_per_chunk,
             ..MockBehavior::default()
         },
         (Err(e), _) | (_, Err(e)) => {
