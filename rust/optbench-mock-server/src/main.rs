@@ -72,7 +72,7 @@ struct Args {
     diverge_at: usize,
     /// Tokens in each chunk, chunks --gap-ms apart (with the cumulative usage in each chunk when
     /// the request asks for stream_options.continuous_usage_stats).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(usize).range(1..))]
+    #[arg(long, default_value_t = 1)]
     tokens_per_chunk: usize,
     /// Write the truth log (a JSON array) here when stopped with Ctrl-C or SIGTERM.
     #[arg(long)]
@@ -126,6 +126,10 @@ fn main() {
     let args = Args::parse();
     if !args.gap_growth.is_finite() || args.gap_growth < 0.0 {
         eprintln!("optbench-mock-server: --gap-growth must be a number >= 0, got {}", args.gap_growth);
+        std::process::exit(2);
+    }
+    if args.tokens_per_chunk == 0 {
+        eprintln!("optbench-mock-server: --tokens-per-chunk must be at least 1");
         std::process::exit(2);
     }
     let behavior = match (millis("ttft-ms", args.ttft_ms), millis("gap-ms", args.gap_ms)) {
