@@ -48,6 +48,27 @@ def test_ttft_and_itl_within_1ms_of_the_servers_truth():
     assert (r.requests["token_count_source"] == "usage").all()
 
 
+def test_multi_token_chunks_give_per_token_itl_and_a_warning():
+    with MockServer(ttft_ms=5, gap_ms=10, tokens=12, tokens_per_chunk=2) as server:
+        r = run(server.base_url, num_requests=4, concurrency=2, output_tokens=12)
+    assert r.summary["num_succeeded"] == 4
+    assert (r.requests["output_tokens"] == 12).all()
+    assert all(list(t) == [2] * 6 for t in r.requests["chunk_tokens"])
+    assert r.summary["num_chunks"] == 24 and r.summary["num_multi_token_chunks"] == 24
+    assert r.summary["metrics"]["tokens_per_chunk"]["max"] == 2.0
+    assert abs(r.metric("chunk_gap_ms") - 10.0) < 1.5
+    assert abs(r.metric("itl_ms") - 5.0) < 0.75, r.metric("itl_ms")
+    assert "100% of chunks carried more than one token; ITL is per token (gap / tokens)" in " ".join(r.warnings)
+
+
+def test_one_token_chunks_raise_no_chunk_warning():
+    with MockServer(ttft_ms=5, gap_ms=2, tokens=6) as server:
+        r = run(server.base_url, num_requests=2, output_tokens=6)
+    assert r.summary["num_multi_token_chunks"] == 0
+    assert not any("more than one token" in w for w in r.warnings)
+    assert r.metric("itl_ms") == pytest.approx(r.metric("chunk_gap_ms"))
+
+
 @pytest.mark.parametrize(
     "fault,arg,kind,timeout_s",
     [

@@ -46,7 +46,16 @@ class ServerConnectionError(ServerError, ConnectionError): ...
 class ServerTimeoutError(ServerError, TimeoutError): ...
 
 _MetricName = Literal[
-    "ttft_ms", "e2e_ms", "tokens_per_s", "tpot_ms", "itl_ms", "queue_delay_ms", "output_tokens", "prompt_tokens"
+    "ttft_ms",
+    "e2e_ms",
+    "tokens_per_s",
+    "tpot_ms",
+    "itl_ms",
+    "chunk_gap_ms",
+    "tokens_per_chunk",
+    "queue_delay_ms",
+    "output_tokens",
+    "prompt_tokens",
 ]
 _StatisticName = Literal["count", "mean", "p50", "p90", "p95", "p99", "min", "max"]
 #: The keys of ``LoadTest.summary()["metrics"]``, in the order they are computed.
@@ -94,6 +103,9 @@ class Summary(TypedDict):
     total_output_tokens: int
     total_prompt_tokens: int
     num_token_counts_estimated: int
+    #: Token-carrying chunks of successful requests, and those that carried more than one token.
+    num_chunks: int
+    num_multi_token_chunks: int
     #: A metric with no values is absent.
     metrics: dict[_MetricName, MetricStats]
 
@@ -242,6 +254,7 @@ class MockServer:
         gap_growth: float = 0.0,
         diverge_above: int | None = None,
         diverge_at: int = 0,
+        tokens_per_chunk: int = 1,
     ) -> MockServer: ...
     @property
     def base_url(self) -> str: ...

@@ -210,6 +210,13 @@ def _result(
             f"{summary['num_token_counts_estimated']} responses had no usage and no tokenizer could "
             "count them: their token counts are chunk counts (token_count_source='chunks')"
         )
+    core_summary = run.summary()
+    if core_summary["num_multi_token_chunks"]:
+        share = 100 * core_summary["num_multi_token_chunks"] / core_summary["num_chunks"]
+        warns.append(
+            f"{share:.0f}% of chunks carried more than one token; ITL is per token (gap / tokens), "
+            "chunk_gap_ms is the gap between chunks"
+        )
     if _core.build_profile != "release":
         warns.append("optbench._core is a debug build: timings carry extra client overhead")
     if stop_reason != "completed":

@@ -31,6 +31,12 @@ token and every later one of the answer differ from the answer the prompt gets a
 replaced token is another digit), as a batching bug would; ``log()`` marks such requests
 ``diverged``.
 
+**Tokens per chunk** (``tokens_per_chunk``). Each chunk carries that many tokens (the last one
+what is left), ``gap_ms`` apart, as vLLM does under load. When the request asks for
+``stream_options.continuous_usage_stats`` (optbench's client does), every chunk carries the
+cumulative ``usage`` as vLLM sends it; otherwise only the final usage chunk does. The ``reset``
+and ``malformed`` faults then count chunks, and ``log()``'s ``tokens_sent`` counts tokens.
+
 :func:`capacity_model` computes, for a closed loop, what the capacity model gives each request
 (the truth a search for the highest concurrency meeting an SLO is tested against).
 """

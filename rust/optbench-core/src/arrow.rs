@@ -41,7 +41,9 @@ pub fn records_schema() -> Schema {
         Field::new("num_chunks", DataType::UInt32, false),
         list("chunk_times_ns", DataType::Int64),
         list("chunk_text_bytes", DataType::UInt32),
+        list("chunk_tokens", DataType::UInt32),
         list("itl_ms", DataType::Float64),
+        list("chunk_gap_ms", DataType::Float64),
         Field::new("output_text", DataType::Utf8, false),
         Field::new("server_timings", DataType::Utf8, true),
     ])
@@ -58,14 +60,21 @@ pub fn records_to_batch(records: &[RequestRecord]) -> Result<RecordBatch, ArrowE
     }
     let mut chunk_times = ListBuilder::new(Int64Builder::new());
     let mut chunk_bytes = ListBuilder::new(UInt32Builder::new());
+    let mut chunk_tokens = ListBuilder::new(UInt32Builder::new());
     let mut itl = ListBuilder::new(Float64Builder::new());
+    let mut chunk_gap = ListBuilder::new(Float64Builder::new());
     for r in records {
         chunk_times.values().append_slice(&r.chunk_times_ns);
         chunk_times.append(true);
         chunk_bytes.values().append_slice(&r.chunk_text_bytes);
         chunk_bytes.append(true);
+        let tokens: Vec<u32> = (0..r.chunk_times_ns.len()).map(|i| r.tokens_of_chunk(i)).collect();
+        chunk_tokens.values().append_slice(&tokens);
+        chunk_tokens.append(true);
         itl.values().append_slice(&r.itl_ms());
         itl.append(true);
+        chunk_gap.values().append_slice(&r.chunk_gap_ms());
+        chunk_gap.append(true);
     }
     let columns: Vec<ArrayRef> = vec![
         col(records, |r| r.request_id, UInt32Array::from),
@@ -92,7 +101,9 @@ pub fn records_to_batch(records: &[RequestRecord]) -> Result<RecordBatch, ArrowE
         col(records, |r| r.chunk_times_ns.len() as u32, UInt32Array::from),
         Arc::new(chunk_times.finish()),
         Arc::new(chunk_bytes.finish()),
+        Arc::new(chunk_tokens.finish()),
         Arc::new(itl.finish()),
+        Arc::new(chunk_gap.finish()),
         col(records, |r| r.output_text.clone(), StringArray::from),
         col(records, |r| r.server_timings.clone(), StringArray::from),
     ];

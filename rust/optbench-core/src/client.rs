@@ -244,7 +244,12 @@ impl RequestSettings {
         body.insert("max_tokens".into(), self.max_tokens.into());
         body.insert("temperature".into(), self.temperature.into());
         body.insert("stream".into(), true.into());
-        body.insert("stream_options".into(), serde_json::json!({ "include_usage": true }));
+        // `continuous_usage_stats` (vLLM) puts the cumulative usage in every chunk, which gives
+        // the tokens of each chunk; servers without it ignore it and send usage at the end.
+        body.insert(
+            "stream_options".into(),
+            serde_json::json!({ "include_usage": true, "continuous_usage_stats": true }),
+        );
         if self.ignore_eos {
             body.insert("ignore_eos".into(), true.into());
         }
@@ -491,6 +496,16 @@ fn handle_event(event: &SseEvent, arrived: i64, rec: &mut RequestRecord) -> Resu
             rec.last_token_ns = Some(arrived);
             rec.chunk_times_ns.push(arrived);
             rec.chunk_text_bytes.push(text.len() as u32);
+            // The chunk's tokens: the rise of the cumulative count since the last token-carrying
+            // chunk (tokens of chunks without text count in the next one), at least 1.
+            let tokens = match chunk.usage.as_ref().and_then(|u| u.completion_tokens) {
+                Some(n) => {
+                    let counted: u32 = rec.chunk_tokens.iter().sum();
+                    n.saturating_sub(counted).max(1)
+                }
+                None => 1,
+            };
+            rec.chunk_tokens.push(tokens);
             rec.output_text.push_str(text);
         }
         if let Some(reason) = &choice.finish_reason {
@@ -541,6 +556,7 @@ mod tests {
         assert_eq!(p.url, "http://127.0.0.1:8000/v1/completions");
         let v: serde_json::Value = serde_json::from_slice(&p.body).unwrap();
         assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["stream_options"]["continuous_usage_stats"], true);
         assert_eq!(v["stream"], true);
         assert_eq!(v["ignore_eos"], true);
         assert_eq!(v["prompt"], "hi");
@@ -595,6 +611,24 @@ mod tests {
         assert_eq!(rec.output_tokens, Some(3));
         assert_eq!(rec.prompt_tokens, Some(4));
         assert_eq!(rec.token_count_source, Some(TokenCountSource::Usage));
+    }
+
+    #[test]
+    fn chunk_tokens_come_from_the_rise_of_cumulative_usage() {
+        let mut rec = RequestRecord::default();
+        let usage =
+            |text: &str, n: u32| format!(r#"{{"choices":[{{"text":"{text}"}}],"usage":{{"completion_tokens":{n}}}}}"#);
+        handle_event(&ev(&usage("a b", 2)), 1, &mut rec).ok().unwrap();
+        handle_event(&ev(&usage("c", 3)), 2, &mut rec).ok().unwrap();
+        // Tokens of a chunk without text count in the next chunk with text.
+        handle_event(&ev(&usage("", 4)), 3, &mut rec).ok().unwrap();
+        handle_event(&ev(&usage("d e", 6)), 4, &mut rec).ok().unwrap();
+        // No rise (text held back by the server, then sent): still one token.
+        handle_event(&ev(&usage("f", 6)), 5, &mut rec).ok().unwrap();
+        // No usage in the chunk: one token.
+        handle_event(&ev(r#"{"choices":[{"text":"g"}]}"#), 6, &mut rec).ok().unwrap();
+        assert_eq!(rec.chunk_tokens, vec![2, 1, 3, 1, 1]);
+        assert_eq!(rec.chunk_times_ns, vec![1, 2, 4, 5, 6]);
     }
 
     #[test]

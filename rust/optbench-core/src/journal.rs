@@ -32,6 +32,9 @@ struct JournalLine {
     done_ns: Option<i64>,
     chunk_times_ns: Vec<i64>,
     chunk_text_bytes: Vec<u32>,
+    /// Absent in journals written before it existed (then 1 token per chunk).
+    #[serde(default)]
+    chunk_tokens: Vec<u32>,
     output_text: String,
     output_tokens: Option<u32>,
     token_count_source: Option<String>,
@@ -56,6 +59,7 @@ impl From<&RequestRecord> for JournalLine {
             done_ns: r.done_ns,
             chunk_times_ns: r.chunk_times_ns.clone(),
             chunk_text_bytes: r.chunk_text_bytes.clone(),
+            chunk_tokens: r.chunk_tokens.clone(),
             output_text: r.output_text.clone(),
             output_tokens: r.output_tokens,
             token_count_source: r.token_count_source.map(|s| s.as_str().to_string()),
@@ -99,6 +103,7 @@ impl JournalLine {
             done_ns: self.done_ns,
             chunk_times_ns: self.chunk_times_ns,
             chunk_text_bytes: self.chunk_text_bytes,
+            chunk_tokens: self.chunk_tokens,
             output_text: self.output_text,
             output_tokens: self.output_tokens,
             token_count_source,
@@ -267,6 +272,30 @@ mod tests {
         assert_eq!(r1.chunk_times_ns, vec![30, 40, 50]);
         assert_eq!(r1.token_count_source, Some(TokenCountSource::Usage));
         assert_eq!(r1.ttft_ms(), record(1, None).ttft_ms());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn chunk_tokens_round_trip_and_old_lines_without_them_read() {
+        let dir = std::env::temp_dir().join(format!("optbench-journal-chunks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("requests.journal.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let writer = JournalWriter::create(&path).unwrap();
+        writer.append(&RequestRecord { chunk_tokens: vec![2, 1, 3], ..record(0, None) });
+        writer.finish().unwrap();
+        // A line written before `chunk_tokens` existed.
+        let mut old = serde_json::to_value(JournalLine::from(&record(1, None))).unwrap();
+        old.as_object_mut().unwrap().remove("chunk_tokens");
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        writeln!(f, "{old}").unwrap();
+        drop(f);
+
+        let read = read_journal(&path).unwrap();
+        assert!(read.bad_lines.is_empty(), "{:?}", read.bad_lines);
+        assert_eq!(read.records[0].chunk_tokens, vec![2, 1, 3]);
+        assert!(read.records[1].chunk_tokens.is_empty());
+        assert_eq!(read.records[1].itl_ms(), vec![10e-6, 10e-6], "1 token per chunk");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

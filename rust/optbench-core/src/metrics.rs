@@ -98,14 +98,31 @@ pub struct Summary {
     pub total_prompt_tokens: u64,
     /// Successful requests whose token count is only the number of chunks (an estimate).
     pub num_token_counts_estimated: usize,
-    /// Per-metric statistics: `ttft_ms`, `e2e_ms`, `tokens_per_s`, `tpot_ms`, `itl_ms`,
-    /// `queue_delay_ms`, `output_tokens`, `prompt_tokens`. A metric with no values is absent.
+    /// Token-carrying chunks of successful requests.
+    pub num_chunks: usize,
+    /// Of those, the chunks that carried more than one token (see
+    /// [`RequestRecord::chunk_tokens`]); `itl_ms` then differs from `chunk_gap_ms`.
+    pub num_multi_token_chunks: usize,
+    /// Per-metric statistics: `ttft_ms`, `e2e_ms`, `tokens_per_s`, `tpot_ms`, `itl_ms` (per
+    /// token: a chunk of k tokens after a gap g gives k gaps of g/k), `chunk_gap_ms` (between
+    /// token-carrying chunks), `tokens_per_chunk`, `queue_delay_ms`, `output_tokens`,
+    /// `prompt_tokens`. A metric with no values is absent.
     pub metrics: BTreeMap<&'static str, Stats>,
 }
 
 /// The names of [`Summary::metrics`], in the order they are computed.
-pub const METRIC_NAMES: [&str; 8] =
-    ["ttft_ms", "e2e_ms", "tokens_per_s", "tpot_ms", "itl_ms", "queue_delay_ms", "output_tokens", "prompt_tokens"];
+pub const METRIC_NAMES: [&str; 10] = [
+    "ttft_ms",
+    "e2e_ms",
+    "tokens_per_s",
+    "tpot_ms",
+    "itl_ms",
+    "chunk_gap_ms",
+    "tokens_per_chunk",
+    "queue_delay_ms",
+    "output_tokens",
+    "prompt_tokens",
+];
 
 /// The names of [`Stats::fields`], in order.
 pub const STATISTIC_NAMES: [&str; 8] = ["count", "mean", "p50", "p90", "p95", "p99", "min", "max"];
@@ -138,6 +155,10 @@ impl Summary {
         s.total_prompt_tokens = ok.iter().filter_map(|r| r.prompt_tokens).map(u64::from).sum();
         s.num_token_counts_estimated =
             ok.iter().filter(|r| r.token_count_source == Some(crate::record::TokenCountSource::Chunks)).count();
+        let chunk_tokens: Vec<u32> =
+            ok.iter().flat_map(|r| (0..r.chunk_times_ns.len()).map(|i| r.tokens_of_chunk(i))).collect();
+        s.num_chunks = chunk_tokens.len();
+        s.num_multi_token_chunks = chunk_tokens.iter().filter(|&&k| k > 1).count();
         if s.duration_s > 0.0 {
             s.request_throughput = ok.len() as f64 / s.duration_s;
             s.output_token_throughput = s.total_output_tokens as f64 / s.duration_s;
@@ -152,6 +173,8 @@ impl Summary {
         put("tokens_per_s", ok.iter().filter_map(|r| r.tokens_per_s()).collect());
         put("tpot_ms", ok.iter().filter_map(|r| r.tpot_ms()).collect());
         put("itl_ms", ok.iter().flat_map(|r| r.itl_ms()).collect());
+        put("chunk_gap_ms", ok.iter().flat_map(|r| r.chunk_gap_ms()).collect());
+        put("tokens_per_chunk", chunk_tokens.iter().copied().map(f64::from).collect());
         put("queue_delay_ms", measured.iter().filter_map(|r| r.queue_delay_ms()).collect());
         put("output_tokens", ok.iter().filter_map(|r| r.output_tokens.map(f64::from)).collect());
         put("prompt_tokens", ok.iter().filter_map(|r| r.prompt_tokens.map(f64::from)).collect());

@@ -22,6 +22,11 @@
 //! `d.at` is due and more than `d.above` requests are active, that token and every later one of
 //! the request come from another sequence, each differing from the token it replaces: the answer
 //! changes under load from token `d.at` on, as with a batching bug.
+//!
+//! **Tokens per chunk.** With `tokens_per_chunk = k`, each chunk carries `k` tokens (the last
+//! one what is left), chunks `gap` apart, as vLLM does under load. When the request asks for
+//! `stream_options.continuous_usage_stats`, every chunk carries the cumulative `usage`
+//! (as vLLM sends it); otherwise only the final usage chunk does. Faults count chunks.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -48,7 +53,7 @@ pub enum Fault {
     NoDone,
     /// Waits this long before sending the response headers.
     SlowHeaders(Duration),
-    /// Leaves out the `usage` chunk.
+    /// Leaves out the `usage` chunk (and the usage of every chunk).
     NoUsage,
     /// Answers with this redirect status (3xx) and `Location` header, without a body.
     Redirect(u16, String),
@@ -109,6 +114,8 @@ pub struct MockBehavior {
     pub gap_growth: f64,
     /// Answers that change under load (None: never).
     pub diverge: Option<Diverge>,
+    /// Tokens in each chunk (at least 1).
+    pub tokens_per_chunk: usize,
 }
 
 impl Default for MockBehavior {
@@ -124,6 +131,7 @@ impl Default for MockBehavior {
             slots: None,
             gap_growth: 0.0,
             diverge: None,
+            tokens_per_chunk: 1,
         }
     }
 }
@@ -543,7 +551,10 @@ async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) 
     let seed = prompt_hash(&request, chat);
     let mut diverged = false;
     let mut due = if b.slots.is_some() { slot_at + b.ttft } else { received_at + b.ttft };
-    for i in 0..tokens {
+    let per_chunk = b.tokens_per_chunk.max(1);
+    let continuous_usage =
+        request["stream_options"]["continuous_usage_stats"].as_bool() == Some(true) && b.fault != Fault::NoUsage;
+    for (i, first) in (0..tokens).step_by(per_chunk).enumerate() {
         if i > 0 {
             let active = state.active.load(Ordering::SeqCst).max(1);
             due += if b.gap_growth == 0.0 {
@@ -556,8 +567,9 @@ async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) 
             MockTimer::Precise => crate::schedule::precise_sleep_until(due).await,
             MockTimer::Coarse => tokio::time::sleep_until(due).await,
         }
+        let end = (first + per_chunk).min(tokens);
         if let Some(d) = b.diverge {
-            if i == d.at && state.active.load(Ordering::SeqCst) > d.above {
+            if (first..end).contains(&d.at) && state.active.load(Ordering::SeqCst) > d.above {
                 diverged = true;
                 update_log(state, id, |entry| entry.diverged = true);
             }
@@ -574,12 +586,23 @@ async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) 
             }
             _ => {}
         }
-        let digit = token_digit(seed, i, diverged);
+        let text: String = (first..end)
+            .map(|j| {
+                // Tokens before the divergence point keep their digits.
+                let digit = token_digit(seed, j, diverged && b.diverge.is_some_and(|d| j >= d.at));
+                format!(" tok{digit}")
+            })
+            .collect();
+        let usage = if continuous_usage {
+            format!(",\"usage\":{{\"prompt_tokens\":7,\"completion_tokens\":{end},\"total_tokens\":{}}}", end + 7)
+        } else {
+            String::new()
+        };
         let event = if chat {
-            format!("data: {{{head},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" tok{digit}\"}},\"finish_reason\":null}}]}}\n\n")
+            format!("data: {{{head},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}},\"finish_reason\":null}}]{usage}}}\n\n")
         } else {
             format!(
-                "data: {{{head},\"choices\":[{{\"index\":0,\"text\":\" tok{digit}\",\"finish_reason\":null}}]}}\n\n"
+                "data: {{{head},\"choices\":[{{\"index\":0,\"text\":\"{text}\",\"finish_reason\":null}}]{usage}}}\n\n"
             )
         };
         chunk(socket, event.as_bytes()).await?;
@@ -589,7 +612,7 @@ async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) 
                 entry.first_token_sent = Some(sent);
             }
             entry.last_token_sent = Some(sent);
-            entry.tokens_sent = i + 1;
+            entry.tokens_sent = end;
         });
     }
     let finish = if chat {

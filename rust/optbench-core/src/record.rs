@@ -121,6 +121,11 @@ pub struct RequestRecord {
     pub chunk_times_ns: Vec<i64>,
     /// Length in bytes of the generated text each token-carrying chunk carried.
     pub chunk_text_bytes: Vec<u32>,
+    /// Tokens each token-carrying chunk carried: the rise of the cumulative
+    /// `usage.completion_tokens` since the previous token-carrying chunk when the chunk carries
+    /// usage (vLLM with `continuous_usage_stats`), at least 1; otherwise 1. Empty in records
+    /// written before it existed (read as 1 per chunk).
+    pub chunk_tokens: Vec<u32>,
     /// The generated text, concatenated.
     pub output_text: String,
     /// Number of generated tokens (see `token_count_source`).
@@ -188,8 +193,28 @@ impl RequestRecord {
         Some(ns_to_ms(self.sent_ns? - self.scheduled_ns))
     }
 
-    /// Inter-token latencies in milliseconds: gaps between successive token-carrying chunks.
+    /// Tokens of token-carrying chunk `i` (1 where the record does not say).
+    pub fn tokens_of_chunk(&self, i: usize) -> u32 {
+        self.chunk_tokens.get(i).copied().unwrap_or(1)
+    }
+
+    /// Inter-token latencies in milliseconds, per token: a chunk of `k` tokens that arrived
+    /// `g` after the previous token-carrying chunk contributes `k` gaps of `g / k`. The first
+    /// chunk contributes none (its tokens arrived together, after the TTFT), so a request whose
+    /// chunks carried `k₀, k₁, …` tokens has `k₁ + k₂ + …` gaps. With one token per chunk these
+    /// are the gaps between chunks.
     pub fn itl_ms(&self) -> Vec<f64> {
+        let mut out = Vec::with_capacity(self.chunk_times_ns.len());
+        for (i, w) in self.chunk_times_ns.windows(2).enumerate() {
+            let k = self.tokens_of_chunk(i + 1).max(1);
+            let per_token = ns_to_ms(w[1] - w[0]) / f64::from(k);
+            out.extend(std::iter::repeat_n(per_token, k as usize));
+        }
+        out
+    }
+
+    /// Gaps in milliseconds between successive token-carrying chunks, whatever each carried.
+    pub fn chunk_gap_ms(&self) -> Vec<f64> {
         self.chunk_times_ns.windows(2).map(|w| ns_to_ms(w[1] - w[0])).collect()
     }
 }
@@ -243,5 +268,19 @@ mod tests {
         assert_eq!(r.ttft_ms(), None);
         assert_eq!(r.e2e_ms(), None);
         assert!(r.itl_ms().is_empty());
+    }
+
+    #[test]
+    fn itl_is_per_token_when_chunks_carry_several() {
+        let mut r = record();
+        // Chunks of 2, 1, 3, 2, 2 tokens, 25 ms apart.
+        r.chunk_tokens = vec![2, 1, 3, 2, 2];
+        r.output_tokens = Some(10);
+        let itl = r.itl_ms();
+        assert_eq!(itl.len(), 8, "every token after the first chunk has a gap");
+        assert_eq!(itl[0], 25.0);
+        assert!(itl[1..4].iter().all(|g| (g - 25.0 / 3.0).abs() < 1e-12));
+        assert_eq!(&itl[4..], &[12.5; 4]);
+        assert_eq!(r.chunk_gap_ms(), vec![25.0; 4]);
     }
 }

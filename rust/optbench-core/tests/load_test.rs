@@ -514,3 +514,63 @@ async fn mock_answers_change_under_load_from_the_stated_token() {
         assert!((3..8).all(|i| a[i] != b[i]), "{a:?} vs {b:?}");
     }
 }
+
+/// Runs 3 requests of 12 tokens, `k` per chunk and chunks 10 ms apart.
+async fn chunked_run(k: usize, continuous_usage: bool) -> LoadTestOutcome {
+    let behavior = MockBehavior {
+        ttft: Duration::from_millis(5),
+        gap: Duration::from_millis(10),
+        tokens: 12,
+        tokens_per_chunk: k,
+        ..MockBehavior::default()
+    };
+    let server = MockServer::start("127.0.0.1:0", behavior).await.unwrap();
+    let mut cfg = closed(&server.base_url(), 3, 3, 12);
+    if !continuous_usage {
+        cfg.request.extra_body.insert("stream_options".into(), serde_json::json!({ "include_usage": true }));
+    }
+    run(cfg).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn itl_is_per_token_when_chunks_carry_several_tokens() {
+    for k in [1_usize, 2, 3] {
+        let out = chunked_run(k, true).await;
+        for r in &out.records {
+            assert!(r.is_success(), "{:?}", r.error_message);
+            assert_eq!(r.output_tokens, Some(12));
+            assert_eq!(r.chunk_tokens, vec![k as u32; 12 / k], "k={k}");
+            assert_eq!(r.itl_ms().len(), 12 - k, "one gap per token after the first chunk");
+        }
+        let s = Summary::from_records(&out.records);
+        assert_eq!(s.total_output_tokens, 36);
+        assert_eq!(s.num_chunks, 3 * 12 / k);
+        assert_eq!(s.num_multi_token_chunks, if k > 1 { s.num_chunks } else { 0 });
+        let tpc = &s.metrics["tokens_per_chunk"];
+        assert_eq!((tpc.mean, tpc.max), (k as f64, k as f64));
+        let gap = s.metrics["chunk_gap_ms"].p50;
+        let itl = s.metrics["itl_ms"].p50;
+        assert!((gap - 10.0).abs() < 1.5, "k={k}: chunk gap P50 {gap} ms, sent 10 ms apart");
+        assert!(
+            (itl - 10.0 / k as f64).abs() < 1.5 / k as f64,
+            "k={k}: ITL P50 {itl} ms, expected {}",
+            10.0 / k as f64
+        );
+        assert_eq!(s.metrics["itl_ms"].count, 3 * (12 - k));
+        eprintln!("k={k}: chunk gap P50 {gap:.3} ms, ITL P50 {itl:.3} ms, tokens/chunk {}", tpc.mean);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_continuous_usage_each_chunk_counts_one_token() {
+    let out = chunked_run(2, false).await;
+    for r in &out.records {
+        assert!(r.is_success(), "{:?}", r.error_message);
+        // The final usage still gives the exact count; the chunks only say 1 each.
+        assert_eq!(r.output_tokens, Some(12));
+        assert_eq!(r.chunk_tokens, vec![1; 6]);
+    }
+    let s = Summary::from_records(&out.records);
+    assert_eq!(s.num_multi_token_chunks, 0);
+    assert!((s.metrics["itl_ms"].p50 - 10.0).abs() < 1.5);
+}

@@ -70,6 +70,10 @@ struct Args {
     /// The first token that changes under load (see --diverge-above).
     #[arg(long, default_value_t = 0)]
     diverge_at: usize,
+    /// Tokens in each chunk, chunks --gap-ms apart (with the cumulative usage in each chunk when
+    /// the request asks for stream_options.continuous_usage_stats).
+    #[arg(long, default_value_t = 1)]
+    tokens_per_chunk: usize,
     /// Write the truth log (a JSON array) here when stopped with Ctrl-C or SIGTERM.
     #[arg(long)]
     log: Option<PathBuf>,
@@ -124,6 +128,10 @@ fn main() {
         eprintln!("optbench-mock-server: --gap-growth must be a number >= 0, got {}", args.gap_growth);
         std::process::exit(2);
     }
+    if args.tokens_per_chunk == 0 {
+        eprintln!("optbench-mock-server: --tokens-per-chunk must be at least 1");
+        std::process::exit(2);
+    }
     let behavior = match (millis("ttft-ms", args.ttft_ms), millis("gap-ms", args.gap_ms)) {
         (Ok(ttft), Ok(gap)) => MockBehavior {
             ttft,
@@ -138,6 +146,7 @@ fn main() {
             slots: (args.slots > 0).then_some(args.slots),
             gap_growth: args.gap_growth,
             diverge: args.diverge_above.map(|above| Diverge { above, at: args.diverge_at }),
+            tokens_per_chunk: args.tokens_per_chunk,
             ..MockBehavior::default()
         },
         (Err(e), _) | (_, Err(e)) => {

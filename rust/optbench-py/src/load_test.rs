@@ -320,6 +320,8 @@ fn summary_to_dict<'py>(py: Python<'py>, s: &Summary) -> PyResult<Bound<'py, PyD
     d.set_item("total_output_tokens", s.total_output_tokens)?;
     d.set_item("total_prompt_tokens", s.total_prompt_tokens)?;
     d.set_item("num_token_counts_estimated", s.num_token_counts_estimated)?;
+    d.set_item("num_chunks", s.num_chunks)?;
+    d.set_item("num_multi_token_chunks", s.num_multi_token_chunks)?;
     let metrics = PyDict::new(py);
     for (name, stats) in &s.metrics {
         let m = PyDict::new(py);

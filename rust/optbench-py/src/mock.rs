@@ -21,6 +21,9 @@ use crate::errors::{config_err, PyCoreError};
 /// requests decoded at once, the others waiting in a FIFO queue; the gap after each token is
 /// `gap_ms × (1 + gap_growth × (active − 1))`. With `diverge_above`, an answer changes from token
 /// `diverge_at` on when more than `diverge_above` requests are active as that token is due.
+/// `tokens_per_chunk` tokens go in each chunk, `gap_ms` apart, with the cumulative usage in each
+/// chunk when the request asks for `stream_options.continuous_usage_stats` (as vLLM sends it),
+/// only at the end otherwise; `reset`/`malformed` then count chunks.
 #[pyclass(frozen, module = "optbench._core")]
 pub struct MockServer {
     inner: Mutex<Option<CoreMockServer>>,
@@ -33,6 +36,7 @@ impl MockServer {
     #[pyo3(signature = (
         *, ttft_ms=20.0, gap_ms=5.0, tokens=16, fault="none", fault_arg=0, host="127.0.0.1", port=0,
         tokenize="missing", slots=None, gap_growth=0.0, diverge_above=None, diverge_at=0,
+        tokens_per_chunk=1,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -48,7 +52,11 @@ impl MockServer {
         gap_growth: f64,
         diverge_above: Option<usize>,
         diverge_at: usize,
+        tokens_per_chunk: usize,
     ) -> PyResult<Self> {
+        if tokens_per_chunk == 0 {
+            return Err(config_err("tokens_per_chunk must be at least 1"));
+        }
         if !(ttft_ms >= 0.0 && gap_ms >= 0.0 && ttft_ms.is_finite() && gap_ms.is_finite()) {
             return Err(config_err("ttft_ms and gap_ms must be finite numbers >= 0"));
         }
@@ -83,6 +91,7 @@ impl MockServer {
             slots,
             gap_growth,
             diverge: diverge_above.map(|above| Diverge { above, at: diverge_at }),
+            tokens_per_chunk,
             ..MockBehavior::default()
         };
         let bind = format!("{host}:{port}");
