@@ -392,13 +392,15 @@ def render_markdown(
 def _speed_difference(best: Any, base: Any, ok: pd.DataFrame, metas: list[dict[str, Any]]) -> str:
     """The recommended configuration's throughput against the baseline's with its bootstrap
     interval (when the baseline is the recommendation: the next-fastest acceptable one against it)."""
-    dirs = {m["name"]: m["_dir"] for m in metas}
+    dirs = {m["name"]: m["_dir"] for m in metas if "_dir" in m}  # metas read from a run's folders
     other = best["configuration"]
     if other == base["configuration"]:
         rest = ok[ok["configuration"] != other].sort_values("output_token_throughput", ascending=False)
         if not len(rest):
             return ""
         other = rest.iloc[0]["configuration"]
+    if base["configuration"] not in dirs or other not in dirs:
+        return ""
     return recommendation_sentence(dirs[base["configuration"]], dirs[other])
 
 

@@ -438,8 +438,8 @@ def markdown_section(metas: list[dict[str, Any]]) -> list[str]:
     """RESULTS.md's "Quality under load" section (no lines when no configuration has one)."""
     found: list[tuple[str, dict[str, Any] | None]] = []
     for m in metas:
-        path = Path(m["_dir"]) / UNDER_LOAD_PARQUET
-        if path.exists():
+        path = Path(m.get("_dir", "")) / UNDER_LOAD_PARQUET
+        if "_dir" in m and path.exists():
             try:
                 found.append((m["name"], read_summary(path)))
             except (OSError, ValueError, KeyError):
