@@ -302,7 +302,7 @@ def run_programs(
     cpu_s: int = 10,
     python: str | PathLike[str] | None = None,
     max_output_bytes: int = 65536,
-    fork_server: bool = True,
+    fork_server: bool = False,
 ) -> tuple[list[ProgramResult], Isolation]: ...
 def run_tests(
     tests: list[tuple[str, str, str, str]],
@@ -313,6 +313,6 @@ def run_tests(
     cpu_s: int = 10,
     python: str | PathLike[str] | None = None,
     max_output_bytes: int = 65536,
-    fork_server: bool = True,
+    fork_server: bool = False,
 ) -> tuple[list[ProgramResult], Isolation]: ...
 def humaneval_program(prompt: str, completion: str, test: str, entry_point: str) -> str: ...
