@@ -739,7 +739,14 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+            // A fixed seed: CI replays the same 512 cases (and proptest-regressions/ first) on
+            // every run, so a landing never hangs on a random draw; PROPTEST_RNG_SEED does not
+            // apply here, change the seed to search elsewhere.
+            #![proptest_config(ProptestConfig {
+                cases: 512,
+                rng_seed: proptest::test_runner::RngSeed::Fixed(0x0b7e_5eed),
+                ..ProptestConfig::default()
+            })]
 
             /// Any JSON value as a `data:` payload, with or without `event: error`: a step or a
             /// failure of a chunk kind, never a panic; a failure names its kind's reason.

@@ -97,7 +97,8 @@ impl SseParser {
         if self.overflowed {
             return Err(self.too_large());
         }
-        if self.pending_cr {
+        // An empty read says nothing about the byte after a `\r`: the pairing waits for data.
+        if self.pending_cr && !bytes.is_empty() {
             self.pending_cr = false;
             if bytes.first() == Some(&b'\n') {
                 bytes = &bytes[1..];
@@ -319,6 +320,20 @@ mod tests {
         assert_eq!(data(&out), ["12345\n123456"]);
     }
 
+    #[test]
+    fn an_empty_read_between_cr_and_lf_keeps_them_one_line_end() {
+        // Found by the split fuzzing: "\r", then an empty read, then "\n" is one CRLF, not a
+        // line end followed by a blank line (which would dispatch an empty event).
+        let mut p = SseParser::new();
+        let mut out = Vec::new();
+        for part in [&b"data: \r"[..], b"", b"\n: ping\n"] {
+            p.feed(part, &mut out).unwrap();
+        }
+        assert!(out.is_empty(), "{out:?}");
+        p.feed(b"\n", &mut out).unwrap();
+        assert_eq!(out, vec![SseEvent { event: None, data: String::new() }]);
+    }
+
     mod fuzz {
         use proptest::prelude::*;
 
@@ -366,7 +381,14 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+            // A fixed seed: CI replays the same 512 cases (and proptest-regressions/ first) on
+            // every run, so a landing never hangs on a random draw; PROPTEST_RNG_SEED does not
+            // apply here, change the seed to search elsewhere.
+            #![proptest_config(ProptestConfig {
+                cases: 512,
+                rng_seed: proptest::test_runner::RngSeed::Fixed(0x0b7e_5eed),
+                ..ProptestConfig::default()
+            })]
 
             /// Any bytes, cut anywhere: no panic, the same events (and the same failure) as in
             /// one read, and never more than three times the limit held (line, data, event name).
