@@ -23,8 +23,10 @@ def test_calibration_measures_the_client_against_the_mocks_truth():
     assert 20.0 <= c.truth_ttft_p50_ms < 40.0 and 4.0 <= c.truth_itl_p50_ms < 10.0
     # The client reads the same streams: its P50 TTFT cannot precede the mock's writing, and on
     # loopback it trails by far less than the streams' own timings.
-    for err in (c.ttft_err_p50_ms, c.itl_err_p50_ms):
-        assert err is not None and -1.0 < err < 20.0, c
+    assert c.ttft_err_p50_ms is not None and -1.0 < c.ttft_err_p50_ms < 20.0, c
+    # The ITL truth is each request's mean gap: the median of the single gaps may sit below it
+    # when a few gaps run long (a loaded machine), by less than one gap.
+    assert c.itl_err_p50_ms is not None and -5.0 < c.itl_err_p50_ms < 20.0, c
     assert c.ttft_err_p99_ms is not None and c.itl_err_p99_ms is not None
     assert 0 < c.cpu_s and c.cpu_ms_per_1k_tokens == pytest.approx(1e6 * c.cpu_s / c.tokens)
     assert c.offered_tokens_per_s == pytest.approx(4 * 200)
