@@ -357,6 +357,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_dataset_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dataset",
+        default="data/test_dataset.json",
+        help="file written by `optbench dataset build` (default data/test_dataset.json)",
+    )
+
+
 def _add_bootstrap_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("intervals (percentile bootstrap)")
     g.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
@@ -572,11 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_commands(sub)
     p = sub.add_parser("evaluate", help="generate and score answers on the evaluation dataset")
     _add_target_options(p)
-    p.add_argument(
-        "--dataset",
-        default="data/test_dataset.json",
-        help="file written by `optbench dataset build` (default data/test_dataset.json)",
-    )
+    _add_dataset_option(p)
     add_cli_options(p, EvaluationOptions)
     _add_output_options(p)
     p.set_defaults(func=_cmd_evaluate)
@@ -588,11 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
         "per-category score change with a paired bootstrap interval. Exit status 1 when some answer at N differs from the one at 1.",
     )
     _add_target_options(p)
-    p.add_argument(
-        "--dataset",
-        default="data/test_dataset.json",
-        help="file written by `optbench dataset build` (default data/test_dataset.json)",
-    )
+    _add_dataset_option(p)
     add_cli_options(p, EvaluationOptions)
     _add_bootstrap_options(p)
     _add_output_options(p)
