@@ -205,6 +205,25 @@ class CpuSampler:
     def between(self, start: float, end: float) -> float:
         return max(0.0, self.at(end) - self.at(start))
 
+    def bounds(self, start: float, end: float) -> tuple[float, float]:
+        """What the samples can prove about the CPU spent in [start, end]: at least the growth
+        between the first sample inside and the last sample inside, at most the growth between
+        the last sample before and the first sample after, each widened by one clock tick
+        (the kernel's counters are whole ticks, so a difference of two is off by under one)."""
+        s, tick = self.samples, 1.0 / CLOCK_TICKS
+        if not s:
+            return 0.0, float("inf")
+        counter = [c for _, c in s]
+        for i in range(1, len(counter)):  # a process that exited reads as 0 later: keep the maximum
+            counter[i] = max(counter[i], counter[i - 1])
+        times = [t for t, _ in s]
+        before = max((i for i, t in enumerate(times) if t <= start), default=0)
+        after = min((i for i, t in enumerate(times) if t >= end), default=len(times) - 1)
+        inside = [i for i, t in enumerate(times) if start <= t <= end]
+        upper = counter[after] - counter[before] + tick
+        lower = max(0.0, counter[inside[-1]] - counter[inside[0]] - tick) if inside else 0.0
+        return lower, upper
+
 
 # --- facts and output ----------------------------------------------------------------------------
 

@@ -304,6 +304,7 @@ def measure(name: str, s: Setting, server: TruthServer, tok: Path, work: Path) -
     window = end - start
     tokens = sum(r["tokens_sent"] for r in truth)
     cpu = sampler.between(start + offset, end + offset)
+    cpu_lower, cpu_upper = sampler.bounds(start + offset, end + offset)
     ok = [r for r in reported if not r.get("error")]
     truth_ttft = [(r["first_token_sent_s"] - r["received_s"]) * 1e3 for r in truth]
     truth_itl = [
@@ -329,7 +330,12 @@ def measure(name: str, s: Setting, server: TruthServer, tok: Path, work: Path) -
             "req_s": len(truth) / window,
             "offered_tok_s": s.concurrency * s.tokens / stream_s if s.gap_ms > 0 else None,
             "cpu_s": cpu,
+            # The estimate interpolates between 50 ms samples of whole-tick (10 ms) counters, so
+            # a short window can read 0; the bounds say what the samples prove, and the targets
+            # are judged on the side that is harder for optbench.
             "cpu_s_per_1k_tokens": cpu / (tokens / 1e3),
+            "cpu_s_per_1k_tokens_lower": cpu_lower / (tokens / 1e3),
+            "cpu_s_per_1k_tokens_upper": cpu_upper / (tokens / 1e3),
             "cpu_share": cpu / window,
             "ttft_p50_ms": percentile(ttft, 50),
             "truth_ttft_p50_ms": percentile(truth_ttft, 50),
@@ -402,10 +408,15 @@ def summary_line(r: dict[str, Any]) -> str:
     if "error" in r:
         return f"{head} ERROR {r['error'][:200]}"
     return (
-        f"{head} {r['output_tok_s']:>9,.0f} tok/s  cpu {r['cpu_s_per_1k_tokens']:.4f} s/1k tok  "
+        f"{head} {r['output_tok_s']:>9,.0f} tok/s  cpu {cpu_cell(r)} s/1k tok  "
         f"TTFT err P50 {fmt(r['ttft_err_p50_ms'])} P99 {fmt(r['ttft_err_p99_ms'])} ms  "
         f"ITL err P50 {fmt(r['itl_err_p50_ms'])} ms"
     )
+
+
+def cpu_cell(r: dict[str, Any]) -> str:
+    """The estimate, with what the samples prove around it."""
+    return f"{r['cpu_s_per_1k_tokens']:.4f} ({r['cpu_s_per_1k_tokens_lower']:.4f}–{r['cpu_s_per_1k_tokens_upper']:.4f})"
 
 
 def fmt(x: float | None) -> str:
@@ -416,7 +427,9 @@ def render(rows: list[dict[str, Any]], skipped: dict[str, str], tokens: int, inp
     out = [
         f"Closed loop, {input_tokens}-token prompts, {tokens}-token streams, TTFT {TTFT_MS:.0f} ms; "
         "server on one core, client on the other(s) (`taskset`). Window: first request read to "
-        "last token written, from the server's log. CPU: the client's whole process tree. Errors: "
+        "last token written, from the server's log. CPU: the client's whole process tree, sampled "
+        "every 50 ms from whole-tick kernel counters: the estimate, then in brackets what the samples "
+        "prove (targets use optbench's upper bound and a peer's lower bound). Errors: "
         "client percentile minus the server's truth at the same percentile (positive = overstated).",
         "",
     ]
@@ -440,7 +453,7 @@ def render(rows: list[dict[str, Any]], skipped: dict[str, str], tokens: int, inp
                     r["output_tok_s"],
                     r.get("keep_up"),
                     r["req_s"],
-                    r["cpu_s_per_1k_tokens"],
+                    cpu_cell(r),
                     r["ttft_err_p50_ms"],
                     r["ttft_err_p99_ms"],
                     r["itl_err_p50_ms"],
@@ -456,7 +469,7 @@ def render(rows: list[dict[str, Any]], skipped: dict[str, str], tokens: int, inp
                     "output tok/s",
                     "share of offered",
                     "req/s",
-                    "CPU s / 1k tok",
+                    "CPU s / 1k tok (bounds)",
                     "TTFT err P50 ms",
                     "TTFT err P99 ms",
                     "ITL err P50 ms",
@@ -483,14 +496,18 @@ def add_ratios(section: Section, rows: list[dict[str, Any]]) -> None:
         section.ratio("optbench load test ran", None, 1)
         return
     section.ratio(
-        "optbench CPU s per 1k tokens, worst setting", max(r["cpu_s_per_1k_tokens"] for r in ours), 0.002, "<=", "s"
+        "optbench CPU s per 1k tokens (upper bound), worst setting",
+        max(r["cpu_s_per_1k_tokens_upper"] for r in ours),
+        0.002,
+        "<=",
+        "s",
     )
     top = max(r["concurrency"] for r in ours)
     for r in ours:
         if r["concurrency"] == top:
             section.ratio(
-                f"optbench CPU s per 1k tokens, gap {r['gap_ms']:g} ms, c={top}",
-                r["cpu_s_per_1k_tokens"],
+                f"optbench CPU s per 1k tokens (upper bound), gap {r['gap_ms']:g} ms, c={top}",
+                r["cpu_s_per_1k_tokens_upper"],
                 0.002,
                 "<=",
                 "s",
@@ -518,9 +535,10 @@ def add_ratios(section: Section, rows: list[dict[str, Any]]) -> None:
             if theirs and r["concurrency"] == top:
                 # The issue's targets: 10x the aiohttp client, 50x guidellm and AIPerf; vLLM's
                 # client (aiohttp underneath) is held to the aiohttp client's 10x.
+                # Judged on the proven bounds: the peer's least CPU over optbench's most.
                 section.ratio(
-                    f"{peer} / optbench CPU per token, gap {r['gap_ms']:g} ms, c={top}",
-                    theirs["cpu_s_per_1k_tokens"] / r["cpu_s_per_1k_tokens"],
+                    f"{peer} / optbench CPU per token (at least), gap {r['gap_ms']:g} ms, c={top}",
+                    theirs["cpu_s_per_1k_tokens_lower"] / r["cpu_s_per_1k_tokens_upper"],
                     50.0 if peer in ("guidellm", "aiperf") else 10.0,
                 )
 

@@ -254,8 +254,8 @@ def test_isolation_is_reported_feature_by_feature():
 @pytest.mark.parametrize("fork_server", [True, False])
 def test_fork_server_and_fresh_interpreter_score_alike(humaneval, fork_server):
     """The code scorer's two paths give the same verdicts, and the report says which ran: the
-    fork server when asked (where it works; its note says what its children share), else a
-    fresh interpreter per program, the default (its note says so)."""
+    fork server, the default (where it works; its note says what its children share), else a
+    fresh interpreter per program when asked (its note says so)."""
     items = humaneval[:4]
     completions = [item["canonical_solution"] for item in items[:2]] + ["    return None\n"] * 2
     scores = score_humaneval(items, completions, workers=2, fork_server=fork_server)
@@ -266,3 +266,5 @@ def test_fork_server_and_fresh_interpreter_score_alike(humaneval, fork_server):
     assert any(n.startswith(note) for n in isolation["notes"]), isolation["notes"]
     _, isolation = run_programs(["print(1)"], fork_server=fork_server)
     assert isolation["fork_server"] is fork_server
+    if fork_server:  # the default
+        assert score_humaneval(items[:1], completions[:1]).isolation["fork_server"] is True

@@ -255,6 +255,7 @@ class MockServer:
         diverge_above: int | None = None,
         diverge_at: int = 0,
         tokens_per_chunk: int = 1,
+        model: str = "mock",
     ) -> MockServer: ...
     @property
     def base_url(self) -> str: ...
@@ -302,7 +303,7 @@ def run_programs(
     cpu_s: int = 10,
     python: str | PathLike[str] | None = None,
     max_output_bytes: int = 65536,
-    fork_server: bool = False,
+    fork_server: bool = True,
 ) -> tuple[list[ProgramResult], Isolation]: ...
 def run_tests(
     tests: list[tuple[str, str, str, str]],
@@ -313,6 +314,6 @@ def run_tests(
     cpu_s: int = 10,
     python: str | PathLike[str] | None = None,
     max_output_bytes: int = 65536,
-    fork_server: bool = False,
+    fork_server: bool = True,
 ) -> tuple[list[ProgramResult], Isolation]: ...
 def humaneval_program(prompt: str, completion: str, test: str, entry_point: str) -> str: ...

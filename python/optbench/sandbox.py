@@ -1,9 +1,9 @@
 """Run untrusted Python programs in optbench's sandbox; score HumanEval completions.
 
 Each program runs in its own process (Rust, ``optbench-core``'s ``sandbox``): by default a
-freshly started ``python3 -I -B``, or with ``fork_server=True`` a fork of a fork server (one
-per worker: a ``python3 -I -B`` interpreter started once, which has imported the modules test
-programs commonly use and never sees a program). Either way the process gets the same setup before the program runs:
+fork of a fork server (one per worker: a ``python3 -I -B`` interpreter started once, which has
+imported the modules test programs commonly use and never sees a program), or with
+``fork_server=False`` a freshly started ``python3 -I -B``. Either way the process gets the same setup before the program runs:
 own session and process group, killed as a whole at the wall-clock timeout; limits on CPU
 time, address space, processes, file size and open files, no core dumps; an empty environment,
 stdin from ``/dev/null``, a fresh temporary working directory removed afterwards; a new network
@@ -75,7 +75,7 @@ def run_programs(
     cpu_s: int = 10,
     python: str | os.PathLike[str] | None = None,
     max_output_bytes: int = 65536,
-    fork_server: bool = False,
+    fork_server: bool = True,
 ) -> tuple[list[SandboxResult], _core.Isolation]:
     """Runs each program in the sandbox, ``workers`` at a time (None: one per CPU).
 
@@ -92,8 +92,7 @@ def run_programs(
     ``program_memory_bytes`` / ``program_processes`` the whole program's, None without a cgroup),
     ``wall_timeout_s``, ``fork_server`` and ``notes`` (why anything is missing).
 
-    ``fork_server`` (default False; opt-in while a hostile test that failed once under it is
-    investigated) runs the programs through a fork server per worker, which saves each program
+    ``fork_server`` (default True) runs the programs through a fork server per worker, which saves each program
     the interpreter's start-up; where it cannot start or run the probe
     program, each program starts a fresh interpreter and ``notes`` says why. False: a fresh
     interpreter per program.
@@ -135,7 +134,7 @@ def run_tests(
     cpu_s: int = 10,
     python: str | os.PathLike[str] | None = None,
     max_output_bytes: int = 65536,
-    fork_server: bool = False,
+    fork_server: bool = True,
 ) -> tuple[list[SandboxResult], _core.Isolation]:
     """Runs HumanEval-style tests, each ``(prompt, completion, test, entry_point)``, the way the
     code scorer does: ``prompt + completion`` in one sandboxed process, the test's

@@ -165,7 +165,7 @@ def humaneval(
     memory_mb: int = 1024,
     cpu_s: int | None = None,
     python: str | os.PathLike[str] | None = None,
-    fork_server: bool = False,
+    fork_server: bool = True,
 ) -> HumanEvalScores:
     """Runs each HumanEval item's ``check(entry_point)`` against ``prompt + completion`` in the
     sandbox (own process group, resource limits, timeout, empty environment, throwaway
@@ -176,7 +176,7 @@ def humaneval(
     ``items`` are HumanEval rows (``prompt``, ``test``, ``entry_point``) or code items of the
     evaluation dataset (whose ``prompt`` is ``{"prompt": ...}``); ``completions[i]`` completes
     ``items[i]``'s prompt. ``cpu_s`` (CPU-time limit) defaults to ``timeout_s``. ``fork_server``
-    as in :func:`optbench.sandbox.run_programs` (default False: a fresh interpreter per program)."""
+    as in :func:`optbench.sandbox.run_programs` (default True: a fork server per worker)."""
     from optbench import sandbox
 
     if len(items) != len(completions):

@@ -84,15 +84,16 @@ fn forged_markers_fail(sb: &Sandbox) {
 fn the_candidate_cannot_read_the_test() {
     // The candidate's process never holds the test's text (not in a file, a descriptor or its
     // memory), so it cannot build an answer table from the test's asserts.
-    let completion = "    return a + b\nimport os, sys\nseen = []\nfor fd in range(0, 64):\n    try:\n        seen.append(os.pread(fd, 1 << 20, 0))\n    except OSError:\n        pass\nfor name in os.listdir('.'):\n    try:\n        seen.append(open(name, 'rb').read())\n    except OSError:\n        pass\nf = sys._getframe(0)\nwhile f is not None:\n    seen += [repr(v).encode() for v in list(f.f_globals.values()) + list(f.f_locals.values())]\n    f = f.f_back\nassert not [s for s in seen if (b'7f' + b'3a') in s]\n";
+    let completion = "    return a + b\nimport os, sys\nseen = []\nfor fd in range(0, 64):\n    try:\n        seen.append(os.pread(fd, 1 << 20, 0))\n    except OSError:\n        pass\nfor name in os.listdir('.'):\n    try:\n        seen.append(open(name, 'rb').read())\n    except OSError:\n        pass\nf = sys._getframe(0)\nwhile f is not None:\n    seen += [repr(v).encode() for v in list(f.f_globals.values()) + list(f.f_locals.values())]\n    f = f.f_back\nassert not [s for s in seen if (b'qz' + b'xw') in s]\n";
     let mut t = add_test(completion);
-    t.test.push_str("    assert candidate(0, 0) == 0, '7f3a'\n");
-    // The fresh interpreter per program only (the default). Under the fork server this failed
-    // once in a full CI run (the candidate found the test's marker; not reproduced in 11 runs
-    // since): the fork server stays opt-in until that is explained.
-    let fresh = Sandbox::new(SandboxConfig { fork_server: false, ..SandboxConfig::default() }).expect("sandbox");
-    let r = score(&fresh, &t);
-    assert!(r.passed(), "{r:?}");
+    // The marker has letters that no hexadecimal number has: an earlier hexadecimal one ('7f3a')
+    // turned up in about 1 run in 100, in the address of an object (`<function f at
+    // 0x7f3a...>`, the top bytes of 64-bit Linux heap addresses), not in the test.
+    t.test.push_str("    assert candidate(0, 0) == 0, 'qzxw'\n");
+    for sb in sandboxes() {
+        let r = score(&sb, &t);
+        assert!(r.passed(), "{r:?}");
+    }
 }
 
 #[test]

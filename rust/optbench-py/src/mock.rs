@@ -23,7 +23,8 @@ use crate::errors::{config_err, PyCoreError};
 /// `diverge_at` on when more than `diverge_above` requests are active as that token is due.
 /// `tokens_per_chunk` tokens go in each chunk, `gap_ms` apart, with the cumulative usage in each
 /// chunk when the request asks for `stream_options.continuous_usage_stats` (as vLLM sends it),
-/// only at the end otherwise; `reset`/`malformed` then count chunks.
+/// only at the end otherwise; `reset`/`malformed` then count chunks. `model` is the name
+/// `/v1/models` lists (answers echo whatever name a request gives).
 #[pyclass(frozen, module = "optbench._core")]
 pub struct MockServer {
     inner: Mutex<Option<CoreMockServer>>,
@@ -36,7 +37,7 @@ impl MockServer {
     #[pyo3(signature = (
         *, ttft_ms=20.0, gap_ms=5.0, tokens=16, fault="none", fault_arg=0, host="127.0.0.1", port=0,
         tokenize="missing", slots=None, gap_growth=0.0, diverge_above=None, diverge_at=0,
-        tokens_per_chunk=1,
+        tokens_per_chunk=1, model="mock",
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -53,6 +54,7 @@ impl MockServer {
         diverge_above: Option<usize>,
         diverge_at: usize,
         tokens_per_chunk: usize,
+        model: &str,
     ) -> PyResult<Self> {
         if tokens_per_chunk == 0 {
             return Err(config_err("tokens_per_chunk must be at least 1"));
@@ -92,6 +94,7 @@ impl MockServer {
             gap_growth,
             diverge: diverge_above.map(|above| Diverge { above, at: diverge_at }),
             tokens_per_chunk,
+            model: model.to_string(),
             ..MockBehavior::default()
         };
         let bind = format!("{host}:{port}");

@@ -24,7 +24,7 @@ use crate::native_call;
 /// isolation's `fork_server` and `notes` say which ran). The GIL is released while programs
 /// run; Ctrl-C kills the programs in flight and raises `KeyboardInterrupt`.
 #[pyfunction]
-#[pyo3(signature = (programs, *, workers=None, timeout_s=10.0, memory_mb=1024, cpu_s=10, python=None, max_output_bytes=65536, fork_server=false))]
+#[pyo3(signature = (programs, *, workers=None, timeout_s=10.0, memory_mb=1024, cpu_s=10, python=None, max_output_bytes=65536, fork_server=true))]
 #[allow(clippy::too_many_arguments)]
 fn run_programs<'py>(
     py: Python<'py>,
@@ -54,7 +54,7 @@ fn run_programs<'py>(
 /// of the test, so that the completion cannot forge a pass. Parameters, results and isolation
 /// as [`run_programs`].
 #[pyfunction]
-#[pyo3(signature = (tests, *, workers=None, timeout_s=10.0, memory_mb=1024, cpu_s=10, python=None, max_output_bytes=65536, fork_server=false))]
+#[pyo3(signature = (tests, *, workers=None, timeout_s=10.0, memory_mb=1024, cpu_s=10, python=None, max_output_bytes=65536, fork_server=true))]
 #[allow(clippy::too_many_arguments)]
 fn run_tests<'py>(
     py: Python<'py>,

@@ -48,8 +48,7 @@ pub struct SandboxConfig {
     /// pre-started interpreter that forks one child per program, which gets the same setup a
     /// freshly started interpreter gets. Where the fork server cannot start or run the probe,
     /// programs start a fresh interpreter each and the isolation report says why. Default
-    /// false: opt-in until a hostile test that failed once under it (a candidate saw the test's
-    /// text) is explained; the fresh interpreter per program is the proven path.
+    /// true; false starts a fresh interpreter per program.
     pub fork_server: bool,
 }
 
@@ -67,7 +66,7 @@ impl Default for SandboxConfig {
             max_disk_files: 10_000,
             max_output_bytes: 64 << 10,
             uids: Some(60000..61000),
-            fork_server: false,
+            fork_server: true,
         }
     }
 }
