@@ -12,7 +12,10 @@ use arrow_schema::{ArrowError, DataType, Field, Schema};
 use crate::record::RequestRecord;
 
 /// Column names and types of [`records_to_batch`], in order. Times are nanoseconds since the
-/// run's start; `*_ms` and `tokens_per_s` are the derived metrics of each request.
+/// run's start; `*_ms` and `*tokens_per_s` are the derived metrics of each request. The
+/// reasoning columns (after `server_timings`) are null (and `reasoning_text` empty) for
+/// requests without reasoning; `first_answer_token_ns` and `ttft_answer_ms` are filled for every
+/// request with an answer.
 pub fn records_schema() -> Schema {
     let list =
         |name: &str, item: DataType| Field::new(name, DataType::List(Arc::new(Field::new("item", item, true))), false);
@@ -46,6 +49,17 @@ pub fn records_schema() -> Schema {
         list("chunk_gap_ms", DataType::Float64),
         Field::new("output_text", DataType::Utf8, false),
         Field::new("server_timings", DataType::Utf8, true),
+        Field::new("first_reasoning_token_ns", DataType::Int64, true),
+        Field::new("last_reasoning_token_ns", DataType::Int64, true),
+        Field::new("first_answer_token_ns", DataType::Int64, true),
+        Field::new("ttft_reasoning_ms", DataType::Float64, true),
+        Field::new("ttft_answer_ms", DataType::Float64, true),
+        Field::new("reasoning_tokens", DataType::UInt32, true),
+        Field::new("answer_tokens", DataType::UInt32, true),
+        Field::new("reasoning_token_source", DataType::Utf8, true),
+        Field::new("reasoning_tokens_per_s", DataType::Float64, true),
+        Field::new("answer_tokens_per_s", DataType::Float64, true),
+        Field::new("reasoning_text", DataType::Utf8, false),
     ])
 }
 
@@ -106,6 +120,17 @@ pub fn records_to_batch(records: &[RequestRecord]) -> Result<RecordBatch, ArrowE
         Arc::new(chunk_gap.finish()),
         col(records, |r| r.output_text.clone(), StringArray::from),
         col(records, |r| r.server_timings.clone(), StringArray::from),
+        col(records, |r| r.first_reasoning_token_ns, Int64Array::from),
+        col(records, |r| r.last_reasoning_token_ns, Int64Array::from),
+        col(records, |r| r.first_answer_token_ns, Int64Array::from),
+        col(records, |r| r.ttft_reasoning_ms(), Float64Array::from),
+        col(records, |r| r.ttft_answer_ms(), Float64Array::from),
+        col(records, |r| r.reasoning_tokens, UInt32Array::from),
+        col(records, |r| r.answer_tokens, UInt32Array::from),
+        col(records, |r| r.reasoning_token_source.map(|s| s.as_str()), StringArray::from),
+        col(records, |r| r.reasoning_tokens_per_s(), Float64Array::from),
+        col(records, |r| r.answer_tokens_per_s(), Float64Array::from),
+        col(records, |r| r.reasoning_text.clone(), StringArray::from),
     ];
     RecordBatch::try_new(Arc::new(records_schema()), columns)
 }

@@ -289,8 +289,12 @@ struct Choice<'a> {
 struct Delta<'a> {
     #[serde(default, borrow)]
     content: Option<Cow<'a, str>>,
+    /// The thinking of a reasoning model: `reasoning_content` (vLLM before 0.10, SGLang,
+    /// llama.cpp's `--reasoning-format`) or `reasoning` (newer vLLM).
     #[serde(default, borrow)]
     reasoning_content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -299,6 +303,14 @@ struct Usage {
     completion_tokens: Option<u32>,
     #[serde(default)]
     prompt_tokens: Option<u32>,
+    #[serde(default)]
+    completion_tokens_details: Option<CompletionTokensDetails>,
+}
+
+#[derive(Deserialize)]
+struct CompletionTokensDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<u32>,
 }
 
 /// What the stream said at the end of an event.
@@ -383,6 +395,18 @@ fn elapsed_ns(t0: Instant) -> i64 {
 /// Sends one request and streams its answer into `rec`. Returns the failure, if any; `rec`
 /// keeps everything measured up to that point either way. `rec.scheduled_ns` must be set.
 pub async fn stream_request(
+    client: &reqwest::Client,
+    request: &PreparedRequest,
+    api_key: Option<&str>,
+    t0: Instant,
+    rec: &mut RequestRecord,
+) -> Result<(), Failure> {
+    let outcome = stream_into(client, request, api_key, t0, rec).await;
+    settle_reasoning_counts(rec);
+    outcome
+}
+
+async fn stream_into(
     client: &reqwest::Client,
     request: &PreparedRequest,
     api_key: Option<&str>,
@@ -482,20 +506,27 @@ fn handle_event(event: &SseEvent, arrived: i64, rec: &mut RequestRecord) -> Resu
     if event.event.as_deref() == Some("error") {
         return Err((ErrorKind::StreamError, snippet(data, 500)));
     }
+    let usage_reasoning = chunk
+        .usage
+        .as_ref()
+        .and_then(|u| u.completion_tokens_details.as_ref())
+        .and_then(|d| d.reasoning_tokens);
     if let Some(choice) = chunk.choices.first() {
-        let text = choice.text.as_deref().or_else(|| {
-            choice
-                .delta
-                .as_ref()
-                .and_then(|d| d.content.as_deref().filter(|c| !c.is_empty()).or(d.reasoning_content.as_deref()))
-        });
-        if let Some(text) = text.filter(|t| !t.is_empty()) {
+        // Completions' `text` is all answer (no split there); chat splits the thinking off.
+        let (answer, reasoning) = match (&choice.text, &choice.delta) {
+            (Some(text), _) => (Some(text.as_ref()), None),
+            (None, Some(d)) => (d.content.as_deref(), d.reasoning_content.as_deref().or(d.reasoning.as_deref())),
+            (None, None) => (None, None),
+        };
+        let answer = answer.filter(|t| !t.is_empty());
+        let reasoning = reasoning.filter(|t| !t.is_empty());
+        if answer.is_some() || reasoning.is_some() {
             if rec.first_token_ns.is_none() {
                 rec.first_token_ns = Some(arrived);
             }
             rec.last_token_ns = Some(arrived);
             rec.chunk_times_ns.push(arrived);
-            rec.chunk_text_bytes.push(text.len() as u32);
+            rec.chunk_text_bytes.push((answer.map_or(0, str::len) + reasoning.map_or(0, str::len)) as u32);
             // The chunk's tokens: the rise of the cumulative count since the last token-carrying
             // chunk (tokens of chunks without text count in the next one), at least 1.
             let tokens = match chunk.usage.as_ref().and_then(|u| u.completion_tokens) {
@@ -506,7 +537,22 @@ fn handle_event(event: &SseEvent, arrived: i64, rec: &mut RequestRecord) -> Resu
                 None => 1,
             };
             rec.chunk_tokens.push(tokens);
-            rec.output_text.push_str(text);
+            if let Some(text) = reasoning {
+                rec.reasoning_text.push_str(text);
+                rec.first_reasoning_token_ns.get_or_insert(arrived);
+                rec.last_reasoning_token_ns = Some(arrived);
+                // Counted per chunk until the usage says; a chunk carrying both counts as answer.
+                if rec.reasoning_token_source != Some(TokenCountSource::Usage) {
+                    let per_chunk = if answer.is_some() { 0 } else { tokens };
+                    rec.reasoning_tokens = Some(rec.reasoning_tokens.unwrap_or(0) + per_chunk);
+                    rec.reasoning_token_source = Some(TokenCountSource::Chunks);
+                }
+            }
+            if let Some(text) = answer {
+                rec.output_text.push_str(text);
+                rec.first_answer_token_ns.get_or_insert(arrived);
+                rec.answer_tokens = Some(rec.answer_tokens.unwrap_or(0) + tokens);
+            }
         }
         if let Some(reason) = &choice.finish_reason {
             rec.finish_reason = Some(reason.to_string());
@@ -519,10 +565,32 @@ fn handle_event(event: &SseEvent, arrived: i64, rec: &mut RequestRecord) -> Resu
         }
         rec.prompt_tokens = usage.prompt_tokens.or(rec.prompt_tokens);
     }
+    // `reasoning_tokens: 0` is what servers send for models that do not reason: no reasoning.
+    if let Some(n) = usage_reasoning.filter(|&n| n > 0 || rec.first_reasoning_token_ns.is_some()) {
+        rec.reasoning_tokens = Some(n);
+        rec.reasoning_token_source = Some(TokenCountSource::Usage);
+    }
     if let Some(t) = chunk.timings {
         rec.server_timings = Some(t.get().to_string());
     }
     Ok(Step::Continue)
+}
+
+/// Settles a record's answer count once its stream ended (whatever way): a request without
+/// reasoning has no reasoning or answer counts (its answer is all of `output_tokens`); with the
+/// reasoning count from the usage, the answer is `output_tokens − reasoning_tokens`; otherwise
+/// it stays the tokens of the answer-carrying chunks.
+pub(crate) fn settle_reasoning_counts(rec: &mut RequestRecord) {
+    let Some(reasoning) = rec.reasoning_tokens else {
+        rec.answer_tokens = None;
+        return;
+    };
+    match (rec.reasoning_token_source, rec.output_tokens, rec.token_count_source) {
+        (Some(TokenCountSource::Usage), Some(out), Some(TokenCountSource::Usage)) => {
+            rec.answer_tokens = Some(out.saturating_sub(reasoning));
+        }
+        _ => rec.answer_tokens = Some(rec.answer_tokens.unwrap_or(0)),
+    }
 }
 
 fn finish(rec: &mut RequestRecord) -> Result<(), Failure> {
@@ -607,10 +675,89 @@ mod tests {
             .unwrap();
         assert_eq!(rec.first_token_ns, Some(7));
         assert_eq!(rec.last_token_ns, Some(9));
-        assert_eq!(rec.output_text, "Hihm");
+        assert_eq!(rec.output_text, "Hi");
+        assert_eq!(rec.reasoning_text, "hm");
         assert_eq!(rec.output_tokens, Some(3));
         assert_eq!(rec.prompt_tokens, Some(4));
         assert_eq!(rec.token_count_source, Some(TokenCountSource::Usage));
+    }
+
+    fn chat(delta: &str) -> String {
+        format!(r#"{{"choices":[{{"index":0,"delta":{delta}}}]}}"#)
+    }
+
+    #[test]
+    fn reasoning_and_reasoning_content_are_both_thinking_and_kept_apart_from_the_answer() {
+        for field in ["reasoning_content", "reasoning"] {
+            let mut rec = RequestRecord { sent_ns: Some(0), ..Default::default() };
+            let think = |t: &str| chat(&format!(r#"{{"{field}":"{t}"}}"#));
+            handle_event(&ev(&chat(r#"{"role":"assistant","content":""}"#)), 1, &mut rec).ok().unwrap();
+            handle_event(&ev(&think("Let me")), 2_000_000, &mut rec).ok().unwrap();
+            // Servers put `"content": null` beside the thinking, and the other name as null.
+            handle_event(&ev(&chat(&format!(r#"{{"content":null,"{field}":" think"}}"#))), 3_000_000, &mut rec)
+                .ok()
+                .unwrap();
+            handle_event(&ev(&chat(r#"{"content":"42","reasoning_content":null,"reasoning":null}"#)), 5_000_000, &mut rec)
+                .ok()
+                .unwrap();
+            handle_event(&ev(&chat(r#"{"content":"."}"#)), 7_000_000, &mut rec).ok().unwrap();
+            settle_reasoning_counts(&mut rec);
+            assert_eq!(rec.reasoning_text, "Let me think", "{field}");
+            assert_eq!(rec.output_text, "42.", "{field}");
+            assert_eq!(rec.first_token_ns, Some(2_000_000), "TTFT is the first token of any kind");
+            assert_eq!(rec.ttft_reasoning_ms(), Some(2.0));
+            assert_eq!(rec.ttft_answer_ms(), Some(5.0));
+            assert_eq!(rec.last_reasoning_token_ns, Some(3_000_000));
+            // No usage: one token per chunk, each chunk on its side.
+            assert_eq!((rec.reasoning_tokens, rec.answer_tokens), (Some(2), Some(2)));
+            assert_eq!(rec.reasoning_token_source, Some(TokenCountSource::Chunks));
+            assert_eq!(rec.chunk_text_bytes.iter().sum::<u32>() as usize, "Let me think42.".len());
+            // 2 tokens over the 1 ms between the reasoning chunks; 2 answer tokens over 2 ms.
+            assert_eq!(rec.reasoning_tokens_per_s(), Some(2000.0));
+            assert_eq!(rec.answer_tokens_per_s(), Some(1000.0));
+        }
+    }
+
+    #[test]
+    fn reasoning_counts_come_from_usage_details_when_the_server_sends_them() {
+        let mut rec = RequestRecord::default();
+        let usage = |delta: &str, n: u32, details: &str| {
+            format!(r#"{{"choices":[{{"delta":{delta}}}],"usage":{{"completion_tokens":{n}{details}}}}}"#)
+        };
+        // Cumulative usage per chunk: the rise gives each chunk's tokens.
+        handle_event(&ev(&usage(r#"{"reasoning_content":"a b"}"#, 2, "")), 1, &mut rec).ok().unwrap();
+        handle_event(&ev(&usage(r#"{"reasoning_content":"c d e"}"#, 5, "")), 2, &mut rec).ok().unwrap();
+        handle_event(&ev(&usage(r#"{"content":"x y"}"#, 7, "")), 3, &mut rec).ok().unwrap();
+        assert_eq!((rec.reasoning_tokens, rec.answer_tokens), (Some(5), Some(2)));
+        assert_eq!(rec.reasoning_token_source, Some(TokenCountSource::Chunks));
+        // The final usage's details win over the chunk sums (here they disagree, on purpose).
+        let last = r#"{"choices":[],"usage":{"completion_tokens":9,"completion_tokens_details":{"reasoning_tokens":6}}}"#;
+        handle_event(&ev(last), 4, &mut rec).ok().unwrap();
+        settle_reasoning_counts(&mut rec);
+        assert_eq!(rec.output_tokens, Some(9));
+        assert_eq!((rec.reasoning_tokens, rec.answer_tokens), (Some(6), Some(3)));
+        assert_eq!(rec.reasoning_token_source, Some(TokenCountSource::Usage));
+    }
+
+    #[test]
+    fn a_request_without_reasoning_has_no_reasoning_or_answer_counts() {
+        let mut rec = RequestRecord { sent_ns: Some(0), ..Default::default() };
+        handle_event(&ev(&chat(r#"{"content":"Hi"}"#)), 4, &mut rec).ok().unwrap();
+        handle_event(&ev(&chat(r#"{"content":" there"}"#)), 6, &mut rec).ok().unwrap();
+        // `reasoning_tokens: 0`, as servers report it for models that do not reason.
+        let usage = r#"{"choices":[],"usage":{"completion_tokens":2,"completion_tokens_details":{"reasoning_tokens":0}}}"#;
+        handle_event(&ev(usage), 7, &mut rec).ok().unwrap();
+        settle_reasoning_counts(&mut rec);
+        assert_eq!(rec.output_text, "Hi there");
+        assert!(rec.reasoning_text.is_empty());
+        assert_eq!((rec.reasoning_tokens, rec.answer_tokens, rec.reasoning_token_source), (None, None, None));
+        assert_eq!((rec.first_reasoning_token_ns, rec.reasoning_tokens_per_s()), (None, None));
+        assert_eq!(rec.first_answer_token_ns, rec.first_token_ns);
+        // Completions' text is answer, whatever the model.
+        let mut rec = RequestRecord::default();
+        handle_event(&ev(r#"{"choices":[{"text":"<think>hm</think>1"}]}"#), 3, &mut rec).ok().unwrap();
+        settle_reasoning_counts(&mut rec);
+        assert_eq!((rec.output_text.as_str(), rec.reasoning_tokens), ("<think>hm</think>1", None));
     }
 
     #[test]
@@ -724,6 +871,9 @@ mod tests {
                 Just("delta"),
                 Just("content"),
                 Just("reasoning_content"),
+                Just("reasoning"),
+                Just("completion_tokens_details"),
+                Just("reasoning_tokens"),
                 Just("finish_reason"),
                 Just("completion_tokens"),
                 Just("prompt_tokens"),
@@ -785,7 +935,7 @@ mod tests {
                     }
                 }
                 let kept: u64 = rec.chunk_text_bytes.iter().map(|&n| u64::from(n)).sum();
-                prop_assert_eq!(kept, rec.output_text.len() as u64);
+                prop_assert_eq!(kept, (rec.output_text.len() + rec.reasoning_text.len()) as u64);
             }
         }
     }

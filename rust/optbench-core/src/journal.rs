@@ -36,6 +36,22 @@ struct JournalLine {
     #[serde(default)]
     chunk_tokens: Vec<u32>,
     output_text: String,
+    /// The reasoning fields: absent in journals written before they existed, and left out of
+    /// the lines of requests without reasoning.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    reasoning_text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    first_reasoning_token_ns: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_reasoning_token_ns: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    first_answer_token_ns: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reasoning_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    answer_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reasoning_token_source: Option<String>,
     output_tokens: Option<u32>,
     token_count_source: Option<String>,
     prompt_tokens: Option<u32>,
@@ -61,6 +77,13 @@ impl From<&RequestRecord> for JournalLine {
             chunk_text_bytes: r.chunk_text_bytes.clone(),
             chunk_tokens: r.chunk_tokens.clone(),
             output_text: r.output_text.clone(),
+            reasoning_text: r.reasoning_text.clone(),
+            first_reasoning_token_ns: r.first_reasoning_token_ns,
+            last_reasoning_token_ns: r.last_reasoning_token_ns,
+            first_answer_token_ns: r.first_answer_token_ns,
+            reasoning_tokens: r.reasoning_tokens,
+            answer_tokens: r.answer_tokens,
+            reasoning_token_source: r.reasoning_token_source.map(|s| s.as_str().to_string()),
             output_tokens: r.output_tokens,
             token_count_source: r.token_count_source.map(|s| s.as_str().to_string()),
             prompt_tokens: r.prompt_tokens,
@@ -85,13 +108,15 @@ impl JournalLine {
                     .ok_or_else(|| format!("unknown error kind {name:?}"))?,
             ),
         };
-        let token_count_source = match self.token_count_source.as_deref() {
-            None => None,
-            Some("usage") => Some(TokenCountSource::Usage),
-            Some("tokenizer") => Some(TokenCountSource::Tokenizer),
-            Some("chunks") => Some(TokenCountSource::Chunks),
-            Some(other) => return Err(format!("unknown token count source {other:?}")),
+        let source = |name: Option<&str>| match name {
+            None => Ok(None),
+            Some("usage") => Ok(Some(TokenCountSource::Usage)),
+            Some("tokenizer") => Ok(Some(TokenCountSource::Tokenizer)),
+            Some("chunks") => Ok(Some(TokenCountSource::Chunks)),
+            Some(other) => Err(format!("unknown token count source {other:?}")),
         };
+        let token_count_source = source(self.token_count_source.as_deref())?;
+        let reasoning_token_source = source(self.reasoning_token_source.as_deref())?;
         Ok(RequestRecord {
             request_id: self.request_id,
             warmup: self.warmup,
@@ -105,6 +130,13 @@ impl JournalLine {
             chunk_text_bytes: self.chunk_text_bytes,
             chunk_tokens: self.chunk_tokens,
             output_text: self.output_text,
+            reasoning_text: self.reasoning_text,
+            first_reasoning_token_ns: self.first_reasoning_token_ns,
+            last_reasoning_token_ns: self.last_reasoning_token_ns,
+            first_answer_token_ns: self.first_answer_token_ns,
+            reasoning_tokens: self.reasoning_tokens,
+            answer_tokens: self.answer_tokens,
+            reasoning_token_source,
             output_tokens: self.output_tokens,
             token_count_source,
             prompt_tokens: self.prompt_tokens,
@@ -296,6 +328,43 @@ mod tests {
         assert_eq!(read.records[0].chunk_tokens, vec![2, 1, 3]);
         assert!(read.records[1].chunk_tokens.is_empty());
         assert_eq!(read.records[1].itl_ms(), vec![10e-6, 10e-6], "1 token per chunk");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reasoning_fields_round_trip_and_lines_without_reasoning_leave_them_out() {
+        let dir = std::env::temp_dir().join(format!("optbench-journal-reasoning-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("requests.journal.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let thinking = RequestRecord {
+            reasoning_text: "hmm \"so\"\n".into(),
+            first_reasoning_token_ns: Some(25),
+            last_reasoning_token_ns: Some(28),
+            first_answer_token_ns: Some(30),
+            reasoning_tokens: Some(4),
+            answer_tokens: Some(3),
+            reasoning_token_source: Some(TokenCountSource::Chunks),
+            ..record(0, None)
+        };
+        let writer = JournalWriter::create(&path).unwrap();
+        writer.append(&thinking);
+        writer.append(&record(1, None));
+        writer.finish().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains("\"reasoning_token_source\":\"chunks\""), "{}", lines[0]);
+        assert!(!lines[1].contains("reasoning"), "a line without reasoning is as before: {}", lines[1]);
+
+        let read = read_journal(&path).unwrap();
+        assert!(read.bad_lines.is_empty());
+        let r = &read.records[0];
+        assert_eq!(r.reasoning_text, thinking.reasoning_text);
+        assert_eq!((r.first_reasoning_token_ns, r.last_reasoning_token_ns), (Some(25), Some(28)));
+        assert_eq!(r.first_answer_token_ns, Some(30));
+        assert_eq!((r.reasoning_tokens, r.answer_tokens), (Some(4), Some(3)));
+        assert_eq!(r.reasoning_token_source, Some(TokenCountSource::Chunks));
+        assert_eq!(read.records[1].reasoning_tokens, None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -106,9 +106,45 @@ pub struct Summary {
     /// Per-metric statistics: `ttft_ms`, `e2e_ms`, `tokens_per_s`, `tpot_ms`, `itl_ms` (per
     /// token: a chunk of k tokens after a gap g gives k gaps of g/k), `chunk_gap_ms` (between
     /// token-carrying chunks), `tokens_per_chunk`, `queue_delay_ms`, `output_tokens`,
-    /// `prompt_tokens`. A metric with no values is absent.
+    /// `prompt_tokens`; and, when the run had reasoning, the [`REASONING_METRIC_NAMES`]. A metric
+    /// with no values is absent.
     pub metrics: BTreeMap<&'static str, Stats>,
+    /// The reasoning aggregates; `None` when no successful measured request had reasoning.
+    pub reasoning: Option<ReasoningSummary>,
 }
+
+/// What a run of a reasoning model adds to its summary (successful measured requests only).
+/// A request without reasoning counts 0 reasoning tokens and all its output as answer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReasoningSummary {
+    /// Successful requests that streamed reasoning (or whose usage reported reasoning tokens).
+    pub num_with_reasoning: usize,
+    /// Of those, the requests whose reasoning count is per chunk (`reasoning_token_source` =
+    /// `chunks`, the server's usage had no `completion_tokens_details.reasoning_tokens`).
+    pub num_reasoning_counts_from_chunks: usize,
+    /// Reasoning tokens of all successful requests.
+    pub total_reasoning_tokens: u64,
+    /// Answer tokens of all successful requests.
+    pub total_answer_tokens: u64,
+    /// Reasoning tokens per second over the measured window (as `output_token_throughput`).
+    pub reasoning_token_throughput: f64,
+    /// Answer tokens per second over the measured window.
+    pub answer_token_throughput: f64,
+}
+
+/// The metrics a run with reasoning adds to [`Summary::metrics`]: `ttft_reasoning_ms` (over
+/// requests with reasoning), `ttft_answer_ms` (over requests with an answer), `reasoning_tokens`
+/// and `answer_tokens` (per request), `reasoning_tokens_per_s` and `answer_tokens_per_s` (the
+/// per-request decode rates of [`RequestRecord`]; a request without reasoning gives its
+/// `tokens_per_s` as its answer rate).
+pub const REASONING_METRIC_NAMES: [&str; 6] = [
+    "ttft_reasoning_ms",
+    "ttft_answer_ms",
+    "reasoning_tokens",
+    "answer_tokens",
+    "reasoning_tokens_per_s",
+    "answer_tokens_per_s",
+];
 
 /// The names of [`Summary::metrics`], in the order they are computed.
 pub const METRIC_NAMES: [&str; 10] = [
@@ -178,6 +214,33 @@ impl Summary {
         put("queue_delay_ms", measured.iter().filter_map(|r| r.queue_delay_ms()).collect());
         put("output_tokens", ok.iter().filter_map(|r| r.output_tokens.map(f64::from)).collect());
         put("prompt_tokens", ok.iter().filter_map(|r| r.prompt_tokens.map(f64::from)).collect());
+        let num_with_reasoning = ok.iter().filter(|r| r.has_reasoning()).count();
+        if num_with_reasoning > 0 {
+            let reasoning = |r: &RequestRecord| r.reasoning_tokens.unwrap_or(0);
+            let answer = |r: &RequestRecord| if r.has_reasoning() { r.answer_tokens } else { r.output_tokens };
+            let answer_rate =
+                |r: &RequestRecord| if r.has_reasoning() { r.answer_tokens_per_s() } else { r.tokens_per_s() };
+            put("ttft_reasoning_ms", ok.iter().filter_map(|r| r.ttft_reasoning_ms()).collect());
+            put("ttft_answer_ms", ok.iter().filter_map(|r| r.ttft_answer_ms()).collect());
+            put("reasoning_tokens", ok.iter().map(|r| f64::from(reasoning(r))).collect());
+            put("answer_tokens", ok.iter().filter_map(|r| answer(r).map(f64::from)).collect());
+            put("reasoning_tokens_per_s", ok.iter().filter_map(|r| r.reasoning_tokens_per_s()).collect());
+            put("answer_tokens_per_s", ok.iter().filter_map(|r| answer_rate(r)).collect());
+            let total_reasoning: u64 = ok.iter().map(|r| u64::from(reasoning(r))).sum();
+            let total_answer: u64 = ok.iter().filter_map(|r| answer(r)).map(u64::from).sum();
+            let per_s = |n: u64| if s.duration_s > 0.0 { n as f64 / s.duration_s } else { 0.0 };
+            s.reasoning = Some(ReasoningSummary {
+                num_with_reasoning,
+                num_reasoning_counts_from_chunks: ok
+                    .iter()
+                    .filter(|r| r.reasoning_token_source == Some(crate::record::TokenCountSource::Chunks))
+                    .count(),
+                total_reasoning_tokens: total_reasoning,
+                total_answer_tokens: total_answer,
+                reasoning_token_throughput: per_s(total_reasoning),
+                answer_token_throughput: per_s(total_answer),
+            });
+        }
         s
     }
 }
@@ -197,6 +260,41 @@ mod tests {
         names.sort_unstable();
         expected.sort_unstable();
         assert_eq!(names, expected);
+    }
+
+    #[test]
+    fn reasoning_aggregates_only_when_a_request_reasoned() {
+        let plain: Vec<RequestRecord> = (0..2).map(|id| ok_record(id, 0, 10, 4, 5)).collect();
+        let s = Summary::from_records(&plain);
+        assert!(s.reasoning.is_none());
+        assert!(REASONING_METRIC_NAMES.iter().all(|m| !s.metrics.contains_key(m)));
+
+        // Request 1 reasons: 6 reasoning chunks 10 ms apart from 10 ms, answer of 4 from 70 ms.
+        let mut thinking = ok_record(1, 0, 10, 10, 10);
+        thinking.first_reasoning_token_ns = Some(10_000_000);
+        thinking.last_reasoning_token_ns = Some(60_000_000);
+        thinking.first_answer_token_ns = Some(70_000_000);
+        thinking.reasoning_tokens = Some(6);
+        thinking.answer_tokens = Some(4);
+        thinking.reasoning_token_source = Some(crate::record::TokenCountSource::Usage);
+        // Request 0 answers at once (TTFT 10 ms, 4 tokens over 15 ms).
+        let mut no_thinking = ok_record(0, 0, 10, 4, 5);
+        no_thinking.first_answer_token_ns = no_thinking.first_token_ns;
+        let s = Summary::from_records(&[no_thinking, thinking]);
+        let r = s.reasoning.as_ref().expect("a request reasoned");
+        assert_eq!((r.num_with_reasoning, r.num_reasoning_counts_from_chunks), (1, 0));
+        assert_eq!((r.total_reasoning_tokens, r.total_answer_tokens), (6, 8));
+        // Window 0..100 ms.
+        assert!((r.reasoning_token_throughput - 60.0).abs() < 1e-9);
+        assert!((r.answer_token_throughput - 80.0).abs() < 1e-9);
+        let m = &s.metrics;
+        assert_eq!((m["ttft_reasoning_ms"].count, m["ttft_reasoning_ms"].p50), (1, 10.0));
+        assert_eq!((m["ttft_answer_ms"].min, m["ttft_answer_ms"].max), (10.0, 70.0));
+        assert_eq!((m["reasoning_tokens"].min, m["reasoning_tokens"].max), (0.0, 6.0));
+        assert_eq!(m["reasoning_tokens_per_s"].p50, 120.0); // 6 tokens over 50 ms
+        // 4 answer tokens over 70..100 ms; the other request's rate is its tokens_per_s.
+        let answer_rates = (m["answer_tokens_per_s"].min, m["answer_tokens_per_s"].max);
+        assert!((answer_rates.0 - 4.0 / 0.03).abs() < 1e-9 && (answer_rates.1 - 4.0 / 0.015).abs() < 1e-9);
     }
 
     #[test]

@@ -27,6 +27,14 @@
 //! one what is left), chunks `gap` apart, as vLLM does under load. When the request asks for
 //! `stream_options.continuous_usage_stats`, every chunk carries the cumulative `usage`
 //! (as vLLM sends it); otherwise only the final usage chunk does. Faults count chunks.
+//!
+//! **Reasoning.** With `reasoning_tokens = k`, the chat endpoint sends the first `k` tokens
+//! (` thinkD`) as `delta.reasoning_content` and the rest as `delta.content`, as vLLM with a
+//! reasoning parser does (a chunk that straddles the boundary carries both fields). When the
+//! request asks for `stream_options.include_usage`, its usage (the final one and the cumulative
+//! ones) carries `completion_tokens_details.reasoning_tokens`; otherwise the usage has no details
+//! (as vLLM's). The completions endpoint has no split: all tokens are `text`. The log says when
+//! the first answer token was written.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -116,6 +124,8 @@ pub struct MockBehavior {
     pub diverge: Option<Diverge>,
     /// Tokens in each chunk (at least 1).
     pub tokens_per_chunk: usize,
+    /// The first this many tokens of a chat answer are reasoning (0: none).
+    pub reasoning_tokens: usize,
 }
 
 impl Default for MockBehavior {
@@ -132,6 +142,7 @@ impl Default for MockBehavior {
             gap_growth: 0.0,
             diverge: None,
             tokens_per_chunk: 1,
+            reasoning_tokens: 0,
         }
     }
 }
@@ -147,8 +158,12 @@ pub struct MockRequestLog {
     pub first_token_sent: Option<Duration>,
     /// When the last token chunk was written (if any was).
     pub last_token_sent: Option<Duration>,
-    /// Token chunks written.
+    /// When the first chunk carrying answer tokens (not reasoning) was written (if it was).
+    pub first_answer_token_sent: Option<Duration>,
+    /// Tokens written (reasoning and answer).
     pub tokens_sent: usize,
+    /// Of those, reasoning tokens.
+    pub reasoning_tokens_sent: usize,
     /// Requests in flight when this one arrived (itself included).
     pub concurrent_at_arrival: usize,
     /// When it got its slot (the end of its queue wait; with no slot limit, when it was read).
@@ -377,7 +392,9 @@ pub fn log_json(log: &[MockRequestLog]) -> String {
                 "received_s": l.received.as_secs_f64(),
                 "first_token_sent_s": secs(l.first_token_sent),
                 "last_token_sent_s": secs(l.last_token_sent),
+                "first_answer_token_sent_s": secs(l.first_answer_token_sent),
                 "tokens_sent": l.tokens_sent,
+                "reasoning_tokens_sent": l.reasoning_tokens_sent,
                 "concurrent_at_arrival": l.concurrent_at_arrival,
                 "slot_acquired_s": secs(l.slot_acquired),
                 "diverged": l.diverged,
@@ -480,7 +497,9 @@ async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) 
             received: received_at - state.started,
             first_token_sent: None,
             last_token_sent: None,
+            first_answer_token_sent: None,
             tokens_sent: 0,
+            reasoning_tokens_sent: 0,
             concurrent_at_arrival: concurrent,
             slot_acquired: None,
             diverged: false,
@@ -554,6 +573,15 @@ async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) 
     let per_chunk = b.tokens_per_chunk.max(1);
     let continuous_usage =
         request["stream_options"]["continuous_usage_stats"].as_bool() == Some(true) && b.fault != Fault::NoUsage;
+    // Reasoning: chat only; its count in the usage when the request asks for usage.
+    let thinking = if chat { b.reasoning_tokens.min(tokens) } else { 0 };
+    let usage_details = |done: usize| {
+        if thinking > 0 && request["stream_options"]["include_usage"].as_bool() == Some(true) {
+            format!(",\"completion_tokens_details\":{{\"reasoning_tokens\":{}}}", done.min(thinking))
+        } else {
+            String::new()
+        }
+    };
     for (i, first) in (0..tokens).step_by(per_chunk).enumerate() {
         if i > 0 {
             let active = state.active.load(Ordering::SeqCst).max(1);
@@ -586,20 +614,33 @@ async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) 
             }
             _ => {}
         }
-        let text: String = (first..end)
-            .map(|j| {
-                // Tokens before the divergence point keep their digits.
-                let digit = token_digit(seed, j, diverged && b.diverge.is_some_and(|d| j >= d.at));
-                format!(" tok{digit}")
-            })
-            .collect();
+        let words = |range: std::ops::Range<usize>, word: &str| -> String {
+            range
+                .map(|j| {
+                    // Tokens before the divergence point keep their digits.
+                    let digit = token_digit(seed, j, diverged && b.diverge.is_some_and(|d| j >= d.at));
+                    format!(" {word}{digit}")
+                })
+                .collect()
+        };
+        let text = words(first.max(thinking)..end, "tok");
+        let reasoning = words(first.min(thinking)..end.min(thinking), "think");
         let usage = if continuous_usage {
-            format!(",\"usage\":{{\"prompt_tokens\":7,\"completion_tokens\":{end},\"total_tokens\":{}}}", end + 7)
+            format!(
+                ",\"usage\":{{\"prompt_tokens\":7,\"completion_tokens\":{end},\"total_tokens\":{}{}}}",
+                end + 7,
+                usage_details(end)
+            )
         } else {
             String::new()
         };
         let event = if chat {
-            format!("data: {{{head},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}},\"finish_reason\":null}}]{usage}}}\n\n")
+            let delta = match (reasoning.is_empty(), text.is_empty()) {
+                (true, _) => format!("{{\"content\":\"{text}\"}}"),
+                (false, true) => format!("{{\"reasoning_content\":\"{reasoning}\"}}"),
+                (false, false) => format!("{{\"reasoning_content\":\"{reasoning}\",\"content\":\"{text}\"}}"),
+            };
+            format!("data: {{{head},\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":null}}]{usage}}}\n\n")
         } else {
             format!(
                 "data: {{{head},\"choices\":[{{\"index\":0,\"text\":\"{text}\",\"finish_reason\":null}}]{usage}}}\n\n"
@@ -612,7 +653,11 @@ async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) 
                 entry.first_token_sent = Some(sent);
             }
             entry.last_token_sent = Some(sent);
+            if end > thinking && entry.first_answer_token_sent.is_none() {
+                entry.first_answer_token_sent = Some(sent);
+            }
             entry.tokens_sent = end;
+            entry.reasoning_tokens_sent = end.min(thinking);
         });
     }
     let finish = if chat {
@@ -623,8 +668,9 @@ async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) 
     chunk(socket, finish.as_bytes()).await?;
     if b.fault != Fault::NoUsage {
         let usage = format!(
-            "data: {{{head},\"choices\":[],\"usage\":{{\"prompt_tokens\":7,\"completion_tokens\":{tokens},\"total_tokens\":{}}}}}\n\n",
-            tokens + 7
+            "data: {{{head},\"choices\":[],\"usage\":{{\"prompt_tokens\":7,\"completion_tokens\":{tokens},\"total_tokens\":{}{}}}}}\n\n",
+            tokens + 7,
+            usage_details(tokens)
         );
         chunk(socket, usage.as_bytes()).await?;
     }

@@ -126,8 +126,31 @@ pub struct RequestRecord {
     /// usage (vLLM with `continuous_usage_stats`), at least 1; otherwise 1. Empty in records
     /// written before it existed (read as 1 per chunk).
     pub chunk_tokens: Vec<u32>,
-    /// The generated text, concatenated.
+    /// The answer text, concatenated: `text` (completions) or `delta.content` (chat). A
+    /// reasoning model's thinking is not in it (see `reasoning_text`), so quality scoring scores
+    /// the answer.
     pub output_text: String,
+    /// The reasoning text, concatenated: `delta.reasoning_content` or `delta.reasoning` (vLLM,
+    /// SGLang and llama.cpp's names for a reasoning model's thinking on the chat endpoint).
+    /// Empty when the server streamed none. Bounded like `output_text`, by `max_tokens`.
+    pub reasoning_text: String,
+    /// When the first chunk carrying reasoning text arrived (`None`: no reasoning).
+    pub first_reasoning_token_ns: Option<i64>,
+    /// When the last chunk carrying reasoning text arrived.
+    pub last_reasoning_token_ns: Option<i64>,
+    /// When the first chunk carrying answer text arrived (set for every request with an answer;
+    /// without reasoning it is `first_token_ns`).
+    pub first_answer_token_ns: Option<i64>,
+    /// Reasoning tokens (see `reasoning_token_source`); `None` when the request had no reasoning.
+    pub reasoning_tokens: Option<u32>,
+    /// Answer tokens: `output_tokens − reasoning_tokens` when `reasoning_token_source` is `usage`,
+    /// else the tokens of the answer-carrying chunks (as `chunk_tokens` counts them). `None` when
+    /// the request had no reasoning (then the answer is all of `output_tokens`).
+    pub answer_tokens: Option<u32>,
+    /// Where `reasoning_tokens` came from: `usage` (`usage.completion_tokens_details.
+    /// reasoning_tokens`, exact) or `chunks` (the sum of `chunk_tokens` over the chunks that
+    /// carried reasoning text: exact when chunks carry cumulative usage, else one per chunk).
+    pub reasoning_token_source: Option<TokenCountSource>,
     /// Number of generated tokens (see `token_count_source`).
     pub output_tokens: Option<u32>,
     /// Where `output_tokens` came from.
@@ -186,6 +209,37 @@ impl RequestRecord {
         }
         let decode_ns = self.last_token_ns? - self.first_token_ns?;
         Some(ns_to_ms(decode_ns) / (tokens - 1) as f64)
+    }
+
+    /// Time to the first reasoning token in milliseconds: first reasoning chunk − sent time.
+    pub fn ttft_reasoning_ms(&self) -> Option<f64> {
+        Some(ns_to_ms(self.first_reasoning_token_ns? - self.sent_ns?))
+    }
+
+    /// Time to the first answer token in milliseconds: first answer chunk − sent time.
+    pub fn ttft_answer_ms(&self) -> Option<f64> {
+        Some(ns_to_ms(self.first_answer_token_ns? - self.sent_ns?))
+    }
+
+    /// Whether the request streamed reasoning or its usage reported reasoning tokens.
+    pub fn has_reasoning(&self) -> bool {
+        self.reasoning_tokens.is_some()
+    }
+
+    /// Reasoning decode rate: reasoning tokens / (last − first reasoning chunk), tokens per
+    /// second; `None` without reasoning or when all of it came in one chunk.
+    pub fn reasoning_tokens_per_s(&self) -> Option<f64> {
+        let ns = self.last_reasoning_token_ns? - self.first_reasoning_token_ns?;
+        let tokens = self.reasoning_tokens?;
+        (ns > 0).then(|| f64::from(tokens) / (ns as f64 / 1e9))
+    }
+
+    /// Answer decode rate: answer tokens / (last token − first answer chunk), tokens per second;
+    /// `None` without reasoning (then it is `tokens_per_s`) or when the answer came in one chunk.
+    pub fn answer_tokens_per_s(&self) -> Option<f64> {
+        let tokens = self.answer_tokens?;
+        let ns = self.last_token_ns? - self.first_answer_token_ns?;
+        (ns > 0).then(|| f64::from(tokens) / (ns as f64 / 1e9))
     }
 
     /// Queue delay in milliseconds: sent time − scheduled time.

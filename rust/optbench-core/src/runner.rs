@@ -373,8 +373,8 @@ fn recount_deadline(request_timeout: Option<Duration>, time_limit_end: Option<In
     now + budget.max(RECOUNT_MIN_BUDGET)
 }
 
-/// Gives records without `usage` a token count: a tokenizer over the whole text when one is
-/// available (never per chunk), else the number of chunks, flagged as `chunks`. Counts are asked
+/// Gives records without `usage` a token count: a tokenizer over the whole text (reasoning and
+/// answer) when one is available (never per chunk), else the number of chunks, flagged as `chunks`. Counts are asked
 /// [`RECOUNT_CONCURRENCY`] at a time; whatever is not counted by `deadline` (a stuck or failing
 /// `/tokenize`) or when `cancel` fires (Ctrl-C; a run cancelled before the recount skips it)
 /// keeps the chunk count.
@@ -390,10 +390,17 @@ async fn fill_missing_token_counts(
     let mut counted: Vec<Option<usize>> = vec![None; missing.len()];
     if let Some(c) = counter.filter(|c| c.is_exact() && !missing.is_empty() && !cancel.is_cancelled()) {
         // Owned indices in, so the stream (and the run's future) stays `Send`.
-        let texts: Vec<&str> = missing.iter().map(|&i| records[i].output_text.as_str()).collect();
+        // Every generated token counts: a reasoning model's thinking as well as its answer.
+        let texts: Vec<std::borrow::Cow<'_, str>> = missing
+            .iter()
+            .map(|&i| match records[i].reasoning_text.as_str() {
+                "" => records[i].output_text.as_str().into(),
+                thinking => format!("{thinking}{}", records[i].output_text).into(),
+            })
+            .collect();
         let texts = &texts;
         let mut counts = stream::iter(0..texts.len())
-            .map(move |slot| async move { (slot, c.count(texts[slot], false).await) })
+            .map(move |slot| async move { (slot, c.count(&texts[slot], false).await) })
             .buffer_unordered(RECOUNT_CONCURRENCY);
         let collect = async {
             while let Some((slot, n)) = counts.next().await {

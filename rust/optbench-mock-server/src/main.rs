@@ -74,6 +74,12 @@ struct Args {
     /// the request asks for stream_options.continuous_usage_stats).
     #[arg(long, default_value_t = 1)]
     tokens_per_chunk: usize,
+    /// The first this many tokens of each chat answer are reasoning, streamed as
+    /// delta.reasoning_content (the rest as delta.content), with
+    /// usage.completion_tokens_details.reasoning_tokens when the request asks for
+    /// stream_options.include_usage. The completions endpoint has no split.
+    #[arg(long, default_value_t = 0)]
+    reasoning_tokens: usize,
     /// Write the truth log (a JSON array) here when stopped with Ctrl-C or SIGTERM.
     #[arg(long)]
     log: Option<PathBuf>,
@@ -147,6 +153,7 @@ fn main() {
             gap_growth: args.gap_growth,
             diverge: args.diverge_above.map(|above| Diverge { above, at: args.diverge_at }),
             tokens_per_chunk: args.tokens_per_chunk,
+            reasoning_tokens: args.reasoning_tokens,
             ..MockBehavior::default()
         },
         (Err(e), _) | (_, Err(e)) => {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use optbench_core::arrow::records_to_batch;
 use optbench_core::client::{Endpoint, Prompt, RequestInput, RequestSettings};
-use optbench_core::metrics::{Summary, METRIC_NAMES, STATISTIC_NAMES};
+use optbench_core::metrics::{Summary, METRIC_NAMES, REASONING_METRIC_NAMES, STATISTIC_NAMES};
 use optbench_core::runner::{run_requests, LoadTestConfig, LoadTestOutcome, Progress, StopReason};
 use optbench_core::schedule::{Arrival, Schedule};
 use optbench_core::tokens::{tokenize_timeout, TokenCounter};
@@ -335,6 +335,20 @@ fn summary_to_dict<'py>(py: Python<'py>, s: &Summary) -> PyResult<Bound<'py, PyD
         metrics.set_item(*name, m)?;
     }
     d.set_item("metrics", metrics)?;
+    let reasoning = match &s.reasoning {
+        None => None,
+        Some(r) => {
+            let rd = PyDict::new(py);
+            rd.set_item("num_with_reasoning", r.num_with_reasoning)?;
+            rd.set_item("num_reasoning_counts_from_chunks", r.num_reasoning_counts_from_chunks)?;
+            rd.set_item("total_reasoning_tokens", r.total_reasoning_tokens)?;
+            rd.set_item("total_answer_tokens", r.total_answer_tokens)?;
+            rd.set_item("reasoning_token_throughput", r.reasoning_token_throughput)?;
+            rd.set_item("answer_token_throughput", r.answer_token_throughput)?;
+            Some(rd)
+        }
+    };
+    d.set_item("reasoning", reasoning)?;
     Ok(d)
 }
 
@@ -360,6 +374,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // The keys of `summary()["metrics"]` and of each metric's statistics, for Python code
     // that lays out tables and plots.
     m.add("METRIC_NAMES", PyTuple::new(m.py(), METRIC_NAMES)?)?;
+    m.add("REASONING_METRIC_NAMES", PyTuple::new(m.py(), REASONING_METRIC_NAMES)?)?;
     m.add("STATISTIC_NAMES", PyTuple::new(m.py(), STATISTIC_NAMES)?)?;
     Ok(())
 }

@@ -24,7 +24,11 @@ use crate::errors::{config_err, PyCoreError};
 /// `tokens_per_chunk` tokens go in each chunk, `gap_ms` apart, with the cumulative usage in each
 /// chunk when the request asks for `stream_options.continuous_usage_stats` (as vLLM sends it),
 /// only at the end otherwise; `reset`/`malformed` then count chunks. `model` is the name
-/// `/v1/models` lists (answers echo whatever name a request gives).
+/// `/v1/models` lists (answers echo whatever name a request gives). With `reasoning_tokens=k`,
+/// the chat endpoint streams the first `k` tokens (` thinkD`) as `delta.reasoning_content` and
+/// the rest as `delta.content` (a chunk straddling the boundary carries both), its usage
+/// carrying `completion_tokens_details.reasoning_tokens` when the request asks for
+/// `stream_options.include_usage`; the completions endpoint has no split.
 #[pyclass(frozen, module = "optbench._core")]
 pub struct MockServer {
     inner: Mutex<Option<CoreMockServer>>,
@@ -37,7 +41,7 @@ impl MockServer {
     #[pyo3(signature = (
         *, ttft_ms=20.0, gap_ms=5.0, tokens=16, fault="none", fault_arg=0, host="127.0.0.1", port=0,
         tokenize="missing", slots=None, gap_growth=0.0, diverge_above=None, diverge_at=0,
-        tokens_per_chunk=1, model="mock",
+        tokens_per_chunk=1, model="mock", reasoning_tokens=0,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -55,6 +59,7 @@ impl MockServer {
         diverge_at: usize,
         tokens_per_chunk: usize,
         model: &str,
+        reasoning_tokens: usize,
     ) -> PyResult<Self> {
         if tokens_per_chunk == 0 {
             return Err(config_err("tokens_per_chunk must be at least 1"));
@@ -95,6 +100,7 @@ impl MockServer {
             diverge: diverge_above.map(|above| Diverge { above, at: diverge_at }),
             tokens_per_chunk,
             model: model.to_string(),
+            reasoning_tokens,
             ..MockBehavior::default()
         };
         let bind = format!("{host}:{port}");
@@ -112,9 +118,10 @@ impl MockServer {
     }
 
     /// Server-side truth per answered request: `received_s`, `first_token_sent_s`,
-    /// `last_token_sent_s`, `slot_acquired_s` (seconds since the server started; the slot ends
-    /// the queue wait), `tokens_sent`, `concurrent_at_arrival` and `diverged` (whether the answer
-    /// changed under load).
+    /// `last_token_sent_s`, `first_answer_token_sent_s` (the first chunk with answer tokens, not
+    /// reasoning), `slot_acquired_s` (seconds since the server started; the slot ends the queue
+    /// wait), `tokens_sent`, `reasoning_tokens_sent` (of those), `concurrent_at_arrival` and
+    /// `diverged` (whether the answer changed under load).
     fn log<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
         let guard = self.inner.lock().expect("mock");
         let Some(server) = guard.as_ref() else { return Ok(Vec::new()) };
@@ -126,7 +133,9 @@ impl MockServer {
                 d.set_item("received_s", l.received.as_secs_f64())?;
                 d.set_item("first_token_sent_s", l.first_token_sent.map(|t| t.as_secs_f64()))?;
                 d.set_item("last_token_sent_s", l.last_token_sent.map(|t| t.as_secs_f64()))?;
+                d.set_item("first_answer_token_sent_s", l.first_answer_token_sent.map(|t| t.as_secs_f64()))?;
                 d.set_item("tokens_sent", l.tokens_sent)?;
+                d.set_item("reasoning_tokens_sent", l.reasoning_tokens_sent)?;
                 d.set_item("concurrent_at_arrival", l.concurrent_at_arrival)?;
                 d.set_item("slot_acquired_s", l.slot_acquired.map(|t| t.as_secs_f64()))?;
                 d.set_item("diverged", l.diverged)?;
