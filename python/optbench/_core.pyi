@@ -10,6 +10,7 @@ import numpy.typing as npt
 
 __all__ = [
     "METRIC_NAMES",
+    "REASONING_METRIC_NAMES",
     "STATISTIC_NAMES",
     "ConfigError",
     "Embedder",
@@ -57,9 +58,19 @@ _MetricName = Literal[
     "output_tokens",
     "prompt_tokens",
 ]
+_ReasoningMetricName = Literal[
+    "ttft_reasoning_ms",
+    "ttft_answer_ms",
+    "reasoning_tokens",
+    "answer_tokens",
+    "reasoning_tokens_per_s",
+    "answer_tokens_per_s",
+]
 _StatisticName = Literal["count", "mean", "p50", "p90", "p95", "p99", "min", "max"]
 #: The keys of ``LoadTest.summary()["metrics"]``, in the order they are computed.
 METRIC_NAMES: tuple[_MetricName, ...]
+#: The metrics a run with reasoning adds to ``LoadTest.summary()["metrics"]``.
+REASONING_METRIC_NAMES: tuple[_ReasoningMetricName, ...]
 #: The keys of each metric's statistics, in order.
 STATISTIC_NAMES: tuple[_StatisticName, ...]
 
@@ -107,7 +118,22 @@ class Summary(TypedDict):
     num_chunks: int
     num_multi_token_chunks: int
     #: A metric with no values is absent.
-    metrics: dict[_MetricName, MetricStats]
+    metrics: dict[_MetricName | _ReasoningMetricName, MetricStats]
+    #: None when no successful measured request had reasoning.
+    reasoning: ReasoningSummary | None
+
+@type_check_only
+class ReasoningSummary(TypedDict):
+    """``Summary["reasoning"]``: the aggregates of a run with reasoning (successful requests)."""
+
+    num_with_reasoning: int
+    #: Requests whose reasoning count is per chunk (no usage ``completion_tokens_details``).
+    num_reasoning_counts_from_chunks: int
+    total_reasoning_tokens: int
+    total_answer_tokens: int
+    #: Tokens per second over the measured window.
+    reasoning_token_throughput: float
+    answer_token_throughput: float
 
 @type_check_only
 class MockLogEntry(TypedDict):
@@ -116,7 +142,10 @@ class MockLogEntry(TypedDict):
     received_s: float
     first_token_sent_s: float | None
     last_token_sent_s: float | None
+    #: The first chunk with answer (not reasoning) tokens.
+    first_answer_token_sent_s: float | None
     tokens_sent: int
+    reasoning_tokens_sent: int
     concurrent_at_arrival: int
     slot_acquired_s: float | None
     diverged: bool
@@ -256,6 +285,7 @@ class MockServer:
         diverge_at: int = 0,
         tokens_per_chunk: int = 1,
         model: str = "mock",
+        reasoning_tokens: int = 0,
     ) -> MockServer: ...
     @property
     def base_url(self) -> str: ...

@@ -34,6 +34,8 @@ from optbench.servers.probe import check_model
 
 #: The metrics of ``summary["metrics"]`` (the Rust core's names, in its order).
 METRICS: tuple[str, ...] = tuple(_core.METRIC_NAMES)
+#: The metrics a run with reasoning adds to ``summary["metrics"]`` (absent in runs without).
+REASONING_METRICS: tuple[str, ...] = tuple(_core.REASONING_METRIC_NAMES)
 #: The statistics of each metric besides its ``count``.
 STATS: tuple[str, ...] = tuple(s for s in _core.STATISTIC_NAMES if s != "count")
 
@@ -48,14 +50,21 @@ class LoadTestResult:
             ``tpot_ms``, ``queue_delay_ms`` and the per-request ``itl_ms`` list; where the server
             reports its own timings (llama.cpp), ``server_prompt_ms``, ``server_decode_ms``,
             ``server_prompt_tokens``, ``server_cached_tokens``, ``server_output_tokens`` and
-            ``ttft_minus_server_prompt_ms`` (see :mod:`optbench.server_metrics`).
+            ``ttft_minus_server_prompt_ms`` (see :mod:`optbench.server_metrics`). ``output_text``
+            is the answer; a reasoning model's thinking is in ``reasoning_text``, timed and counted
+            by ``ttft_reasoning_ms``, ``ttft_answer_ms``, ``reasoning_tokens``,
+            ``answer_tokens``, ``reasoning_token_source``, ``reasoning_tokens_per_s`` and
+            ``answer_tokens_per_s`` (null for requests without reasoning; ``ttft_answer_ms`` is
+            filled for every request with an answer).
         summary: aggregates over measured requests: counts, ``failures_by_kind``,
             ``duration_s``, ``request_throughput``, ``output_token_throughput`` and
             ``metrics[name][stat]`` for each metric in :data:`METRICS` and stat in ``count`` +
             :data:`STATS`; with an ``slo`` option, ``slo``: attainment (with its Wilson
             interval) and goodput (``optbench.slo.evaluate``); ``server_timings`` where the
             server reported its own (the P50 / P99 / mean of its prompt time and of TTFT minus
-            it). ``optbench run`` adds
+            it); ``reasoning`` (None for runs without reasoning): the reasoning and answer token
+            totals and throughputs, with :data:`REASONING_METRICS` in ``metrics``.
+            ``optbench run`` adds
             ``calibration``, ``server_metrics`` and ``gpu_telemetry`` (:mod:`optbench.evidence`).
         config: the parameters of the run: ``base_url``, ``model`` and every option, as JSON
             values (what the Parquet metadata records).
@@ -98,7 +107,8 @@ class LoadTestResult:
         row: dict[str, Any] = {"label": self.label}
         for m in ("ttft_ms", "tokens_per_s", "e2e_ms"):
             row[column_name(m, "p50")] = self.metric(m)
-        for m in METRICS:
+        reasoning = self.summary.get("reasoning")
+        for m in METRICS + (REASONING_METRICS if reasoning else ()):
             for st in STATS:
                 row.setdefault(column_name(m, st), self.metric(m, st))
         s = self.summary
@@ -114,6 +124,13 @@ class LoadTestResult:
             stop_reason=self.stop_reason,
             prompt_source=self.prompt_source,
         )
+        if reasoning:
+            row.update(
+                reasoning_token_throughput=reasoning["reasoning_token_throughput"],
+                answer_token_throughput=reasoning["answer_token_throughput"],
+                total_reasoning_tokens=reasoning["total_reasoning_tokens"],
+                total_answer_tokens=reasoning["total_answer_tokens"],
+            )
         row.update(summary_columns(s.get("slo")))
         for k in (
             "base_url",
@@ -137,16 +154,27 @@ class LoadTestResult:
             f"{self.label}: {s['num_succeeded']}/{s['num_requests']} succeeded"
             + (f", {s['num_failed']} failed {s['failures_by_kind']}" if s["num_failed"] else "")
             + (f" [{self.stop_reason}]" if self.interrupted else ""),
-            f"{'metric':<16}" + "".join(f"{st:>10}" for st in STATS),
         ]
-        for m in METRICS:
-            stats = s["metrics"].get(m)
-            if stats:
-                lines.append(f"{m:<16}" + "".join(f"{stats[st]:>10.2f}" for st in STATS))
+        reasoning = s.get("reasoning")
+        names = [m for m in METRICS + (REASONING_METRICS if reasoning else ()) if s["metrics"].get(m)]
+        width = max([16, *map(len, names)])
+        lines.append(f"{'metric':<{width}}" + "".join(f"{st:>10}" for st in STATS))
+        for m in names:
+            stats = s["metrics"][m]
+            lines.append(f"{m:<{width}}" + "".join(f"{stats[st]:>10.2f}" for st in STATS))
         lines.append(
             f"window {s['duration_s']:.2f} s | {s['request_throughput']:.3f} req/s | "
             f"{s['output_token_throughput']:.1f} output tok/s | {s['total_output_tokens']} output tokens"
         )
+        if reasoning:
+            from_chunks = reasoning["num_reasoning_counts_from_chunks"]
+            lines.append(
+                f"reasoning: {reasoning['num_with_reasoning']}/{s['num_succeeded']} requests reasoned | "
+                f"{reasoning['reasoning_token_throughput']:.1f} reasoning tok/s, "
+                f"{reasoning['answer_token_throughput']:.1f} answer tok/s | "
+                f"{reasoning['total_reasoning_tokens']} reasoning, {reasoning['total_answer_tokens']} answer tokens "
+                + (f"({from_chunks} reasoning counts per chunk)" if from_chunks else "(reasoning counts from usage)")
+            )
         if s.get("slo"):
             g = s["slo"]
             lines.append(
@@ -216,6 +244,13 @@ def _result(
         warns.append(
             f"{share:.0f}% of chunks carried more than one token; ITL is per token (gap / tokens), "
             "chunk_gap_ms is the gap between chunks"
+        )
+    reasoning = summary.get("reasoning")
+    if reasoning and reasoning["num_reasoning_counts_from_chunks"]:
+        warns.append(
+            f"{reasoning['num_reasoning_counts_from_chunks']} responses' usage had no "
+            "completion_tokens_details.reasoning_tokens: their reasoning and answer tokens are counted per "
+            "chunk (reasoning_token_source='chunks')"
         )
     if _core.build_profile != "release":
         warns.append("optbench._core is a debug build: timings carry extra client overhead")

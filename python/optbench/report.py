@@ -67,6 +67,47 @@ def speed_metrics_from_summary(summary: dict[str, Any]) -> dict[str, float]:
         "num_requests": int(summary["num_requests"]),
         "num_failed": int(summary["num_failed"]),
         **summary_columns(summary.get("slo")),  # attainment and goodput under the run's SLO
+        **_reasoning_from_summary(summary),
+    }
+
+
+def _reasoning_from_summary(summary: dict[str, Any]) -> dict[str, float]:
+    """The reasoning columns (none for a run without reasoning), from the Rust summary."""
+    reasoning = summary.get("reasoning")
+    if not reasoning:
+        return {}
+    metrics = summary.get("metrics", {})
+    stat = lambda m, name: float(metrics.get(m, {}).get(name, float("nan")))  # noqa: E731
+    window = summary["duration_s"] > 0
+    return {
+        "ttft_answer_p50_ms": stat("ttft_answer_ms", "p50"),
+        "ttft_answer_p99_ms": stat("ttft_answer_ms", "p99"),
+        "reasoning_tokens_p50": stat("reasoning_tokens", "p50"),
+        "answer_tokens_per_s_p50": stat("answer_tokens_per_s", "p50"),
+        "reasoning_token_throughput": float(reasoning["reasoning_token_throughput"]) if window else float("nan"),
+        "answer_token_throughput": float(reasoning["answer_token_throughput"]) if window else float("nan"),
+    }
+
+
+def _reasoning_from_rows(ok: pd.DataFrame, window_s: float) -> dict[str, float]:
+    """:func:`_reasoning_from_summary` recomputed from the successful measured rows: a request
+    without reasoning counts 0 reasoning tokens, all its output as answer, and its tokens/s as
+    its answer rate."""
+    if "reasoning_tokens" not in ok or not ok["reasoning_tokens"].notna().any():
+        return {}
+    reasoned = ok["reasoning_tokens"].notna()
+    reasoning_tokens = ok["reasoning_tokens"].fillna(0)
+    answer_tokens = ok["answer_tokens"].where(reasoned, ok["output_tokens"])
+    answer_rate = ok["answer_tokens_per_s"].where(reasoned, ok["tokens_per_s"])
+    q = lambda col, p: float(col.quantile(p)) if col.notna().any() else float("nan")  # noqa: E731
+    per_s = lambda n: float(n) / window_s if window_s > 0 else float("nan")  # noqa: E731
+    return {
+        "ttft_answer_p50_ms": q(ok["ttft_answer_ms"], 0.5),
+        "ttft_answer_p99_ms": q(ok["ttft_answer_ms"], 0.99),
+        "reasoning_tokens_p50": q(reasoning_tokens, 0.5),
+        "answer_tokens_per_s_p50": q(answer_rate, 0.5),
+        "reasoning_token_throughput": per_s(reasoning_tokens.sum()),
+        "answer_token_throughput": per_s(answer_tokens.sum()),
     }
 
 
@@ -116,6 +157,7 @@ def speed_metrics(requests: pd.DataFrame) -> dict[str, float]:
         "output_token_throughput": float(ok["output_tokens"].sum()) / window_s if window_s > 0 else float("nan"),
         "num_requests": int(len(measured)),
         "num_failed": int((~measured["success"]).sum()),
+        **_reasoning_from_rows(ok, window_s),
     }
 
 
@@ -250,6 +292,16 @@ def _slo_text(table: pd.DataFrame) -> str:
     )
 
 
+#: The Method's note for runs where a model streamed reasoning (reasoning_content).
+REASONING_NOTE = (
+    "Reasoning: TTFT is the first token of any kind (reasoning or answer); TTFT answer is the time to "
+    "the first answer token (`delta.content`); reasoning and answer tokens come from the server's "
+    "`usage.completion_tokens_details.reasoning_tokens` where it sent them, else per chunk; answer "
+    "tokens/s is a request's answer tokens / (last token − first answer token); reasoning and answer "
+    "tok/s are their tokens over the measured window. Quality scores the answer only."
+)
+
+
 def render_markdown(
     table: pd.DataFrame, metas: list[dict[str, Any]], decision_png: str | None = None
 ) -> tuple[str, dict[str, Any]]:
@@ -286,6 +338,7 @@ def render_markdown(
             else ""
         ),
         *(["", _slo_text(table)] if "attainment" in table else []),
+        *(["", REASONING_NOTE] if "answer_token_throughput" in table else []),
         "",
         "Options that differ from the defaults (every option is in each configuration's `meta.json`):",
         "",
@@ -304,6 +357,13 @@ def render_markdown(
         ("e2e_p99_ms", "P99 E2E (ms)", 1),
         ("request_throughput", "req/s", 3),
         ("output_token_throughput", "output tok/s", 1),
+        # Only where a configuration's model reasoned (see the Method's note).
+        ("ttft_answer_p50_ms", "P50 TTFT answer (ms)", 1),
+        ("ttft_answer_p99_ms", "P99 TTFT answer (ms)", 1),
+        ("reasoning_tokens_p50", "P50 reasoning tokens", 0),
+        ("answer_tokens_per_s_p50", "P50 answer tokens/s", 2),
+        ("reasoning_token_throughput", "reasoning tok/s", 1),
+        ("answer_token_throughput", "answer tok/s", 1),
         ("attainment", "SLO attainment", 3),
         ("goodput_rps", "goodput req/s", 3),
         ("goodput_tps", "goodput tok/s", 1),

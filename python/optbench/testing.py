@@ -37,6 +37,14 @@ what is left), ``gap_ms`` apart, as vLLM does under load. When the request asks 
 cumulative ``usage`` as vLLM sends it; otherwise only the final usage chunk does. The ``reset``
 and ``malformed`` faults then count chunks, and ``log()``'s ``tokens_sent`` counts tokens.
 
+**Reasoning** (``reasoning_tokens``). The chat endpoint streams the first ``reasoning_tokens``
+tokens (`` thinkD``) as ``delta.reasoning_content`` and the rest as ``delta.content``, as vLLM
+with a reasoning parser does (a chunk straddling the boundary carries both). When the request
+asks for ``stream_options.include_usage`` (optbench's client does), its usage carries
+``completion_tokens_details.reasoning_tokens``; otherwise the usage has no details, as vLLM's.
+The completions endpoint has no split. ``log()`` gives ``first_answer_token_sent_s`` and
+``reasoning_tokens_sent``.
+
 :func:`capacity_model` computes, for a closed loop, what the capacity model gives each request
 (the truth a search for the highest concurrency meeting an SLO is tested against).
 """
