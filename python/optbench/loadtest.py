@@ -245,7 +245,7 @@ def _result(
             f"{share:.0f}% of chunks carried more than one token; ITL is per token (gap / tokens), "
             "chunk_gap_ms is the gap between chunks"
         )
-    reasoning = summary.get("reasoning")
+    reasoning = core_summary["reasoning"]
     if reasoning and reasoning["num_reasoning_counts_from_chunks"]:
         warns.append(
             f"{reasoning['num_reasoning_counts_from_chunks']} responses' usage had no "

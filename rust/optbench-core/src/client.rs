@@ -506,11 +506,8 @@ fn handle_event(event: &SseEvent, arrived: i64, rec: &mut RequestRecord) -> Resu
     if event.event.as_deref() == Some("error") {
         return Err((ErrorKind::StreamError, snippet(data, 500)));
     }
-    let usage_reasoning = chunk
-        .usage
-        .as_ref()
-        .and_then(|u| u.completion_tokens_details.as_ref())
-        .and_then(|d| d.reasoning_tokens);
+    let usage_reasoning =
+        chunk.usage.as_ref().and_then(|u| u.completion_tokens_details.as_ref()).and_then(|d| d.reasoning_tokens);
     if let Some(choice) = chunk.choices.first() {
         // Completions' `text` is all answer (no split there); chat splits the thinking off.
         let (answer, reasoning) = match (&choice.text, &choice.delta) {
@@ -697,9 +694,13 @@ mod tests {
             handle_event(&ev(&chat(&format!(r#"{{"content":null,"{field}":" think"}}"#))), 3_000_000, &mut rec)
                 .ok()
                 .unwrap();
-            handle_event(&ev(&chat(r#"{"content":"42","reasoning_content":null,"reasoning":null}"#)), 5_000_000, &mut rec)
-                .ok()
-                .unwrap();
+            handle_event(
+                &ev(&chat(r#"{"content":"42","reasoning_content":null,"reasoning":null}"#)),
+                5_000_000,
+                &mut rec,
+            )
+            .ok()
+            .unwrap();
             handle_event(&ev(&chat(r#"{"content":"."}"#)), 7_000_000, &mut rec).ok().unwrap();
             settle_reasoning_counts(&mut rec);
             assert_eq!(rec.reasoning_text, "Let me think", "{field}");
@@ -731,7 +732,8 @@ mod tests {
         assert_eq!((rec.reasoning_tokens, rec.answer_tokens), (Some(5), Some(2)));
         assert_eq!(rec.reasoning_token_source, Some(TokenCountSource::Chunks));
         // The final usage's details win over the chunk sums (here they disagree, on purpose).
-        let last = r#"{"choices":[],"usage":{"completion_tokens":9,"completion_tokens_details":{"reasoning_tokens":6}}}"#;
+        let last =
+            r#"{"choices":[],"usage":{"completion_tokens":9,"completion_tokens_details":{"reasoning_tokens":6}}}"#;
         handle_event(&ev(last), 4, &mut rec).ok().unwrap();
         settle_reasoning_counts(&mut rec);
         assert_eq!(rec.output_tokens, Some(9));
@@ -745,7 +747,8 @@ mod tests {
         handle_event(&ev(&chat(r#"{"content":"Hi"}"#)), 4, &mut rec).ok().unwrap();
         handle_event(&ev(&chat(r#"{"content":" there"}"#)), 6, &mut rec).ok().unwrap();
         // `reasoning_tokens: 0`, as servers report it for models that do not reason.
-        let usage = r#"{"choices":[],"usage":{"completion_tokens":2,"completion_tokens_details":{"reasoning_tokens":0}}}"#;
+        let usage =
+            r#"{"choices":[],"usage":{"completion_tokens":2,"completion_tokens_details":{"reasoning_tokens":0}}}"#;
         handle_event(&ev(usage), 7, &mut rec).ok().unwrap();
         settle_reasoning_counts(&mut rec);
         assert_eq!(rec.output_text, "Hi there");

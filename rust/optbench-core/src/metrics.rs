@@ -292,7 +292,7 @@ mod tests {
         assert_eq!((m["ttft_answer_ms"].min, m["ttft_answer_ms"].max), (10.0, 70.0));
         assert_eq!((m["reasoning_tokens"].min, m["reasoning_tokens"].max), (0.0, 6.0));
         assert_eq!(m["reasoning_tokens_per_s"].p50, 120.0); // 6 tokens over 50 ms
-        // 4 answer tokens over 70..100 ms; the other request's rate is its tokens_per_s.
+                                                            // 4 answer tokens over 70..100 ms; the other request's rate is its tokens_per_s.
         let answer_rates = (m["answer_tokens_per_s"].min, m["answer_tokens_per_s"].max);
         assert!((answer_rates.0 - 4.0 / 0.03).abs() < 1e-9 && (answer_rates.1 - 4.0 / 0.015).abs() < 1e-9);
     }

@@ -640,7 +640,9 @@ async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) 
                 (false, true) => format!("{{\"reasoning_content\":\"{reasoning}\"}}"),
                 (false, false) => format!("{{\"reasoning_content\":\"{reasoning}\",\"content\":\"{text}\"}}"),
             };
-            format!("data: {{{head},\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":null}}]{usage}}}\n\n")
+            format!(
+                "data: {{{head},\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":null}}]{usage}}}\n\n"
+            )
         } else {
             format!(
                 "data: {{{head},\"choices\":[{{\"index\":0,\"text\":\"{text}\",\"finish_reason\":null}}]{usage}}}\n\n"
