@@ -250,7 +250,9 @@ def _result(
         warns.append(
             f"{reasoning['num_reasoning_counts_from_chunks']} responses' usage had no "
             "completion_tokens_details.reasoning_tokens: their reasoning and answer tokens are counted per "
-            "chunk (reasoning_token_source='chunks')"
+            "chunk (reasoning_token_source='chunks'): exact where every chunk carried the cumulative usage "
+            "(vLLM's continuous_usage_stats) and held thinking or answer, not both; a chunk holding both counts "
+            "as answer"
         )
     if _core.build_profile != "release":
         warns.append("optbench._core is a debug build: timings carry extra client overhead")
