@@ -217,6 +217,11 @@ class LoadTestOptions(Options):
         cli="FILE.jsonl",
         core=False,
     )
+    routing: Literal["round_robin", "least_outstanding"] = option(
+        "round_robin",
+        "with several base URLs (replicas): `round_robin` (an exact split in send order) or"
+        " `least_outstanding` (the one with the fewest requests in flight, ties to the lowest index)",
+    )
     seed: int = option(0, "seed of the synthetic prompts and of the open-loop schedule", minimum=0, maximum=U64_MAX)
     warmup: int = option(
         0,

@@ -25,6 +25,9 @@ struct JournalLine {
     request_id: u32,
     warmup: bool,
     scheduled_ns: i64,
+    /// Absent in journals written before it existed (then 0: one base URL).
+    #[serde(default)]
+    base_url_index: u32,
     sent_ns: Option<i64>,
     first_byte_ns: Option<i64>,
     first_token_ns: Option<i64>,
@@ -52,6 +55,7 @@ impl From<&RequestRecord> for JournalLine {
             request_id: r.request_id,
             warmup: r.warmup,
             scheduled_ns: r.scheduled_ns,
+            base_url_index: r.base_url_index,
             sent_ns: r.sent_ns,
             first_byte_ns: r.first_byte_ns,
             first_token_ns: r.first_token_ns,
@@ -96,6 +100,7 @@ impl JournalLine {
             request_id: self.request_id,
             warmup: self.warmup,
             scheduled_ns: self.scheduled_ns,
+            base_url_index: self.base_url_index,
             sent_ns: self.sent_ns,
             first_byte_ns: self.first_byte_ns,
             first_token_ns: self.first_token_ns,

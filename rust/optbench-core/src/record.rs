@@ -107,6 +107,8 @@ pub struct RequestRecord {
     pub warmup: bool,
     /// When the schedule intended the request to start.
     pub scheduled_ns: i64,
+    /// Which of the run's base URLs served it (its position in the list; 0 with one).
+    pub base_url_index: u32,
     /// When the request was handed to the HTTP client.
     pub sent_ns: Option<i64>,
     /// When the response headers arrived.

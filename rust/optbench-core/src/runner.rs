@@ -16,6 +16,7 @@ use crate::client::{build_http_client, stream_request, PreparedRequest, Prompt, 
 use crate::error::{CoreError, Result};
 use crate::journal::JournalWriter;
 use crate::record::{ErrorKind, RequestRecord, TokenCountSource};
+use crate::routing::{Router, Routing};
 use crate::schedule::Schedule;
 use crate::tokens::{tokenize_timeout, TokenCounter};
 
@@ -36,6 +37,11 @@ pub struct LoadTestConfig {
     /// Appends every finished record to this JSON-lines file as it finishes (see
     /// [`crate::journal`]), so a killed run leaves its finished requests on disk.
     pub journal: Option<PathBuf>,
+    /// The base URLs of several replicas of one deployment, spread over by `routing`; empty:
+    /// `request.base_url` alone.
+    pub base_urls: Vec<String>,
+    /// How requests are spread over `base_urls`.
+    pub routing: Routing,
 }
 
 impl LoadTestConfig {
@@ -59,7 +65,18 @@ impl LoadTestConfig {
         if self.request.model.is_empty() {
             return Err(CoreError::config("model must not be empty"));
         }
+        for (i, url) in self.base_urls.iter().enumerate() {
+            crate::client::server_root(url).map_err(|e| CoreError::config(format!("base_url[{i}]: {e}")))?;
+        }
         Ok(())
+    }
+
+    /// The settings of each base URL's requests (one, `request`, without `base_urls`).
+    pub fn targets(&self) -> Vec<RequestSettings> {
+        if self.base_urls.is_empty() {
+            return vec![self.request.clone()];
+        }
+        self.base_urls.iter().map(|url| RequestSettings { base_url: url.clone(), ..self.request.clone() }).collect()
     }
 }
 
@@ -130,7 +147,9 @@ pub struct LoadTestOutcome {
 
 struct Shared {
     client: reqwest::Client,
-    requests: Vec<PreparedRequest>,
+    /// `requests[b][i]`: input `i` prepared for base URL `b`.
+    requests: Vec<Vec<PreparedRequest>>,
+    router: Router,
     api_key: Option<String>,
     timeout: Option<Duration>,
     t0: Instant,
@@ -145,7 +164,10 @@ impl Shared {
     /// Runs request `id` (prompt `id % prompts`) that was meant to start at `scheduled_ns`.
     async fn run_one(&self, id: usize, scheduled_ns: i64, warmup: bool) {
         let mut rec = RequestRecord { request_id: id as u32, warmup, scheduled_ns, ..Default::default() };
-        let request = &self.requests[id % self.requests.len()];
+        let lease = self.router.acquire();
+        rec.base_url_index = lease.index as u32;
+        let inputs = &self.requests[lease.index];
+        let request = &inputs[id % inputs.len()];
         self.progress.sent.fetch_add(1, Ordering::Relaxed);
         let deadline = self.timeout.map(|d| Instant::now() + d);
         let outcome = tokio::select! {
@@ -159,6 +181,7 @@ impl Shared {
             }
             rec.fail(kind, message);
         }
+        drop(lease);
         self.progress.chunks.fetch_add(rec.chunk_times_ns.len() as u64, Ordering::Relaxed);
         let counter = if rec.is_success() { &self.progress.succeeded } else { &self.progress.failed };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -278,8 +301,13 @@ pub async fn run_requests(
     token_counter: Option<Arc<TokenCounter>>,
 ) -> Result<LoadTestOutcome> {
     config.validate(inputs.len())?;
-    // Serialise each distinct body once, before the clock starts.
-    let requests = inputs.iter().map(|p| config.request.prepare_input(p)).collect::<Result<Vec<_>>>()?;
+    // Serialise each distinct body once per base URL, before the clock starts.
+    let requests = config
+        .targets()
+        .iter()
+        .map(|target| inputs.iter().map(|p| target.prepare_input(p)).collect::<Result<Vec<_>>>())
+        .collect::<Result<Vec<_>>>()?;
+    let router = Router::new(config.routing, requests.len());
     let max_inflight = match &config.schedule {
         Schedule::Closed { concurrency } => *concurrency,
         Schedule::Open { max_concurrency, .. } => max_concurrency.unwrap_or(256),
@@ -290,6 +318,7 @@ pub async fn run_requests(
     let shared = Arc::new(Shared {
         client,
         requests,
+        router,
         api_key: config.request.api_key.clone(),
         timeout: config.request.request_timeout,
         t0: Instant::now(),

@@ -46,6 +46,8 @@ fn closed(base_url: &str, n: usize, concurrency: usize, max_tokens: u32) -> Load
         warmup: 0,
         time_limit: None,
         journal: None,
+        base_urls: Vec::new(),
+        routing: Default::default(),
     }
 }
 
@@ -164,6 +166,8 @@ async fn open_loop_cap_shows_up_as_queue_delay() {
         warmup: 0,
         time_limit: None,
         journal: None,
+        base_urls: Vec::new(),
+        routing: Default::default(),
     };
     let out = run(cfg).await;
     // One slot, ~101 ms per request, requests due every 10 ms: the last waits ~270 ms.
