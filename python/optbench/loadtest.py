@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 import pandas as pd
 import pyarrow as pa
 
-from optbench import _core, evidence, replicas
+from optbench import _core, evidence, replicas, sessions
 from optbench.files import atomic_write_text
 from optbench.driver import Progress, adrive, drive, records_table, resolve_api_key, start_run, write_parquet
 from optbench.options import LoadTestOptions
@@ -161,6 +161,7 @@ class LoadTestResult:
                 + ("" if g["slo_met"] is None else f" | percentile objectives {'met' if g['slo_met'] else 'MISSED'}")
             )
         lines.extend(replicas.breakdown_lines(s.get("by_base_url") or []))
+        lines.extend(sessions.summary_lines(s))
         lines.extend(evidence.summary_lines(s))  # calibration, the server's view, GPU telemetry
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
@@ -186,6 +187,23 @@ def _prepare(base_urls: list[str], model: str, options: LoadTestOptions, api_key
 
 def _prompts(base_url: str, model: str, options: LoadTestOptions, api_key: str | None) -> PromptSet:
     o = options
+    if o.conversations is not None:
+        return PromptSet(sessions=sessions.load_conversations(o.conversations, o.sessions))
+    if o.sessions is not None:
+        # Every user turn distinct: a cache hit can only come from a session's own history.
+        texts = synthetic_prompts(
+            base_url,
+            model,
+            o.sessions * o.turns,
+            o.input_tokens,
+            seed=o.seed,
+            tokenizer=o.tokenizer,
+            api_key=api_key,
+            timeout_s=o.timeout_s,
+        )
+        assert texts.texts is not None
+        turns = [texts.texts[i * o.turns : (i + 1) * o.turns] for i in range(o.sessions)]
+        return PromptSet(sessions=turns, source=texts.source, warnings=texts.warnings)
     if o.prompts is not None:
         return load_user_prompts(o.prompts)
     # One distinct prompt per request, warm-up included, so a prefix cache never helps.
@@ -220,6 +238,9 @@ def _result(
     summary = dict(run.summary())
     if len(base_urls) > 1:
         summary["by_base_url"] = replicas.breakdown(df, base_urls, run.summary()["duration_s"])
+    if prompt_set.sessions is not None:
+        summary["by_turn"] = sessions.turn_summary(df)
+        summary["sessions"] = sessions.session_summary(df, [len(t) for t in prompt_set.sessions])
     timings = server_timing_summary(df)
     if timings is not None:
         summary["server_timings"] = timings
@@ -286,6 +307,7 @@ def _start(
         api_key=key,
         prompts=prompt_set.texts,
         messages=prompt_set.messages,
+        sessions=prompt_set.sessions,
         journal=journal,
         **opts.core_arguments(),
     )

@@ -61,6 +61,13 @@ impl Router {
         Lease { router: self, index }
     }
 
+    /// Counts a request in flight on base URL `index` (a session's later turns go where its
+    /// first went).
+    pub fn acquire_on(&self, index: usize) -> Lease<'_> {
+        self.outstanding.lock().expect("router lock")[index] += 1;
+        Lease { router: self, index }
+    }
+
     /// Requests in flight on each base URL now.
     pub fn outstanding(&self) -> Vec<usize> {
         self.outstanding.lock().expect("router lock").clone()

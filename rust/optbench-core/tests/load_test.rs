@@ -48,6 +48,7 @@ fn closed(base_url: &str, n: usize, concurrency: usize, max_tokens: u32) -> Load
         journal: None,
         base_urls: Vec::new(),
         routing: Default::default(),
+        sessions: None,
     }
 }
 
@@ -168,6 +169,7 @@ async fn open_loop_cap_shows_up_as_queue_delay() {
         journal: None,
         base_urls: Vec::new(),
         routing: Default::default(),
+        sessions: None,
     };
     let out = run(cfg).await;
     // One slot, ~101 ms per request, requests due every 10 ms: the last waits ~270 ms.

@@ -57,6 +57,7 @@ async fn ttft_and_itl_match_the_servers_truth() {
         journal: None,
         base_urls: Vec::new(),
         routing: Default::default(),
+        sessions: None,
     };
     let out = run(cfg).await;
     let s = Summary::from_records(&out.records);
@@ -113,6 +114,7 @@ async fn open_loop_sends_on_schedule_and_warmup_is_excluded() {
         journal: None,
         base_urls: Vec::new(),
         routing: Default::default(),
+        sessions: None,
     };
     let out = run(cfg).await;
     assert_eq!(out.records.len(), 22);

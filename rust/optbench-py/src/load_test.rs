@@ -9,7 +9,7 @@ use optbench_core::arrow::records_to_batch;
 use optbench_core::client::{Endpoint, Prompt, RequestInput, RequestSettings};
 use optbench_core::metrics::{Summary, METRIC_NAMES, STATISTIC_NAMES};
 use optbench_core::routing::Routing;
-use optbench_core::runner::{run_requests, LoadTestConfig, LoadTestOutcome, Progress, StopReason};
+use optbench_core::runner::{run_requests, LoadTestConfig, LoadTestOutcome, Progress, Sessions, StopReason};
 use optbench_core::schedule::{Arrival, Schedule};
 use optbench_core::tokens::{tokenize_timeout, TokenCounter};
 use optbench_core::CoreError;
@@ -111,13 +111,18 @@ impl LoadTest {
     /// added to every request's JSON body. `base_url` may be a list (replicas of one
     /// deployment): requests are spread over them by `routing` (`round_robin` or
     /// `least_outstanding`), and each record's `base_url_index` says which served it.
+    /// `sessions` (instead of the three inputs): multi-turn conversations, each a list of user
+    /// turns sent one after the other with the history (chat endpoint, closed loop of
+    /// `concurrency` sessions, `think_time_s` between a turn's answer and the next turn);
+    /// `num_requests` is then the number of turns.
     #[new]
     #[pyo3(signature = (
         base_url, model, *, prompts=None, messages=None, requests=None, endpoint="completions",
         num_requests=100, concurrency=Some(8), request_rate=None, arrival="poisson",
         burstiness=1.0, output_tokens=1024, seed=0, warmup=0, ignore_eos=false,
         timeout_s=None, time_limit_s=None, api_key=None, temperature=0.0,
-        extra_body=None, tokenizer=None, journal=None, routing="round_robin"
+        extra_body=None, tokenizer=None, journal=None, routing="round_robin", sessions=None,
+        think_time_s=0.0
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -144,6 +149,8 @@ impl LoadTest {
         tokenizer: Option<String>,
         journal: Option<std::path::PathBuf>,
         routing: &str,
+        sessions: Option<Vec<Vec<String>>>,
+        think_time_s: f64,
     ) -> PyResult<Self> {
         let base_urls = match base_url {
             BaseUrls::One(url) => vec![url],
@@ -151,7 +158,19 @@ impl LoadTest {
             BaseUrls::Many(urls) => urls,
         };
         let base_url = base_urls[0].clone();
-        let inputs = request_inputs(prompts, messages, requests)?;
+        let (inputs, num_requests) = match &sessions {
+            None => (request_inputs(prompts, messages, requests)?, num_requests),
+            Some(_) if prompts.is_some() || messages.is_some() || requests.is_some() => {
+                return Err(config_err("give sessions or one of prompts, messages and requests, not both"))
+            }
+            Some(s) => (Vec::new(), s.iter().map(Vec::len).sum()),
+        };
+        if !(think_time_s >= 0.0 && think_time_s.is_finite()) {
+            return Err(config_err(format!(
+                "think_time_s must be a finite number of seconds >= 0, got {think_time_s}"
+            )));
+        }
+        let sessions = sessions.map(|turns| Sessions { turns, think_time: Duration::from_secs_f64(think_time_s) });
         let duration = |name: &str, s: Option<f64>| -> PyResult<Option<Duration>> {
             match s {
                 None => Ok(None),
@@ -195,6 +214,7 @@ impl LoadTest {
             journal,
             base_urls: if base_urls.len() > 1 { base_urls } else { Vec::new() },
             routing: Routing::parse(routing).map_err(PyCoreError)?,
+            sessions,
         };
         config.validate(inputs.len()).map_err(PyCoreError)?;
         // A bad base URL or API key is a ConfigError here, not a run of failed rows.
