@@ -49,7 +49,8 @@ class LoadTestResult:
             reports its own timings (llama.cpp), ``server_prompt_ms``, ``server_decode_ms``,
             ``server_prompt_tokens``, ``server_cached_tokens``, ``server_output_tokens`` and
             ``ttft_minus_server_prompt_ms`` (see :mod:`optbench.server_metrics`); which base URL
-            served it: ``base_url_index`` and ``base_url`` (without credentials).
+            served it: ``base_url_index`` and ``base_url`` (without credentials); in multi-turn
+            sessions, ``session_id`` and ``turn`` (:mod:`optbench.sessions`).
         summary: aggregates over measured requests: counts, ``failures_by_kind``,
             ``duration_s``, ``request_throughput``, ``output_token_throughput`` and
             ``metrics[name][stat]`` for each metric in :data:`METRICS` and stat in ``count`` +
@@ -57,7 +58,8 @@ class LoadTestResult:
             interval) and goodput (``optbench.slo.evaluate``); ``server_timings`` where the
             server reported its own (the P50 / P99 / mean of its prompt time and of TTFT minus
             it); with several base URLs, ``by_base_url``: one entry per URL (requests, failures,
-            TTFT and ITL statistics, throughputs; :func:`optbench.replicas.breakdown`).
+            TTFT and ITL statistics, throughputs; :func:`optbench.replicas.breakdown`); in
+            multi-turn sessions, ``by_turn`` and ``sessions`` (:mod:`optbench.sessions`).
             ``optbench run`` adds
             ``calibration``, ``server_metrics`` and ``gpu_telemetry`` (:mod:`optbench.evidence`).
         config: the parameters of the run: ``base_url`` (a list with several), ``model`` and

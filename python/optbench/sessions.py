@@ -46,7 +46,9 @@ def _turns(value: Any, where: str) -> list[str]:
     return list(value)
 
 
-def load_conversations(conversations: str | os.PathLike[str] | Sequence[Any], limit: int | None = None) -> list[list[str]]:
+def load_conversations(
+    conversations: str | os.PathLike[str] | Sequence[Any], limit: int | None = None
+) -> list[list[str]]:
     """The caller's conversations (a list, or a JSONL path with one JSON list of user turns per
     line), the first ``limit`` of them; errors name the file and line (or the index)."""
     if isinstance(conversations, (str, os.PathLike)):
@@ -74,7 +76,11 @@ def _stats(values: Any) -> dict[str, Any]:
     v = v[~np.isnan(v)]
     if not len(v):
         return {"count": 0, "mean": None, "p50": None, "p90": None, "p99": None}
-    return {"count": int(len(v)), "mean": float(v.mean()), **{f"p{q}": float(np.percentile(v, q)) for q in (50, 90, 99)}}
+    return {
+        "count": int(len(v)),
+        "mean": float(v.mean()),
+        **{f"p{q}": float(np.percentile(v, q)) for q in (50, 90, 99)},
+    }
 
 
 def _mean(series: pd.Series) -> float | None:
