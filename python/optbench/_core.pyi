@@ -23,6 +23,7 @@ __all__ = [
     "TokenizerError",
     "__version__",
     "build_profile",
+    "check_base_url",
     "count_tokens",
     "gsm8k_correct",
     "gsm8k_extract",
@@ -215,7 +216,7 @@ class Isolation(TypedDict):
 class LoadTest:
     def __new__(
         cls,
-        base_url: str,
+        base_url: str | list[str],
         model: str,
         *,
         prompts: list[str] | None = None,
@@ -238,6 +239,9 @@ class LoadTest:
         extra_body: dict[str, Any] | None = None,
         tokenizer: str | None = None,
         journal: str | PathLike[str] | None = None,
+        routing: str = "round_robin",
+        sessions: list[list[str]] | None = None,
+        think_time_s: float = 0.0,
     ) -> LoadTest: ...
     def progress(self) -> Progress: ...
     def cancel(self) -> None: ...
@@ -249,6 +253,9 @@ class LoadTest:
     def records(self) -> Any:
         """An Arrow record batch (Arrow PyCapsule interface)."""
     def summary(self) -> Summary: ...
+
+def check_base_url(base_url: str) -> str:
+    """The server root of ``base_url``; a ``ConfigError`` says what is wrong with it."""
 
 def read_journal(path: str | PathLike[str]) -> tuple[Any, Summary, list[int]]:
     """(records as an Arrow batch, their summary, numbers of partial lines skipped)."""

@@ -64,7 +64,12 @@ PORT = _count(1, 65535)
 
 def _add_target_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("target")
-    g.add_argument("--base-url", help="server root, e.g. http://127.0.0.1:8000 (not with --embedded)")
+    g.add_argument(
+        "--base-url",
+        action="append",
+        help="server root, e.g. http://127.0.0.1:8000 (not with --embedded); load-test takes it repeatedly:"
+        " the replicas of one deployment, spread over by --routing",
+    )
     g.add_argument("--model", help="model name sent with each request")
     g.add_argument(
         "--embedded", action="store_true", help="start the embedded llama-server (SmolLM2-135M, CPU) for this run"
@@ -95,9 +100,9 @@ def _add_load_test_options(p: argparse.ArgumentParser) -> None:
 
 
 @contextmanager
-def _target(args: argparse.Namespace, slots: int) -> Iterator[tuple[str, str]]:
+def _target(args: argparse.Namespace, slots: int, *, replicas: bool = False) -> Iterator[tuple[Any, str]]:
     """The base URL and model of the run: the embedded server (started and stopped here) or
-    the ones given."""
+    the ones given (with ``replicas``, a list when ``--base-url`` was given several times)."""
     if args.embedded:
         if args.base_url:
             raise OptbenchError("give either --embedded or --base-url, not both")
@@ -110,7 +115,9 @@ def _target(args: argparse.Namespace, slots: int) -> Iterator[tuple[str, str]]:
         return
     if not (args.base_url and args.model):
         raise OptbenchError("give --base-url and --model (or --embedded)")
-    yield args.base_url, args.model
+    if len(args.base_url) > 1 and not replicas:
+        raise OptbenchError(f"give --base-url once here ({len(args.base_url)} given; load-test takes several)")
+    yield (args.base_url if len(args.base_url) > 1 else args.base_url[0]), args.model
 
 
 def _run_load_test(args: argparse.Namespace) -> int:
@@ -127,7 +134,7 @@ def _run_load_test(args: argparse.Namespace) -> int:
         journal.parent.mkdir(parents=True, exist_ok=True)  # fails now, before any request
     # Held until the results are saved: no other process takes the journal for a dead run's.
     with journal_lock(journal) if journal else contextlib.nullcontext():
-        with _target(args, opts.concurrency or 8) as (base_url, model):
+        with _target(args, opts.concurrency or 8, replicas=True) as (base_url, model):
             result = load_test(base_url, model, opts, label=args.label, progress=not args.no_progress, journal=journal)
         return _report(result, args, run_id)
 

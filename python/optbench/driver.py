@@ -168,7 +168,7 @@ def resolve_api_key(api_key_env: str | None) -> str | None:
     return key
 
 
-def start_run(base_url: str, model: str, *, api_key: str | None, **arguments: Any) -> _core.LoadTest:
+def start_run(base_url: str | list[str], model: str, *, api_key: str | None, **arguments: Any) -> _core.LoadTest:
     """Starts a run of the Rust core (``_core.LoadTest``: the inputs, ``prompts``, ``messages``
     or ``requests``, and its settings); the one place Python starts one. It runs on the core's
     runtime until it ends; wait for it with :func:`drive` or :func:`adrive`."""

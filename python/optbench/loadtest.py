@@ -12,7 +12,7 @@ import datetime as _dt
 import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 import pandas as pd
 import pyarrow as pa
 
-from optbench import _core, evidence
+from optbench import _core, evidence, replicas, sessions
 from optbench.files import atomic_write_text
 from optbench.driver import Progress, adrive, drive, records_table, resolve_api_key, start_run, write_parquet
 from optbench.options import LoadTestOptions
@@ -55,7 +55,9 @@ class LoadTestResult:
             by ``ttft_reasoning_ms``, ``ttft_answer_ms``, ``reasoning_tokens``,
             ``answer_tokens``, ``reasoning_token_source``, ``reasoning_tokens_per_s`` and
             ``answer_tokens_per_s`` (null for requests without reasoning; ``ttft_answer_ms`` is
-            filled for every request with an answer).
+            filled for every request with an answer); which base URL served it:
+            ``base_url_index`` and ``base_url`` (without credentials); in multi-turn sessions,
+            ``session_id`` and ``turn`` (:mod:`optbench.sessions`).
         summary: aggregates over measured requests: counts, ``failures_by_kind``,
             ``duration_s``, ``request_throughput``, ``output_token_throughput`` and
             ``metrics[name][stat]`` for each metric in :data:`METRICS` and stat in ``count`` +
@@ -63,11 +65,14 @@ class LoadTestResult:
             interval) and goodput (``optbench.slo.evaluate``); ``server_timings`` where the
             server reported its own (the P50 / P99 / mean of its prompt time and of TTFT minus
             it); ``reasoning`` (None for runs without reasoning): the reasoning and answer token
-            totals and throughputs, with :data:`REASONING_METRICS` in ``metrics``.
+            totals and throughputs, with :data:`REASONING_METRICS` in ``metrics``; with several
+            base URLs, ``by_base_url``: one entry per URL (requests, failures, TTFT and ITL
+            statistics, throughputs; :func:`optbench.replicas.breakdown`); in
+            multi-turn sessions, ``by_turn`` and ``sessions`` (:mod:`optbench.sessions`).
             ``optbench run`` adds
             ``calibration``, ``server_metrics`` and ``gpu_telemetry`` (:mod:`optbench.evidence`).
-        config: the parameters of the run: ``base_url``, ``model`` and every option, as JSON
-            values (what the Parquet metadata records).
+        config: the parameters of the run: ``base_url`` (a list with several), ``model`` and
+            every option, as JSON values (what the Parquet metadata records).
         label: a name for the run in tables.
         stop_reason: ``completed``, ``cancelled`` (Ctrl-C) or ``time_limit``.
         prompt_source: how prompt lengths were measured (``server``, ``tokenizer``,
@@ -145,6 +150,8 @@ class LoadTestResult:
             "seed",
         ):
             row[k] = self.config.get(k)
+        if isinstance(row["base_url"], list):  # several replicas: one CSV cell
+            row["base_url"] = " ".join(row["base_url"])
         return row
 
     def summary_table(self) -> str:
@@ -183,6 +190,8 @@ class LoadTestResult:
                 f"goodput {g['goodput_rps']:.3f} req/s, {g['goodput_tps']:.1f} tok/s"
                 + ("" if g["slo_met"] is None else f" | percentile objectives {'met' if g['slo_met'] else 'MISSED'}")
             )
+        lines.extend(replicas.breakdown_lines(s.get("by_base_url") or []))
+        lines.extend(sessions.summary_lines(s))
         lines.extend(evidence.summary_lines(s))  # calibration, the server's view, GPU telemetry
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
@@ -198,15 +207,33 @@ def column_name(metric: str, stat: str) -> str:
     return f"{metric}_{stat}"
 
 
-def _prepare(base_url: str, model: str, options: LoadTestOptions, api_key: str | None) -> PromptSet:
-    """The run's prompts, with a warning when the server does not list ``model``."""
-    prompt_set = _prompts(base_url, model, options, api_key)
-    prompt_set.warnings += filter(None, [check_model(base_url, model, api_key)])
+def _prepare(base_urls: list[str], model: str, options: LoadTestOptions, api_key: str | None) -> PromptSet:
+    """The run's prompts (lengths measured on the first base URL), with a warning for each
+    base URL whose server does not list ``model``."""
+    prompt_set = _prompts(base_urls[0], model, options, api_key)
+    prompt_set.warnings += filter(None, [check_model(url, model, api_key) for url in base_urls])
     return prompt_set
 
 
 def _prompts(base_url: str, model: str, options: LoadTestOptions, api_key: str | None) -> PromptSet:
     o = options
+    if o.conversations is not None:
+        return PromptSet(sessions=sessions.load_conversations(o.conversations, o.sessions))
+    if o.sessions is not None:
+        # Every user turn distinct: a cache hit can only come from a session's own history.
+        texts = synthetic_prompts(
+            base_url,
+            model,
+            o.sessions * o.turns,
+            o.input_tokens,
+            seed=o.seed,
+            tokenizer=o.tokenizer,
+            api_key=api_key,
+            timeout_s=o.timeout_s,
+        )
+        assert texts.texts is not None
+        turns = [texts.texts[i * o.turns : (i + 1) * o.turns] for i in range(o.sessions)]
+        return PromptSet(sessions=turns, source=texts.source, warnings=texts.warnings)
     if o.prompts is not None:
         return load_user_prompts(o.prompts)
     # One distinct prompt per request, warm-up included, so a prefix cache never helps.
@@ -223,13 +250,27 @@ def _prompts(base_url: str, model: str, options: LoadTestOptions, api_key: str |
 
 
 def _result(
-    run: _core.LoadTest, config: dict[str, Any], label: str, prompt_set: PromptSet, options: LoadTestOptions
+    run: _core.LoadTest,
+    config: dict[str, Any],
+    label: str,
+    prompt_set: PromptSet,
+    options: LoadTestOptions,
+    base_urls: list[str],
 ) -> LoadTestResult:
     table = records_table(run)
+    public = [without_credentials(u) for u in base_urls]
+    table = table.append_column(
+        "base_url", pa.array([public[i] for i in table.column("base_url_index").to_pylist()], pa.string())
+    )
     df = server_timing_columns(table.to_pandas())  # llama.cpp's own timings as columns
     stop_reason = run.stop_reason()
     warns = list(prompt_set.warnings)
     summary = dict(run.summary())
+    if len(base_urls) > 1:
+        summary["by_base_url"] = replicas.breakdown(df, base_urls, run.summary()["duration_s"])
+    if prompt_set.sessions is not None:
+        summary["by_turn"] = sessions.turn_summary(df)
+        summary["sessions"] = sessions.session_summary(df, [len(t) for t in prompt_set.sessions])
     timings = server_timing_summary(df)
     if timings is not None:
         summary["server_timings"] = timings
@@ -275,29 +316,37 @@ def _result(
 
 
 def _plan(
-    base_url: str,
+    base_url: str | Sequence[str],
     model: str,
     options: LoadTestOptions | Mapping[str, Any] | None,
     overrides: dict[str, Any],
     label: str | None,
-) -> tuple[LoadTestOptions, dict[str, Any], str, str | None]:
-    """The checked options, the config a result records (the URL without credentials), the
-    label and the API key."""
+) -> tuple[list[str], LoadTestOptions, dict[str, Any], str, str | None]:
+    """The checked base URLs and options, the config a result records (the URLs without
+    credentials), the label and the API key."""
+    urls = replicas.base_url_list(base_url)
     opts = LoadTestOptions.make(options, **overrides)
-    config = {"base_url": without_credentials(base_url), "model": model, **opts.to_dict()}
-    return opts, config, label or _default_label(model, base_url), resolve_api_key(opts.api_key_env)
+    config = {"base_url": replicas.public(urls), "model": model, **opts.to_dict()}
+    default_label = _default_label(model, urls[0]) + (f"+{len(urls) - 1}" if len(urls) > 1 else "")
+    return urls, opts, config, label or default_label, resolve_api_key(opts.api_key_env)
 
 
 def _start(
-    base_url: str, model: str, opts: LoadTestOptions, key: str | None, prompt_set: PromptSet, journal: str | None
+    base_urls: list[str],
+    model: str,
+    opts: LoadTestOptions,
+    key: str | None,
+    prompt_set: PromptSet,
+    journal: str | None,
 ) -> _core.LoadTest:
     """Starts the run on the Rust core (it goes on until done; drive it to wait)."""
     return start_run(
-        base_url,
+        base_urls[0] if len(base_urls) == 1 else base_urls,
         model,
         api_key=key,
         prompts=prompt_set.texts,
         messages=prompt_set.messages,
+        sessions=prompt_set.sessions,
         journal=journal,
         **opts.core_arguments(),
     )
@@ -322,7 +371,7 @@ def _default_label(model: str, base_url: str) -> str:
 
 
 def load_test(
-    base_url: str,
+    base_url: str | Sequence[str],
     model: str,
     options: LoadTestOptions | Mapping[str, Any] | None = None,
     *,
@@ -347,7 +396,11 @@ def load_test(
     them with the caller's (a list of strings or conversations, or a JSONL path), used in turn.
 
     Args:
-        base_url: the server root, e.g. ``http://127.0.0.1:8000`` (a ``/v1`` suffix is fine).
+        base_url: the server root, e.g. ``http://127.0.0.1:8000`` (a ``/v1`` suffix is fine), or
+            a list of the roots of several replicas of one deployment: requests are spread over
+            them by the ``routing`` option, each row says which served it (``base_url_index``,
+            ``base_url``) and ``summary["by_base_url"]`` breaks the run down per URL. Every URL
+            is checked before anything is sent (a ``ConfigError`` names the bad one).
         model: the ``model`` field of each request.
         label: the run's name in tables (default ``model@host``).
         progress: True for a tqdm bar in Jupyter or a live line on a terminal, ``"tqdm"`` for a
@@ -361,18 +414,18 @@ def load_test(
 
     Ctrl-C stops the run and returns the finished rows (``result.interrupted`` is True).
     """
-    opts, config, label, key = _plan(base_url, model, options, option_values, label)
-    prompt_set = _prepare(base_url, model, opts, key)
+    urls, opts, config, label, key = _plan(base_url, model, options, option_values, label)
+    prompt_set = _prepare(urls, model, opts, key)
     for w in prompt_set.warnings:
         warnings.warn(w, stacklevel=2)
     with _journal(journal, config, label) as journal_path:
-        run = _start(base_url, model, opts, key, prompt_set, journal_path)
+        run = _start(urls, model, opts, key, prompt_set, journal_path)
         drive(run, progress, label, progress_interval_s, what="load test")
-    return _result(run, config, label, prompt_set, opts)
+    return _result(run, config, label, prompt_set, opts, urls)
 
 
 async def aload_test(
-    base_url: str,
+    base_url: str | Sequence[str],
     model: str,
     options: LoadTestOptions | Mapping[str, Any] | None = None,
     *,
@@ -387,11 +440,11 @@ async def aload_test(
     The event loop stays free while the run goes on. Cancelling the awaiting task cancels the
     run; a KeyboardInterrupt returns the finished rows like :func:`load_test`.
     """
-    opts, config, label, key = _plan(base_url, model, options, option_values, label)
-    prompt_set = await asyncio.to_thread(_prepare, base_url, model, opts, key)
+    urls, opts, config, label, key = _plan(base_url, model, options, option_values, label)
+    prompt_set = await asyncio.to_thread(_prepare, urls, model, opts, key)
     for w in prompt_set.warnings:
         warnings.warn(w, stacklevel=2)
     with _journal(journal, config, label) as journal_path:
-        run = _start(base_url, model, opts, key, prompt_set, journal_path)
+        run = _start(urls, model, opts, key, prompt_set, journal_path)
         await adrive(run, progress, label, progress_interval_s)
-    return _result(run, config, label, prompt_set, opts)
+    return _result(run, config, label, prompt_set, opts, urls)

@@ -217,6 +217,30 @@ class LoadTestOptions(Options):
         cli="FILE.jsonl",
         core=False,
     )
+    sessions: int | None = option(
+        None,
+        "multi-turn: this many conversations, each turn sent with the history (synthetic: `turns` user turns of"
+        " input_tokens each; with `conversations`: the first this many, None: all); concurrency counts sessions;"
+        " chat endpoint, closed loop, no warm-up; num_requests is not used (optbench.sessions)",
+        minimum=1,
+        maximum=MAX_REQUESTS,
+        core=False,
+    )
+    turns: int = option(3, "multi-turn: user turns of each synthetic session", minimum=1, maximum=1000, core=False)
+    conversations: str | list[list[str]] | None = option(
+        None,
+        "multi-turn from your own conversations: a JSONL path (each line a JSON list of user turns) or such a list",
+        cli="FILE.jsonl",
+        core=False,
+    )
+    think_time_s: float = option(
+        0.0, "multi-turn: pause after a turn's answer before the session's next turn", minimum=0, maximum=MAX_SECONDS
+    )
+    routing: Literal["round_robin", "least_outstanding"] = option(
+        "round_robin",
+        "with several base URLs (replicas): `round_robin` (an exact split in send order) or"
+        " `least_outstanding` (the one with the fewest requests in flight, ties to the lowest index)",
+    )
     seed: int = option(0, "seed of the synthetic prompts and of the open-loop schedule", minimum=0, maximum=U64_MAX)
     warmup: int = option(
         0,
@@ -257,9 +281,27 @@ class LoadTestOptions(Options):
         core=False,
     )
 
+    @property
+    def multi_turn(self) -> bool:
+        """Whether the run sends multi-turn sessions (``sessions`` or ``conversations``)."""
+        return self.sessions is not None or self.conversations is not None
+
     def _check_together(self) -> None:
         if self.concurrency is None and self.request_rate is None:
             raise ConfigError("concurrency must be an integer in a closed loop (None needs request_rate: an open loop)")
+        if not self.multi_turn:
+            if self.think_time_s:
+                raise ConfigError("think_time_s is the pause between a session's turns: give sessions or conversations")
+            return
+        what = "sessions" if self.conversations is None else "conversations"
+        if self.endpoint != "chat":
+            raise ConfigError(f"{what} (multi-turn) need endpoint='chat': each turn carries the conversation so far")
+        if self.request_rate is not None:
+            raise ConfigError(f"{what} (multi-turn) run in a closed loop of concurrency sessions: drop request_rate")
+        if self.warmup:
+            raise ConfigError(f"{what} (multi-turn) have no warm-up: set warmup to 0")
+        if self.prompts is not None:
+            raise ConfigError(f"give {what} or prompts, not both")
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ class PromptSet:
     #: (characters per token) or ``user`` (prompts given by the caller).
     source: str = "user"
     warnings: list[str] = field(default_factory=list)
+    #: Multi-turn sessions instead: each a list of user turns (``optbench.sessions``).
+    sessions: list[list[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.texts if self.texts is not None else self.messages or [])

@@ -37,6 +37,7 @@ from optbench.exceptions import ConfigError
 from optbench.options import EvaluationOptions, LoadTestOptions
 from optbench.files import atomic_path, atomic_write_text
 from optbench.quality import QUALITY_THRESHOLD, acceptable, category_scores, overall_score
+from optbench.replicas import breakdown_markdown
 from optbench.results import JOURNAL, load_journal
 from optbench.under_load import UNDER_LOAD_PARQUET
 from optbench.under_load import markdown_section as under_load_section
@@ -389,6 +390,7 @@ def render_markdown(
             f"![Speed against quality: the baseline's {100 * QUALITY_THRESHOLD:.0f}% band is shaded, "
             f"acceptable configurations are filled]({decision_png})",
         ]
+    lines += [*_replicas_section(metas)]
     lines += ["", *evidence.markdown(table, metas)]
     lines += [*under_load_section(metas), "## Findings", ""]
     if best is not None:
@@ -447,6 +449,24 @@ def render_markdown(
     else:
         lines.append("No recommendation: no configuration both finished and kept the baseline's quality.")
     return "\n".join(lines) + "\n", findings
+
+
+def _replicas_section(metas: list[dict[str, Any]]) -> list[str]:
+    """Per base URL, for each configuration whose load test spread its requests over several
+    (the first trial's ``summary["by_base_url"]``, kept in its Parquet metadata)."""
+    out: list[str] = []
+    for m in metas:
+        files = trial_files(m["_dir"]) if "_dir" in m else []
+        if not files:
+            continue
+        try:
+            summary = json.loads((pq.read_schema(files[0]).metadata or {}).get(b"optbench.summary", b"{}"))
+        except UNREADABLE:
+            continue  # the results table already says the file is unreadable
+        entries = summary.get("by_base_url") if isinstance(summary, dict) else None
+        if entries:
+            out += ["", f"### {m['name']}: per base URL", "", *breakdown_markdown(entries)]
+    return ["", "## Replicas", *out] if out else []
 
 
 def _speed_difference(best: Any, base: Any, ok: pd.DataFrame, metas: list[dict[str, Any]]) -> str:

@@ -230,7 +230,7 @@ def run_one(
                 )
                 with observer as seen:
                     result = load_test(
-                        server.base_url, server.model, lt, label=cfg.name, progress=progress, journal=journal
+                        server.base_urls, server.model, lt, label=cfg.name, progress=progress, journal=journal
                     )
                 if trial == 1:  # the server's view and the GPU's of the first trial
                     meta.update(seen.record(result, meta.get("calibration")))

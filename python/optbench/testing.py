@@ -9,6 +9,9 @@ timings and injectable faults: the first token ``ttft_ms`` after a request is re
         result = optbench.load_test(server.base_url, "mock", num_requests=16, prompts=["hi"])
         truth = server.log()   # per request: when it was read, got its slot, first and last token
 
+A chat request's log entry also holds the conversation it carried (``messages``, its JSON text),
+which is how a multi-turn client's history is checked.
+
 Faults (``fault=``): ``status`` (HTTP ``fault_arg``), ``reset`` (after ``fault_arg`` tokens),
 ``malformed``, ``no_done``, ``slow_headers`` (``fault_arg`` ms), ``no_usage``. ``tokenize=``
 says how ``POST /tokenize`` answers: ``missing`` (404), ``words`` (one token per word) or

@@ -88,6 +88,9 @@ class Server:
         self.gpu: dict[str, Any] | None = None
         self.engine = engine_for(cfg)
         self.base_url = ""
+        #: Every URL the load test spreads its requests over: ``[base_url]``, or an ``openai``
+        #: configuration's replicas (``server.base_url`` as a list).
+        self.base_urls: list[str] = []
 
     def start(self) -> "Server":
         """Starts the server and waits until it is ready; any failure or interruption (Ctrl-C)
@@ -106,9 +109,11 @@ class Server:
         try:
             if cfg.engine == "openai":
                 self.base_url = self.engine.start(0, self.log_path)
+                self.base_urls = self.engine.base_urls()  # type: ignore[attr-defined]
                 return self
             port = cfg.port or free_port(cfg.host, self.engine.highest_port)
             self.base_url = self.engine.start(port, self.log_path)
+            self.base_urls = [self.base_url]
             self.version = self.engine.running_version
             self.gpu = gpu_info()
         except ServerStartError:

@@ -25,6 +25,13 @@ struct JournalLine {
     request_id: u32,
     warmup: bool,
     scheduled_ns: i64,
+    /// Absent in journals written before it existed (then 0: one base URL).
+    #[serde(default)]
+    base_url_index: u32,
+    #[serde(default)]
+    session_id: Option<u32>,
+    #[serde(default)]
+    turn: Option<u32>,
     sent_ns: Option<i64>,
     first_byte_ns: Option<i64>,
     first_token_ns: Option<i64>,
@@ -68,6 +75,9 @@ impl From<&RequestRecord> for JournalLine {
             request_id: r.request_id,
             warmup: r.warmup,
             scheduled_ns: r.scheduled_ns,
+            base_url_index: r.base_url_index,
+            session_id: r.session_id,
+            turn: r.turn,
             sent_ns: r.sent_ns,
             first_byte_ns: r.first_byte_ns,
             first_token_ns: r.first_token_ns,
@@ -121,6 +131,9 @@ impl JournalLine {
             request_id: self.request_id,
             warmup: self.warmup,
             scheduled_ns: self.scheduled_ns,
+            base_url_index: self.base_url_index,
+            session_id: self.session_id,
+            turn: self.turn,
             sent_ns: self.sent_ns,
             first_byte_ns: self.first_byte_ns,
             first_token_ns: self.first_token_ns,

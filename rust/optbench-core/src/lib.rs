@@ -2,6 +2,7 @@
 //!
 //! - [`runner`]: load tests in a closed or open loop on absolute deadlines ([`schedule`]),
 //!   one streamed request at a time measured by [`client`] with the [`sse`] parser;
+//! - [`routing`]: which of several base URLs (replicas) each request goes to;
 //! - [`record`]: the per-request record and its metrics; [`metrics`]: the aggregates;
 //! - [`tokens`] and [`prompts`]: prompts of a target length in the server's tokens;
 //! - [`arrow`]: records as an Arrow record batch;
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod mock;
 pub mod prompts;
 pub mod record;
+pub mod routing;
 pub mod runner;
 pub mod sandbox;
 pub mod schedule;

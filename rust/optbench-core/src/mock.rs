@@ -170,6 +170,8 @@ pub struct MockRequestLog {
     pub slot_acquired: Option<Duration>,
     /// Whether its answer changed under load (see [`Diverge`]).
     pub diverged: bool,
+    /// The `messages` a chat request carried (what a multi-turn client sent as history).
+    pub messages: Option<serde_json::Value>,
 }
 
 struct State {
@@ -398,6 +400,7 @@ pub fn log_json(log: &[MockRequestLog]) -> String {
                 "concurrent_at_arrival": l.concurrent_at_arrival,
                 "slot_acquired_s": secs(l.slot_acquired),
                 "diverged": l.diverged,
+                "messages": l.messages,
             })
         })
         .collect();
@@ -503,12 +506,16 @@ async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) 
             concurrent_at_arrival: concurrent,
             slot_acquired: None,
             diverged: false,
+            messages: None,
         });
         id
     };
     let b = &state.behavior;
     let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     let chat = path.ends_with("/chat/completions");
+    if chat {
+        update_log(state, id, |entry| entry.messages = Some(request["messages"].clone()));
+    }
     if !(chat || path.ends_with("/completions")) {
         let msg = b"{\"error\":\"not found\"}";
         let head = format!(

@@ -107,6 +107,12 @@ pub struct RequestRecord {
     pub warmup: bool,
     /// When the schedule intended the request to start.
     pub scheduled_ns: i64,
+    /// Which of the run's base URLs served it (its position in the list; 0 with one).
+    pub base_url_index: u32,
+    /// The multi-turn session (conversation) it belongs to, from 0; `None` outside sessions.
+    pub session_id: Option<u32>,
+    /// Its turn in the session, from 0 (turn `k` carries the `2k` earlier messages).
+    pub turn: Option<u32>,
     /// When the request was handed to the HTTP client.
     pub sent_ns: Option<i64>,
     /// When the response headers arrived.

@@ -16,6 +16,7 @@ use crate::client::{build_http_client, stream_request, PreparedRequest, Prompt, 
 use crate::error::{CoreError, Result};
 use crate::journal::JournalWriter;
 use crate::record::{ErrorKind, RequestRecord, TokenCountSource};
+use crate::routing::{Lease, Router, Routing};
 use crate::schedule::Schedule;
 use crate::tokens::{tokenize_timeout, TokenCounter};
 
@@ -36,6 +37,34 @@ pub struct LoadTestConfig {
     /// Appends every finished record to this JSON-lines file as it finishes (see
     /// [`crate::journal`]), so a killed run leaves its finished requests on disk.
     pub journal: Option<PathBuf>,
+    /// The base URLs of several replicas of one deployment, spread over by `routing`; empty:
+    /// `request.base_url` alone.
+    pub base_urls: Vec<String>,
+    /// How requests are spread over `base_urls`.
+    pub routing: Routing,
+    /// Multi-turn conversations instead of independent prompts (chat endpoint, closed loop).
+    pub sessions: Option<Sessions>,
+}
+
+/// Multi-turn sessions: each session sends its user turns one after the other, each turn's
+/// request holding the whole conversation so far (the earlier user turns and the answers the
+/// server actually gave). A closed loop of sessions: `concurrency` sessions at once, the next
+/// one starting when one ends. A failed turn ends its session (the next turn would lack its
+/// answer); its later turns are not sent. A session's turns all go to the base URL its first
+/// turn was routed to (where its prefix is cached).
+#[derive(Debug, Clone, Default)]
+pub struct Sessions {
+    /// Each session's user turns, in order.
+    pub turns: Vec<Vec<String>>,
+    /// The pause after a turn's answer before the session's next turn is sent.
+    pub think_time: Duration,
+}
+
+impl Sessions {
+    /// Requests of all sessions when every turn is sent.
+    pub fn num_turns(&self) -> usize {
+        self.turns.iter().map(Vec::len).sum()
+    }
 }
 
 impl LoadTestConfig {
@@ -45,7 +74,9 @@ impl LoadTestConfig {
         if self.num_requests == 0 {
             return Err(CoreError::config("num_requests must be at least 1"));
         }
-        if num_prompts == 0 {
+        if let Some(sessions) = &self.sessions {
+            self.validate_sessions(sessions)?;
+        } else if num_prompts == 0 {
             return Err(CoreError::config("no prompts: pass at least one prompt"));
         }
         if self.request.max_tokens == 0 {
@@ -59,7 +90,46 @@ impl LoadTestConfig {
         if self.request.model.is_empty() {
             return Err(CoreError::config("model must not be empty"));
         }
+        for (i, url) in self.base_urls.iter().enumerate() {
+            crate::client::server_root(url).map_err(|e| CoreError::config(format!("base_url[{i}]: {e}")))?;
+        }
         Ok(())
+    }
+
+    fn validate_sessions(&self, sessions: &Sessions) -> Result<()> {
+        if sessions.turns.is_empty() {
+            return Err(CoreError::config("sessions: no sessions"));
+        }
+        if let Some(i) = sessions.turns.iter().position(Vec::is_empty) {
+            return Err(CoreError::config(format!("sessions[{i}] has no turns")));
+        }
+        if !matches!(self.schedule, Schedule::Closed { .. }) {
+            return Err(CoreError::config(
+                "sessions run in a closed loop (concurrency sessions), not with request_rate",
+            ));
+        }
+        if self.warmup > 0 {
+            return Err(CoreError::config("sessions have no warm-up: set warmup to 0"));
+        }
+        if self.request.endpoint != crate::client::Endpoint::Chat {
+            return Err(CoreError::config("sessions need endpoint='chat' (the history is a conversation)"));
+        }
+        if self.num_requests != sessions.num_turns() {
+            return Err(CoreError::config(format!(
+                "num_requests must be the sessions' turns ({}), got {}",
+                sessions.num_turns(),
+                self.num_requests
+            )));
+        }
+        Ok(())
+    }
+
+    /// The settings of each base URL's requests (one, `request`, without `base_urls`).
+    pub fn targets(&self) -> Vec<RequestSettings> {
+        if self.base_urls.is_empty() {
+            return vec![self.request.clone()];
+        }
+        self.base_urls.iter().map(|url| RequestSettings { base_url: url.clone(), ..self.request.clone() }).collect()
     }
 }
 
@@ -130,7 +200,9 @@ pub struct LoadTestOutcome {
 
 struct Shared {
     client: reqwest::Client,
-    requests: Vec<PreparedRequest>,
+    /// `requests[b][i]`: input `i` prepared for base URL `b`.
+    requests: Vec<Vec<PreparedRequest>>,
+    router: Router,
     api_key: Option<String>,
     timeout: Option<Duration>,
     t0: Instant,
@@ -144,8 +216,22 @@ struct Shared {
 impl Shared {
     /// Runs request `id` (prompt `id % prompts`) that was meant to start at `scheduled_ns`.
     async fn run_one(&self, id: usize, scheduled_ns: i64, warmup: bool) {
-        let mut rec = RequestRecord { request_id: id as u32, warmup, scheduled_ns, ..Default::default() };
-        let request = &self.requests[id % self.requests.len()];
+        let rec = RequestRecord { request_id: id as u32, warmup, scheduled_ns, ..Default::default() };
+        let lease = self.router.acquire();
+        let inputs = &self.requests[lease.index];
+        self.execute(rec, &inputs[id % inputs.len()], lease, false).await;
+    }
+
+    /// Sends `request` on the base URL `lease` holds and records the outcome in `rec`; returns
+    /// whether it succeeded and, when `want_text`, its answer.
+    async fn execute(
+        &self,
+        mut rec: RequestRecord,
+        request: &PreparedRequest,
+        lease: Lease<'_>,
+        want_text: bool,
+    ) -> (bool, String) {
+        rec.base_url_index = lease.index as u32;
         self.progress.sent.fetch_add(1, Ordering::Relaxed);
         let deadline = self.timeout.map(|d| Instant::now() + d);
         let outcome = tokio::select! {
@@ -159,13 +245,16 @@ impl Shared {
             }
             rec.fail(kind, message);
         }
+        drop(lease);
         self.progress.chunks.fetch_add(rec.chunk_times_ns.len() as u64, Ordering::Relaxed);
         let counter = if rec.is_success() { &self.progress.succeeded } else { &self.progress.failed };
         counter.fetch_add(1, Ordering::Relaxed);
         if let Some(journal) = &*self.journal.lock().expect("journal lock") {
             journal.append(&rec);
         }
+        let outcome = (rec.is_success(), if want_text { rec.output_text.clone() } else { String::new() });
         self.records.lock().expect("records lock").push(rec);
+        outcome
     }
 
     fn cancel_message(&self) -> String {
@@ -218,6 +307,74 @@ async fn closed_loop(shared: &Arc<Shared>, first: usize, count: usize, concurren
         });
     }
     while workers.join_next().await.is_some() {}
+}
+
+/// The sessions in a closed loop of `concurrency` sessions; request ids in send order.
+async fn session_loop(shared: &Arc<Shared>, sessions: Sessions, targets: Vec<RequestSettings>, concurrency: usize) {
+    let plan = Arc::new((sessions, targets));
+    let next_session = Arc::new(AtomicU64::new(0));
+    let next_id = Arc::new(AtomicU64::new(0));
+    let mut workers = JoinSet::new();
+    for _ in 0..concurrency.min(plan.0.turns.len()) {
+        let (shared, plan, next_session, next_id) =
+            (shared.clone(), plan.clone(), next_session.clone(), next_id.clone());
+        workers.spawn(async move {
+            loop {
+                let session = next_session.fetch_add(1, Ordering::Relaxed) as usize;
+                if shared.cancel.is_cancelled() || session >= plan.0.turns.len() {
+                    break;
+                }
+                run_session(&shared, session, &plan.0, &plan.1, &next_id).await;
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+}
+
+/// One session's turns, each with the conversation so far; stops at the first failed turn.
+async fn run_session(
+    shared: &Shared,
+    session: usize,
+    sessions: &Sessions,
+    targets: &[RequestSettings],
+    next_id: &AtomicU64,
+) {
+    let turns = &sessions.turns[session];
+    let mut history: Vec<serde_json::Value> = Vec::with_capacity(2 * turns.len());
+    let mut base_url = None;
+    for (turn, user) in turns.iter().enumerate() {
+        if shared.cancel.is_cancelled() {
+            return;
+        }
+        history.push(serde_json::json!({ "role": "user", "content": user }));
+        let lease = match base_url {
+            None => shared.router.acquire(),
+            Some(index) => shared.router.acquire_on(index),
+        };
+        base_url = Some(lease.index);
+        let input = RequestInput::from(Prompt::Messages(serde_json::Value::Array(history.clone())));
+        let request = targets[lease.index].prepare_input(&input).expect("targets are checked before the run");
+        let rec = RequestRecord {
+            request_id: next_id.fetch_add(1, Ordering::Relaxed) as u32,
+            // A closed loop: the turn is meant to start now (after its think time).
+            scheduled_ns: shared.now_ns(),
+            session_id: Some(session as u32),
+            turn: Some(turn as u32),
+            ..Default::default()
+        };
+        let (ok, answer) = shared.execute(rec, &request, lease, true).await;
+        if !ok {
+            return;
+        }
+        history.push(serde_json::json!({ "role": "assistant", "content": answer }));
+        if turn + 1 < turns.len() && !sessions.think_time.is_zero() {
+            tokio::select! {
+                biased;
+                _ = shared.cancel.cancelled() => return,
+                _ = tokio::time::sleep(sessions.think_time) => {}
+            }
+        }
+    }
 }
 
 /// Requests `first..first+offsets.len()` at `phase_start + offsets[i]`.
@@ -278,8 +435,13 @@ pub async fn run_requests(
     token_counter: Option<Arc<TokenCounter>>,
 ) -> Result<LoadTestOutcome> {
     config.validate(inputs.len())?;
-    // Serialise each distinct body once, before the clock starts.
-    let requests = inputs.iter().map(|p| config.request.prepare_input(p)).collect::<Result<Vec<_>>>()?;
+    // Serialise each distinct body once per base URL, before the clock starts.
+    let requests = config
+        .targets()
+        .iter()
+        .map(|target| inputs.iter().map(|p| target.prepare_input(p)).collect::<Result<Vec<_>>>())
+        .collect::<Result<Vec<_>>>()?;
+    let router = Router::new(config.routing, requests.len());
     let max_inflight = match &config.schedule {
         Schedule::Closed { concurrency } => *concurrency,
         Schedule::Open { max_concurrency, .. } => max_concurrency.unwrap_or(256),
@@ -290,6 +452,7 @@ pub async fn run_requests(
     let shared = Arc::new(Shared {
         client,
         requests,
+        router,
         api_key: config.request.api_key.clone(),
         timeout: config.request.request_timeout,
         t0: Instant::now(),
@@ -320,7 +483,11 @@ pub async fn run_requests(
             shared.cancel.cancel();
         })
     });
-    if !shared.cancel.is_cancelled() {
+    if let (Some(sessions), Schedule::Closed { concurrency }) = (&config.sessions, &config.schedule) {
+        if !shared.cancel.is_cancelled() {
+            session_loop(&shared, sessions.clone(), config.targets(), *concurrency).await;
+        }
+    } else if !shared.cancel.is_cancelled() {
         match &config.schedule {
             Schedule::Closed { concurrency } => {
                 closed_loop(&shared, config.warmup, config.num_requests, *concurrency, false).await

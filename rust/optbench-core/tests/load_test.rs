@@ -8,7 +8,9 @@ use optbench_core::client::{Endpoint, Prompt, RequestSettings};
 use optbench_core::metrics::Summary;
 use optbench_core::mock::{Diverge, Fault, MockBehavior, MockServer, MockTokenize};
 use optbench_core::record::{ErrorKind, TokenCountSource};
-use optbench_core::runner::{run_load_test, LoadTestConfig, LoadTestOutcome, Progress, StopReason};
+use optbench_core::runner::{
+    run_load_test, run_requests, LoadTestConfig, LoadTestOutcome, Progress, Sessions, StopReason,
+};
 use optbench_core::schedule::{Arrival, Schedule};
 use optbench_core::tokens::{tokenize_timeout, TokenCounter, TOKENIZE_TIMEOUT};
 use optbench_core::CoreError;
@@ -46,6 +48,9 @@ fn closed(base_url: &str, n: usize, concurrency: usize, max_tokens: u32) -> Load
         warmup: 0,
         time_limit: None,
         journal: None,
+        base_urls: Vec::new(),
+        routing: Default::default(),
+        sessions: None,
     }
 }
 
@@ -164,6 +169,9 @@ async fn open_loop_cap_shows_up_as_queue_delay() {
         warmup: 0,
         time_limit: None,
         journal: None,
+        base_urls: Vec::new(),
+        routing: Default::default(),
+        sessions: None,
     };
     let out = run(cfg).await;
     // One slot, ~101 ms per request, requests due every 10 ms: the last waits ~270 ms.
@@ -573,4 +581,64 @@ async fn without_continuous_usage_each_chunk_counts_one_token() {
     let s = Summary::from_records(&out.records);
     assert_eq!(s.num_multi_token_chunks, 0);
     assert!((s.metrics["itl_ms"].p50 - 10.0).abs() < 1.5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_send_the_history_and_stick_to_one_base_url() {
+    let behavior = MockBehavior {
+        ttft: Duration::from_millis(2),
+        gap: Duration::from_millis(1),
+        tokens: 3,
+        ..MockBehavior::default()
+    };
+    let a = MockServer::start("127.0.0.1:0", behavior.clone()).await.unwrap();
+    let b = MockServer::start("127.0.0.1:0", behavior).await.unwrap();
+    let turns: Vec<Vec<String>> = (0..3).map(|s| (0..3).map(|t| format!("s{s} t{t}")).collect()).collect();
+    let mut cfg = closed(&a.base_url(), 9, 2, 3);
+    cfg.request.endpoint = Endpoint::Chat;
+    cfg.base_urls = vec![a.base_url(), b.base_url()];
+    cfg.sessions = Some(Sessions { turns, think_time: Duration::ZERO });
+    let out =
+        run_requests(cfg, Vec::new(), Arc::new(Progress::default()), CancellationToken::new(), None).await.unwrap();
+    assert_eq!(out.records.len(), 9);
+    assert!(out.records.iter().all(|r| r.is_success()));
+    let ids: Vec<u32> = out.records.iter().map(|r| r.request_id).collect();
+    assert_eq!(ids, (0..9).collect::<Vec<_>>(), "ids in send order");
+    for session in 0..3u32 {
+        let rows: Vec<_> = out.records.iter().filter(|r| r.session_id == Some(session)).collect();
+        assert_eq!(rows.iter().map(|r| r.turn.unwrap()).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert!(rows.iter().all(|r| r.base_url_index == rows[0].base_url_index), "a session stays on one base URL");
+    }
+    // Every chat request carried 2k+1 messages, the last its own user turn.
+    let logs: Vec<_> = a.log().into_iter().chain(b.log()).collect();
+    assert_eq!(logs.len(), 9);
+    for log in logs {
+        let messages = log.messages.expect("chat requests are logged").as_array().unwrap().clone();
+        let last = messages.last().unwrap()["content"].as_str().unwrap().to_string();
+        let turn: usize = last[last.len() - 1..].parse().unwrap();
+        assert_eq!(messages.len(), 2 * turn + 1, "{messages:?}");
+        assert!(messages.iter().skip(1).step_by(2).all(|m| m["role"] == "assistant"));
+    }
+}
+
+#[tokio::test]
+async fn sessions_refuse_what_they_cannot_do() {
+    let one = || Some(Sessions { turns: vec![vec!["a".into()]], think_time: Duration::ZERO });
+    let mut cfg = closed("http://127.0.0.1:9", 1, 1, 3);
+    cfg.sessions = one();
+    let e = cfg.validate(0).unwrap_err().to_string();
+    assert!(e.contains("endpoint='chat'"), "{e}");
+    cfg.request.endpoint = Endpoint::Chat;
+    cfg.validate(0).expect("a chat closed loop of sessions");
+    cfg.warmup = 1;
+    assert!(cfg.validate(0).unwrap_err().to_string().contains("warm-up"));
+    cfg.warmup = 0;
+    cfg.num_requests = 2;
+    assert!(cfg.validate(0).unwrap_err().to_string().contains("num_requests must be the sessions' turns (1)"));
+    cfg.num_requests = 1;
+    cfg.sessions = Some(Sessions { turns: vec![vec!["a".into()], vec![]], think_time: Duration::ZERO });
+    assert!(cfg.validate(0).unwrap_err().to_string().contains("sessions[1] has no turns"));
+    cfg.sessions = one();
+    cfg.schedule = Schedule::Open { rate: 1.0, arrival: Arrival::Constant, seed: 0, max_concurrency: None };
+    assert!(cfg.validate(0).unwrap_err().to_string().contains("closed loop"));
 }

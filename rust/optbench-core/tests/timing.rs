@@ -55,6 +55,9 @@ async fn ttft_and_itl_match_the_servers_truth() {
         warmup: 0,
         time_limit: None,
         journal: None,
+        base_urls: Vec::new(),
+        routing: Default::default(),
+        sessions: None,
     };
     let out = run(cfg).await;
     let s = Summary::from_records(&out.records);
@@ -109,6 +112,9 @@ async fn open_loop_sends_on_schedule_and_warmup_is_excluded() {
         warmup: 2,
         time_limit: None,
         journal: None,
+        base_urls: Vec::new(),
+        routing: Default::default(),
+        sessions: None,
     };
     let out = run(cfg).await;
     assert_eq!(out.records.len(), 22);

@@ -8,7 +8,8 @@ use std::time::Duration;
 use optbench_core::arrow::records_to_batch;
 use optbench_core::client::{Endpoint, Prompt, RequestInput, RequestSettings};
 use optbench_core::metrics::{Summary, METRIC_NAMES, REASONING_METRIC_NAMES, STATISTIC_NAMES};
-use optbench_core::runner::{run_requests, LoadTestConfig, LoadTestOutcome, Progress, StopReason};
+use optbench_core::routing::Routing;
+use optbench_core::runner::{run_requests, LoadTestConfig, LoadTestOutcome, Progress, Sessions, StopReason};
 use optbench_core::schedule::{Arrival, Schedule};
 use optbench_core::tokens::{tokenize_timeout, TokenCounter};
 use optbench_core::CoreError;
@@ -77,6 +78,13 @@ fn request_inputs(
     }
 }
 
+/// `base_url`: one server root, or a list of the roots of several replicas of one deployment.
+#[derive(FromPyObject)]
+enum BaseUrls {
+    One(String),
+    Many(Vec<String>),
+}
+
 enum RunState {
     Running,
     Finished(Result<LoadTestOutcome, CoreError>),
@@ -100,18 +108,25 @@ impl LoadTest {
     /// conversations, each a list of `{"role", "content"}` dicts; `requests` are dicts with
     /// `"prompt"` or `"messages"`, optionally `"endpoint"` and `"body"` (fields overriding the
     /// shared request body). Exactly one of the three is given. `extra_body`: a dict of fields
-    /// added to every request's JSON body.
+    /// added to every request's JSON body. `base_url` may be a list (replicas of one
+    /// deployment): requests are spread over them by `routing` (`round_robin` or
+    /// `least_outstanding`), and each record's `base_url_index` says which served it.
+    /// `sessions` (instead of the three inputs): multi-turn conversations, each a list of user
+    /// turns sent one after the other with the history (chat endpoint, closed loop of
+    /// `concurrency` sessions, `think_time_s` between a turn's answer and the next turn);
+    /// `num_requests` is then the number of turns.
     #[new]
     #[pyo3(signature = (
         base_url, model, *, prompts=None, messages=None, requests=None, endpoint="completions",
         num_requests=100, concurrency=Some(8), request_rate=None, arrival="poisson",
         burstiness=1.0, output_tokens=1024, seed=0, warmup=0, ignore_eos=false,
         timeout_s=None, time_limit_s=None, api_key=None, temperature=0.0,
-        extra_body=None, tokenizer=None, journal=None
+        extra_body=None, tokenizer=None, journal=None, routing="round_robin", sessions=None,
+        think_time_s=0.0
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
-        base_url: String,
+        base_url: BaseUrls,
         model: String,
         prompts: Option<Vec<String>>,
         messages: Option<&Bound<'_, PyAny>>,
@@ -133,8 +148,29 @@ impl LoadTest {
         extra_body: Option<&Bound<'_, PyAny>>,
         tokenizer: Option<String>,
         journal: Option<std::path::PathBuf>,
+        routing: &str,
+        sessions: Option<Vec<Vec<String>>>,
+        think_time_s: f64,
     ) -> PyResult<Self> {
-        let inputs = request_inputs(prompts, messages, requests)?;
+        let base_urls = match base_url {
+            BaseUrls::One(url) => vec![url],
+            BaseUrls::Many(urls) if urls.is_empty() => return Err(config_err("base_url: the list is empty")),
+            BaseUrls::Many(urls) => urls,
+        };
+        let base_url = base_urls[0].clone();
+        let (inputs, num_requests) = match &sessions {
+            None => (request_inputs(prompts, messages, requests)?, num_requests),
+            Some(_) if prompts.is_some() || messages.is_some() || requests.is_some() => {
+                return Err(config_err("give sessions or one of prompts, messages and requests, not both"))
+            }
+            Some(s) => (Vec::new(), s.iter().map(Vec::len).sum()),
+        };
+        if !(think_time_s >= 0.0 && think_time_s.is_finite()) {
+            return Err(config_err(format!(
+                "think_time_s must be a finite number of seconds >= 0, got {think_time_s}"
+            )));
+        }
+        let sessions = sessions.map(|turns| Sessions { turns, think_time: Duration::from_secs_f64(think_time_s) });
         let duration = |name: &str, s: Option<f64>| -> PyResult<Option<Duration>> {
             match s {
                 None => Ok(None),
@@ -176,13 +212,18 @@ impl LoadTest {
             warmup,
             time_limit: duration("time_limit_s", time_limit_s)?,
             journal,
+            base_urls: if base_urls.len() > 1 { base_urls } else { Vec::new() },
+            routing: Routing::parse(routing).map_err(PyCoreError)?,
+            sessions,
         };
         config.validate(inputs.len()).map_err(PyCoreError)?;
         // A bad base URL or API key is a ConfigError here, not a run of failed rows.
         config.request.check_target().map_err(PyCoreError)?;
         // Prepare now so that a bad prompt, endpoint or URL fails here, not inside the run.
-        for (i, input) in inputs.iter().enumerate() {
-            config.request.prepare_input(input).map_err(|e| config_err(format!("request {i}: {e}")))?;
+        for target in config.targets() {
+            for (i, input) in inputs.iter().enumerate() {
+                target.prepare_input(input).map_err(|e| config_err(format!("request {i}: {e}")))?;
+            }
         }
         // Counts tokens of answers that come without `usage`: the tokenizer file when given,
         // else the server's /tokenize (falling back to the chunk count if it has none or it
@@ -367,10 +408,18 @@ fn read_journal<'py>(
     Ok((PyRecordBatch::new(batch), summary, contents.bad_lines))
 }
 
+/// The server root of a base URL (no trailing `/` or `/v1`), or a `ConfigError` saying what is
+/// wrong with it (the rules of every run's base URL).
+#[pyfunction]
+fn check_base_url(base_url: &str) -> PyResult<String> {
+    Ok(optbench_core::client::server_root(base_url).map_err(PyCoreError)?)
+}
+
 /// Adds `LoadTest` and the names of the summary's metrics and statistics to `optbench._core`.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<LoadTest>()?;
     m.add_function(wrap_pyfunction!(read_journal, m)?)?;
+    m.add_function(wrap_pyfunction!(check_base_url, m)?)?;
     // The keys of `summary()["metrics"]` and of each metric's statistics, for Python code
     // that lays out tables and plots.
     m.add("METRIC_NAMES", PyTuple::new(m.py(), METRIC_NAMES)?)?;

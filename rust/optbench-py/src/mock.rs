@@ -120,8 +120,9 @@ impl MockServer {
     /// Server-side truth per answered request: `received_s`, `first_token_sent_s`,
     /// `last_token_sent_s`, `first_answer_token_sent_s` (the first chunk with answer tokens, not
     /// reasoning), `slot_acquired_s` (seconds since the server started; the slot ends the queue
-    /// wait), `tokens_sent`, `reasoning_tokens_sent` (of those), `concurrent_at_arrival` and
-    /// `diverged` (whether the answer changed under load).
+    /// wait), `tokens_sent`, `reasoning_tokens_sent` (of those), `concurrent_at_arrival`,
+    /// `diverged` (whether the answer changed under load) and `messages` (the JSON text of the
+    /// conversation a chat request carried, else None).
     fn log<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
         let guard = self.inner.lock().expect("mock");
         let Some(server) = guard.as_ref() else { return Ok(Vec::new()) };
@@ -139,6 +140,7 @@ impl MockServer {
                 d.set_item("concurrent_at_arrival", l.concurrent_at_arrival)?;
                 d.set_item("slot_acquired_s", l.slot_acquired.map(|t| t.as_secs_f64()))?;
                 d.set_item("diverged", l.diverged)?;
+                d.set_item("messages", l.messages.as_ref().map(|m| m.to_string()))?;
                 Ok(d)
             })
             .collect()
