@@ -26,6 +26,7 @@ __all__ = [
     "gsm8k_correct",
     "gsm8k_extract",
     "humaneval_program",
+    "make_prefix_prompts",
     "make_prompts",
     "pass_at_k",
     "read_journal",
@@ -235,6 +236,19 @@ def make_prompts(
     api_key: str | None = None,
     timeout_s: float | None = None,
 ) -> tuple[list[str], str, str | None]: ...
+def make_prefix_prompts(
+    base_url: str,
+    model: str,
+    prefixes: int,
+    prefix_tokens: int,
+    suffixes: int,
+    suffix_tokens: int,
+    *,
+    seed: int = 0,
+    tokenizer: str | None = None,
+    api_key: str | None = None,
+    timeout_s: float | None = None,
+) -> tuple[list[str], list[int], list[int], str, str | None]: ...
 def count_tokens(tokenizer: str, text: str, add_special: bool = True) -> int: ...
 
 @final
@@ -256,6 +270,7 @@ class MockServer:
         diverge_at: int = 0,
         tokens_per_chunk: int = 1,
         model: str = "mock",
+        prefix_cache: int | None = None,
     ) -> MockServer: ...
     @property
     def base_url(self) -> str: ...

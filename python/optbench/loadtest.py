@@ -21,14 +21,14 @@ from urllib.parse import urlparse
 import pandas as pd
 import pyarrow as pa
 
-from optbench import _core, evidence
+from optbench import _core, evidence, prefix_cache
 from optbench.files import atomic_write_text
 from optbench.driver import Progress, adrive, drive, records_table, resolve_api_key, start_run, write_parquet
 from optbench.options import LoadTestOptions
 from optbench.prompts import PromptSet, load_user_prompts, synthetic_prompts
 from optbench.slo import evaluate as evaluate_slo
 from optbench.slo import summary_columns
-from optbench.server_metrics import server_timing_columns, server_timing_summary
+from optbench.server_metrics import MetricsScraper, server_timing_columns, server_timing_summary, summarize
 from optbench.urls import without_credentials
 from optbench.servers.probe import check_model
 
@@ -48,14 +48,18 @@ class LoadTestResult:
             ``tpot_ms``, ``queue_delay_ms`` and the per-request ``itl_ms`` list; where the server
             reports its own timings (llama.cpp), ``server_prompt_ms``, ``server_decode_ms``,
             ``server_prompt_tokens``, ``server_cached_tokens``, ``server_output_tokens`` and
-            ``ttft_minus_server_prompt_ms`` (see :mod:`optbench.server_metrics`).
+            ``ttft_minus_server_prompt_ms`` (see :mod:`optbench.server_metrics`); with
+            ``shared_prefixes``, ``prefix_id``, ``suffix_id``, ``intended_cached_tokens`` and
+            ``intended_prompt_tokens`` (:mod:`optbench.prefix_cache`).
         summary: aggregates over measured requests: counts, ``failures_by_kind``,
             ``duration_s``, ``request_throughput``, ``output_token_throughput`` and
             ``metrics[name][stat]`` for each metric in :data:`METRICS` and stat in ``count`` +
             :data:`STATS`; with an ``slo`` option, ``slo``: attainment (with its Wilson
             interval) and goodput (``optbench.slo.evaluate``); ``server_timings`` where the
             server reported its own (the P50 / P99 / mean of its prompt time and of TTFT minus
-            it). ``optbench run`` adds
+            it); with ``shared_prefixes``, ``prefix_cache``: the intended and the achieved
+            prefix-cache hit rate and where the latter came from (:func:`optbench.prefix_cache.report`).
+            ``optbench run`` adds
             ``calibration``, ``server_metrics`` and ``gpu_telemetry`` (:mod:`optbench.evidence`).
         config: the parameters of the run: ``base_url``, ``model`` and every option, as JSON
             values (what the Parquet metadata records).
@@ -115,6 +119,13 @@ class LoadTestResult:
             prompt_source=self.prompt_source,
         )
         row.update(summary_columns(s.get("slo")))
+        if s.get("prefix_cache"):
+            pc = s["prefix_cache"]
+            row.update(
+                prefix_cache_intended=pc["intended_hit_rate"],
+                prefix_cache_achieved=pc["achieved_hit_rate"],
+                prefix_cache_source=pc["source"],
+            )
         for k in (
             "base_url",
             "model",
@@ -155,6 +166,8 @@ class LoadTestResult:
                 f"goodput {g['goodput_rps']:.3f} req/s, {g['goodput_tps']:.1f} tok/s"
                 + ("" if g["slo_met"] is None else f" | percentile objectives {'met' if g['slo_met'] else 'MISSED'}")
             )
+        if s.get("prefix_cache"):
+            lines.append(prefix_cache.summary_line(s["prefix_cache"]))
         lines.extend(evidence.summary_lines(s))  # calibration, the server's view, GPU telemetry
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
@@ -181,6 +194,11 @@ def _prompts(base_url: str, model: str, options: LoadTestOptions, api_key: str |
     o = options
     if o.prompts is not None:
         return load_user_prompts(o.prompts)
+    if o.shared_prefixes is not None:
+        workload = prefix_cache.build(base_url, model, o, api_key)
+        return PromptSet(
+            texts=workload.texts, source=workload.source, warnings=list(workload.warnings), prefix_workload=workload
+        )
     # One distinct prompt per request, warm-up included, so a prefix cache never helps.
     return synthetic_prompts(
         base_url,
@@ -195,13 +213,22 @@ def _prompts(base_url: str, model: str, options: LoadTestOptions, api_key: str |
 
 
 def _result(
-    run: _core.LoadTest, config: dict[str, Any], label: str, prompt_set: PromptSet, options: LoadTestOptions
+    run: _core.LoadTest,
+    config: dict[str, Any],
+    label: str,
+    prompt_set: PromptSet,
+    options: LoadTestOptions,
+    metrics: Mapping[str, Any] | None = None,
 ) -> LoadTestResult:
     table = records_table(run)
     df = server_timing_columns(table.to_pandas())  # llama.cpp's own timings as columns
     stop_reason = run.stop_reason()
     warns = list(prompt_set.warnings)
     summary = dict(run.summary())
+    if prompt_set.prefix_workload is not None:
+        df = prefix_cache.add_columns(df, prompt_set.prefix_workload)
+        summary["prefix_cache"] = prefix_cache.report(df, options, metrics)
+        warns += filter(None, [prefix_cache.warning(summary["prefix_cache"])])
     timings = server_timing_summary(df)
     if timings is not None:
         summary["server_timings"] = timings
@@ -278,6 +305,19 @@ def _journal(journal: str | os.PathLike[str] | None, config: dict[str, Any], lab
     yield str(path)
 
 
+def _metrics_scraper(base_url: str, prompt_set: PromptSet, key: str | None) -> MetricsScraper | None:
+    """A reader of the server's ``/metrics`` for a shared-prefix workload's hit rate (None for
+    other workloads)."""
+    return MetricsScraper(base_url, api_key=key) if prompt_set.prefix_workload is not None else None
+
+
+def _metrics_summary(scraper: MetricsScraper | None) -> dict[str, Any] | None:
+    """What ``/metrics`` says about the run (``scraper.before`` read before it), or None."""
+    if scraper is None or scraper.before is None:
+        return None
+    return summarize(scraper.before, [], scraper.scrape())
+
+
 def _default_label(model: str, base_url: str) -> str:
     public = without_credentials(base_url)
     host = urlparse(public).netloc or public
@@ -307,7 +347,9 @@ def load_test(
     shape), and ``concurrency`` caps requests in flight (None: no cap; waiting for a slot shows
     as queue delay). Synthetic prompts are ``input_tokens`` long in the server's tokens (its
     ``/tokenize``, else ``tokenizer``, else an estimate with a warning); ``prompts`` replaces
-    them with the caller's (a list of strings or conversations, or a JSONL path), used in turn.
+    them with the caller's (a list of strings or conversations, or a JSONL path), used in turn;
+    ``shared_prefixes`` with a shared-prefix workload whose intended and achieved prefix-cache
+    hit rates the summary reports (:mod:`optbench.prefix_cache`).
 
     Args:
         base_url: the server root, e.g. ``http://127.0.0.1:8000`` (a ``/v1`` suffix is fine).
@@ -328,10 +370,13 @@ def load_test(
     prompt_set = _prepare(base_url, model, opts, key)
     for w in prompt_set.warnings:
         warnings.warn(w, stacklevel=2)
+    scraper = _metrics_scraper(base_url, prompt_set, key)
+    if scraper is not None:
+        scraper.before = scraper.scrape()
     with _journal(journal, config, label) as journal_path:
         run = _start(base_url, model, opts, key, prompt_set, journal_path)
         drive(run, progress, label, progress_interval_s, what="load test")
-    return _result(run, config, label, prompt_set, opts)
+    return _result(run, config, label, prompt_set, opts, _metrics_summary(scraper))
 
 
 async def aload_test(
@@ -354,7 +399,11 @@ async def aload_test(
     prompt_set = await asyncio.to_thread(_prepare, base_url, model, opts, key)
     for w in prompt_set.warnings:
         warnings.warn(w, stacklevel=2)
+    scraper = _metrics_scraper(base_url, prompt_set, key)
+    if scraper is not None:
+        scraper.before = await asyncio.to_thread(scraper.scrape)
     with _journal(journal, config, label) as journal_path:
         run = _start(base_url, model, opts, key, prompt_set, journal_path)
         await adrive(run, progress, label, progress_interval_s)
-    return _result(run, config, label, prompt_set, opts)
+    metrics = await asyncio.to_thread(_metrics_summary, scraper)
+    return _result(run, config, label, prompt_set, opts, metrics)

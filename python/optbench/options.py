@@ -207,6 +207,37 @@ class LoadTestOptions(Options):
     input_tokens: int = option(
         2048, "synthetic prompt length in the server's tokens", minimum=1, maximum=1_048_576, core=False
     )
+    shared_prefixes: int | None = option(
+        None,
+        "a shared-prefix workload: this many different prefixes, each followed by each of `suffixes`"
+        " suffixes, instead of input_tokens-long prompts; the summary reports the intended and the"
+        " server's prefix-cache hit rate (optbench.prefix_cache; None: every prompt differs)",
+        minimum=1,
+        maximum=MAX_REQUESTS,
+        core=False,
+    )
+    prefix_tokens: int = option(
+        512, "shared-prefix workload: each prefix's length in the server's tokens", minimum=1, maximum=1_048_576, core=False
+    )
+    suffixes: int = option(
+        4, "shared-prefix workload: different suffixes after each prefix", minimum=1, maximum=MAX_REQUESTS, core=False
+    )
+    suffix_tokens: int = option(
+        64, "shared-prefix workload: tokens each suffix adds", minimum=1, maximum=1_048_576, core=False
+    )
+    prefix_order: Literal["interleaved", "grouped"] = option(
+        "interleaved",
+        "shared-prefix workload: `interleaved` (suffix 0 of every prefix, then suffix 1...) or `grouped`"
+        " (every suffix of prefix 0, then of prefix 1...)",
+        core=False,
+    )
+    hit_rate_margin: float = option(
+        0.05,
+        "shared-prefix workload: warn when the server's hit rate differs from the intended one by more than this",
+        minimum=0,
+        maximum=1,
+        core=False,
+    )
     output_tokens: int = option(1024, "`max_tokens` of each request", minimum=1, maximum=U32_MAX)
     endpoint: Literal["completions", "chat"] = option(
         "completions", "`completions` (/v1/completions) or `chat` (/v1/chat/completions)"
@@ -260,6 +291,13 @@ class LoadTestOptions(Options):
     def _check_together(self) -> None:
         if self.concurrency is None and self.request_rate is None:
             raise ConfigError("concurrency must be an integer in a closed loop (None needs request_rate: an open loop)")
+        if self.shared_prefixes is not None and self.prompts is not None:
+            raise ConfigError("shared_prefixes builds its own prompts: give it or prompts, not both")
+        if self.shared_prefixes is not None and self.shared_prefixes * self.suffixes > MAX_REQUESTS:
+            raise ConfigError(
+                f"shared_prefixes × suffixes must be at most {MAX_REQUESTS}, got"
+                f" {self.shared_prefixes} × {self.suffixes}"
+            )
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import TYPE_CHECKING, Any, Sequence, Union
 
 from optbench import _core
 from optbench.exceptions import ConfigError, DatasetError
 from optbench.jsonl import read_jsonl
+
+if TYPE_CHECKING:
+    from optbench.prefix_cache import PrefixWorkload
 
 PromptsInput = Union[str, "os.PathLike[str]", Sequence[Any]]
 
@@ -30,6 +33,8 @@ class PromptSet:
     #: (characters per token) or ``user`` (prompts given by the caller).
     source: str = "user"
     warnings: list[str] = field(default_factory=list)
+    #: The shared-prefix workload these prompts are (``optbench.prefix_cache``), if they are one.
+    prefix_workload: PrefixWorkload | None = None
 
     def __len__(self) -> int:
         return len(self.texts if self.texts is not None else self.messages or [])

@@ -37,6 +37,13 @@ what is left), ``gap_ms`` apart, as vLLM does under load. When the request asks 
 cumulative ``usage`` as vLLM sends it; otherwise only the final usage chunk does. The ``reset``
 and ``malformed`` faults then count chunks, and ``log()``'s ``tokens_sent`` counts tokens.
 
+**Prefix cache** (``prefix_cache``: how many prompts it remembers; None: no cache). A prompt's
+tokens are a BOS and its whitespace-separated words (what ``tokenize="words"`` counts with
+specials); its cached tokens are its longest leading run of words shared with a remembered
+prompt plus the BOS when that run is not empty, at most all but one token. Its usage then
+reports ``prompt_tokens`` and ``prompt_tokens_details.cached_tokens``, and its TTFT is
+``ttft_ms × uncached / prompt_tokens``. Prompts are remembered as they are read (without a cache ``prompt_tokens`` is always 7).
+
 :func:`capacity_model` computes, for a closed loop, what the capacity model gives each request
 (the truth a search for the highest concurrency meeting an SLO is tested against).
 """

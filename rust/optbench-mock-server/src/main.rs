@@ -8,7 +8,7 @@
 //! the server started), `GET /mock/clock` (`now_s` on that clock) and `POST /mock/reset`
 //! (empties the log). `--slots` adds a capacity model (a FIFO queue in front of a fixed number of
 //! decoding slots, a gap that grows with the batch) and `--diverge-above` answers that change
-//! under load; optbench_core::mock documents both. It runs on one thread, so `taskset -c N` gives it one
+//! under load, and --prefix-cache a prefix cache; optbench_core::mock documents them. It runs on one thread, so `taskset -c N` gives it one
 //! core of its own and the client under test the others.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -74,6 +74,11 @@ struct Args {
     /// the request asks for stream_options.continuous_usage_stats).
     #[arg(long, default_value_t = 1)]
     tokens_per_chunk: usize,
+    /// Remember this many prompts and serve each prompt's longest previously seen leading run of
+    /// words from a prefix cache (0 = no cache): usage reports
+    /// prompt_tokens_details.cached_tokens and the TTFT shrinks to ttft-ms × uncached / total.
+    #[arg(long, default_value_t = 0)]
+    prefix_cache: usize,
     /// Write the truth log (a JSON array) here when stopped with Ctrl-C or SIGTERM.
     #[arg(long)]
     log: Option<PathBuf>,
@@ -147,6 +152,7 @@ fn main() {
             gap_growth: args.gap_growth,
             diverge: args.diverge_above.map(|above| Diverge { above, at: args.diverge_at }),
             tokens_per_chunk: args.tokens_per_chunk,
+            prefix_cache: (args.prefix_cache > 0).then_some(args.prefix_cache),
             ..MockBehavior::default()
         },
         (Err(e), _) | (_, Err(e)) => {
