@@ -227,8 +227,9 @@ def _result(
     summary = dict(run.summary())
     if prompt_set.prefix_workload is not None:
         df = prefix_cache.add_columns(df, prompt_set.prefix_workload)
-        summary["prefix_cache"] = prefix_cache.report(df, options, metrics)
-        warns += filter(None, [prefix_cache.warning(summary["prefix_cache"])])
+        hit_rates = prefix_cache.report(df, options, metrics)
+        summary["prefix_cache"] = hit_rates
+        warns += filter(None, [prefix_cache.warning(hit_rates)])
     timings = server_timing_summary(df)
     if timings is not None:
         summary["server_timings"] = timings

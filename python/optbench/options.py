@@ -217,7 +217,11 @@ class LoadTestOptions(Options):
         core=False,
     )
     prefix_tokens: int = option(
-        512, "shared-prefix workload: each prefix's length in the server's tokens", minimum=1, maximum=1_048_576, core=False
+        512,
+        "shared-prefix workload: each prefix's length in the server's tokens",
+        minimum=1,
+        maximum=1_048_576,
+        core=False,
     )
     suffixes: int = option(
         4, "shared-prefix workload: different suffixes after each prefix", minimum=1, maximum=MAX_REQUESTS, core=False
