@@ -695,3 +695,25 @@ async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) 
     socket.write_all(b"0\r\n\r\n").await?;
     Ok(true)
 }
+
+#[cfg(test)]
+mod prefix_cache_tests {
+    use super::*;
+
+    fn words(text: &str) -> Vec<String> {
+        text.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn cached_tokens_are_the_longest_remembered_prefix_with_the_bos() {
+        let seen = Mutex::new(VecDeque::new());
+        // (prompt tokens = words + BOS, cached tokens)
+        assert_eq!(prefix_cache_lookup(&seen, 2, words("a b c d")), (5, 0));
+        assert_eq!(prefix_cache_lookup(&seen, 2, words("a b x y z")), (6, 3));
+        assert_eq!(prefix_cache_lookup(&seen, 2, words("q r")), (3, 0));
+        // The same prompt again: all tokens but the last one.
+        assert_eq!(prefix_cache_lookup(&seen, 2, words("q r")), (3, 2));
+        // Capacity 2: "a b c d" and "a b x y z" are forgotten by now.
+        assert_eq!(prefix_cache_lookup(&seen, 2, words("a b c d")), (5, 0));
+    }
+}

@@ -398,7 +398,13 @@ fn marked_words(seed: u64, salt: u64, index: usize, max_words: usize) -> Vec<Str
 }
 
 /// Largest `n` in `1..=words.len()` with `count(head + words[..n]) <= target` (1 if none).
-async fn fit_words(counter: &TokenCounter, head: &str, words: &[String], target: usize, special: bool) -> Result<usize> {
+async fn fit_words(
+    counter: &TokenCounter,
+    head: &str,
+    words: &[String],
+    target: usize,
+    special: bool,
+) -> Result<usize> {
     let text = |n: usize| format!("{head}{}", words[..n].join(" "));
     let (mut lo, mut hi) = (1usize, words.len().max(1));
     if counter.count(&text(hi), special).await? <= target {
@@ -443,11 +449,8 @@ pub async fn prefix_prompts(
         .buffered(concurrency)
         .try_collect()
         .await?;
-    let prefix_counts: Vec<usize> = stream::iter(&prefix_texts)
-        .map(|t| counter.count(t, true))
-        .buffered(concurrency)
-        .try_collect()
-        .await?;
+    let prefix_counts: Vec<usize> =
+        stream::iter(&prefix_texts).map(|t| counter.count(t, true)).buffered(concurrency).try_collect().await?;
     let head = format!("{} ", prefix_texts[0]);
     let head = &head;
     let suffix_target = prefix_counts[0] + suffix_tokens;
@@ -508,7 +511,10 @@ mod tests {
             let a: Vec<&str> = w.texts[p * 4].split(' ').collect();
             let b: Vec<&str> = w.texts[p * 4 + 1].split(' ').collect();
             let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
-            assert_eq!(&w.texts[p * 4][..a[..common].join(" ").len()], &w.texts[p * 4 + 1][..b[..common].join(" ").len()]);
+            assert_eq!(
+                &w.texts[p * 4][..a[..common].join(" ").len()],
+                &w.texts[p * 4 + 1][..b[..common].join(" ").len()]
+            );
             assert!(w.texts[p * 4 + 1].starts_with(&(a[..common].join(" ") + " 1 ")));
         }
         assert_ne!(w.texts[0].split(' ').nth(1), w.texts[4].split(' ').nth(1));
