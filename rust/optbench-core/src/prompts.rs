@@ -470,6 +470,59 @@ pub async fn prefix_prompts(
     Ok(PrefixPrompts { texts, prefix_tokens: prefix_counts, prompt_tokens })
 }
 
+/// One prompt of a replayed trace: `input_tokens` long, starting with prefix `prefix` (an index
+/// into the prefixes of [`trace_prompts`]) or with nothing shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TracePrompt {
+    /// The shared prefix it starts with, if any.
+    pub prefix: Option<usize>,
+    /// Its whole length (the prefix included), as the counter counts it with specials.
+    pub input_tokens: usize,
+}
+
+/// Prompts of a replayed trace: prefix `k` is `prefix_tokens[k]` tokens long (specials included)
+/// and shared, text and all, by every prompt that names it; each prompt is filled to its
+/// `input_tokens` with words of its own (led by its index, so prompts differ right after their
+/// prefix). Returns the texts and the prefixes' exact counts. At most `concurrency` counts at
+/// once; deterministic for a given seed and counter.
+pub async fn trace_prompts(
+    counter: &TokenCounter,
+    prefix_tokens: &[usize],
+    prompts: &[TracePrompt],
+    seed: u64,
+    concurrency: usize,
+) -> Result<(Vec<String>, Vec<usize>)> {
+    let concurrency = concurrency.max(1);
+    if let Some(i) =
+        prompts.iter().position(|p| p.input_tokens == 0 || p.prefix.is_some_and(|k| k >= prefix_tokens.len()))
+    {
+        return Err(CoreError::config(format!("trace prompt {i}: no tokens, or a prefix that does not exist")));
+    }
+    let prefix_texts: Vec<String> = stream::iter(prefix_tokens.iter().enumerate())
+        .map(|(k, &n)| async move {
+            let words = marked_words(seed, 1, k, n.max(1));
+            let fit = fit_words(counter, "", &words, n.max(1), true).await?;
+            Ok::<_, CoreError>(words[..fit].join(" "))
+        })
+        .buffered(concurrency)
+        .try_collect()
+        .await?;
+    let prefix_counts: Vec<usize> =
+        stream::iter(&prefix_texts).map(|t| counter.count(t, true)).buffered(concurrency).try_collect().await?;
+    let prefix_texts = &prefix_texts;
+    let texts = stream::iter(prompts.iter().enumerate())
+        .map(|(i, p)| async move {
+            let head = p.prefix.map_or(String::new(), |k| format!("{} ", prefix_texts[k]));
+            let words = marked_words(seed, 3, i, p.input_tokens);
+            let fit = fit_words(counter, &head, &words, p.input_tokens, true).await?;
+            Ok::<_, CoreError>(format!("{head}{}", words[..fit].join(" ")))
+        })
+        .buffered(concurrency)
+        .try_collect()
+        .await?;
+    Ok((texts, prefix_counts))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -518,6 +571,27 @@ mod tests {
             assert!(w.texts[p * 4 + 1].starts_with(&(a[..common].join(" ") + " 1 ")));
         }
         assert_ne!(w.texts[0].split(' ').nth(1), w.texts[4].split(' ').nth(1));
+    }
+
+    #[test]
+    fn trace_prompts_share_their_prefix_and_fit_their_length() {
+        let specs = [
+            TracePrompt { prefix: Some(0), input_tokens: 80 },
+            TracePrompt { prefix: None, input_tokens: 40 },
+            TracePrompt { prefix: Some(0), input_tokens: 120 },
+        ];
+        let (texts, counts) = block_on(trace_prompts(&TokenCounter::Estimate, &[50], &specs, 3, 2)).unwrap();
+        let prefix = texts[0][..texts[0].len().min(texts[2].len())]
+            .chars()
+            .zip(texts[2].chars())
+            .take_while(|(a, b)| a == b)
+            .count();
+        assert!(prefix >= 4 * (counts[0] - 1), "shared {prefix} characters for a {}-token prefix", counts[0]);
+        for (text, spec) in texts.iter().zip(&specs) {
+            let n = block_on(TokenCounter::Estimate.count(text, true)).unwrap();
+            assert!(n <= spec.input_tokens && n + 12 >= spec.input_tokens, "{n} tokens for {}", spec.input_tokens);
+        }
+        assert!(block_on(trace_prompts(&TokenCounter::Estimate, &[], &specs, 3, 2)).is_err());
     }
 
     #[test]

@@ -100,14 +100,16 @@ impl LoadTest {
     /// conversations, each a list of `{"role", "content"}` dicts; `requests` are dicts with
     /// `"prompt"` or `"messages"`, optionally `"endpoint"` and `"body"` (fields overriding the
     /// shared request body). Exactly one of the three is given. `extra_body`: a dict of fields
-    /// added to every request's JSON body.
+    /// added to every request's JSON body. `trace_offsets_ns`: replay a trace: request `i`
+    /// starts that many nanoseconds after the measured phase starts (instead of `request_rate`),
+    /// `concurrency` capping requests in flight as in an open loop.
     #[new]
     #[pyo3(signature = (
         base_url, model, *, prompts=None, messages=None, requests=None, endpoint="completions",
         num_requests=100, concurrency=Some(8), request_rate=None, arrival="poisson",
         burstiness=1.0, output_tokens=1024, seed=0, warmup=0, ignore_eos=false,
         timeout_s=None, time_limit_s=None, api_key=None, temperature=0.0,
-        extra_body=None, tokenizer=None, journal=None
+        extra_body=None, tokenizer=None, journal=None, trace_offsets_ns=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -133,6 +135,7 @@ impl LoadTest {
         extra_body: Option<&Bound<'_, PyAny>>,
         tokenizer: Option<String>,
         journal: Option<std::path::PathBuf>,
+        trace_offsets_ns: Option<Vec<i64>>,
     ) -> PyResult<Self> {
         let inputs = request_inputs(prompts, messages, requests)?;
         let duration = |name: &str, s: Option<f64>| -> PyResult<Option<Duration>> {
@@ -142,13 +145,15 @@ impl LoadTest {
                 Some(v) => Err(config_err(format!("{name} must be a positive number of seconds, got {v}"))),
             }
         };
-        let schedule = match request_rate {
-            None => Schedule::Closed {
+        let schedule = match (trace_offsets_ns, request_rate) {
+            (Some(_), Some(_)) => return Err(config_err("give trace_offsets_ns or request_rate, not both")),
+            (Some(offsets_ns), None) => Schedule::Trace { offsets_ns, max_concurrency: concurrency },
+            (None, None) => Schedule::Closed {
                 concurrency: concurrency.ok_or_else(|| {
                     config_err("a closed loop needs a concurrency (or give request_rate for an open loop)")
                 })?,
             },
-            Some(rate) => Schedule::Open {
+            (None, Some(rate)) => Schedule::Open {
                 rate,
                 arrival: Arrival::parse(arrival, burstiness).map_err(PyCoreError)?,
                 seed,

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use optbench_core::prompts::{prefix_prompts, synthetic_prompts};
+use optbench_core::prompts::{prefix_prompts, synthetic_prompts, trace_prompts, TracePrompt};
 use optbench_core::tokens::TokenCounter;
 use pyo3::prelude::*;
 
@@ -77,6 +77,37 @@ fn make_prefix_prompts(
     })
 }
 
+/// Prompts of a replayed trace: prefix `k` is `prefix_tokens[k]` tokens long and shared by every
+/// prompt whose `prompts` entry `(prefix, input_tokens)` names it (`prefix` None: nothing
+/// shared); each prompt is `input_tokens` long, counted as `make_prompts` counts. Returns
+/// `(texts, prefix_counts, source, warning)`.
+#[pyfunction]
+#[pyo3(signature = (
+    base_url, model, prefix_tokens, prompts, *, seed=0, tokenizer=None, api_key=None, timeout_s=None
+))]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn make_trace_prompts(
+    py: Python<'_>,
+    base_url: String,
+    model: String,
+    prefix_tokens: Vec<usize>,
+    prompts: Vec<(Option<usize>, usize)>,
+    seed: u64,
+    tokenizer: Option<String>,
+    api_key: Option<String>,
+    timeout_s: Option<f64>,
+) -> PyResult<(Vec<String>, Vec<usize>, &'static str, Option<String>)> {
+    let timeout = timeout(timeout_s)?;
+    let specs: Vec<TracePrompt> =
+        prompts.into_iter().map(|(prefix, input_tokens)| TracePrompt { prefix, input_tokens }).collect();
+    native_call::block_on(py, move || async move {
+        let (counter, warning) =
+            TokenCounter::detect(&base_url, &model, api_key.as_deref(), tokenizer.as_deref(), timeout).await?;
+        let (texts, counts) = trace_prompts(&counter, &prefix_tokens, &specs, seed, 8).await?;
+        Ok((texts, counts, counter.source_name(), warning))
+    })
+}
+
 fn timeout(timeout_s: Option<f64>) -> PyResult<Option<Duration>> {
     match timeout_s {
         None => Ok(None),
@@ -99,6 +130,7 @@ fn count_tokens(py: Python<'_>, tokenizer: String, text: String, add_special: bo
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(make_prompts, m)?)?;
     m.add_function(wrap_pyfunction!(make_prefix_prompts, m)?)?;
+    m.add_function(wrap_pyfunction!(make_trace_prompts, m)?)?;
     m.add_function(wrap_pyfunction!(count_tokens, m)?)?;
     Ok(())
 }
