@@ -28,6 +28,7 @@ __all__ = [
     "humaneval_program",
     "make_prefix_prompts",
     "make_prompts",
+    "make_trace_prompts",
     "pass_at_k",
     "read_journal",
     "run_programs",
@@ -210,6 +211,7 @@ class LoadTest:
         extra_body: dict[str, Any] | None = None,
         tokenizer: str | None = None,
         journal: str | PathLike[str] | None = None,
+        trace_offsets_ns: list[int] | None = None,
     ) -> LoadTest: ...
     def progress(self) -> Progress: ...
     def cancel(self) -> None: ...
@@ -249,6 +251,17 @@ def make_prefix_prompts(
     api_key: str | None = None,
     timeout_s: float | None = None,
 ) -> tuple[list[str], list[int], list[int], str, str | None]: ...
+def make_trace_prompts(
+    base_url: str,
+    model: str,
+    prefix_tokens: list[int],
+    prompts: list[tuple[int | None, int]],
+    *,
+    seed: int = 0,
+    tokenizer: str | None = None,
+    api_key: str | None = None,
+    timeout_s: float | None = None,
+) -> tuple[list[str], list[int], str, str | None]: ...
 def count_tokens(tokenizer: str, text: str, add_special: bool = True) -> int: ...
 
 @final

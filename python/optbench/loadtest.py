@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 
 from optbench import _core, evidence, prefix_cache
+from optbench import trace as _trace
 from optbench.files import atomic_write_text
 from optbench.driver import Progress, adrive, drive, records_table, resolve_api_key, start_run, write_parquet
 from optbench.options import LoadTestOptions
@@ -50,7 +51,9 @@ class LoadTestResult:
             ``server_prompt_tokens``, ``server_cached_tokens``, ``server_output_tokens`` and
             ``ttft_minus_server_prompt_ms`` (see :mod:`optbench.server_metrics`); with
             ``shared_prefixes``, ``prefix_id``, ``suffix_id``, ``intended_cached_tokens`` and
-            ``intended_prompt_tokens`` (:mod:`optbench.prefix_cache`).
+            ``intended_prompt_tokens`` (:mod:`optbench.prefix_cache`); with ``trace``,
+            ``trace_input_length``, ``trace_output_length``, ``trace_prefix_id`` and
+            ``lateness_ms`` (:mod:`optbench.trace`).
         summary: aggregates over measured requests: counts, ``failures_by_kind``,
             ``duration_s``, ``request_throughput``, ``output_token_throughput`` and
             ``metrics[name][stat]`` for each metric in :data:`METRICS` and stat in ``count`` +
@@ -58,7 +61,9 @@ class LoadTestResult:
             interval) and goodput (``optbench.slo.evaluate``); ``server_timings`` where the
             server reported its own (the P50 / P99 / mean of its prompt time and of TTFT minus
             it); with ``shared_prefixes``, ``prefix_cache``: the intended and the achieved
-            prefix-cache hit rate and where the latter came from (:func:`optbench.prefix_cache.report`).
+            prefix-cache hit rate and where the latter came from (:func:`optbench.prefix_cache.report`);
+            with ``trace``, ``trace``: its span as replayed and the lateness of the sends
+            (:func:`optbench.trace.report`).
             ``optbench run`` adds
             ``calibration``, ``server_metrics`` and ``gpu_telemetry`` (:mod:`optbench.evidence`).
         config: the parameters of the run: ``base_url``, ``model`` and every option, as JSON
@@ -168,6 +173,8 @@ class LoadTestResult:
             )
         if s.get("prefix_cache"):
             lines.append(prefix_cache.summary_line(s["prefix_cache"]))
+        if s.get("trace"):
+            lines.append(_trace.summary_line(s["trace"]))
         lines.extend(evidence.summary_lines(s))  # calibration, the server's view, GPU telemetry
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
@@ -194,6 +201,18 @@ def _prompts(base_url: str, model: str, options: LoadTestOptions, api_key: str |
     o = options
     if o.prompts is not None:
         return load_user_prompts(o.prompts)
+    if o.trace is not None:
+        replay = _trace.build(
+            base_url,
+            model,
+            o.trace,
+            o.trace_speedup,
+            seed=o.seed,
+            tokenizer=o.tokenizer,
+            api_key=api_key,
+            timeout_s=o.timeout_s,
+        )
+        return PromptSet(texts=None, source=replay.source, warnings=list(replay.warnings), trace=replay)
     if o.shared_prefixes is not None:
         workload = prefix_cache.build(base_url, model, o, api_key)
         return PromptSet(
@@ -225,6 +244,9 @@ def _result(
     stop_reason = run.stop_reason()
     warns = list(prompt_set.warnings)
     summary = dict(run.summary())
+    if prompt_set.trace is not None:
+        df = _trace.add_columns(df, prompt_set.trace)
+        summary["trace"] = _trace.report(df, prompt_set.trace, options.trace_speedup)
     if prompt_set.prefix_workload is not None:
         df = prefix_cache.add_columns(df, prompt_set.prefix_workload)
         hit_rates = prefix_cache.report(df, options, metrics)
@@ -283,6 +305,18 @@ def _start(
     base_url: str, model: str, opts: LoadTestOptions, key: str | None, prompt_set: PromptSet, journal: str | None
 ) -> _core.LoadTest:
     """Starts the run on the Rust core (it goes on until done; drive it to wait)."""
+    if prompt_set.trace is not None:  # the trace's requests, on its times
+        arguments = opts.core_arguments()
+        arguments.update(num_requests=len(prompt_set.trace.requests))
+        return start_run(
+            base_url,
+            model,
+            api_key=key,
+            requests=prompt_set.trace.requests,
+            trace_offsets_ns=prompt_set.trace.offsets_ns,
+            journal=journal,
+            **arguments,
+        )
     return start_run(
         base_url,
         model,
@@ -350,7 +384,9 @@ def load_test(
     ``/tokenize``, else ``tokenizer``, else an estimate with a warning); ``prompts`` replaces
     them with the caller's (a list of strings or conversations, or a JSONL path), used in turn;
     ``shared_prefixes`` with a shared-prefix workload whose intended and achieved prefix-cache
-    hit rates the summary reports (:mod:`optbench.prefix_cache`).
+    hit rates the summary reports (:mod:`optbench.prefix_cache`); ``trace`` replays a JSONL
+    trace on its own times, lengths and shared prefixes and reports how late each request was
+    sent (:mod:`optbench.trace`).
 
     Args:
         base_url: the server root, e.g. ``http://127.0.0.1:8000`` (a ``/v1`` suffix is fine).

@@ -242,6 +242,18 @@ class LoadTestOptions(Options):
         maximum=1,
         core=False,
     )
+    trace: str | None = option(
+        None,
+        "replay a trace: a JSONL file of timestamp (ms), input_length, output_length and optionally"
+        " prefix_id + prefix_length per request, sent on its times with ignore_eos (optbench.trace);"
+        " replaces num_requests, request_rate and the prompts",
+        cli="FILE.jsonl",
+        core=False,
+    )
+    trace_speedup: float = option(
+        1.0, "trace replay: send this many times faster than the trace's times (2: half the span)", above=0,
+        maximum=1e6, core=False
+    )
     output_tokens: int = option(1024, "`max_tokens` of each request", minimum=1, maximum=U32_MAX)
     endpoint: Literal["completions", "chat"] = option(
         "completions", "`completions` (/v1/completions) or `chat` (/v1/chat/completions)"
@@ -293,8 +305,22 @@ class LoadTestOptions(Options):
     )
 
     def _check_together(self) -> None:
-        if self.concurrency is None and self.request_rate is None:
-            raise ConfigError("concurrency must be an integer in a closed loop (None needs request_rate: an open loop)")
+        if self.concurrency is None and self.request_rate is None and self.trace is None:
+            raise ConfigError(
+                "concurrency must be an integer in a closed loop (None needs request_rate or trace: an open loop)"
+            )
+        if self.trace is not None:
+            others = [
+                name
+                for name, value in (
+                    ("request_rate", self.request_rate),
+                    ("prompts", self.prompts),
+                    ("shared_prefixes", self.shared_prefixes),
+                )
+                if value is not None
+            ] + (["warmup"] if self.warmup else [])
+            if others:
+                raise ConfigError(f"trace sets the requests and their times: leave out {', '.join(others)}")
         if self.shared_prefixes is not None and self.prompts is not None:
             raise ConfigError("shared_prefixes builds its own prompts: give it or prompts, not both")
         if self.shared_prefixes is not None and self.shared_prefixes * self.suffixes > MAX_REQUESTS:

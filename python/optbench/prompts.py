@@ -18,6 +18,7 @@ from optbench.jsonl import read_jsonl
 
 if TYPE_CHECKING:
     from optbench.prefix_cache import PrefixWorkload
+    from optbench.trace import TraceWorkload
 
 PromptsInput = Union[str, "os.PathLike[str]", Sequence[Any]]
 
@@ -35,8 +36,12 @@ class PromptSet:
     warnings: list[str] = field(default_factory=list)
     #: The shared-prefix workload these prompts are (``optbench.prefix_cache``), if they are one.
     prefix_workload: PrefixWorkload | None = None
+    #: The replayed trace these requests are (``optbench.trace``; then ``texts`` is None).
+    trace: TraceWorkload | None = None
 
     def __len__(self) -> int:
+        if self.trace is not None:
+            return len(self.trace.requests)
         return len(self.texts if self.texts is not None else self.messages or [])
 
 

@@ -387,11 +387,11 @@ pub struct PrefixPrompts {
     pub prompt_tokens: Vec<usize>,
 }
 
-/// The words of prefix or suffix `index` of a kind (`salt`), led by `index` itself, so that two
-/// prefixes (or two suffixes) differ from their first word on and a prefix cache reuses exactly
-/// the shared prefix.
-fn marked_words(seed: u64, salt: u64, index: usize, max_words: usize) -> Vec<String> {
-    let mut words = vec![index.to_string()];
+/// The words of prefix or suffix `index` of a kind (`salt`), led by `label` and `index`, so that
+/// two prefixes (or two suffixes) differ from their first word on and a prefix cache reuses
+/// exactly the shared prefix.
+fn marked_words(seed: u64, salt: u64, label: &str, index: usize, max_words: usize) -> Vec<String> {
+    let mut words = vec![format!("{label}{index}")];
     let stream = seed ^ salt.wrapping_mul(0xD1B5_4A32_D192_ED03);
     words.extend(prompt_words(stream, index, max_words.saturating_sub(1)).into_iter().map(str::to_string));
     words
@@ -442,7 +442,7 @@ pub async fn prefix_prompts(
     let concurrency = concurrency.max(1);
     let prefix_texts: Vec<String> = stream::iter(0..prefixes)
         .map(|p| async move {
-            let words = marked_words(seed, 1, p, prefix_tokens);
+            let words = marked_words(seed, 1, "", p, prefix_tokens);
             let n = fit_words(counter, "", &words, prefix_tokens, true).await?;
             Ok::<_, CoreError>(words[..n].join(" "))
         })
@@ -456,7 +456,7 @@ pub async fn prefix_prompts(
     let suffix_target = prefix_counts[0] + suffix_tokens;
     let suffix_texts: Vec<String> = stream::iter(0..suffixes)
         .map(|s| async move {
-            let words = marked_words(seed, 2, s, suffix_tokens);
+            let words = marked_words(seed, 2, "", s, suffix_tokens);
             let n = fit_words(counter, head, &words, suffix_target, true).await?;
             Ok::<_, CoreError>(words[..n].join(" "))
         })
@@ -482,8 +482,8 @@ pub struct TracePrompt {
 
 /// Prompts of a replayed trace: prefix `k` is `prefix_tokens[k]` tokens long (specials included)
 /// and shared, text and all, by every prompt that names it; each prompt is filled to its
-/// `input_tokens` with words of its own (led by its index, so prompts differ right after their
-/// prefix). Returns the texts and the prefixes' exact counts. At most `concurrency` counts at
+/// `input_tokens` with words of its own (led by `q` and its index, so prompts differ right after
+/// their prefix and never share a first word with a prefix). Returns the texts and the prefixes' exact counts. At most `concurrency` counts at
 /// once; deterministic for a given seed and counter.
 pub async fn trace_prompts(
     counter: &TokenCounter,
@@ -500,7 +500,7 @@ pub async fn trace_prompts(
     }
     let prefix_texts: Vec<String> = stream::iter(prefix_tokens.iter().enumerate())
         .map(|(k, &n)| async move {
-            let words = marked_words(seed, 1, k, n.max(1));
+            let words = marked_words(seed, 1, "", k, n.max(1));
             let fit = fit_words(counter, "", &words, n.max(1), true).await?;
             Ok::<_, CoreError>(words[..fit].join(" "))
         })
@@ -513,7 +513,7 @@ pub async fn trace_prompts(
     let texts = stream::iter(prompts.iter().enumerate())
         .map(|(i, p)| async move {
             let head = p.prefix.map_or(String::new(), |k| format!("{} ", prefix_texts[k]));
-            let words = marked_words(seed, 3, i, p.input_tokens);
+            let words = marked_words(seed, 3, "q", i, p.input_tokens);
             let fit = fit_words(counter, &head, &words, p.input_tokens, true).await?;
             Ok::<_, CoreError>(format!("{head}{}", words[..fit].join(" ")))
         })
