@@ -251,8 +251,11 @@ class LoadTestOptions(Options):
         core=False,
     )
     trace_speedup: float = option(
-        1.0, "trace replay: send this many times faster than the trace's times (2: half the span)", above=0,
-        maximum=1e6, core=False
+        1.0,
+        "trace replay: send this many times faster than the trace's times (2: half the span)",
+        above=0,
+        maximum=1e6,
+        core=False,
     )
     output_tokens: int = option(1024, "`max_tokens` of each request", minimum=1, maximum=U32_MAX)
     endpoint: Literal["completions", "chat"] = option(

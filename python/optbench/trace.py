@@ -168,8 +168,7 @@ def build(
         base_url, model, prefix_tokens, specs, seed=seed, tokenizer=tokenizer, api_key=api_key, timeout_s=timeout_s
     )
     requests = [
-        {"prompt": text, "body": {"max_tokens": r.output_length, "ignore_eos": True}}
-        for text, r in zip(texts, records)
+        {"prompt": text, "body": {"max_tokens": r.output_length, "ignore_eos": True}} for text, r in zip(texts, records)
     ]
     return TraceWorkload(records, requests, offsets_ns(records, speedup), source, [warning] if warning else [])
 
@@ -213,10 +212,13 @@ def report(requests: pd.DataFrame, workload: TraceWorkload, speedup: float) -> d
 def summary_line(rep: Mapping[str, Any]) -> str:
     """The report in one line, for terminals and logs."""
     late = rep["lateness_ms"]
-    shown = "n/a" if late["p50"] is None else f"P50 {late['p50']:.3f} ms, P99 {late['p99']:.3f} ms, max {late['max']:.3f} ms"
+    shown = (
+        "n/a"
+        if late["p50"] is None
+        else f"P50 {late['p50']:.3f} ms, P99 {late['p99']:.3f} ms, max {late['max']:.3f} ms"
+    )
     return (
-        f"trace: {rep['records']} requests over {rep['span_s']:.3f} s (speed-up {rep['speedup']:g}), "
-        f"lateness {shown}"
+        f"trace: {rep['records']} requests over {rep['span_s']:.3f} s (speed-up {rep['speedup']:g}), lateness {shown}"
     )
 
 
