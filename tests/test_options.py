@@ -62,10 +62,12 @@ SAMPLE = {
 # Fields whose values are names: a valid name rather than any string.
 SAMPLE[EvaluationOptions]["categories"] = ["qa"]
 SAMPLE[LoadTestOptions]["slo"] = {"ttft_ms": 500, "itl_ms": {"p99": 50}}
-# A shared-prefix workload builds its own prompts: the two exclude each other, so the sample
-# (which sets every other field) leaves prompts at its default.
+# A shared-prefix workload builds its own prompts, and a trace sets the requests and their
+# times: they exclude prompts, request_rate, warmup..., so the sample (which sets every other
+# field) leaves prompts and trace at their defaults.
 SAMPLE[LoadTestOptions]["prompts"] = None
-LEFT_AT_DEFAULT = {"prompts"}
+SAMPLE[LoadTestOptions]["trace"] = None
+LEFT_AT_DEFAULT = {"prompts", "trace"}
 SAMPLE[EvaluationOptions]["templates"] = {"qa": {"shot": "Q: {question}\nA: {answer}\n", "target": "Q: {question}\nA:"}}
 
 

@@ -73,6 +73,8 @@ def test_a_trace_is_replayed_on_its_times_lengths_and_prefixes(tmp_path):
         (normal.requests["sent_ns"].max() - normal.requests["sent_ns"].min()) / 2, abs=20e6
     )
     assert "trace: 60 requests over 0.290 s (speed-up 2)" in fast.summary_table()
+    row = fast.summary_row()
+    assert row["trace_lateness_p99_ms"] == fast.summary["trace"]["lateness_ms"]["p99"] and row["trace_speedup"] == 2.0
 
 
 def test_the_example_trace_reads():

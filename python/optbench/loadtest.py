@@ -131,6 +131,11 @@ class LoadTestResult:
                 prefix_cache_achieved=pc["achieved_hit_rate"],
                 prefix_cache_source=pc["source"],
             )
+        if s.get("trace"):
+            late = s["trace"]["lateness_ms"]
+            row.update(
+                trace_lateness_p50_ms=late["p50"], trace_lateness_p99_ms=late["p99"], trace_lateness_max_ms=late["max"]
+            )
         for k in (
             "base_url",
             "model",
@@ -142,6 +147,9 @@ class LoadTestResult:
             "output_tokens",
             "ignore_eos",
             "seed",
+            "shared_prefixes",
+            "trace",
+            "trace_speedup",
         ):
             row[k] = self.config.get(k)
         return row
