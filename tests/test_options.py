@@ -62,6 +62,12 @@ SAMPLE = {
 # Fields whose values are names: a valid name rather than any string.
 SAMPLE[EvaluationOptions]["categories"] = ["qa"]
 SAMPLE[LoadTestOptions]["slo"] = {"ttft_ms": 500, "itl_ms": {"p99": 50}}
+# A shared-prefix workload builds its own prompts, and a trace sets the requests and their
+# times: they exclude prompts, request_rate, warmup..., so the sample (which sets every other
+# field) leaves prompts and trace at their defaults.
+SAMPLE[LoadTestOptions]["prompts"] = None
+SAMPLE[LoadTestOptions]["trace"] = None
+LEFT_AT_DEFAULT = {"prompts", "trace"}
 SAMPLE[EvaluationOptions]["templates"] = {"qa": {"shot": "Q: {question}\nA: {answer}\n", "target": "Q: {question}\nA:"}}
 
 
@@ -70,7 +76,7 @@ def test_every_field_has_a_doc_line():
         for f in dataclasses.fields(cls):
             doc = f.metadata.get("doc", "")
             assert doc and "\n" not in doc, f"{cls.__name__}.{f.name} needs one line of doc"
-            assert SAMPLE[cls][f.name] != f.default
+            assert SAMPLE[cls][f.name] != f.default or f.name in LEFT_AT_DEFAULT
 
 
 @pytest.mark.parametrize("cls", BOTH, ids=lambda c: c.__name__)
@@ -83,10 +89,10 @@ def test_the_readme_tables_are_the_generated_ones(cls):
 
 def _together(cls, values):
     """``values`` with the fields that exclude each other made compatible: multi-turn sessions
-    (the samples set them) exclude an open loop, a warm-up and prompts."""
+    (the samples set them) exclude an open loop, a warm-up, prompts and shared prefixes."""
     together = dict(values)
     if cls is LoadTestOptions:
-        together.update(request_rate=None, warmup=0, prompts=None, endpoint="chat")
+        together.update(request_rate=None, warmup=0, prompts=None, endpoint="chat", shared_prefixes=None)
     return together
 
 
@@ -127,6 +133,8 @@ def _cli_values(cls, command: list[str]) -> list[str]:
         flag = "--" + f.name.replace("_", "-")
         if value is True:
             argv.append(flag)
+        elif value is None:
+            argv += [flag, ""]  # '' means None
         elif isinstance(value, dict):
             argv += [flag, json.dumps(value)]
         elif isinstance(value, list):

@@ -28,7 +28,9 @@ __all__ = [
     "gsm8k_correct",
     "gsm8k_extract",
     "humaneval_program",
+    "make_prefix_prompts",
     "make_prompts",
+    "make_trace_prompts",
     "pass_at_k",
     "read_journal",
     "run_programs",
@@ -242,6 +244,7 @@ class LoadTest:
         routing: str = "round_robin",
         sessions: list[list[str]] | None = None,
         think_time_s: float = 0.0,
+        trace_offsets_ns: list[int] | None = None,
     ) -> LoadTest: ...
     def progress(self) -> Progress: ...
     def cancel(self) -> None: ...
@@ -271,6 +274,30 @@ def make_prompts(
     api_key: str | None = None,
     timeout_s: float | None = None,
 ) -> tuple[list[str], str, str | None]: ...
+def make_prefix_prompts(
+    base_url: str,
+    model: str,
+    prefixes: int,
+    prefix_tokens: int,
+    suffixes: int,
+    suffix_tokens: int,
+    *,
+    seed: int = 0,
+    tokenizer: str | None = None,
+    api_key: str | None = None,
+    timeout_s: float | None = None,
+) -> tuple[list[str], list[int], list[int], str, str | None]: ...
+def make_trace_prompts(
+    base_url: str,
+    model: str,
+    prefix_tokens: list[int],
+    prompts: list[tuple[int | None, int]],
+    *,
+    seed: int = 0,
+    tokenizer: str | None = None,
+    api_key: str | None = None,
+    timeout_s: float | None = None,
+) -> tuple[list[str], list[int], str, str | None]: ...
 def count_tokens(tokenizer: str, text: str, add_special: bool = True) -> int: ...
 
 @final
@@ -293,6 +320,7 @@ class MockServer:
         tokens_per_chunk: int = 1,
         model: str = "mock",
         reasoning_tokens: int = 0,
+        prefix_cache: int | None = None,
     ) -> MockServer: ...
     @property
     def base_url(self) -> str: ...

@@ -21,14 +21,15 @@ from urllib.parse import urlparse
 import pandas as pd
 import pyarrow as pa
 
-from optbench import _core, evidence, replicas, sessions
+from optbench import _core, evidence, prefix_cache, replicas, sessions
+from optbench import trace as _trace
 from optbench.files import atomic_write_text
 from optbench.driver import Progress, adrive, drive, records_table, resolve_api_key, start_run, write_parquet
 from optbench.options import LoadTestOptions
 from optbench.prompts import PromptSet, load_user_prompts, synthetic_prompts
 from optbench.slo import evaluate as evaluate_slo
 from optbench.slo import summary_columns
-from optbench.server_metrics import server_timing_columns, server_timing_summary
+from optbench.server_metrics import MetricsScraper, server_timing_columns, server_timing_summary, summarize
 from optbench.urls import without_credentials
 from optbench.servers.probe import check_model
 
@@ -57,7 +58,11 @@ class LoadTestResult:
             ``answer_tokens_per_s`` (null for requests without reasoning; ``ttft_answer_ms`` is
             filled for every request with an answer); which base URL served it:
             ``base_url_index`` and ``base_url`` (without credentials); in multi-turn sessions,
-            ``session_id`` and ``turn`` (:mod:`optbench.sessions`).
+            ``session_id`` and ``turn`` (:mod:`optbench.sessions`); with
+            ``shared_prefixes``, ``prefix_id``, ``suffix_id``, ``intended_cached_tokens`` and
+            ``intended_prompt_tokens`` (:mod:`optbench.prefix_cache`); with ``trace``,
+            ``trace_input_length``, ``trace_output_length``, ``trace_prefix_id`` and
+            ``lateness_ms`` (:mod:`optbench.trace`).
         summary: aggregates over measured requests: counts, ``failures_by_kind``,
             ``duration_s``, ``request_throughput``, ``output_token_throughput`` and
             ``metrics[name][stat]`` for each metric in :data:`METRICS` and stat in ``count`` +
@@ -67,8 +72,12 @@ class LoadTestResult:
             it); ``reasoning`` (None for runs without reasoning): the reasoning and answer token
             totals and throughputs, with :data:`REASONING_METRICS` in ``metrics``; with several
             base URLs, ``by_base_url``: one entry per URL (requests, failures, TTFT and ITL
-            statistics, throughputs; :func:`optbench.replicas.breakdown`); in
-            multi-turn sessions, ``by_turn`` and ``sessions`` (:mod:`optbench.sessions`).
+            statistics, throughputs; :func:`optbench.replicas.breakdown`); in multi-turn
+            sessions, ``by_turn`` and ``sessions`` (:mod:`optbench.sessions`); with
+            ``shared_prefixes``, ``prefix_cache``: the intended and the achieved prefix-cache
+            hit rate and where the latter came from (:func:`optbench.prefix_cache.report`; the
+            ``/metrics`` source is read with one base URL only); with ``trace``, ``trace``: its
+            span as replayed and the lateness of the sends (:func:`optbench.trace.report`).
             ``optbench run`` adds
             ``calibration``, ``server_metrics`` and ``gpu_telemetry`` (:mod:`optbench.evidence`).
         config: the parameters of the run: ``base_url`` (a list with several), ``model`` and
@@ -137,6 +146,18 @@ class LoadTestResult:
                 total_answer_tokens=reasoning["total_answer_tokens"],
             )
         row.update(summary_columns(s.get("slo")))
+        if s.get("prefix_cache"):
+            pc = s["prefix_cache"]
+            row.update(
+                prefix_cache_intended=pc["intended_hit_rate"],
+                prefix_cache_achieved=pc["achieved_hit_rate"],
+                prefix_cache_source=pc["source"],
+            )
+        if s.get("trace"):
+            late = s["trace"]["lateness_ms"]
+            row.update(
+                trace_lateness_p50_ms=late["p50"], trace_lateness_p99_ms=late["p99"], trace_lateness_max_ms=late["max"]
+            )
         for k in (
             "base_url",
             "model",
@@ -148,6 +169,9 @@ class LoadTestResult:
             "output_tokens",
             "ignore_eos",
             "seed",
+            "shared_prefixes",
+            "trace",
+            "trace_speedup",
         ):
             row[k] = self.config.get(k)
         if isinstance(row["base_url"], list):  # several replicas: one CSV cell
@@ -192,6 +216,10 @@ class LoadTestResult:
             )
         lines.extend(replicas.breakdown_lines(s.get("by_base_url") or []))
         lines.extend(sessions.summary_lines(s))
+        if s.get("prefix_cache"):
+            lines.append(prefix_cache.summary_line(s["prefix_cache"]))
+        if s.get("trace"):
+            lines.append(_trace.summary_line(s["trace"]))
         lines.extend(evidence.summary_lines(s))  # calibration, the server's view, GPU telemetry
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
@@ -236,6 +264,23 @@ def _prompts(base_url: str, model: str, options: LoadTestOptions, api_key: str |
         return PromptSet(sessions=turns, source=texts.source, warnings=texts.warnings)
     if o.prompts is not None:
         return load_user_prompts(o.prompts)
+    if o.trace is not None:
+        replay = _trace.build(
+            base_url,
+            model,
+            o.trace,
+            o.trace_speedup,
+            seed=o.seed,
+            tokenizer=o.tokenizer,
+            api_key=api_key,
+            timeout_s=o.timeout_s,
+        )
+        return PromptSet(texts=None, source=replay.source, warnings=list(replay.warnings), trace=replay)
+    if o.shared_prefixes is not None:
+        workload = prefix_cache.build(base_url, model, o, api_key)
+        return PromptSet(
+            texts=workload.texts, source=workload.source, warnings=list(workload.warnings), prefix_workload=workload
+        )
     # One distinct prompt per request, warm-up included, so a prefix cache never helps.
     return synthetic_prompts(
         base_url,
@@ -256,6 +301,7 @@ def _result(
     prompt_set: PromptSet,
     options: LoadTestOptions,
     base_urls: list[str],
+    metrics: Mapping[str, Any] | None = None,
 ) -> LoadTestResult:
     table = records_table(run)
     public = [without_credentials(u) for u in base_urls]
@@ -271,6 +317,14 @@ def _result(
     if prompt_set.sessions is not None:
         summary["by_turn"] = sessions.turn_summary(df)
         summary["sessions"] = sessions.session_summary(df, [len(t) for t in prompt_set.sessions])
+    if prompt_set.trace is not None:
+        df = _trace.add_columns(df, prompt_set.trace)
+        summary["trace"] = _trace.report(df, prompt_set.trace, options.trace_speedup)
+    if prompt_set.prefix_workload is not None:
+        df = prefix_cache.add_columns(df, prompt_set.prefix_workload)
+        hit_rates = prefix_cache.report(df, options, metrics)
+        summary["prefix_cache"] = hit_rates
+        warns += filter(None, [prefix_cache.warning(hit_rates)])
     timings = server_timing_summary(df)
     if timings is not None:
         summary["server_timings"] = timings
@@ -340,8 +394,21 @@ def _start(
     journal: str | None,
 ) -> _core.LoadTest:
     """Starts the run on the Rust core (it goes on until done; drive it to wait)."""
+    target = base_urls[0] if len(base_urls) == 1 else base_urls
+    if prompt_set.trace is not None:  # the trace's requests, on its times
+        arguments = opts.core_arguments()
+        arguments.update(num_requests=len(prompt_set.trace.requests))
+        return start_run(
+            target,
+            model,
+            api_key=key,
+            requests=prompt_set.trace.requests,
+            trace_offsets_ns=prompt_set.trace.offsets_ns,
+            journal=journal,
+            **arguments,
+        )
     return start_run(
-        base_urls[0] if len(base_urls) == 1 else base_urls,
+        target,
         model,
         api_key=key,
         prompts=prompt_set.texts,
@@ -362,6 +429,21 @@ def _journal(journal: str | os.PathLike[str] | None, config: dict[str, Any], lab
     meta = {"label": label, "config": config, "started_utc": _dt.datetime.now(_dt.timezone.utc).isoformat()}
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=1, default=str) + "\n")
     yield str(path)
+
+
+def _metrics_scraper(base_urls: list[str], prompt_set: PromptSet, key: str | None) -> MetricsScraper | None:
+    """A reader of the server's ``/metrics`` for a shared-prefix workload's hit rate (None for
+    other workloads, and with several base URLs: one replica's counters are not the run's)."""
+    if prompt_set.prefix_workload is None or len(base_urls) != 1:
+        return None
+    return MetricsScraper(base_urls[0], api_key=key)
+
+
+def _metrics_summary(scraper: MetricsScraper | None) -> dict[str, Any] | None:
+    """What ``/metrics`` says about the run (``scraper.before`` read before it), or None."""
+    if scraper is None or scraper.before is None:
+        return None
+    return summarize(scraper.before, [], scraper.scrape())
 
 
 def _default_label(model: str, base_url: str) -> str:
@@ -393,7 +475,11 @@ def load_test(
     shape), and ``concurrency`` caps requests in flight (None: no cap; waiting for a slot shows
     as queue delay). Synthetic prompts are ``input_tokens`` long in the server's tokens (its
     ``/tokenize``, else ``tokenizer``, else an estimate with a warning); ``prompts`` replaces
-    them with the caller's (a list of strings or conversations, or a JSONL path), used in turn.
+    them with the caller's (a list of strings or conversations, or a JSONL path), used in turn;
+    ``shared_prefixes`` with a shared-prefix workload whose intended and achieved prefix-cache
+    hit rates the summary reports (:mod:`optbench.prefix_cache`); ``trace`` replays a JSONL
+    trace on its own times, lengths and shared prefixes and reports how late each request was
+    sent (:mod:`optbench.trace`).
 
     Args:
         base_url: the server root, e.g. ``http://127.0.0.1:8000`` (a ``/v1`` suffix is fine), or
@@ -418,10 +504,13 @@ def load_test(
     prompt_set = _prepare(urls, model, opts, key)
     for w in prompt_set.warnings:
         warnings.warn(w, stacklevel=2)
+    scraper = _metrics_scraper(urls, prompt_set, key)
+    if scraper is not None:
+        scraper.before = scraper.scrape()
     with _journal(journal, config, label) as journal_path:
         run = _start(urls, model, opts, key, prompt_set, journal_path)
         drive(run, progress, label, progress_interval_s, what="load test")
-    return _result(run, config, label, prompt_set, opts, urls)
+    return _result(run, config, label, prompt_set, opts, urls, _metrics_summary(scraper))
 
 
 async def aload_test(
@@ -444,7 +533,11 @@ async def aload_test(
     prompt_set = await asyncio.to_thread(_prepare, urls, model, opts, key)
     for w in prompt_set.warnings:
         warnings.warn(w, stacklevel=2)
+    scraper = _metrics_scraper(urls, prompt_set, key)
+    if scraper is not None:
+        scraper.before = await asyncio.to_thread(scraper.scrape)
     with _journal(journal, config, label) as journal_path:
         run = _start(urls, model, opts, key, prompt_set, journal_path)
         await adrive(run, progress, label, progress_interval_s)
-    return _result(run, config, label, prompt_set, opts, urls)
+    metrics = await asyncio.to_thread(_metrics_summary, scraper)
+    return _result(run, config, label, prompt_set, opts, urls, metrics)

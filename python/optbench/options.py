@@ -207,6 +207,56 @@ class LoadTestOptions(Options):
     input_tokens: int = option(
         2048, "synthetic prompt length in the server's tokens", minimum=1, maximum=1_048_576, core=False
     )
+    shared_prefixes: int | None = option(
+        None,
+        "a shared-prefix workload: this many different prefixes, each followed by each of `suffixes`"
+        " suffixes, instead of input_tokens-long prompts; the summary reports the intended and the"
+        " server's prefix-cache hit rate (optbench.prefix_cache; None: every prompt differs)",
+        minimum=1,
+        maximum=MAX_REQUESTS,
+        core=False,
+    )
+    prefix_tokens: int = option(
+        512,
+        "shared-prefix workload: each prefix's length in the server's tokens",
+        minimum=1,
+        maximum=1_048_576,
+        core=False,
+    )
+    suffixes: int = option(
+        4, "shared-prefix workload: different suffixes after each prefix", minimum=1, maximum=MAX_REQUESTS, core=False
+    )
+    suffix_tokens: int = option(
+        64, "shared-prefix workload: tokens each suffix adds", minimum=1, maximum=1_048_576, core=False
+    )
+    prefix_order: Literal["interleaved", "grouped"] = option(
+        "interleaved",
+        "shared-prefix workload: `interleaved` (suffix 0 of every prefix, then suffix 1...) or `grouped`"
+        " (every suffix of prefix 0, then of prefix 1...)",
+        core=False,
+    )
+    hit_rate_margin: float = option(
+        0.05,
+        "shared-prefix workload: warn when the server's hit rate differs from the intended one by more than this",
+        minimum=0,
+        maximum=1,
+        core=False,
+    )
+    trace: str | None = option(
+        None,
+        "replay a trace: a JSONL file of timestamp (ms), input_length, output_length and optionally"
+        " prefix_id + prefix_length per request, sent on its times with ignore_eos (optbench.trace);"
+        " replaces num_requests, request_rate and the prompts",
+        cli="FILE.jsonl",
+        core=False,
+    )
+    trace_speedup: float = option(
+        1.0,
+        "trace replay: send this many times faster than the trace's times (2: half the span)",
+        above=0,
+        maximum=1e6,
+        core=False,
+    )
     output_tokens: int = option(1024, "`max_tokens` of each request", minimum=1, maximum=U32_MAX)
     endpoint: Literal["completions", "chat"] = option(
         "completions", "`completions` (/v1/completions) or `chat` (/v1/chat/completions)"
@@ -287,8 +337,33 @@ class LoadTestOptions(Options):
         return self.sessions is not None or self.conversations is not None
 
     def _check_together(self) -> None:
-        if self.concurrency is None and self.request_rate is None:
-            raise ConfigError("concurrency must be an integer in a closed loop (None needs request_rate: an open loop)")
+        if self.concurrency is None and self.request_rate is None and self.trace is None:
+            raise ConfigError(
+                "concurrency must be an integer in a closed loop (None needs request_rate or trace: an open loop)"
+            )
+        if self.trace is not None:
+            others = (
+                [
+                    name
+                    for name, value in (
+                        ("request_rate", self.request_rate),
+                        ("prompts", self.prompts),
+                        ("shared_prefixes", self.shared_prefixes),
+                    )
+                    if value is not None
+                ]
+                + (["warmup"] if self.warmup else [])
+                + (["sessions / conversations"] if self.multi_turn else [])
+            )
+            if others:
+                raise ConfigError(f"trace sets the requests and their times: leave out {', '.join(others)}")
+        if self.shared_prefixes is not None and self.prompts is not None:
+            raise ConfigError("shared_prefixes builds its own prompts: give it or prompts, not both")
+        if self.shared_prefixes is not None and self.shared_prefixes * self.suffixes > MAX_REQUESTS:
+            raise ConfigError(
+                f"shared_prefixes × suffixes must be at most {MAX_REQUESTS}, got"
+                f" {self.shared_prefixes} × {self.suffixes}"
+            )
         if not self.multi_turn:
             if self.think_time_s:
                 raise ConfigError("think_time_s is the pause between a session's turns: give sessions or conversations")
@@ -302,6 +377,8 @@ class LoadTestOptions(Options):
             raise ConfigError(f"{what} (multi-turn) have no warm-up: set warmup to 0")
         if self.prompts is not None:
             raise ConfigError(f"give {what} or prompts, not both")
+        if self.shared_prefixes is not None:
+            raise ConfigError(f"give {what} or shared_prefixes, not both")
 
 
 @dataclass(frozen=True)

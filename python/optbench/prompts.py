@@ -10,11 +10,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import TYPE_CHECKING, Any, Sequence, Union
 
 from optbench import _core
 from optbench.exceptions import ConfigError, DatasetError
 from optbench.jsonl import read_jsonl
+
+if TYPE_CHECKING:
+    from optbench.prefix_cache import PrefixWorkload
+    from optbench.trace import TraceWorkload
 
 PromptsInput = Union[str, "os.PathLike[str]", Sequence[Any]]
 
@@ -32,8 +36,14 @@ class PromptSet:
     warnings: list[str] = field(default_factory=list)
     #: Multi-turn sessions instead: each a list of user turns (``optbench.sessions``).
     sessions: list[list[str]] | None = None
+    #: The shared-prefix workload these prompts are (``optbench.prefix_cache``), if they are one.
+    prefix_workload: PrefixWorkload | None = None
+    #: The replayed trace these requests are (``optbench.trace``; then ``texts`` is None).
+    trace: TraceWorkload | None = None
 
     def __len__(self) -> int:
+        if self.trace is not None:
+            return len(self.trace.requests)
         return len(self.texts if self.texts is not None else self.messages or [])
 
 

@@ -48,6 +48,13 @@ asks for ``stream_options.include_usage`` (optbench's client does), its usage ca
 The completions endpoint has no split. ``log()`` gives ``first_answer_token_sent_s`` and
 ``reasoning_tokens_sent``.
 
+**Prefix cache** (``prefix_cache``: how many prompts it remembers; None: no cache). A prompt's
+tokens are a BOS and its whitespace-separated words (what ``tokenize="words"`` counts with
+specials); its cached tokens are its longest leading run of words shared with a remembered
+prompt plus the BOS when that run is not empty, at most all but one token. Its usage then
+reports ``prompt_tokens`` and ``prompt_tokens_details.cached_tokens``, and its TTFT is
+``ttft_ms × uncached / prompt_tokens``. Prompts are remembered as they are read (without a cache ``prompt_tokens`` is always 7).
+
 :func:`capacity_model` computes, for a closed loop, what the capacity model gives each request
 (the truth a search for the highest concurrency meeting an SLO is tested against).
 """

@@ -305,12 +305,21 @@ struct Usage {
     prompt_tokens: Option<u32>,
     #[serde(default)]
     completion_tokens_details: Option<CompletionTokensDetails>,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptTokensDetails>,
 }
 
 #[derive(Deserialize)]
 struct CompletionTokensDetails {
     #[serde(default)]
     reasoning_tokens: Option<u32>,
+}
+
+/// `usage.prompt_tokens_details` (OpenAI's; vLLM with `--enable-prompt-tokens-details`).
+#[derive(Deserialize)]
+struct PromptTokensDetails {
+    #[serde(default)]
+    cached_tokens: Option<u32>,
 }
 
 /// What the stream said at the end of an event.
@@ -561,6 +570,7 @@ fn handle_event(event: &SseEvent, arrived: i64, rec: &mut RequestRecord) -> Resu
             rec.token_count_source = Some(TokenCountSource::Usage);
         }
         rec.prompt_tokens = usage.prompt_tokens.or(rec.prompt_tokens);
+        rec.cached_tokens = usage.prompt_tokens_details.and_then(|d| d.cached_tokens).or(rec.cached_tokens);
     }
     // `reasoning_tokens: 0` is what servers send for models that do not reason: no reasoning.
     if let Some(n) = usage_reasoning.filter(|&n| n > 0 || rec.first_reasoning_token_ns.is_some()) {
@@ -676,6 +686,10 @@ mod tests {
         assert_eq!(rec.reasoning_text, "hm");
         assert_eq!(rec.output_tokens, Some(3));
         assert_eq!(rec.prompt_tokens, Some(4));
+        assert_eq!(rec.cached_tokens, None);
+        let details = r#"{"choices":[],"usage":{"completion_tokens":3,"prompt_tokens":4,"prompt_tokens_details":{"cached_tokens":2}}}"#;
+        handle_event(&ev(details), 12, &mut rec).ok().unwrap();
+        assert_eq!(rec.cached_tokens, Some(2));
         assert_eq!(rec.token_count_source, Some(TokenCountSource::Usage));
     }
 

@@ -35,7 +35,18 @@
 //! ones) carries `completion_tokens_details.reasoning_tokens`; otherwise the usage has no details
 //! (as vLLM's). The completions endpoint has no split: all tokens are `text`. The log says when
 //! the first answer token was written.
+//!
+//! **Prefix cache.** With `prefix_cache = Some(n)`, the server remembers the last `n` prompts it
+//! read, as whitespace-separated words (the words of `prompt`, or of the messages' contents for
+//! chat). A prompt's tokens are a BOS and its words (what `/tokenize` counts with `add_special`);
+//! its cached tokens are its longest leading run of words shared with any remembered prompt plus
+//! the BOS when that run is not empty, at most all tokens but one (a server always computes the
+//! last prompt token). Its `usage` then says `prompt_tokens` and
+//! `prompt_tokens_details.cached_tokens`, and its `ttft` shrinks to `ttft × uncached / total`.
+//! A prompt is remembered when it is read, so the truth does not depend on answer timing.
+//! Without it, `usage.prompt_tokens` is always 7.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -126,6 +137,9 @@ pub struct MockBehavior {
     pub tokens_per_chunk: usize,
     /// The first this many tokens of a chat answer are reasoning (0: none).
     pub reasoning_tokens: usize,
+    /// Remember this many prompts and serve their common prefixes from a cache (None: no cache);
+    /// see the module's documentation.
+    pub prefix_cache: Option<usize>,
 }
 
 impl Default for MockBehavior {
@@ -143,6 +157,7 @@ impl Default for MockBehavior {
             diverge: None,
             tokens_per_chunk: 1,
             reasoning_tokens: 0,
+            prefix_cache: None,
         }
     }
 }
@@ -183,6 +198,8 @@ struct State {
     connections: AtomicUsize,
     next_id: AtomicU64,
     log: Mutex<Vec<MockRequestLog>>,
+    /// The prompts the prefix cache remembers (as words), oldest first.
+    seen: Mutex<VecDeque<Vec<String>>>,
 }
 
 /// A running mock server; stops when dropped.
@@ -225,6 +242,7 @@ impl MockServer {
             connections: AtomicUsize::new(0),
             next_id: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
+            seen: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -469,6 +487,34 @@ fn prompt_hash(request: &serde_json::Value, chat: bool) -> u64 {
     prompt.to_string().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
+/// The words of a request's prompt: of `prompt`, or of each message's `content` for chat.
+fn prompt_words(request: &serde_json::Value, chat: bool) -> Vec<String> {
+    let texts: Vec<&str> = if chat {
+        request["messages"].as_array().map_or(Vec::new(), |m| m.iter().filter_map(|m| m["content"].as_str()).collect())
+    } else {
+        request["prompt"].as_str().into_iter().collect()
+    };
+    texts.iter().flat_map(|t| t.split_whitespace()).map(str::to_string).collect()
+}
+
+/// The prefix cache's answer for a prompt of `words`: `(prompt tokens, cached tokens)`, a BOS
+/// included (see the module's documentation), the prompt then remembered (the oldest forgotten beyond `capacity`).
+fn prefix_cache_lookup(seen: &Mutex<VecDeque<Vec<String>>>, capacity: usize, words: Vec<String>) -> (usize, usize) {
+    let mut seen = seen.lock().expect("mock prefix cache");
+    let common = |other: &Vec<String>| words.iter().zip(other).take_while(|(a, b)| a == b).count();
+    let longest = seen.iter().map(common).max().unwrap_or(0);
+    // The BOS counts as a token, and as cached with a shared run of words.
+    let total = words.len() + 1;
+    let cached = if longest > 0 { (longest + 1).min(total - 1) } else { 0 };
+    if capacity > 0 {
+        if seen.len() >= capacity {
+            seen.pop_front();
+        }
+        seen.push_back(words);
+    }
+    (total, cached)
+}
+
 /// splitmix64's finaliser: spreads the bits of `x`.
 fn mix(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -528,6 +574,16 @@ async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) 
         return Ok(false);
     }
     let tokens = request["max_tokens"].as_u64().map_or(b.tokens, |m| (m as usize).min(b.tokens));
+    // The prefix cache: (prompt tokens, cached tokens), and the TTFT it leaves.
+    let cache = b.prefix_cache.map(|n| prefix_cache_lookup(&state.seen, n, prompt_words(&request, chat)));
+    let ttft = match cache {
+        Some((total, cached)) => b.ttft.mul_f64((total - cached) as f64 / total as f64),
+        None => b.ttft,
+    };
+    let prompt_usage = match cache {
+        Some((total, cached)) => (total, format!(",\"prompt_tokens_details\":{{\"cached_tokens\":{cached}}}")),
+        None => (7, String::new()),
+    };
     match &b.fault {
         Fault::Status(code) => {
             let msg = format!("{{\"error\":{{\"message\":\"injected status {code}\"}}}}");
@@ -576,7 +632,7 @@ async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) 
     update_log(state, id, |entry| entry.slot_acquired = Some(slot_at - state.started));
     let seed = prompt_hash(&request, chat);
     let mut diverged = false;
-    let mut due = if b.slots.is_some() { slot_at + b.ttft } else { received_at + b.ttft };
+    let mut due = if b.slots.is_some() { slot_at + ttft } else { received_at + ttft };
     let per_chunk = b.tokens_per_chunk.max(1);
     let continuous_usage =
         request["stream_options"]["continuous_usage_stats"].as_bool() == Some(true) && b.fault != Fault::NoUsage;
@@ -633,9 +689,10 @@ async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) 
         let text = words(first.max(thinking)..end, "tok");
         let reasoning = words(first.min(thinking)..end.min(thinking), "think");
         let usage = if continuous_usage {
+            let (p, details) = &prompt_usage;
             format!(
-                ",\"usage\":{{\"prompt_tokens\":7,\"completion_tokens\":{end},\"total_tokens\":{}{}}}",
-                end + 7,
+                ",\"usage\":{{\"prompt_tokens\":{p},\"completion_tokens\":{end},\"total_tokens\":{}{details}{}}}",
+                end + p,
                 usage_details(end)
             )
         } else {
@@ -676,9 +733,10 @@ async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) 
     };
     chunk(socket, finish.as_bytes()).await?;
     if b.fault != Fault::NoUsage {
+        let (p, details) = &prompt_usage;
         let usage = format!(
-            "data: {{{head},\"choices\":[],\"usage\":{{\"prompt_tokens\":7,\"completion_tokens\":{tokens},\"total_tokens\":{}{}}}}}\n\n",
-            tokens + 7,
+            "data: {{{head},\"choices\":[],\"usage\":{{\"prompt_tokens\":{p},\"completion_tokens\":{tokens},\"total_tokens\":{}{details}{}}}}}\n\n",
+            tokens + p,
             usage_details(tokens)
         );
         chunk(socket, usage.as_bytes()).await?;
@@ -688,4 +746,26 @@ async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) 
     }
     socket.write_all(b"0\r\n\r\n").await?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod prefix_cache_tests {
+    use super::*;
+
+    fn words(text: &str) -> Vec<String> {
+        text.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn cached_tokens_are_the_longest_remembered_prefix_with_the_bos() {
+        let seen = Mutex::new(VecDeque::new());
+        // (prompt tokens = words + BOS, cached tokens)
+        assert_eq!(prefix_cache_lookup(&seen, 2, words("a b c d")), (5, 0));
+        assert_eq!(prefix_cache_lookup(&seen, 2, words("a b x y z")), (6, 3));
+        assert_eq!(prefix_cache_lookup(&seen, 2, words("q r")), (3, 0));
+        // The same prompt again: all tokens but the last one.
+        assert_eq!(prefix_cache_lookup(&seen, 2, words("q r")), (3, 2));
+        // Capacity 2: "a b c d" and "a b x y z" are forgotten by now.
+        assert_eq!(prefix_cache_lookup(&seen, 2, words("a b c d")), (5, 0));
+    }
 }

@@ -375,6 +375,154 @@ async fn fit_prompt(counter: &TokenCounter, seed: u64, index: usize, target: usi
     Ok(text(lo))
 }
 
+/// A shared-prefix workload: `prefixes` different prefixes, each followed by each of
+/// `suffixes` different suffixes (see [`prefix_prompts`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrefixPrompts {
+    /// Prompt `p * suffixes + s`: prefix `p`, a space, suffix `s`.
+    pub texts: Vec<String>,
+    /// Tokens of each prefix alone (specials included): what a prefix cache can reuse.
+    pub prefix_tokens: Vec<usize>,
+    /// Tokens of each prompt (specials included), in the order of `texts`.
+    pub prompt_tokens: Vec<usize>,
+}
+
+/// The words of prefix or suffix `index` of a kind (`salt`), led by `label` and `index`, so that
+/// two prefixes (or two suffixes) differ from their first word on and a prefix cache reuses
+/// exactly the shared prefix.
+fn marked_words(seed: u64, salt: u64, label: &str, index: usize, max_words: usize) -> Vec<String> {
+    let mut words = vec![format!("{label}{index}")];
+    let stream = seed ^ salt.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    words.extend(prompt_words(stream, index, max_words.saturating_sub(1)).into_iter().map(str::to_string));
+    words
+}
+
+/// Largest `n` in `1..=words.len()` with `count(head + words[..n]) <= target` (1 if none).
+async fn fit_words(
+    counter: &TokenCounter,
+    head: &str,
+    words: &[String],
+    target: usize,
+    special: bool,
+) -> Result<usize> {
+    let text = |n: usize| format!("{head}{}", words[..n].join(" "));
+    let (mut lo, mut hi) = (1usize, words.len().max(1));
+    if counter.count(&text(hi), special).await? <= target {
+        return Ok(hi);
+    }
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if counter.count(&text(mid), special).await? <= target {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
+}
+
+/// A shared-prefix workload in the server's tokens: prefix `p` is `prefix_tokens` long (as
+/// `counter` counts it, specials included), suffix `s` adds `suffix_tokens` to prefix 0 (the same
+/// suffix text follows every prefix). Prefixes differ from their first word, and so do suffixes,
+/// so a prefix cache can reuse exactly a prompt's prefix. Every prefix and every whole prompt is
+/// counted, so [`PrefixPrompts`] holds exact token counts. At most `concurrency` counts at once;
+/// deterministic for a given seed and counter.
+pub async fn prefix_prompts(
+    counter: &TokenCounter,
+    prefixes: usize,
+    prefix_tokens: usize,
+    suffixes: usize,
+    suffix_tokens: usize,
+    seed: u64,
+    concurrency: usize,
+) -> Result<PrefixPrompts> {
+    if prefixes == 0 || suffixes == 0 || prefix_tokens == 0 || suffix_tokens == 0 {
+        return Err(CoreError::config("prefixes, suffixes and their token lengths must be at least 1"));
+    }
+    let concurrency = concurrency.max(1);
+    let prefix_texts: Vec<String> = stream::iter(0..prefixes)
+        .map(|p| async move {
+            let words = marked_words(seed, 1, "", p, prefix_tokens);
+            let n = fit_words(counter, "", &words, prefix_tokens, true).await?;
+            Ok::<_, CoreError>(words[..n].join(" "))
+        })
+        .buffered(concurrency)
+        .try_collect()
+        .await?;
+    let prefix_counts: Vec<usize> =
+        stream::iter(&prefix_texts).map(|t| counter.count(t, true)).buffered(concurrency).try_collect().await?;
+    let head = format!("{} ", prefix_texts[0]);
+    let head = &head;
+    let suffix_target = prefix_counts[0] + suffix_tokens;
+    let suffix_texts: Vec<String> = stream::iter(0..suffixes)
+        .map(|s| async move {
+            let words = marked_words(seed, 2, "", s, suffix_tokens);
+            let n = fit_words(counter, head, &words, suffix_target, true).await?;
+            Ok::<_, CoreError>(words[..n].join(" "))
+        })
+        .buffered(concurrency)
+        .try_collect()
+        .await?;
+    let texts: Vec<String> =
+        prefix_texts.iter().flat_map(|p| suffix_texts.iter().map(move |s| format!("{p} {s}"))).collect();
+    let prompt_tokens: Vec<usize> =
+        stream::iter(&texts).map(|t| counter.count(t, true)).buffered(concurrency).try_collect().await?;
+    Ok(PrefixPrompts { texts, prefix_tokens: prefix_counts, prompt_tokens })
+}
+
+/// One prompt of a replayed trace: `input_tokens` long, starting with prefix `prefix` (an index
+/// into the prefixes of [`trace_prompts`]) or with nothing shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TracePrompt {
+    /// The shared prefix it starts with, if any.
+    pub prefix: Option<usize>,
+    /// Its whole length (the prefix included), as the counter counts it with specials.
+    pub input_tokens: usize,
+}
+
+/// Prompts of a replayed trace: prefix `k` is `prefix_tokens[k]` tokens long (specials included)
+/// and shared, text and all, by every prompt that names it; each prompt is filled to its
+/// `input_tokens` with words of its own (led by `q` and its index, so prompts differ right after
+/// their prefix and never share a first word with a prefix). Returns the texts and the prefixes' exact counts. At most `concurrency` counts at
+/// once; deterministic for a given seed and counter.
+pub async fn trace_prompts(
+    counter: &TokenCounter,
+    prefix_tokens: &[usize],
+    prompts: &[TracePrompt],
+    seed: u64,
+    concurrency: usize,
+) -> Result<(Vec<String>, Vec<usize>)> {
+    let concurrency = concurrency.max(1);
+    if let Some(i) =
+        prompts.iter().position(|p| p.input_tokens == 0 || p.prefix.is_some_and(|k| k >= prefix_tokens.len()))
+    {
+        return Err(CoreError::config(format!("trace prompt {i}: no tokens, or a prefix that does not exist")));
+    }
+    let prefix_texts: Vec<String> = stream::iter(prefix_tokens.iter().enumerate())
+        .map(|(k, &n)| async move {
+            let words = marked_words(seed, 1, "", k, n.max(1));
+            let fit = fit_words(counter, "", &words, n.max(1), true).await?;
+            Ok::<_, CoreError>(words[..fit].join(" "))
+        })
+        .buffered(concurrency)
+        .try_collect()
+        .await?;
+    let prefix_counts: Vec<usize> =
+        stream::iter(&prefix_texts).map(|t| counter.count(t, true)).buffered(concurrency).try_collect().await?;
+    let prefix_texts = &prefix_texts;
+    let texts = stream::iter(prompts.iter().enumerate())
+        .map(|(i, p)| async move {
+            let head = p.prefix.map_or(String::new(), |k| format!("{} ", prefix_texts[k]));
+            let words = marked_words(seed, 3, "q", i, p.input_tokens);
+            let fit = fit_words(counter, &head, &words, p.input_tokens, true).await?;
+            Ok::<_, CoreError>(format!("{head}{}", words[..fit].join(" ")))
+        })
+        .buffered(concurrency)
+        .try_collect()
+        .await?;
+    Ok((texts, prefix_counts))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,6 +544,54 @@ mod tests {
                 assert_ne!(p[i][..40], p[j][..40], "prompts {i} and {j} share a prefix");
             }
         }
+    }
+
+    #[test]
+    fn prefix_prompts_share_exactly_their_prefix() {
+        let w = block_on(prefix_prompts(&TokenCounter::Estimate, 3, 100, 4, 30, 5, 2)).unwrap();
+        assert_eq!(w.texts.len(), 12);
+        assert_eq!(w.prompt_tokens.len(), 12);
+        for p in 0..3 {
+            assert!((90..=100).contains(&w.prefix_tokens[p]), "prefix {p}: {} tokens", w.prefix_tokens[p]);
+            for s in 0..4 {
+                let text = &w.texts[p * 4 + s];
+                let words: Vec<&str> = text.split(' ').collect();
+                assert_eq!(words[0], p.to_string());
+                let extra = w.prompt_tokens[p * 4 + s] - w.prefix_tokens[p];
+                assert!((20..=31).contains(&extra), "prompt {p}/{s}: {extra} suffix tokens");
+            }
+            // Same prefix text, then suffixes that differ from their first word.
+            let a: Vec<&str> = w.texts[p * 4].split(' ').collect();
+            let b: Vec<&str> = w.texts[p * 4 + 1].split(' ').collect();
+            let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+            assert_eq!(
+                &w.texts[p * 4][..a[..common].join(" ").len()],
+                &w.texts[p * 4 + 1][..b[..common].join(" ").len()]
+            );
+            assert!(w.texts[p * 4 + 1].starts_with(&(a[..common].join(" ") + " 1 ")));
+        }
+        assert_ne!(w.texts[0].split(' ').nth(1), w.texts[4].split(' ').nth(1));
+    }
+
+    #[test]
+    fn trace_prompts_share_their_prefix_and_fit_their_length() {
+        let specs = [
+            TracePrompt { prefix: Some(0), input_tokens: 80 },
+            TracePrompt { prefix: None, input_tokens: 40 },
+            TracePrompt { prefix: Some(0), input_tokens: 120 },
+        ];
+        let (texts, counts) = block_on(trace_prompts(&TokenCounter::Estimate, &[50], &specs, 3, 2)).unwrap();
+        let prefix = texts[0][..texts[0].len().min(texts[2].len())]
+            .chars()
+            .zip(texts[2].chars())
+            .take_while(|(a, b)| a == b)
+            .count();
+        assert!(prefix >= 4 * (counts[0] - 1), "shared {prefix} characters for a {}-token prefix", counts[0]);
+        for (text, spec) in texts.iter().zip(&specs) {
+            let n = block_on(TokenCounter::Estimate.count(text, true)).unwrap();
+            assert!(n <= spec.input_tokens && n + 12 >= spec.input_tokens, "{n} tokens for {}", spec.input_tokens);
+        }
+        assert!(block_on(trace_prompts(&TokenCounter::Estimate, &[], &specs, 3, 2)).is_err());
     }
 
     #[test]

@@ -163,6 +163,9 @@ pub struct RequestRecord {
     pub token_count_source: Option<TokenCountSource>,
     /// `usage.prompt_tokens`, when the server sent it.
     pub prompt_tokens: Option<u32>,
+    /// `usage.prompt_tokens_details.cached_tokens`: prompt tokens the server served from its
+    /// prefix cache, when it said (OpenAI; vLLM with `--enable-prompt-tokens-details`).
+    pub cached_tokens: Option<u32>,
     /// The HTTP status code, when headers arrived.
     pub http_status: Option<u16>,
     /// `finish_reason` of the last choice that had one (`length`, `stop`, ...).

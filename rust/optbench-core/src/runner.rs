@@ -74,6 +74,15 @@ impl LoadTestConfig {
         if self.num_requests == 0 {
             return Err(CoreError::config("num_requests must be at least 1"));
         }
+        if let Schedule::Trace { offsets_ns, .. } = &self.schedule {
+            if offsets_ns.len() < self.num_requests {
+                return Err(CoreError::config(format!(
+                    "the trace has {} start offsets for {} requests",
+                    offsets_ns.len(),
+                    self.num_requests
+                )));
+            }
+        }
         if let Some(sessions) = &self.sessions {
             self.validate_sessions(sessions)?;
         } else if num_prompts == 0 {
@@ -444,7 +453,9 @@ pub async fn run_requests(
     let router = Router::new(config.routing, requests.len());
     let max_inflight = match &config.schedule {
         Schedule::Closed { concurrency } => *concurrency,
-        Schedule::Open { max_concurrency, .. } => max_concurrency.unwrap_or(256),
+        Schedule::Open { max_concurrency, .. } | Schedule::Trace { max_concurrency, .. } => {
+            max_concurrency.unwrap_or(256)
+        }
     };
     let client = build_http_client(max_inflight)?;
     let journal = config.journal.as_deref().map(JournalWriter::create).transpose()?;
@@ -468,7 +479,9 @@ pub async fn run_requests(
     if config.warmup > 0 {
         let warm_concurrency = match &config.schedule {
             Schedule::Closed { concurrency } => *concurrency,
-            Schedule::Open { max_concurrency, .. } => max_concurrency.unwrap_or(config.warmup),
+            Schedule::Open { max_concurrency, .. } | Schedule::Trace { max_concurrency, .. } => {
+                max_concurrency.unwrap_or(config.warmup)
+            }
         };
         closed_loop(&shared, 0, config.warmup, warm_concurrency, true).await;
     }
@@ -492,8 +505,9 @@ pub async fn run_requests(
             Schedule::Closed { concurrency } => {
                 closed_loop(&shared, config.warmup, config.num_requests, *concurrency, false).await
             }
-            Schedule::Open { max_concurrency, .. } => {
-                let offsets = config.schedule.offsets_ns(config.num_requests).expect("open loop");
+            // A trace runs like an open loop, on its own offsets.
+            Schedule::Open { max_concurrency, .. } | Schedule::Trace { max_concurrency, .. } => {
+                let offsets = config.schedule.offsets_ns(config.num_requests).expect("open loop or trace");
                 open_loop(&shared, config.warmup, offsets, *max_concurrency).await
             }
         }

@@ -1,5 +1,6 @@
-//! When requests start: a closed loop (fixed concurrency) or an open loop (a request rate with
-//! constant, Poisson or gamma-distributed gaps), reproducible from a seed.
+//! When requests start: a closed loop (fixed concurrency), an open loop (a request rate with
+//! constant, Poisson or gamma-distributed gaps, reproducible from a seed), or a trace replayed
+//! on its own start offsets.
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -58,12 +59,23 @@ pub enum Schedule {
         /// queue delay) but keeps its intended start.
         max_concurrency: Option<usize>,
     },
+    /// Request `i` starts `offsets_ns[i]` after the measured phase's start (a replayed trace,
+    /// already scaled by its speed-up), on absolute deadlines like the open loop.
+    Trace {
+        /// Start offsets in nanoseconds, non-decreasing, from 0 or later.
+        offsets_ns: Vec<i64>,
+        /// Optional cap on requests in flight, as in the open loop.
+        max_concurrency: Option<usize>,
+    },
 }
 
 impl Schedule {
     /// Start offsets in nanoseconds from the measured phase's start for `n` requests of an open
     /// loop (the first at 0). A closed loop has no fixed offsets and returns `None`.
     pub fn offsets_ns(&self, n: usize) -> Option<Vec<i64>> {
+        if let Schedule::Trace { offsets_ns, .. } = self {
+            return Some(offsets_ns.iter().copied().take(n).collect());
+        }
         let Schedule::Open { rate, arrival, seed, .. } = *self else {
             return None;
         };
@@ -96,8 +108,19 @@ impl Schedule {
             Schedule::Open { rate, .. } if !(*rate > 0.0 && rate.is_finite()) => {
                 Err(CoreError::config(format!("request_rate must be a positive number, got {rate}")))
             }
-            Schedule::Open { max_concurrency: Some(0), .. } => {
+            Schedule::Open { max_concurrency: Some(0), .. } | Schedule::Trace { max_concurrency: Some(0), .. } => {
                 Err(CoreError::config("concurrency must be at least 1 (or None for no cap)"))
+            }
+            Schedule::Trace { offsets_ns, .. } if offsets_ns.is_empty() => {
+                Err(CoreError::config("a trace needs at least one request"))
+            }
+            Schedule::Trace { offsets_ns, .. } => {
+                match offsets_ns.iter().enumerate().find(|&(i, &t)| t < 0 || (i > 0 && t < offsets_ns[i - 1])) {
+                    Some((i, t)) => Err(CoreError::config(format!(
+                        "trace offsets must be non-decreasing and from 0 on: offset {i} is {t} ns"
+                    ))),
+                    None => Ok(()),
+                }
             }
             _ => Ok(()),
         }
@@ -171,6 +194,17 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert!(a.windows(2).all(|w| w[1] >= w[0]));
+    }
+
+    #[test]
+    fn a_trace_keeps_its_offsets_and_rejects_bad_ones() {
+        let t = Schedule::Trace { offsets_ns: vec![0, 5, 5, 9], max_concurrency: None };
+        assert!(t.validate().is_ok());
+        assert_eq!(t.offsets_ns(3).unwrap(), vec![0, 5, 5]);
+        let back = Schedule::Trace { offsets_ns: vec![0, 5, 4], max_concurrency: None };
+        assert!(back.validate().unwrap_err().to_string().contains("offset 2 is 4 ns"));
+        assert!(Schedule::Trace { offsets_ns: vec![], max_concurrency: None }.validate().is_err());
+        assert!(Schedule::Trace { offsets_ns: vec![0], max_concurrency: Some(0) }.validate().is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! the server started), `GET /mock/clock` (`now_s` on that clock) and `POST /mock/reset`
 //! (empties the log). `--slots` adds a capacity model (a FIFO queue in front of a fixed number of
 //! decoding slots, a gap that grows with the batch) and `--diverge-above` answers that change
-//! under load; optbench_core::mock documents both. It runs on one thread, so `taskset -c N` gives it one
+//! under load, and --prefix-cache a prefix cache; optbench_core::mock documents them. It runs on one thread, so `taskset -c N` gives it one
 //! core of its own and the client under test the others.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -80,6 +80,11 @@ struct Args {
     /// stream_options.include_usage. The completions endpoint has no split.
     #[arg(long, default_value_t = 0)]
     reasoning_tokens: usize,
+    /// Remember this many prompts and serve each prompt's longest previously seen leading run of
+    /// words from a prefix cache (0 = no cache): usage reports
+    /// prompt_tokens_details.cached_tokens and the TTFT shrinks to ttft-ms × uncached / total.
+    #[arg(long, default_value_t = 0)]
+    prefix_cache: usize,
     /// Write the truth log (a JSON array) here when stopped with Ctrl-C or SIGTERM.
     #[arg(long)]
     log: Option<PathBuf>,
@@ -154,6 +159,7 @@ fn main() {
             diverge: args.diverge_above.map(|above| Diverge { above, at: args.diverge_at }),
             tokens_per_chunk: args.tokens_per_chunk,
             reasoning_tokens: args.reasoning_tokens,
+            prefix_cache: (args.prefix_cache > 0).then_some(args.prefix_cache),
             ..MockBehavior::default()
         },
         (Err(e), _) | (_, Err(e)) => {

@@ -115,6 +115,9 @@ impl LoadTest {
     /// turns sent one after the other with the history (chat endpoint, closed loop of
     /// `concurrency` sessions, `think_time_s` between a turn's answer and the next turn);
     /// `num_requests` is then the number of turns.
+    /// `trace_offsets_ns`: replay a trace: request `i`
+    /// starts that many nanoseconds after the measured phase starts (instead of `request_rate`),
+    /// `concurrency` capping requests in flight as in an open loop.
     #[new]
     #[pyo3(signature = (
         base_url, model, *, prompts=None, messages=None, requests=None, endpoint="completions",
@@ -122,7 +125,7 @@ impl LoadTest {
         burstiness=1.0, output_tokens=1024, seed=0, warmup=0, ignore_eos=false,
         timeout_s=None, time_limit_s=None, api_key=None, temperature=0.0,
         extra_body=None, tokenizer=None, journal=None, routing="round_robin", sessions=None,
-        think_time_s=0.0
+        think_time_s=0.0, trace_offsets_ns=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -151,6 +154,7 @@ impl LoadTest {
         routing: &str,
         sessions: Option<Vec<Vec<String>>>,
         think_time_s: f64,
+        trace_offsets_ns: Option<Vec<i64>>,
     ) -> PyResult<Self> {
         let base_urls = match base_url {
             BaseUrls::One(url) => vec![url],
@@ -178,13 +182,15 @@ impl LoadTest {
                 Some(v) => Err(config_err(format!("{name} must be a positive number of seconds, got {v}"))),
             }
         };
-        let schedule = match request_rate {
-            None => Schedule::Closed {
+        let schedule = match (trace_offsets_ns, request_rate) {
+            (Some(_), Some(_)) => return Err(config_err("give trace_offsets_ns or request_rate, not both")),
+            (Some(offsets_ns), None) => Schedule::Trace { offsets_ns, max_concurrency: concurrency },
+            (None, None) => Schedule::Closed {
                 concurrency: concurrency.ok_or_else(|| {
                     config_err("a closed loop needs a concurrency (or give request_rate for an open loop)")
                 })?,
             },
-            Some(rate) => Schedule::Open {
+            (None, Some(rate)) => Schedule::Open {
                 rate,
                 arrival: Arrival::parse(arrival, burstiness).map_err(PyCoreError)?,
                 seed,

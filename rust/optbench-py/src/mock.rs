@@ -41,7 +41,7 @@ impl MockServer {
     #[pyo3(signature = (
         *, ttft_ms=20.0, gap_ms=5.0, tokens=16, fault="none", fault_arg=0, host="127.0.0.1", port=0,
         tokenize="missing", slots=None, gap_growth=0.0, diverge_above=None, diverge_at=0,
-        tokens_per_chunk=1, model="mock", reasoning_tokens=0,
+        tokens_per_chunk=1, model="mock", reasoning_tokens=0, prefix_cache=None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -60,6 +60,7 @@ impl MockServer {
         tokens_per_chunk: usize,
         model: &str,
         reasoning_tokens: usize,
+        prefix_cache: Option<usize>,
     ) -> PyResult<Self> {
         if tokens_per_chunk == 0 {
             return Err(config_err("tokens_per_chunk must be at least 1"));
@@ -101,6 +102,7 @@ impl MockServer {
             tokens_per_chunk,
             model: model.to_string(),
             reasoning_tokens,
+            prefix_cache,
             ..MockBehavior::default()
         };
         let bind = format!("{host}:{port}");
