@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import signal
 import subprocess
 import sys
 import textwrap
@@ -24,6 +25,19 @@ def _silent_server() -> tuple[socket.socket, str]:
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
     return sock, f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def _python_child(script: str) -> subprocess.Popen[str]:
+    """``python -c script`` with Ctrl-C as a terminal gives it: SIGINT at its default, so that
+    Python raises KeyboardInterrupt (a shell's background job inherits SIGINT ignored, and
+    Python then leaves it ignored)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def test_ctrl_c_interrupts_make_prompts_waiting_on_tokenize():
@@ -47,7 +61,7 @@ def test_ctrl_c_interrupts_make_prompts_waiting_on_tokenize():
         sys.exit(1)
         """
     )
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = _python_child(script)
     try:
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "ready"
@@ -200,7 +214,7 @@ def test_wait_is_interruptible_and_leaves_the_run_going():
         sys.exit(1)
         """
     )
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = _python_child(script)
     try:
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "ready"
