@@ -52,7 +52,8 @@ def public(urls: Sequence[str]) -> str | list[str]:
     return out[0] if len(out) == 1 else out
 
 
-def _stats(values: Sequence[float] | pd.Series) -> dict[str, float | int | None]:
+def value_stats(values: Sequence[float] | pd.Series) -> dict[str, float | int | None]:
+    """``count`` and :data:`BREAKDOWN_STATS` of ``values`` (NaN left out; None where empty)."""
     v = np.asarray(values, dtype=float)
     v = v[~np.isnan(v)]
     if not len(v):
@@ -90,8 +91,8 @@ def breakdown(requests: pd.DataFrame, base_urls: Sequence[str], duration_s: floa
                 "failures_by_kind": {str(k): int(n) for k, n in sorted(failures.items())},
                 "request_throughput": len(ok) / duration_s if duration_s > 0 else 0.0,
                 "output_token_throughput": tokens / duration_s if duration_s > 0 else 0.0,
-                "ttft_ms": _stats(ok["ttft_ms"]),
-                "itl_ms": _stats(itl),
+                "ttft_ms": value_stats(ok["ttft_ms"]),
+                "itl_ms": value_stats(itl),
             }
         )
     return out
@@ -131,4 +132,12 @@ def breakdown_markdown(entries: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
-__all__ = ["BREAKDOWN_STATS", "base_url_list", "breakdown", "breakdown_lines", "breakdown_markdown", "public"]
+__all__ = [
+    "BREAKDOWN_STATS",
+    "base_url_list",
+    "breakdown",
+    "breakdown_lines",
+    "breakdown_markdown",
+    "public",
+    "value_stats",
+]

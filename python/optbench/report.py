@@ -48,13 +48,17 @@ from optbench.slo import summary_columns
 RESULTS_CSV = "results.csv"
 
 
+def _stat(summary: dict[str, Any], metric: str, name: str) -> float:
+    """Statistic ``name`` of ``metric`` in a Rust summary (NaN where it has none)."""
+    value = summary.get("metrics", {}).get(metric, {}).get(name)
+    return float("nan") if value is None else float(value)
+
+
 def speed_metrics_from_summary(summary: dict[str, Any]) -> dict[str, float]:
     """The load-test columns of the comparison table, from the Rust summary of the run."""
-    metrics = summary.get("metrics", {})
 
     def stat(metric: str, name: str) -> float:
-        value = metrics.get(metric, {}).get(name)
-        return float("nan") if value is None else float(value)
+        return _stat(summary, metric, name)
 
     window = summary["duration_s"] > 0
     return {
@@ -77,14 +81,12 @@ def _reasoning_from_summary(summary: dict[str, Any]) -> dict[str, float]:
     reasoning = summary.get("reasoning")
     if not reasoning:
         return {}
-    metrics = summary.get("metrics", {})
-    stat = lambda m, name: float(metrics.get(m, {}).get(name, float("nan")))  # noqa: E731
     window = summary["duration_s"] > 0
     return {
-        "ttft_answer_p50_ms": stat("ttft_answer_ms", "p50"),
-        "ttft_answer_p99_ms": stat("ttft_answer_ms", "p99"),
-        "reasoning_tokens_p50": stat("reasoning_tokens", "p50"),
-        "answer_tokens_per_s_p50": stat("answer_tokens_per_s", "p50"),
+        "ttft_answer_p50_ms": _stat(summary, "ttft_answer_ms", "p50"),
+        "ttft_answer_p99_ms": _stat(summary, "ttft_answer_ms", "p99"),
+        "reasoning_tokens_p50": _stat(summary, "reasoning_tokens", "p50"),
+        "answer_tokens_per_s_p50": _stat(summary, "answer_tokens_per_s", "p50"),
         "reasoning_token_throughput": float(reasoning["reasoning_token_throughput"]) if window else float("nan"),
         "answer_token_throughput": float(reasoning["answer_token_throughput"]) if window else float("nan"),
     }

@@ -30,11 +30,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from optbench.exceptions import ConfigError, DatasetError
 from optbench.jsonl import read_jsonl
+from optbench.replicas import value_stats
 
 
 def _turns(value: Any, where: str) -> list[str]:
@@ -71,18 +71,6 @@ def load_conversations(
     return out
 
 
-def _stats(values: Any) -> dict[str, Any]:
-    v = np.asarray(values, dtype=float)
-    v = v[~np.isnan(v)]
-    if not len(v):
-        return {"count": 0, "mean": None, "p50": None, "p90": None, "p99": None}
-    return {
-        "count": int(len(v)),
-        "mean": float(v.mean()),
-        **{f"p{q}": float(np.percentile(v, q)) for q in (50, 90, 99)},
-    }
-
-
 def _mean(series: pd.Series) -> float | None:
     values = pd.to_numeric(series, errors="coerce").dropna()
     return float(values.mean()) if len(values) else None
@@ -102,7 +90,7 @@ def turn_summary(requests: pd.DataFrame) -> list[dict[str, Any]]:
             "turn": int(turn),
             "num_requests": int(len(group)),
             "num_succeeded": int(len(ok)),
-            "ttft_ms": _stats(ok["ttft_ms"]),
+            "ttft_ms": value_stats(ok["ttft_ms"]),
             "prompt_tokens_mean": _mean(ok["prompt_tokens"]),
         }
         for column in ("server_cached_tokens", "server_prompt_tokens"):
@@ -128,7 +116,7 @@ def session_summary(requests: pd.DataFrame, planned_turns: Sequence[int]) -> dic
         "num_sessions": len(planned_turns),
         "num_completed": completed,
         "num_cut_short": len(planned_turns) - completed,
-        "duration_s": _stats(durations),
+        "duration_s": value_stats(durations),
     }
 
 

@@ -445,8 +445,8 @@ pub async fn run_requests(
 ) -> Result<LoadTestOutcome> {
     config.validate(inputs.len())?;
     // Serialise each distinct body once per base URL, before the clock starts.
-    let requests = config
-        .targets()
+    let targets = config.targets();
+    let requests = targets
         .iter()
         .map(|target| inputs.iter().map(|p| target.prepare_input(p)).collect::<Result<Vec<_>>>())
         .collect::<Result<Vec<_>>>()?;
@@ -498,7 +498,7 @@ pub async fn run_requests(
     });
     if let (Some(sessions), Schedule::Closed { concurrency }) = (&config.sessions, &config.schedule) {
         if !shared.cancel.is_cancelled() {
-            session_loop(&shared, sessions.clone(), config.targets(), *concurrency).await;
+            session_loop(&shared, sessions.clone(), targets, *concurrency).await;
         }
     } else if !shared.cancel.is_cancelled() {
         match &config.schedule {
@@ -555,8 +555,8 @@ fn recount_deadline(request_timeout: Option<Duration>, time_limit_end: Option<In
 }
 
 /// Gives records without `usage` a token count: a tokenizer over the whole text (reasoning and
-/// answer) when one is available (never per chunk), else the number of chunks, flagged as `chunks`. Counts are asked
-/// [`RECOUNT_CONCURRENCY`] at a time; whatever is not counted by `deadline` (a stuck or failing
+/// answer) when one is available (never per chunk), else the number of chunks, flagged as
+/// `chunks`. Counts are asked [`RECOUNT_CONCURRENCY`] at a time; whatever is not counted by `deadline` (a stuck or failing
 /// `/tokenize`) or when `cancel` fires (Ctrl-C; a run cancelled before the recount skips it)
 /// keeps the chunk count.
 async fn fill_missing_token_counts(
