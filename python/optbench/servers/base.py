@@ -129,6 +129,11 @@ class Engine:
         """The engine's version, read without starting the server."""
         return "unknown"
 
+    def base_urls(self, base_url: str) -> list[str]:
+        """Every URL the load test spreads its requests over, once the server answers at
+        ``base_url``: that one alone (an engine in front of replicas lists them all)."""
+        return [base_url]
+
     # -- lifecycle (engines that start a process) --------------------------------------------
 
     def start(self, port: int, log_path: Path) -> str:

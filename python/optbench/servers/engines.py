@@ -109,11 +109,11 @@ class Server:
         try:
             if cfg.engine == "openai":
                 self.base_url = self.engine.start(0, self.log_path)
-                self.base_urls = self.engine.base_urls()  # type: ignore[attr-defined]
+                self.base_urls = self.engine.base_urls(self.base_url)
                 return self
             port = cfg.port or free_port(cfg.host, self.engine.highest_port)
             self.base_url = self.engine.start(port, self.log_path)
-            self.base_urls = [self.base_url]
+            self.base_urls = self.engine.base_urls(self.base_url)
             self.version = self.engine.running_version
             self.gpu = gpu_info()
         except ServerStartError:

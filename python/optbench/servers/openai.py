@@ -47,16 +47,19 @@ class OpenAIEngine(Engine):
         except ConfigError as e:
             raise ConfigError(f"{where}: key 'server.base_url': {e}") from None
 
-    def base_urls(self) -> list[str]:
-        """Every URL of ``server.base_url`` (one, or the replicas')."""
+    def base_urls(self, base_url: str) -> list[str]:
+        """Every URL of ``server.base_url`` (one, or the replicas'; ``base_url`` is the first)."""
+        return self._configured()
+
+    def _configured(self) -> list[str]:
         value = self.cfg.server["base_url"]
         return [u.rstrip("/") for u in ([value] if isinstance(value, str) else value)]
 
     def base_url(self) -> str:
-        return self.base_urls()[0]
+        return self._configured()[0]
 
     def start(self, port: int, log_path: Path) -> str:
-        for base_url in self.base_urls():
+        for base_url in self._configured():
             root = base_url.removesuffix("/v1")
             try:
                 req = urllib.request.Request(f"{root}/v1/models")
