@@ -13,6 +13,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -311,6 +312,9 @@ def test_ray_run_is_a_local_run_and_a_killed_task_is_failed_then_resumed(cluster
     assert (run_dir / "a" / "meta.json").read_bytes() == a_meta_before
     on_ray = pd.read_csv(results / "results.csv")
     assert list(on_ray["status"]) == ["ok", "ok"]
+    # b's failed attempt is kept aside, as a local resume keeps it, not deleted.
+    (attempt,) = (run_dir / "b" / "attempts").iterdir()
+    assert json.loads((attempt / "meta.json").read_text())["reason"].startswith("the Ray worker running the task died")
 
     # 3. The same two configurations run locally give the same table (the numbers aside).
     local = tmp_path / "local-results"
@@ -321,7 +325,7 @@ def test_ray_run_is_a_local_run_and_a_killed_task_is_failed_then_resumed(cluster
     assert list(on_ray.columns) == list(here.columns)
     assert on_ray[["configuration", "status"]].equals(here[["configuration", "status"]])
     for name in ("a", "b"):
-        files = {p.name for p in (run_dir / name).iterdir()}
+        files = {p.name for p in (run_dir / name).iterdir()} - {"attempts"}
         assert files == {p.name for p in (local / "runs" / "l1" / name).iterdir()}
         assert files == {"meta.json", "requests.parquet", "samples.parquet", f"{name}.log"}
         assert len(pd.read_parquet(run_dir / name / "samples.parquet")) == 1
@@ -388,3 +392,61 @@ def test_ctrl_c_cancels_the_tasks_and_records_them_as_interrupted(cluster, tiny_
             break
         time.sleep(0.1)
     assert not _alive(worker) and not _alive(hung_server)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_task_lost_mid_load_test_keeps_its_finished_requests(cluster, tmp_path, monkeypatch):
+    from optbench.ray_runner import TASK_FILE, WORK_DIR_ENV
+    from optbench.results import JOURNAL
+    from optbench.testing import MockServer
+
+    work = tmp_path / "work"
+    monkeypatch.setenv(WORK_DIR_ENV, str(work))  # forwarded to the task like every OPTBENCH_ variable
+    with MockServer(ttft_ms=20, gap_ms=10) as server:
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(
+            f'name = "c"\nengine = "openai"\nmodel = "mock"\n[server]\nbase_url = "{server.base_url}"\n'
+            "[load_test]\nnum_requests = 200\nconcurrency = 2\ninput_tokens = 16\noutput_tokens = 8\n"
+            "warmup = 0\nignore_eos = true\n"
+        )
+        killed: dict[str, int] = {}
+
+        def kill_once_ten_requests_finished() -> None:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                for journal in work.glob(f"optbench-ray/*/run/c/{JOURNAL}"):
+                    if journal.read_text().count("\n") >= 10:
+                        task = json.loads((journal.parents[2] / TASK_FILE).read_text())
+                        killed["pid"] = task["worker_pid"]
+                        killed["lines"] = journal.read_text().count("\n")
+                        os.kill(task["worker_pid"], signal.SIGKILL)
+                        return
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=kill_once_ten_requests_finished, daemon=True)
+        watcher.start()
+        common = dict(profile="quick", dataset=None, results_dir=tmp_path / "r", report_path=tmp_path / "R.md")
+        report = optbench.run([cfg], ray=cluster, run_id="k1", progress=False, calibrate=False, **common)
+        watcher.join()
+        assert killed, "the task never journaled 10 requests"
+        row = report["table"].iloc[0]
+        assert row["status"] == "failed"
+        assert row["num_requests"] - row["num_failed"] >= 10  # finished requests, from the lost task's journal
+        meta = json.loads((tmp_path / "r" / "runs" / "k1" / "c" / "meta.json").read_text())
+        assert meta["reason"].startswith("the Ray worker running the task died"), meta["reason"]
+        assert meta["ray"]["worker_pid"] == killed["pid"] and meta["phase"] == "load test"
+        assert "recovered from its journal" in (tmp_path / "R.md").read_text()
+        assert not list(work.glob("optbench-ray/*"))  # taken over, then removed from the node
+
+        # The same run id: c runs again to the end; the lost attempt is kept aside with its journal.
+        # The run's own settings reach the task: no calibration, two trials.
+        report = optbench.run([cfg], ray=cluster, run_id="k1", progress=False, calibrate=False, trials=2, **common)
+        row = report["table"].iloc[0]
+        assert row["status"] == "ok" and row["num_requests"] == 2 * 200 and row["num_failed"] == 0  # summed over trials
+        meta = json.loads((tmp_path / "r" / "runs" / "k1" / "c" / "meta.json").read_text())
+        assert meta["trials"] == 2 and "calibration" not in meta
+        assert (tmp_path / "r" / "runs" / "k1" / "c" / "requests_trial2.parquet").is_file()
+        (attempt,) = (tmp_path / "r" / "runs" / "k1" / "c" / "attempts").iterdir()
+        assert (attempt / JOURNAL).read_text().count("\n") >= killed["lines"]
+        assert not list(work.glob("optbench-ray/*"))  # a task that returned leaves nothing on its node

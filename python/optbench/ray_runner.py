@@ -19,7 +19,16 @@ memory monitor) is recorded by the driver: ``meta.json`` with status ``failed`` 
 naming what happened, so it shows in results.csv and RESULTS.md; the other tasks go on. Tasks
 are never retried by Ray (``max_retries=0``): a benchmark is not silently run twice; running
 the same command with the same run id again runs what did not complete and skips what did
-(``meta.json`` status ``ok`` with its Parquet files readable).
+(``meta.json`` status ``ok`` with its Parquet files readable), moving the earlier attempt's
+files to ``<config>/attempts/<time>/`` as a local run does.
+
+Nothing finished is lost with a task: each task works in ``<work dir>/<task id>/`` on its node
+(:data:`WORK_DIR_ENV`, default the system's temporary folder), where its phases journal every
+finished request; the folder is removed once the driver has the files. When a task is lost,
+the driver takes that folder as the configuration's failed attempt if it can read it (the
+driver's own machine, or a work dir on a shared file system), so the report counts the
+requests that finished before the loss; otherwise the reason says on which node and where
+the folder was left.
 
 Ray is an optional dependency (``pip install 'optbench[ray]'``); this module imports it only
 when a run asks for it.
@@ -27,6 +36,7 @@ when a run asks for it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import io
 import json
@@ -45,7 +55,8 @@ from typing import Any, Sequence
 
 from optbench.config import ServerConfig
 from optbench.exceptions import ConfigError, OptbenchError
-from optbench.run import config_meta, is_complete, run_one
+from optbench.files import atomic_write_text
+from optbench.run import config_meta, is_complete, run_one, set_aside_earlier_attempt
 
 INSTALL_HINT = "pip install 'optbench[ray]'"
 #: Seconds between the driver's "still running" lines.
@@ -53,6 +64,12 @@ HEARTBEAT_S = 60.0
 #: Environment variables of the driver that every task gets (optbench's own settings, e.g.
 #: ``OPTBENCH_EMBEDDING_MODEL``), besides those the configurations' ``server.api_key_env`` name.
 FORWARDED_ENV_PREFIX = "OPTBENCH_"
+#: The environment variable naming the folder, on each node, where tasks work
+#: (``<it>/optbench-ray/<task id>/``); default the system's temporary folder. Forwarded to the
+#: tasks like every ``OPTBENCH_`` variable.
+WORK_DIR_ENV = "OPTBENCH_RAY_WORK_DIR"
+#: A task's description of itself in its work folder: node, worker pid, task id.
+TASK_FILE = "task.json"
 
 
 def _log(msg: str) -> None:
@@ -150,6 +167,11 @@ def _dataset_on_node(dataset: tuple[str, bytes] | None, tmp: Path) -> Path | Non
     return copy
 
 
+def task_work_dir(task_id: str) -> Path:
+    """The folder a task works in on its node (see :data:`WORK_DIR_ENV`)."""
+    return Path(os.environ.get(WORK_DIR_ENV) or tempfile.gettempdir()) / "optbench-ray" / task_id
+
+
 def run_config_task(
     cfg: ServerConfig,
     profile: str,
@@ -176,31 +198,36 @@ def run_config_task(
         "options": options,
     }
     _log(f"{cfg.name}: running on {node['node_ip']} (pid {os.getpid()}, GPUs {node['gpu_ids'] or 'none'})")
+    work = task_work_dir(node["task_id"])
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(work / TASK_FILE, json.dumps(node, indent=1, default=str) + "\n")
     # Relative paths in a configuration mean what they mean for the driver, where the same
     # folder exists on this node (the same machine, a shared file system or the same image).
     before = os.getcwd()
     if Path(cwd).is_dir():
         os.chdir(cwd)
     try:
-        with tempfile.TemporaryDirectory(prefix="optbench-ray-") as tmp:
-            run_dir = Path(tmp) / "run"
-            data = _dataset_on_node(dataset, Path(tmp))
-            outcome = run_one(cfg, run_dir, profile, data, progress, **(run_settings or {}))
-            meta_file = outcome.directory / "meta.json"
-            meta = json.loads(meta_file.read_text())
-            meta["ray"] = node
-            meta_file.write_text(json.dumps(meta, indent=1, default=str) + "\n")
-            result: dict[str, Any] = {"status": outcome.status, "reason": outcome.reason, "archive": None}
-            if storage is None:
-                result["archive"] = _pack(outcome.directory)
-            else:
-                from pyarrow import fs
+        run_dir = work / "run"
+        data = _dataset_on_node(dataset, work)
+        outcome = run_one(cfg, run_dir, profile, data, progress, **(run_settings or {}))
+        meta_file = outcome.directory / "meta.json"
+        meta = json.loads(meta_file.read_text())
+        meta["ray"] = node
+        atomic_write_text(meta_file, json.dumps(meta, indent=1, default=str) + "\n")
+        result: dict[str, Any] = {"status": outcome.status, "reason": outcome.reason, "archive": None}
+        if storage is None:
+            result["archive"] = _pack(outcome.directory)
+        else:
+            from pyarrow import fs
 
-                filesystem, base = _storage_fs(storage)
-                target = f"{base.rstrip('/')}/{run_id}/{cfg.name}"
-                filesystem.create_dir(target, recursive=True)
-                fs.copy_files(str(outcome.directory), target, destination_filesystem=filesystem)
-            return result
+            filesystem, base = _storage_fs(storage)
+            target = f"{base.rstrip('/')}/{run_id}/{cfg.name}"
+            filesystem.create_dir(target, recursive=True)
+            fs.copy_files(str(outcome.directory), target, destination_filesystem=filesystem)
+        # The files are on their way to the driver: the work folder holds nothing more. (A task
+        # that dies before this line leaves it, with its journals, for the driver to recover.)
+        shutil.rmtree(work, ignore_errors=True)
+        return result
     finally:
         os.chdir(before)
 
@@ -239,11 +266,15 @@ def _failed_meta(cfg: ServerConfig, profile: str, reason: str, options: dict[str
 
 def _replace_folder(target: Path, fill: Any) -> None:
     """Replaces ``target`` by a folder that ``fill(folder)`` writes, so a configuration's folder
-    never mixes files of two attempts."""
+    never mixes files of two attempts; an earlier attempt's files go to ``attempts/<time>/`` in
+    the new folder (:func:`optbench.run.set_aside_earlier_attempt`), never deleted."""
     incoming = Path(tempfile.mkdtemp(prefix=f".{target.name}.incoming-", dir=target.parent))
     try:
         fill(incoming)
         if target.exists():
+            set_aside_earlier_attempt(target)
+            if (target / "attempts").is_dir():
+                (target / "attempts").rename(incoming / "attempts")
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             target.rename(old)
             shutil.rmtree(old, ignore_errors=True)
@@ -366,7 +397,16 @@ class RayRun:
         except KeyboardInterrupt:
             for ref, cfg in pending.items():
                 ray.cancel(ref, force=True)
-                self._record_failed(cfg, run_dir, profile, "interrupted: the Ray task was cancelled")
+            for ref, cfg in pending.items():
+                with contextlib.suppress(Exception):  # the worker's end, for its files to be whole
+                    ray.wait([ref], timeout=5.0)
+                self._record_failed(
+                    cfg,
+                    run_dir,
+                    profile,
+                    "interrupted: the Ray task was cancelled",
+                    work=task_work_dir(ref.task_id().hex()),
+                )
             raise
         finally:
             _order(run_dir, [c.name for c in todo if c.name in finished])
@@ -378,7 +418,7 @@ class RayRun:
         except ray.exceptions.RayError as e:
             reason = _lost_reason(ray, e)
             _log(f"{cfg.name}: FAILED: {reason}")
-            self._record_failed(cfg, run_dir, profile, reason)
+            self._record_failed(cfg, run_dir, profile, reason, work=task_work_dir(ref.task_id().hex()))
             return
         try:
             if result["archive"] is not None:
@@ -407,13 +447,47 @@ class RayRun:
         )
 
     def _record_failed(
-        self, cfg: ServerConfig, run_dir: Path, profile: str, reason: str, trace: str | None = None
+        self,
+        cfg: ServerConfig,
+        run_dir: Path,
+        profile: str,
+        reason: str,
+        trace: str | None = None,
+        work: Path | None = None,
     ) -> None:
+        """Writes a configuration whose task never returned as ``failed``. With the task's
+        ``work`` folder readable here, its files (the server's log, the phases' journals) become
+        the configuration's, so the report counts the requests that finished before the loss."""
         meta = _failed_meta(cfg, profile, reason, self.options[cfg.name])
         if trace:
             meta["traceback"] = trace
+        left = None if work is None else work / "run" / cfg.name
+        if work is not None and left is not None and left.is_dir():
+            with contextlib.suppress(OSError, ValueError):
+                earlier = json.loads((left / "meta.json").read_text())
+                # What the attempt recorded (start time, phase, base URL, calibration), with the
+                # driver's account of how it ended.
+                meta = {**earlier, **{k: v for k, v in meta.items() if k != "ray"}, "ray": meta["ray"]}
+            with contextlib.suppress(OSError, ValueError):
+                meta["ray"] = {**json.loads((work / TASK_FILE).read_text()), **meta["ray"]}
+            _log(f"{cfg.name}: kept the lost task's files from {left}")
+        elif left is not None:
+            meta["reason"] = (
+                f"{reason}; the files it had written, with the requests that finished, stay on the node that "
+                f"ran it, in {left}"
+            )
         text = json.dumps(meta, indent=1, default=str) + "\n"
-        _replace_folder(run_dir / cfg.name, lambda d: (d / "meta.json").write_text(text))
+
+        def fill(d: Path) -> None:
+            if left is not None and left.is_dir():
+                for p in left.iterdir():
+                    if p.name != "meta.json" and not p.name.endswith(".lock"):
+                        (shutil.copytree if p.is_dir() else shutil.copy2)(p, d / p.name)
+            atomic_write_text(d / "meta.json", text)
+
+        _replace_folder(run_dir / cfg.name, fill)
+        if work is not None and left is not None and left.is_dir():
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _order(run_dir: Path, names: list[str]) -> None:

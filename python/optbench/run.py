@@ -189,7 +189,7 @@ def run_one(
     the server's ``/metrics`` and the GPUs are watched during the load test
     (:mod:`optbench.evidence`)."""
     out = run_dir / cfg.name
-    _set_aside_earlier_attempt(out)
+    set_aside_earlier_attempt(out)
     out.mkdir(parents=True, exist_ok=True)
     chosen = profile_named(profile)
     lt = LoadTestOptions.make(chosen.load_test, **cfg.load_test)
@@ -328,7 +328,7 @@ def is_complete(out: Path, evaluated: bool) -> bool:
     return isinstance(meta, dict) and meta.get("status") == "ok"
 
 
-def _set_aside_earlier_attempt(out: Path) -> None:
+def set_aside_earlier_attempt(out: Path) -> None:
     """Moves the files of an earlier, unfinished attempt at a configuration to
     ``attempts/<time>/`` inside its folder, so running it again loses nothing."""
     if not out.is_dir():
