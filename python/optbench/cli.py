@@ -175,6 +175,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     print(json.dumps(result.to_dict(), indent=1) if args.json else result.summary_text())
     if result.files:
         print(f"wrote {', '.join(str(p) for p in result.files.values())}", file=sys.stderr)
+    if so.quality_dataset is not None:
+        return 0 if result.quality_level is not None else 1
     return 0 if result.highest_passing is not None else 1
 
 
@@ -490,8 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Bracket then bisect the load, k trials per level, each level judged PASS, FAIL or "
         "INCONCLUSIVE on an interval of its SLO attainment (optbench.search). The load-test options describe "
         "each trial (--num-requests per trial; --concurrency/--request-rate are set by the search). With "
-        "--embedded the server gets --parallel slots (default min(--max-level, 8)). Exit status 1 when no "
-        "level passes.",
+        "--embedded the server gets --parallel slots (default min(--max-level, 8)). With --quality-dataset the "
+        "level found must also keep the answers' quality against concurrency 1 (optbench.search_quality). Exit "
+        "status 1 when no level passes (with --quality-dataset: when no level meets both).",
     )
     from optbench.search import SearchOptions
 

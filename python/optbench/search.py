@@ -41,6 +41,11 @@ lowest one above it that did not pass), goodput and throughput at both with t in
 their trials, the objective that binds (the one the fewest requests met at the first failing
 level), the time spent, a plot of attainment against load (:func:`plot_search`), and a CSV and
 JSON of every probe under ``results/searches/<id>/``.
+
+**Constrained by quality** (``quality_dataset``, concurrency only): the highest passing level
+must also keep the answers' quality on a slice of the quality dataset against concurrency 1,
+else the search steps down among the passing levels; see :mod:`optbench.search_quality` for
+the rule. ``time_budget_s`` covers the SLO search only, not the quality check.
 """
 
 from __future__ import annotations
@@ -60,11 +65,12 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import pandas as pd
 
+from optbench.datasets import CATEGORIES
 from optbench.driver import resolve_api_key
 from optbench.exceptions import ConfigError
 from optbench.files import atomic_path, atomic_write_text
 from optbench.loadtest import LoadTestResult, load_test
-from optbench.options import LoadTestOptions, Options, option
+from optbench.options import EvaluationOptions, LoadTestOptions, Options, option
 from optbench.prompts import PromptSet, load_user_prompts, synthetic_prompts
 from optbench.slo import Objective, judge, min_requests, parse_slo, slo_label, t_interval, wilson_interval
 from optbench.urls import without_credentials
@@ -101,7 +107,28 @@ class SearchOptions(Options):
     confidence: float = option(0.95, "confidence level of the intervals", above=0.5, maximum=0.999)
     max_probes: int = option(20, "the most levels tried", minimum=1, maximum=1000)
     time_budget_s: float | None = option(
-        None, "stop starting trials after this many seconds (None: no limit)", above=0, maximum=604_800
+        None,
+        "stop starting trials after this many seconds (None: no limit; the quality check is not counted)",
+        above=0,
+        maximum=604_800,
+    )
+    quality_dataset: str | None = option(
+        None,
+        "quality constraint: the dataset file (optbench dataset build) whose answers at the found concurrency"
+        " must keep the 5% rule against concurrency 1 (None: no quality constraint; concurrency only)",
+        cli="PATH",
+    )
+    quality_categories: list[str] | None = option(
+        None, "the categories of the quality slice (None: all)", keys=CATEGORIES, cli="LIST"
+    )
+    quality_limit: int | None = option(
+        None, "at most this many prompts per category in the quality slice (None: all)", minimum=1
+    )
+    quality_max_drop: float = option(
+        0.05, "a quality drop: the slice's score below (1 - this) x concurrency 1's", minimum=0, maximum=0.99
+    )
+    quality_max_steps: int = option(
+        3, "the most levels whose quality is checked (the first one included)", minimum=1, maximum=100
     )
 
     def _check_together(self) -> None:
@@ -111,6 +138,11 @@ class SearchOptions(Options):
             raise ConfigError(f"start ({self.start}) must be at most max_level ({self.max_level})")
         if self.over == "concurrency" and (not float(self.start).is_integer() or self.start < 1):
             raise ConfigError(f"start must be a whole concurrency of at least 1, got {self.start}")
+        if self.quality_dataset is not None and self.over != "concurrency":
+            raise ConfigError(
+                "the quality constraint (quality_dataset) needs over='concurrency': quality under load compares "
+                "answers at concurrency 1 and N, and a request rate has no fixed concurrency"
+            )
 
 
 @dataclass
@@ -140,7 +172,12 @@ class SearchResult:
         bracket: ``(highest passing, first failing)``; ``tolerance``: the stopping distance.
         elapsed_s: wall-clock time of the search. ``stopped``: why it ended.
         notes: what the numbers cannot claim (too few requests for a percentile claim...).
-        files: what was written (``probes``, ``levels``, ``json``, ``plot``).
+        files: what was written (``probes``, ``levels``, ``json``, ``plot``, and ``quality_<level>``).
+        quality_level: with a quality constraint (``quality_dataset``), the highest level that
+            meets the SLO and keeps quality (None: none does, or no constraint);
+            ``bound_by``: ``"slo"`` or ``"quality"``, what limits the answer (``"slo"`` without a
+            constraint); ``quality``: the check's settings, rule and checked levels;
+            ``quality_results``: each checked level's answers (:mod:`optbench.search_quality`).
     """
 
     highest_passing: float | None
@@ -160,6 +197,10 @@ class SearchResult:
     config: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
+    quality_level: float | None = None
+    bound_by: str | None = None
+    quality: dict[str, Any] = field(default_factory=dict)
+    quality_results: dict[float, Any] = field(default_factory=dict)
 
     def summary_text(self) -> str:
         """The answer in a few lines, for terminals and logs."""
@@ -190,6 +231,20 @@ class SearchResult:
                 )
         if self.binding:
             lines.append(f"binding objective: {self.binding}")
+        if self.quality:
+            for level, q in self.quality["checked"].items():
+                if q["verdict"] != "reference":
+                    lines.append(
+                        f"  quality at {level}: {q['score']:.4f} against {q['score_1']:.4f} at concurrency 1, change "
+                        f"{q['change']:+.4f} [{q['change_low']:+.4f}, {q['change_high']:+.4f}]: {q['verdict']}"
+                    )
+            if self.quality_level is None:
+                lines.append("no level meets both the SLO and the quality rule")
+            else:
+                lines.append(
+                    f"highest {unit} meeting the SLO and keeping quality: {_level_text(self.quality_level)} "
+                    f"(bound by {self.bound_by})"
+                )
         lines.append(f"tolerance {_level_text(self.tolerance)}; {self.stopped}; {self.elapsed_s:.1f} s")
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
@@ -214,6 +269,9 @@ class SearchResult:
                 "elapsed_s": self.elapsed_s,
                 "stopped": self.stopped,
                 "notes": self.notes,
+                "quality_level": self.quality_level,
+                "bound_by": self.bound_by,
+                "quality": self.quality,
                 "config": self.config,
                 "levels": self.levels.to_dict(orient="records"),
                 "probes": self.probes.to_dict(orient="records"),
@@ -606,6 +664,7 @@ def search(
     options: LoadTestOptions | Mapping[str, Any] | None = None,
     *,
     search_options: SearchOptions | Mapping[str, Any] | None = None,
+    quality_options: EvaluationOptions | Mapping[str, Any] | None = None,
     label: str | None = None,
     results_dir: str | os.PathLike[str] | None = "results",
     progress: bool | Callable[[str], None] = False,
@@ -621,6 +680,11 @@ def search(
     ``over``...). ``results_dir``: where ``searches/<id>/`` gets ``probes.csv``,
     ``levels.csv``, ``search.json`` and ``attainment.png`` (None: nothing written).
     ``progress``: True prints a line per trial and level to stderr; a callable gets those lines.
+
+    With ``quality_dataset`` set, the highest passing concurrency is then checked for quality
+    (:mod:`optbench.search_quality`): ``quality_options`` (an
+    :class:`~optbench.options.EvaluationOptions` or its fields: templates, ``max_tokens``...)
+    says how the slice is prompted and scored; the answer is ``result.quality_level``.
     """
     search_names = {f.name for f in dataclasses.fields(SearchOptions)}
     s_values = {k: v for k, v in values.items() if k in search_names}
@@ -667,6 +731,14 @@ def search(
         "load_test": {**lt.to_dict(), "prompts": None if lt.prompts is None else "(given)"},
     }
     result = run_search(run_trial, objectives, opts, progress=say, config=config)
+    result.bound_by = None if result.highest_passing is None else "slo"
+    if opts.quality_dataset is not None:
+        from optbench.search_quality import check_quality
+
+        check_quality(
+            result, base_url, model, opts, evaluation=quality_options, api_key_env=lt.api_key_env,
+            label=label or model, say=say,
+        )  # fmt: skip
     if results_dir is not None:
         result.files = save_search(result, results_dir, label or model)
     return result
@@ -674,7 +746,9 @@ def search(
 
 def save_search(result: SearchResult, results_dir: str | os.PathLike[str], label: str) -> dict[str, Path]:
     """Writes ``searches/<id>/``: ``probes.csv`` (every trial), ``levels.csv`` (every level),
-    ``search.json`` (the answer, both tables included) and ``attainment.png``. Returns the paths."""
+    ``search.json`` (the answer, both tables included), ``attainment.png`` and, with a quality
+    constraint, ``quality_<level>.parquet`` (each checked level's answers at 1 and at the level,
+    item by item). Returns the paths."""
     from optbench.plots import save
     from optbench.results import new_run_id
 
@@ -684,6 +758,8 @@ def save_search(result: SearchResult, results_dir: str | os.PathLike[str], label
     for name in ("probes", "levels"):
         with atomic_path(files[name]) as tmp:
             getattr(result, name).to_csv(tmp, index=False)
+    for level, checked in sorted(result.quality_results.items()):
+        files[f"quality_{_level_text(level)}"] = checked.to_parquet(folder / f"quality_{_level_text(level)}.parquet")
     files["plot"] = save(plot_search(result), "attainment", folder)
     result.files = files
     meta = {**result.to_dict(), "written_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
@@ -694,8 +770,9 @@ def save_search(result: SearchResult, results_dir: str | os.PathLike[str], label
 
 def plot_search(result: SearchResult) -> Any:
     """Attainment against load: each level's pooled attainment with its interval as a band,
-    each trial as a dot, the verdicts as markers and the target as a line (a
-    ``matplotlib.figure.Figure``)."""
+    each trial as a dot, the verdicts as markers and the target as a line; with a quality
+    constraint, each checked level as a marker at the top (a diamond keeps quality, a cross
+    drops) and the answer as a dashed line when quality binds (a ``matplotlib.figure.Figure``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -727,6 +804,13 @@ def plot_search(result: SearchResult) -> Any:
         ax.axhline(result.target, color="k", linestyle="--", linewidth=1, label=f"target {result.target:g}")
     if result.highest_passing is not None:
         ax.axvline(result.highest_passing, color="C2", linestyle=":", linewidth=1)
+    if "quality_verdict" in lv:
+        for verdict, marker, colour in (("keeps quality", "D", "C4"), ("quality drop", "X", "C3")):
+            sel = lv[lv["quality_verdict"] == verdict]
+            if len(sel):
+                ax.plot(sel["level"], [1.0] * len(sel), marker, color=colour, markersize=9, label=verdict)
+        if result.quality_level is not None and result.bound_by == "quality":
+            ax.axvline(result.quality_level, color="C4", linestyle="--", linewidth=1, label="meets SLO and quality")
     unit = "concurrency" if result.over == "concurrency" else "request rate (req/s)"
     ax.set_xlabel(unit)
     ax.set_ylabel("share of requests meeting the SLO")

@@ -197,10 +197,7 @@ def quality_under_load(
             )
     results = {}
     for c in [1] if loaded is not None else [1, n]:
-        oc = replace(o, concurrency=c)
-        run = start_generation(base_url, model, requests, oc, opts["api_key"])
-        drive(run, progress, f"{label} answers at concurrency {c}", 0.25, what="quality under load")
-        results[c] = score_generation(run, items, requests, {**opts, "concurrency": c}, label, oc)
+        results[c] = generate_answers(base_url, model, o, opts, items, requests, c, label=label, progress=progress)
     alone = results[1]
     loaded = loaded if loaded is not None else results[n]
     return compare_answers(
@@ -215,6 +212,26 @@ def quality_under_load(
         resamples=resamples,
         seed=seed,
     )
+
+
+def generate_answers(
+    base_url: str,
+    model: str,
+    o: EvaluationOptions,
+    opts: dict[str, Any],
+    items: list[Mapping[str, Any]],
+    requests: list[dict[str, Any]],
+    concurrency: int,
+    *,
+    label: str,
+    progress: Progress = False,
+) -> EvaluationResult:
+    """The answers to ``requests`` (as :func:`optbench.evaluate.plan_evaluation` planned them:
+    ``o``, ``opts``, ``items``) generated at ``concurrency`` at temperature 0, scored."""
+    oc = replace(o, concurrency=concurrency)
+    run = start_generation(base_url, model, requests, oc, opts["api_key"])
+    drive(run, progress, f"{label} answers at concurrency {concurrency}", 0.25, what="quality under load")
+    return score_generation(run, items, requests, {**opts, "concurrency": concurrency}, label, oc)
 
 
 def compare_answers(
@@ -491,6 +508,7 @@ def markdown_section(metas: list[dict[str, Any]]) -> list[str]:
 __all__ = [
     "QualityUnderLoadResult",
     "compare_answers",
+    "generate_answers",
     "markdown_section",
     "quality_under_load",
     "read_summary",
