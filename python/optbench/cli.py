@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from optbench import _core
+from optbench.config import ServerConfig, load_config
 from optbench.datasets import DEFAULT_OUTPUT
 from optbench.exceptions import ConfigError, OptbenchError
 from optbench.loadtest import LoadTestResult, load_test
@@ -57,6 +58,8 @@ def _count(low: int, high: int) -> Any:
     return count
 
 
+#: Where ``optbench search --config`` keeps the log of the server it starts (under the results folder).
+SEARCHES_LOGS = "searches/logs"
 #: llama-server slots: at least one, at most what a machine can serve at once.
 SLOTS = _count(1, 4096)
 PORT = _count(1, 65535)
@@ -155,20 +158,33 @@ def _report(result: LoadTestResult, args: argparse.Namespace, run_id: str | None
 def _cmd_search(args: argparse.Namespace) -> int:
     from optbench.search import SearchOptions, search
 
-    lt = options_from_cli(LoadTestOptions, args)
-    so = SearchOptions.make(**options_from_cli(SearchOptions, args))
+    cfg = load_config(args.config) if args.config else None
+    lt: dict[str, Any] = {}
+    so_values: dict[str, Any] = {}
+    if cfg is not None:  # the file's [load_test] and [search], each flag given overriding them
+        lt = {**cfg.load_test, **({"slo": cfg.search["slo"]} if "slo" in cfg.search else {})}
+        so_values = {k: v for k, v in cfg.search.items() if k != "slo"}
+    lt.update(options_from_cli(LoadTestOptions, args))
+    try:
+        so = SearchOptions.make(so_values, **options_from_cli(SearchOptions, args))
+    except ConfigError as e:
+        raise ConfigError(f"{args.config}: [search] with the flags given: {e}" if cfg else str(e)) from None
     if not lt.get("slo"):
-        raise ConfigError("optbench search needs --slo, e.g. --slo ttft_ms=500,itl_ms=50")
+        raise ConfigError(
+            "optbench search needs an SLO: --slo, e.g. --slo ttft_ms=500,itl_ms=50 (or `slo` in the --config "
+            "file's [search] table)"
+        )
     if not args.no_save:
         ensure_results_dir(args.results_dir)
     slots = int(min(so.max_level, 8)) if so.over == "concurrency" else 8
-    with _target(args, slots) as (base_url, model):
+    with _search_target(args, cfg, slots) as (base_url, model):
         result = search(
             base_url,
             model,
             lt,
             search_options=so,
-            label=args.label,
+            quality_options=cfg.evaluation if cfg is not None else None,
+            label=args.label or (cfg.name if cfg is not None else None),
             results_dir=None if args.no_save else args.results_dir,
             progress=not args.no_progress,
         )
@@ -299,6 +315,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         paths = save_evaluation(result, args.results_dir)
         print(f"appended rows to {paths['csv']}; per-sample data in {paths['parquet']}", file=sys.stderr)
     return 0
+
+
+@contextmanager
+def _search_target(args: argparse.Namespace, cfg: ServerConfig | None, slots: int) -> Iterator[tuple[Any, str]]:
+    """The search's server: the one ``--base-url`` / ``--embedded`` names, else the ``--config``
+    file's, started here (as ``optbench run`` starts it) and stopped at the end."""
+    if cfg is None or args.base_url or args.embedded:
+        if cfg is not None and args.model is None:
+            args.model = cfg.model
+        with _target(args, slots) as target:
+            yield target
+        return
+    from optbench.servers.engines import serve
+
+    log_dir = None if args.no_save else Path(args.results_dir) / SEARCHES_LOGS / cfg.name
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    print(f"starting {cfg.name} ({cfg.engine}, {cfg.model})...", file=sys.stderr)
+    with serve(cfg, log_dir=log_dir) as server:
+        print(f"{cfg.name} ready at {server.base_url}", file=sys.stderr)
+        yield server.base_url, args.model or server.model
 
 
 def _ray_target(args: argparse.Namespace) -> tuple[list[str], bool | str | None]:
@@ -499,6 +536,13 @@ def build_parser() -> argparse.ArgumentParser:
     from optbench.search import SearchOptions
 
     _add_target_options(p)
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a configuration file: its [search] table (and [load_test], [evaluation] for the quality slice) "
+        "gives the options, the flags override them; without --base-url/--embedded its server is started "
+        "and stopped (its log under <results-dir>/searches/logs/<name>/)",
+    )
     add_cli_options(p, LoadTestOptions)
     add_cli_options(p, SearchOptions)
     _add_output_options(p).add_argument("--json", action="store_true", help="print the answer as JSON")

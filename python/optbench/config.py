@@ -23,6 +23,11 @@ A configuration says which engine serves which model, and how::
     [evaluation]                         # any field of optbench.EvaluationOptions
     limit = 20
 
+    [search]                             # `optbench search --config`: any field of
+    slo = { ttft_ms = 500, itl_ms = 50 } # optbench.search.SearchOptions, and the SLO searched
+    target = 0.99                        # (the load test's `slo`); the flags override them
+    quality_dataset = "data/test_dataset.json"
+
     [resources]                          # what its Ray task asks for (`optbench run --ray`)
     num_gpus = 1                         # default: the GPUs the [server] settings use
     num_cpus = 4                         # default 1
@@ -36,6 +41,7 @@ The ``openai`` engine starts nothing: its ``[server]`` names ``base_url`` and ``
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -69,6 +75,7 @@ TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "server": dict,
     "load_test": dict,
     "evaluation": dict,
+    "search": dict,
     "resources": dict,
 }
 
@@ -108,6 +115,8 @@ class ServerConfig:
     server: dict[str, Any] = field(default_factory=dict)
     load_test: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
+    #: ``optbench search --config``'s options (:func:`check_search`); ``slo`` is the SLO searched.
+    search: dict[str, Any] = field(default_factory=dict)
     resources: dict[str, Any] = field(default_factory=dict)
 
 
@@ -197,6 +206,7 @@ def parse_config(data: dict[str, Any], where: str = "<config>", path: Path | Non
     for k, v in env.items():
         if not isinstance(v, str):
             raise ConfigError(f"{where}: key 'env.{k}' must be a string, got {v!r}")
+    search = check_search(where, data.get("search", {}))
     resources = _check_resources(where, data.get("resources", {}))
     port = data.get("port")
     if port is not None and not 1 <= port <= 65535:
@@ -228,8 +238,32 @@ def parse_config(data: dict[str, Any], where: str = "<config>", path: Path | Non
         server=server,
         load_test=load_test,
         evaluation=evaluation,
+        search=search,
         resources=resources,
     )
+
+
+#: The ``[search]`` keys besides :class:`~optbench.search.SearchOptions`' fields.
+SEARCH_EXTRA_KEYS = ("slo",)
+
+
+def check_search(where: str, table: dict[str, Any]) -> dict[str, Any]:
+    """The validated ``[search]`` table: the fields of :class:`optbench.search.SearchOptions`
+    each on its own (the rules between them apply once the flags are merged in) and ``slo``,
+    the SLO searched (as the load test's ``slo``); errors name the file and the key."""
+    from optbench.search import SearchOptions
+
+    table = dict(table)
+    allowed = sorted({f.name for f in dataclasses.fields(SearchOptions)} | set(SEARCH_EXTRA_KEYS))
+    unknown = [k for k in table if k not in allowed]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key 'search.{unknown[0]}' (allowed: {', '.join(allowed)})")
+    if "slo" in table:
+        problem = options.field_problem(options.LoadTestOptions, "slo", table["slo"])
+        if problem is not None:
+            raise ConfigError(f"{where}: key 'search.slo'{problem}")
+    options.check_table(SearchOptions, where, {k: v for k, v in table.items() if k not in SEARCH_EXTRA_KEYS})
+    return table
 
 
 def run_settings(

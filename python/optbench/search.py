@@ -119,10 +119,16 @@ class SearchOptions(Options):
         cli="PATH",
     )
     quality_categories: list[str] | None = option(
-        None, "the categories of the quality slice (None: all)", keys=CATEGORIES, cli="LIST"
+        None,
+        "the categories of the quality slice (None: the quality options' categories, by default all)",
+        keys=CATEGORIES,
+        cli="LIST",
     )
     quality_limit: int | None = option(
-        None, "at most this many prompts per category in the quality slice (None: all)", minimum=1
+        None,
+        "at most this many prompts per category in the quality slice (None: the quality options' limit,"
+        " by default all)",
+        minimum=1,
     )
     quality_max_drop: float = option(
         0.05, "a quality drop: the slice's score below (1 - this) x concurrency 1's", minimum=0, maximum=0.99

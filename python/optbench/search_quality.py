@@ -66,13 +66,15 @@ def check_quality(
 ) -> None:
     """Runs the quality check on a finished search ``result`` (see the module's doc) and fills
     its ``quality_level``, ``bound_by``, ``quality``, ``quality_results``, the levels' quality
-    columns and notes. ``evaluation``: how the slice is prompted and scored (its ``categories``
-    and ``limit`` are the search's ``quality_categories`` and ``quality_limit``)."""
+    columns and notes. ``evaluation``: how the slice is prompted and scored (the search's
+    ``quality_categories`` and ``quality_limit``, when set, replace its ``categories`` and ``limit``)."""
     from optbench.search import PASS
 
     assert opts.quality_dataset is not None
     started = time.monotonic()
-    values: dict[str, Any] = {"categories": opts.quality_categories, "limit": opts.quality_limit}
+    values: dict[str, Any] = {
+        k: v for k, v in (("categories", opts.quality_categories), ("limit", opts.quality_limit)) if v is not None
+    }
     if api_key_env is not None:
         values["api_key_env"] = api_key_env
     o, plan, items, requests = plan_evaluation(base_url, model, opts.quality_dataset, evaluation, values)
