@@ -5,10 +5,13 @@ llama-server gives a well-formed report."""
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
 import optbench
+from optbench.answer_journal import AnswerJournal
 from optbench.cli import main
 from optbench.config import parse_config
 from optbench.datasets import build_test_dataset, load_test_dataset
@@ -142,6 +145,48 @@ def test_cli_exits_1_when_answers_change(dataset_path, tmp_path, capsys):
         optbench.quality_under_load("http://127.0.0.1:9", "m", dataset=dataset_path, resamples=5)
 
 
+def _stop_after(answers: int):
+    """A progress callback that presses Ctrl-C once ``answers`` answers have succeeded."""
+
+    def callback(p):
+        if p["succeeded"] >= answers:
+            raise KeyboardInterrupt
+
+    return callback
+
+
+def test_an_interrupted_comparison_resumes_from_its_journal(dataset_path, tmp_path, capsys):
+    journal = tmp_path / "journal"
+    args = dict(dataset=dataset_path, categories=["qa"], limit=12, concurrency=3, journal=journal)
+    # 12 answers of ~80 ms each at concurrency 1: Ctrl-C after 3 stops the first pass mid-way.
+    with MockServer(ttft_ms=1, gap_ms=15, tokens=6) as server:
+        with pytest.raises(KeyboardInterrupt):
+            optbench.quality_under_load(server.base_url, "mock", progress=_stop_after(3), **args)
+        sent_first = len(server.log())
+        settings = json.loads((journal / "settings.json").read_text())
+        assert settings["settings"]["concurrency"] == 3 and settings["segments"][0]["items"] == list(range(12))
+        kept = AnswerJournal(journal, settings["settings"]).finished(1)
+        assert 3 <= len(kept) < 12 and sent_first < 12
+        r = optbench.quality_under_load(server.base_url, "mock", progress=False, **args)
+        sent_second = len(server.log()) - sent_first
+        # Only the answers missing at concurrency 1, then all 12 at concurrency 3.
+        assert sent_second == (12 - len(kept)) + 12
+        assert r.summary["num_items"] == 12 and r.summary["num_failed_1"] == 0 and r.identical_share == 1.0
+        assert list(r.alone.samples["id"]) == list(r.loaded.samples["id"])
+        assert not journal.exists()  # removed once complete
+        assert f"{len(kept)} of 12 answers at concurrency 1 taken from the journal" in capsys.readouterr().err
+        # A journal left with other settings is set aside, not mixed in: all answers are asked again.
+        with pytest.raises(KeyboardInterrupt):
+            optbench.quality_under_load(server.base_url, "mock", progress=_stop_after(3), **args)
+        before = len(server.log())
+        optbench.quality_under_load(server.base_url, "mock", progress=False, **{**args, "limit": 6})
+        assert len(server.log()) - before == 6 + 6
+    err = capsys.readouterr().err
+    assert "holds answers to other settings" in err and "set aside as" in err
+    aside = list(tmp_path.glob("journal.set-aside-*"))
+    assert len(aside) == 1 and (aside[0] / "settings.json").exists() and not journal.exists()
+
+
 def test_run_writes_quality_under_load(dataset_path, tmp_path):
     with MockServer(ttft_ms=1, gap_ms=2, tokens=6, diverge_above=1, diverge_at=1) as flaky:
         cfg = parse_config(
@@ -244,3 +289,15 @@ def test_against_the_real_llama_server(llama_server, dataset_path):
     assert t.summary["position_unit"] == "token" and t.summary["num_identical"] == 2
     first = t.pairs["first_difference"]
     assert first[0] == 0 and first[1] >= t.pairs.loc[1, "length_1"] - 1 and t.pairs.loc[1, "length_n"] > first[1]
+
+
+def test_a_configuration_run_again_keeps_its_quality_under_load_journal(tmp_path):
+    from optbench.run import UNDER_LOAD_JOURNAL, set_aside_earlier_attempt
+
+    out = tmp_path / "cfg"
+    (out / UNDER_LOAD_JOURNAL).mkdir(parents=True)
+    (out / UNDER_LOAD_JOURNAL / "settings.json").write_text("{}")
+    (out / "meta.json").write_text("{}")
+    set_aside_earlier_attempt(out)
+    assert (out / UNDER_LOAD_JOURNAL / "settings.json").exists() and not (out / "meta.json").exists()
+    assert len(list((out / "attempts").glob("*/meta.json"))) == 1

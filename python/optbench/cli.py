@@ -24,6 +24,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -58,6 +59,8 @@ def _count(low: int, high: int) -> Any:
     return count
 
 
+#: Where ``optbench quality-under-load`` keeps its answers while it runs (one folder per label).
+UNDER_LOAD_JOURNALS = "journals/quality-under-load"
 #: Where ``optbench search --config`` keeps the log of the server it starts (under the results folder).
 SEARCHES_LOGS = "searches/logs"
 #: llama-server slots: at least one, at most what a machine can serve at once.
@@ -361,6 +364,10 @@ def _cmd_quality_under_load(args: argparse.Namespace) -> int:
         ensure_results_dir(args.results_dir)
     n = opts.under_load_concurrency or opts.concurrency
     with _target(args, n) as (base_url, model):
+        journal = None
+        if not args.no_save:  # one journal per label: running the same command again resumes it
+            name = re.sub(r"[^A-Za-z0-9._-]", "_", args.label or model).lstrip(".") or "server"
+            journal = Path(args.results_dir) / UNDER_LOAD_JOURNALS / name
         result = quality_under_load(
             base_url,
             model,
@@ -371,6 +378,7 @@ def _cmd_quality_under_load(args: argparse.Namespace) -> int:
             level=args.level,
             resamples=args.resamples,
             seed=args.seed,
+            journal=journal,
         )
     print(result)
     if not args.no_save:
@@ -643,7 +651,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="generate the dataset's answers at concurrency 1 and at N and compare them (exit 1 when answers change)",
         description="Generates the dataset's answers at concurrency 1 and at concurrency N (--under-load-concurrency, "
         "else --concurrency, default 8) at temperature 0 and compares them: identical share, first differing token, "
-        "per-category score change with a paired bootstrap interval. Exit status 1 when some answer at N differs from the one at 1.",
+        "per-category score change with a paired bootstrap interval. Exit status 1 when some answer at N differs from the one at 1. "
+        "Each answer is journaled as it finishes (<results-dir>/journals/quality-under-load/<label>/): after an "
+        "interruption the same command generates only the answers missing.",
     )
     _add_target_options(p)
     _add_dataset_option(p)

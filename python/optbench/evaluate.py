@@ -316,7 +316,22 @@ def score_generation(
 ) -> EvaluationResult:
     """Scores the answers of a finished :func:`start_generation` run against ``items`` (one
     row per item; an answer never sent or failed is a failure scored 0)."""
-    rec = records_table(run).to_pandas().sort_values("request_id")
+    return score_records(records_table(run).to_pandas(), run.stop_reason(), items, requests, opts, label, options)
+
+
+def score_records(
+    records: pd.DataFrame,
+    stop_reason: str,
+    items: Sequence[Mapping[str, Any]],
+    requests: list[dict[str, Any]],
+    opts: dict[str, Any],
+    label: str,
+    options: EvaluationOptions,
+) -> EvaluationResult:
+    """:func:`score_generation` over per-request records (the columns of a run's records, with
+    ``request_id`` the index into ``requests``; some may come from a journal) and the run's
+    ``stop_reason``."""
+    rec = records.sort_values("request_id")
     rec = rec.set_index("request_id").reindex(range(len(items)))  # unsent rows (Ctrl-C) stay, as failures
     samples = pd.DataFrame(
         {
@@ -338,7 +353,7 @@ def score_generation(
     samples.loc[samples["error_kind"] == "empty_output", "error_kind"] = None
     _score(samples, items, opts)
     summary = _summarize(samples)
-    summary["stop_reason"] = run.stop_reason()  # completed, or cancelled by Ctrl-C / SIGTERM
+    summary["stop_reason"] = stop_reason  # completed, or cancelled by Ctrl-C / SIGTERM
     if "code_isolation" in samples.attrs:
         # What the sandbox actually achieved on this machine, kept with the scores.
         summary["code_isolation"] = samples.attrs.pop("code_isolation")

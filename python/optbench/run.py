@@ -10,6 +10,7 @@ Layout of a run (``results/runs/<run id>/``)::
     <config name>/under_load.parquet the answers at concurrency 1 and N, item by item (quality under load)
     <config name>/meta.json          status, failure reason, engine version, GPU, settings
     <config name>/*.journal.jsonl    while a phase runs: each request as it finishes
+    <config name>/under_load.journal/  while quality under load runs: its answers as they finish
 
 ``results/results.csv`` and ``RESULTS.md`` are rebuilt from those files (``optbench report``).
 
@@ -19,7 +20,8 @@ finish. A run killed mid-way (SIGKILL, the OOM killer) leaves a configuration th
 as ``interrupted`` with the requests its journal holds; SIGTERM and Ctrl-C stop the run, keep
 the finished requests and still write the report. Running the same command again with
 ``--resume`` (or the same ``run_id``) skips the configurations already complete and runs the
-others again, moving their earlier files to ``<config name>/attempts/<time>/``.
+others again, moving their earlier files to ``<config name>/attempts/<time>/``, except the
+quality-under-load journal: its answers are reused when their settings match.
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ MAX_TRIALS = 1000
 
 #: The evaluation's answers as they finish (JSON lines), while it runs.
 EVALUATION_JOURNAL = "samples.journal.jsonl"
+#: Quality under load's answers as they finish (a folder, :mod:`optbench.answer_journal`): kept
+#: in place when an interrupted configuration runs again, which then resumes from them.
+UNDER_LOAD_JOURNAL = "under_load.journal"
 
 
 @dataclass(frozen=True)
@@ -294,6 +299,8 @@ def _under_load(
         label=cfg.name,
         progress=progress,
         loaded=evaluation if ev.concurrency == n else None,
+        journal=out / UNDER_LOAD_JOURNAL,
+        journal_target=json.dumps({"name": cfg.name, "engine": cfg.engine, "server": cfg.server}, default=str),
     )
     result.to_parquet(out / UNDER_LOAD_PARQUET)
     if "cancelled" in (result.alone.summary.get("stop_reason"), result.loaded.summary.get("stop_reason")):
@@ -330,10 +337,11 @@ def is_complete(out: Path, evaluated: bool) -> bool:
 
 def set_aside_earlier_attempt(out: Path) -> None:
     """Moves the files of an earlier, unfinished attempt at a configuration to
-    ``attempts/<time>/`` inside its folder, so running it again loses nothing."""
+    ``attempts/<time>/`` inside its folder, so running it again loses nothing; the
+    quality-under-load journal stays, for the new attempt to resume from."""
     if not out.is_dir():
         return
-    files = [p for p in out.iterdir() if p.name != "attempts"]
+    files = [p for p in out.iterdir() if p.name not in ("attempts", UNDER_LOAD_JOURNAL)]
     if not files:
         return
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")

@@ -25,6 +25,11 @@ then compares them item by item:
 ``optbench run`` does this for each configuration when the evaluation option
 ``under_load_concurrency`` is set (the ``reference`` profile sets it to its load test's
 concurrency) and writes ``<config>/under_load.parquet`` (one row per item, both answers).
+
+**Nothing lost.** With ``journal`` (``optbench run``: ``<config>/under_load.journal/``;
+``optbench quality-under-load``: ``<results>/journals/quality-under-load/<label>/``), every answer
+is kept on disk the moment it finishes, and an interrupted comparison started again with the
+same settings generates only the answers it lacks (:mod:`optbench.answer_journal`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import base64
 import datetime as _dt
 import json
 import os
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -46,8 +52,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from optbench import bootstrap
-from optbench.driver import Progress, drive, write_parquet
-from optbench.evaluate import Dataset, EvaluationResult, plan_evaluation, score_generation, start_generation
+from optbench.answer_journal import COLUMNS, AnswerJournal, requests_digest
+from optbench.driver import Progress, drive, records_table, write_parquet
+from optbench.evaluate import Dataset, EvaluationResult, plan_evaluation, score_records, start_generation
 from optbench.exceptions import ConfigError
 from optbench.options import EvaluationOptions
 from optbench.results import append_csv_rows, new_run_id
@@ -164,6 +171,8 @@ def quality_under_load(
     level: float = bootstrap.DEFAULT_LEVEL,
     resamples: int = bootstrap.DEFAULT_RESAMPLES,
     seed: int = 0,
+    journal: str | os.PathLike[str] | None = None,
+    journal_target: str | None = None,
     **option_values: Any,
 ) -> QualityUnderLoadResult:
     """Generates the dataset's answers at concurrency 1 and at concurrency N on a running
@@ -183,6 +192,15 @@ def quality_under_load(
         level: the intervals' confidence level.
         resamples: bootstrap resamples.
         seed: the bootstrap's seed (the same inputs and seed give the same intervals).
+        journal: a folder where each answer is kept the moment it finishes
+            (:mod:`optbench.answer_journal`): called again after an interruption with the same
+            settings, only the answers missing are generated; with other settings the old
+            folder is set aside. Removed once both passes are complete.
+        journal_target: what names the server in the journal's settings (default: ``base_url``
+            without credentials; ``optbench run`` gives the configuration, whose port may change).
+
+    Ctrl-C or SIGTERM during a pass stops it (the next pass is not started) and raises
+    KeyboardInterrupt; the finished answers stay in ``journal``.
     """
     bootstrap.check_settings(level, resamples, seed)
     o, opts, items, requests = plan_evaluation(base_url, model, dataset, options, option_values)
@@ -195,9 +213,29 @@ def quality_under_load(
                 f"loaded: expected the answers to the same {len(ids)} items generated at concurrency {n} "
                 "with the same options"
             )
+    answers = None
+    if journal is not None:
+        settings = {
+            "target": journal_target or opts["base_url"],
+            "model": model,
+            "dataset": opts["dataset"],
+            "concurrency": n,
+            "num_items": len(items),
+            "items_sha256": requests_digest([{"id": it["id"]} for it in items]),
+            "requests_sha256": requests_digest(requests),
+        }
+        answers = AnswerJournal(journal, settings)
     results = {}
     for c in [1] if loaded is not None else [1, n]:
-        results[c] = generate_answers(base_url, model, o, opts, items, requests, c, label=label, progress=progress)
+        results[c] = generate_answers(
+            base_url, model, o, opts, items, requests, c, label=label, progress=progress, journal=answers
+        )
+        if results[c].summary.get("stop_reason") == "cancelled":
+            if answers is not None:
+                print(f"optbench: {label}: the finished answers are kept in {answers.folder}", file=sys.stderr)
+            raise KeyboardInterrupt
+    if answers is not None:
+        answers.remove()
     alone = results[1]
     loaded = loaded if loaded is not None else results[n]
     return compare_answers(
@@ -225,13 +263,34 @@ def generate_answers(
     *,
     label: str,
     progress: Progress = False,
+    journal: AnswerJournal | None = None,
 ) -> EvaluationResult:
     """The answers to ``requests`` (as :func:`optbench.evaluate.plan_evaluation` planned them:
-    ``o``, ``opts``, ``items``) generated at ``concurrency`` at temperature 0, scored."""
+    ``o``, ``opts``, ``items``) generated at ``concurrency`` at temperature 0, scored. With a
+    ``journal``, the answers it already holds at ``concurrency`` are taken from it and only the
+    others are asked, each journaled as it finishes."""
     oc = replace(o, concurrency=concurrency)
-    run = start_generation(base_url, model, requests, oc, opts["api_key"])
-    drive(run, progress, f"{label} answers at concurrency {concurrency}", 0.25, what="quality under load")
-    return score_generation(run, items, requests, {**opts, "concurrency": concurrency}, label, oc)
+    done = journal.finished(concurrency) if journal is not None else pd.DataFrame(columns=COLUMNS)
+    kept = set(done["request_id"].astype(int))
+    todo = [i for i in range(len(requests)) if i not in kept]
+    if kept:
+        print(
+            f"optbench: {label}: {len(kept)} of {len(requests)} answers at concurrency {concurrency} taken from "
+            f"the journal {journal.folder if journal else ''}",
+            file=sys.stderr,
+        )
+    frames = [done]
+    stop_reason = "completed"
+    if todo:
+        path = journal.segment(concurrency, todo) if journal is not None else None
+        run = start_generation(base_url, model, [requests[i] for i in todo], oc, opts["api_key"], path)
+        drive(run, progress, f"{label} answers at concurrency {concurrency}", 0.25, what="quality under load")
+        new = records_table(run).to_pandas()[COLUMNS]
+        new["request_id"] = [todo[int(k)] for k in new["request_id"]]
+        frames.append(new)
+        stop_reason = run.stop_reason()
+    records = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else done
+    return score_records(records, stop_reason, items, requests, {**opts, "concurrency": concurrency}, label, oc)
 
 
 def compare_answers(
