@@ -39,7 +39,12 @@ def quality_slice(shared_dir, tmp_path_factory):
             server.base_url, "mock", dataset=built, categories=["qa"], limit=12, concurrency=1, progress=False
         )
     gold = dict(zip(alone.samples["id"], alone.samples["output"].str.strip()))
-    doc["items"] = [{**it, "answers": [gold[it["id"]]]} if it["id"] in gold else it for it in doc["items"]]
+    doc["items"] = [
+        {**it, "answers": [gold[it["id"]]], "reference": [gold[it["id"]]], "is_impossible": False}
+        if it["id"] in gold
+        else it
+        for it in doc["items"]
+    ]
     path = folder / "slice.json"
     path.write_text(json.dumps(doc))
     return path
@@ -88,7 +93,7 @@ def test_cli_exits_1_when_no_level_meets_both(quality_slice, tmp_path, capsys):
         code = main(
             ["search", "--base-url", server.base_url, "--model", "mock", "--slo", "ttft_ms=10000",
              "--target", "0.8", "--num-requests", "10", "--output-tokens", "6", "--start", "2", "--max-level", "2",
-             "--quality-dataset", str(quality_slice), "--quality-categories", "qa", "--quality-limit", "4",
+             "--quality-dataset", str(quality_slice), "--quality-categories", "qa", "--quality-limit", "12",
              "--results-dir", str(tmp_path), "--no-progress"]
         )  # fmt: skip
     assert code == 1

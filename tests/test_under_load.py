@@ -160,7 +160,7 @@ def test_an_interrupted_comparison_resumes_from_its_journal(dataset_path, tmp_pa
     args = dict(dataset=dataset_path, categories=["qa"], limit=12, concurrency=3, journal=journal)
     # 12 answers of ~80 ms each at concurrency 1: Ctrl-C after 3 stops the first pass mid-way.
     with MockServer(ttft_ms=1, gap_ms=15, tokens=6) as server:
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning, match="interrupted"):
             optbench.quality_under_load(server.base_url, "mock", progress=_stop_after(3), **args)
         sent_first = len(server.log())
         settings = json.loads((journal / "settings.json").read_text())
@@ -176,7 +176,7 @@ def test_an_interrupted_comparison_resumes_from_its_journal(dataset_path, tmp_pa
         assert not journal.exists()  # removed once complete
         assert f"{len(kept)} of 12 answers at concurrency 1 taken from the journal" in capsys.readouterr().err
         # A journal left with other settings is set aside, not mixed in: all answers are asked again.
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning, match="interrupted"):
             optbench.quality_under_load(server.base_url, "mock", progress=_stop_after(3), **args)
         before = len(server.log())
         optbench.quality_under_load(server.base_url, "mock", progress=False, **{**args, "limit": 6})

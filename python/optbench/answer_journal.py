@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 import shutil
 import sys
 from collections.abc import Mapping
@@ -49,7 +50,7 @@ class AnswerJournal:
     ``settings``: what the answers depend on (JSON values); a folder holding other settings is
     set aside when the journal is opened."""
 
-    def __init__(self, folder: str | Path, settings: Mapping[str, Any]) -> None:
+    def __init__(self, folder: str | os.PathLike[str], settings: Mapping[str, Any]) -> None:
         self.folder = Path(folder)
         self.settings = json.loads(json.dumps(dict(settings), default=str))
         self.segments: list[dict[str, Any]] = []

@@ -325,8 +325,8 @@ def _search_target(args: argparse.Namespace, cfg: ServerConfig | None, slots: in
     """The search's server: the one ``--base-url`` / ``--embedded`` names, else the ``--config``
     file's, started here (as ``optbench run`` starts it) and stopped at the end."""
     if cfg is None or args.base_url or args.embedded:
-        if cfg is not None and args.model is None:
-            args.model = cfg.model
+        if cfg is not None and args.model is None and args.base_url:
+            args.model = cfg.model  # the configuration's model, served at the URL given
         with _target(args, slots) as target:
             yield target
         return

@@ -72,6 +72,7 @@ from optbench.files import atomic_path, atomic_write_text
 from optbench.loadtest import LoadTestResult, load_test
 from optbench.options import EvaluationOptions, LoadTestOptions, Options, option
 from optbench.prompts import PromptSet, load_user_prompts, synthetic_prompts
+from optbench.search_plot import plot_search
 from optbench.slo import Objective, judge, min_requests, parse_slo, slo_label, t_interval, wilson_interval
 from optbench.urls import without_credentials
 
@@ -214,16 +215,16 @@ class SearchResult:
         lines = [f"search over {unit} for SLO {self.slo}" + (f", target {self.target:g}" if self.target else "")]
         for _, r in self.levels.sort_values("level").iterrows():
             lines.append(
-                f"  {_level_text(r['level']):>8}  {r['verdict']:<12} attainment {r['attainment']:.3f} "
+                f"  {level_text(r['level']):>8}  {r['verdict']:<12} attainment {r['attainment']:.3f} "
                 f"[{r['attainment_low']:.3f}, {r['attainment_high']:.3f}]  {int(r['good'])}/{int(r['n'])} good, "
                 f"{int(r['trials'])} trials"
             )
         if self.highest_passing is None:
-            lines.append(f"no level passes: {_level_text(self.first_failing)} is {self.first_failing_verdict}")
+            lines.append(f"no level passes: {level_text(self.first_failing)} is {self.first_failing_verdict}")
         else:
             h = self.at_highest or {}
             lines.append(
-                f"highest passing {unit}: {_level_text(self.highest_passing)} (goodput {_ci(h, 'goodput_rps')} req/s, "
+                f"highest passing {unit}: {level_text(self.highest_passing)} (goodput {_ci(h, 'goodput_rps')} req/s, "
                 f"{_ci(h, 'goodput_tps')} tok/s; throughput {_ci(h, 'request_throughput')} req/s, "
                 f"{_ci(h, 'output_token_throughput')} tok/s)"
             )
@@ -232,7 +233,7 @@ class SearchResult:
             else:
                 f = self.at_first_failing or {}
                 lines.append(
-                    f"first failing: {_level_text(self.first_failing)} ({self.first_failing_verdict}; goodput "
+                    f"first failing: {level_text(self.first_failing)} ({self.first_failing_verdict}; goodput "
                     f"{_ci(f, 'goodput_rps')} req/s, throughput {_ci(f, 'request_throughput')} req/s)"
                 )
         if self.binding:
@@ -248,10 +249,10 @@ class SearchResult:
                 lines.append("no level meets both the SLO and the quality rule")
             else:
                 lines.append(
-                    f"highest {unit} meeting the SLO and keeping quality: {_level_text(self.quality_level)} "
+                    f"highest {unit} meeting the SLO and keeping quality: {level_text(self.quality_level)} "
                     f"(bound by {self.bound_by})"
                 )
-        lines.append(f"tolerance {_level_text(self.tolerance)}; {self.stopped}; {self.elapsed_s:.1f} s")
+        lines.append(f"tolerance {level_text(self.tolerance)}; {self.stopped}; {self.elapsed_s:.1f} s")
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -299,7 +300,8 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _level_text(level: float | None) -> str:
+def level_text(level: float | None) -> str:
+    """A level as tables show it: a whole concurrency without decimals, a rate with 4 digits."""
     if level is None:
         return "–"
     return str(int(level)) if float(level).is_integer() else f"{level:.4g}"
@@ -418,7 +420,7 @@ class _Searcher:
         if self.progress:
             good, n = int(judged["good"].sum()), len(judged)
             self.progress(
-                f"{self.opts.over} {_level_text(level)} trial {j + 1}: {good}/{n} good"
+                f"{self.opts.over} {level_text(level)} trial {j + 1}: {good}/{n} good"
                 + (f" ({good / n:.3f})" if n else "")
             )
 
@@ -447,11 +449,11 @@ class _Searcher:
             verdict = INCONCLUSIVE
             notes.append(f"the time budget ran out after {len(self.trials[level])} of {self.opts.trials} trials")
         self.levels[level] = self._level_row(level, verdict, row)
-        self.notes[level] = [f"{self.opts.over} {_level_text(level)}: {n}" for n in notes]
+        self.notes[level] = [f"{self.opts.over} {level_text(level)}: {n}" for n in notes]
         if self.progress:
             r = self.levels[level]
             self.progress(
-                f"{self.opts.over} {_level_text(level)}: {verdict} after {r['trials']} trials, attainment "
+                f"{self.opts.over} {level_text(level)}: {verdict} after {r['trials']} trials, attainment "
                 f"{r['attainment']:.3f} [{r['attainment_low']:.3f}, {r['attainment_high']:.3f}]"
             )
         return verdict
@@ -725,9 +727,7 @@ def search(
         prompts = prompt_sets.for_trial(j, w)
         load = {"concurrency": int(level)} if integer else {"request_rate": float(level)}
         trial_opts = LoadTestOptions.make(lt, prompts=prompts, warmup=w, seed=lt.seed + j, **load)
-        return load_test(
-            base_url, model, trial_opts, label=f"{label or model} {_level_text(level)}#{j}", progress=False
-        )
+        return load_test(base_url, model, trial_opts, label=f"{label or model} {level_text(level)}#{j}", progress=False)
 
     config = {
         "base_url": without_credentials(base_url),
@@ -765,71 +765,13 @@ def save_search(result: SearchResult, results_dir: str | os.PathLike[str], label
         with atomic_path(files[name]) as tmp:
             getattr(result, name).to_csv(tmp, index=False)
     for level, checked in sorted(result.quality_results.items()):
-        files[f"quality_{_level_text(level)}"] = checked.to_parquet(folder / f"quality_{_level_text(level)}.parquet")
+        files[f"quality_{level_text(level)}"] = checked.to_parquet(folder / f"quality_{level_text(level)}.parquet")
     files["plot"] = save(plot_search(result), "attainment", folder)
     result.files = files
     meta = {**result.to_dict(), "written_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     meta["files"] = {k: str(v) for k, v in files.items()}
     atomic_write_text(files["json"], json.dumps(meta, indent=1, default=str) + "\n")
     return files
-
-
-def plot_search(result: SearchResult) -> Any:
-    """Attainment against load: each level's pooled attainment with its interval as a band,
-    each trial as a dot, the verdicts as markers and the target as a line; with a quality
-    constraint, each checked level as a marker at the top (a diamond keeps quality, a cross
-    drops) and the answer as a dashed line when quality binds (a ``matplotlib.figure.Figure``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.8))
-    lv = result.levels.sort_values("level") if len(result.levels) else result.levels
-    if len(lv):
-        ax.fill_between(
-            lv["level"], lv["attainment_low"], lv["attainment_high"], alpha=0.25, label="interval", step=None
-        )
-        ax.plot(lv["level"], lv["attainment"], "-", color="C0", label="attainment (pooled)")
-        colours = {PASS: "C2", FAIL: "C3", INCONCLUSIVE: "C1"}
-        for verdict, colour in colours.items():
-            sel = lv[lv["verdict"] == verdict]
-            if len(sel):
-                ax.errorbar(
-                    sel["level"],
-                    sel["attainment"],
-                    yerr=[sel["attainment"] - sel["attainment_low"], sel["attainment_high"] - sel["attainment"]],
-                    fmt="o",
-                    color=colour,
-                    capsize=4,
-                    label=verdict,
-                )
-    if len(result.probes):
-        ax.plot(result.probes["level"], result.probes["attainment"], ".", color="grey", alpha=0.6, label="trials")
-    if result.target is not None:
-        ax.axhline(result.target, color="k", linestyle="--", linewidth=1, label=f"target {result.target:g}")
-    if result.highest_passing is not None:
-        ax.axvline(result.highest_passing, color="C2", linestyle=":", linewidth=1)
-    if "quality_verdict" in lv:
-        for verdict, marker, colour in (("keeps quality", "D", "C4"), ("quality drop", "X", "C3")):
-            sel = lv[lv["quality_verdict"] == verdict]
-            if len(sel):
-                ax.plot(sel["level"], [1.0] * len(sel), marker, color=colour, markersize=9, label=verdict)
-        if result.quality_level is not None and result.bound_by == "quality":
-            ax.axvline(result.quality_level, color="C4", linestyle="--", linewidth=1, label="meets SLO and quality")
-    unit = "concurrency" if result.over == "concurrency" else "request rate (req/s)"
-    ax.set_xlabel(unit)
-    ax.set_ylabel("share of requests meeting the SLO")
-    if len(lv) and lv["level"].max() / max(lv["level"].min(), 1e-9) >= 8:
-        ax.set_xscale("log", base=2)
-    if len(lv):
-        ax.set_xticks(list(lv["level"]), [_level_text(x) for x in lv["level"]])
-        ax.minorticks_off()
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"SLO attainment against load ({result.slo})", fontsize=10)
-    ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    return fig
 
 
 __all__ = [
@@ -839,6 +781,7 @@ __all__ = [
     "SearchOptions",
     "SearchResult",
     "judge_level",
+    "level_text",
     "plot_search",
     "requirements",
     "run_search",

@@ -68,7 +68,7 @@ def check_quality(
     its ``quality_level``, ``bound_by``, ``quality``, ``quality_results``, the levels' quality
     columns and notes. ``evaluation``: how the slice is prompted and scored (the search's
     ``quality_categories`` and ``quality_limit``, when set, replace its ``categories`` and ``limit``)."""
-    from optbench.search import PASS
+    from optbench.search import PASS, level_text
 
     assert opts.quality_dataset is not None
     started = time.monotonic()
@@ -133,7 +133,7 @@ def check_quality(
         else:
             bad = mid
     if bad - good > 1 and bad < len(passing):
-        unchecked = [_text(lv) for lv in passing[good + 1 : bad]]
+        unchecked = [level_text(lv) for lv in passing[good + 1 : bad]]
         notes.append(
             f"quality: quality_max_steps ({opts.quality_max_steps}) reached; passing levels {', '.join(unchecked)} "
             "were not checked: the answer is the highest level checked to keep quality"
@@ -141,13 +141,13 @@ def check_quality(
     few = [lv for lv in checked if lv > len(requests)]
     if few:
         notes.append(
-            f"quality: the slice has {len(requests)} prompts, fewer than concurrency {', '.join(map(_text, few))}: "
+            f"quality: the slice has {len(requests)} prompts, fewer than concurrency {', '.join(map(level_text, few))}: "
             f"at most {len(requests)} requests were in flight there (give more prompts: quality_limit)"
         )
     result.quality_level = passing[good] if good >= 0 else None
     result.bound_by = None if result.highest_passing is None else "slo" if bad == len(passing) else "quality"
     result.quality_results = results
-    ref = {"verdict": REFERENCE}
+    ref: dict[str, Any] = {"verdict": REFERENCE}
     if alone:
         s1 = alone[0].overall
         ref.update(score_1=s1, score=s1, change=0.0, change_low=0.0, change_high=0.0, identical_share=1.0)
@@ -164,7 +164,7 @@ def check_quality(
         "max_steps": opts.quality_max_steps,
         "rule": f"score below {1 - opts.quality_max_drop:g} x concurrency 1's and the paired bootstrap interval "
         "of the difference wholly below 0",
-        "checked": {_text(k): v for k, v in sorted(checked.items())},
+        "checked": {level_text(k): v for k, v in sorted(checked.items())},
         "elapsed_s": time.monotonic() - started,
     }
 
@@ -183,10 +183,6 @@ def _add_columns(result: SearchResult, checked: Mapping[float, Mapping[str, Any]
             got = checked.get(float(row["level"]), {})
             row.update({f"quality_{n}": got.get(n, math.nan) for n in names})
             row["quality_verdict"] = got.get("verdict")
-
-
-def _text(level: float) -> str:
-    return str(int(level)) if float(level).is_integer() else f"{level:.4g}"
 
 
 __all__ = ["DROPS", "KEEPS", "REFERENCE", "check_quality", "is_drop"]
