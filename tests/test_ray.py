@@ -157,6 +157,25 @@ def test_ray_takes_an_optional_address_and_never_swallows_a_configuration():
         assert cli._ray_target(parser.parse_args(argv)) == want, argv
 
 
+def test_replacing_a_configuration_folder_keeps_the_earlier_attempt_and_its_answer_journal(tmp_path):
+    from optbench.ray_runner import _replace_folder
+    from optbench.run import UNDER_LOAD_JOURNAL
+
+    target = tmp_path / "a"
+    (target / UNDER_LOAD_JOURNAL).mkdir(parents=True)
+    (target / UNDER_LOAD_JOURNAL / "c1.0.journal.jsonl").write_text("{}\n")
+    (target / "load_test.journal.jsonl").write_text("{}\n")
+    (target / "meta.json").write_text('{"status": "failed"}\n')
+    _replace_folder(target, lambda d: (d / "meta.json").write_text('{"status": "ok"}\n'))
+    assert json.loads((target / "meta.json").read_text()) == {"status": "ok"}
+    kept = {p.relative_to(target / "attempts").as_posix() for p in (target / "attempts").rglob("*") if p.is_file()}
+    assert {k.split("/", 1)[1] for k in kept} == {
+        f"{UNDER_LOAD_JOURNAL}/c1.0.journal.jsonl",
+        "load_test.journal.jsonl",
+        "meta.json",
+    }
+
+
 def test_lost_tasks_are_named_for_what_happened():
     ray = pytest.importorskip("ray")
     from optbench.ray_runner import _lost_reason
