@@ -112,6 +112,11 @@ class Summary(TypedDict):
     num_warmup: int
     failures_by_kind: dict[str, int]
     duration_s: float
+    #: The measured window on the run's clock (ns after ``LoadTest.clock_origin_monotonic()``):
+    #: the first measured request's scheduled start to the last measured request's end; None
+    #: without measured requests.
+    measured_start_ns: int | None
+    measured_end_ns: int | None
     request_throughput: float
     output_token_throughput: float
     total_output_tokens: int
@@ -253,6 +258,8 @@ class LoadTest:
     def wait_async(self) -> Awaitable[None]: ...
     def stop_reason(self) -> Literal["completed", "cancelled", "time_limit"]: ...
     def wall_s(self) -> float: ...
+    def clock_origin_monotonic(self) -> float:
+        """The instant the records' ``*_ns`` times count from, on ``time.monotonic()``'s clock."""
     def records(self) -> Any:
         """An Arrow record batch (Arrow PyCapsule interface)."""
     def summary(self) -> Summary: ...

@@ -70,14 +70,19 @@ class Observer:
 
     def record(self, result: Any, calibration: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """``server_metrics``, ``gpu_telemetry`` (and ``calibration`` when given), added to
-        ``result.summary`` and returned."""
-        rows = result.requests
-        ok = rows[rows["success"]]
+        ``result.summary`` and returned: over the load test's measured window (warm-up
+        excluded) when the result knows it, else over the whole load test call."""
+        window = result.measured_window_monotonic
+        if window is not None:  # the measured requests, over the measured window
+            output_tokens, requests = int(result.summary["total_output_tokens"]), int(result.summary["num_requests"])
+        else:  # every request of the call, over the whole sampling
+            rows = result.requests
+            output_tokens, requests = int(rows[rows["success"]]["output_tokens"].sum()), int(len(rows))
         if self.gpus is None:
             gpu: dict[str, Any] = {"available": False, "reason": "not sampled: optbench did not start this server"}
         else:
-            gpu = self.gpus.summary(output_tokens=int(ok["output_tokens"].sum()), requests=int(len(rows)))
-        out: dict[str, Any] = {"server_metrics": self.scraper.summary(), "gpu_telemetry": gpu}
+            gpu = self.gpus.summary(output_tokens=output_tokens, requests=requests, window=window)
+        out: dict[str, Any] = {"server_metrics": self.scraper.summary(window), "gpu_telemetry": gpu}
         if calibration is not None:
             out["calibration"] = dict(calibration)
         result.summary.update(out)

@@ -88,6 +88,13 @@ pub struct Summary {
     /// Measured window in seconds: from the first measured request's scheduled start to the
     /// last measured request's end.
     pub duration_s: f64,
+    /// Start of the measured window, nanoseconds after the run's clock origin
+    /// ([`crate::runner::LoadTestOutcome::clock_origin`]): the first measured request's
+    /// scheduled start (its send time in a healthy run). `None` without measured requests.
+    /// Warm-up requests end before it.
+    pub measured_start_ns: Option<i64>,
+    /// End of the measured window, on the same clock: the last measured request's end.
+    pub measured_end_ns: Option<i64>,
     /// Successful requests per second over the measured window.
     pub request_throughput: f64,
     /// Output tokens of successful requests per second over the measured window.
@@ -187,6 +194,7 @@ impl Summary {
         if let (Some(start), Some(end)) = (start, end) {
             s.duration_s = ns_to_ms(end - start) / 1e3;
         }
+        (s.measured_start_ns, s.measured_end_ns) = (start, end);
         s.total_output_tokens = ok.iter().filter_map(|r| r.output_tokens).map(u64::from).sum();
         s.total_prompt_tokens = ok.iter().filter_map(|r| r.prompt_tokens).map(u64::from).sum();
         s.num_token_counts_estimated =
@@ -358,8 +366,9 @@ mod tests {
         assert_eq!((tps.min, tps.max), (55.0, 110.0));
         assert_eq!(s.metrics["itl_ms"].count, 20);
         assert_eq!(s.total_output_tokens, 22);
-        // Window: scheduled 1000 ms .. last end 1500 ms.
+        // Window: scheduled 1000 ms .. last end 1500 ms; the warm-up (0..520 ms) is outside it.
         assert!((s.duration_s - 0.5).abs() < 1e-12);
+        assert_eq!((s.measured_start_ns, s.measured_end_ns), (Some(1_000_000_000), Some(1_500_000_000)));
         assert!((s.request_throughput - 4.0).abs() < 1e-12);
         assert!((s.output_token_throughput - 44.0).abs() < 1e-12);
     }
