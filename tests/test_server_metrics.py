@@ -77,7 +77,8 @@ def test_the_measured_window_uses_the_reads_nearest_its_edges():
     deltas run from the read at 2 s to the one at 6 s, leaving out the warm-up's observations."""
     ttft = [[0, 0, 0, 0], [0, 3, 3, 3], [0, 3, 10, 10], [0, 3, 20, 20], [0, 3, 25, 25], [0, 3, 25, 25]]
     reads = [
-        parse_metrics(vllm_text(b, kv=0.1 * i, hits=0, queries=0, waiting=0), at=2.0 * i) for i, b in enumerate(ttft[:5])
+        parse_metrics(vllm_text(b, kv=0.1 * i, hits=0, queries=0, waiting=0), at=2.0 * i)
+        for i, b in enumerate(ttft[:5])
     ]
     scraper = MetricsScraper("http://127.0.0.1:9")
     scraper.before, scraper.during, scraper.after = reads[0], reads[1:4], reads[4]

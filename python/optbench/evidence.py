@@ -279,12 +279,13 @@ def _server_section(metas: list[dict[str, Any]]) -> list[str]:
     lines = [
         "### Client vs server",
         "",
-        "The server's own account of the same requests (warm-up included on both sides): its Prometheus "
-        "histograms over the load test (vLLM, SGLang; percentiles interpolated within buckets) or llama.cpp's "
+        "The server's own account of the same requests (the measured ones on both sides: its `/metrics` read "
+        "nearest the measured window's edges; warm-up included on both sides where a run did not record that "
+        "window): its Prometheus histograms (vLLM, SGLang; percentiles interpolated within buckets) or llama.cpp's "
         "per-request `timings`. The tolerance is the client's calibrated error at that percentile plus, for a "
         "histogram, the width of the bucket holding the server's percentile. A server's TTFT leaves out time spent "
-        "before it counts (HTTP, tokenising, waiting for a llama.cpp slot), and its ITL counts per token where the "
-        "client counts per chunk.",
+        "before it counts (HTTP, tokenising, waiting for a llama.cpp slot); both count ITL per token (the client "
+        "splits a chunk's gap over its tokens where the server sends per-chunk usage).",
         "",
         "| configuration | quantity | client (ms) | server (ms) | server source | client − server (ms) "
         "| tolerance (ms) | within tolerance |",
@@ -343,8 +344,10 @@ def _gpu_section(table: pd.DataFrame, metas: list[dict[str, Any]]) -> list[str]:
             "|---|---|---|---|---|---|---|---|---|",
             *body,
             "",
-            "Energy is the GPUs' energy counter over the load test (warm-up included) divided by its output tokens "
-            "and requests; cost per million output tokens is `gpu_cost_per_hour` (the configuration's setting) over "
+            "Energy is the GPUs' energy counter (or integrated power) over the load test's measured window, "
+            "interpolated between the samples around its edges, divided by the measured requests' output tokens "
+            "and their number (over the whole load test, warm-up included, where a run did not record that "
+            "window); cost per million output tokens is `gpu_cost_per_hour` (the configuration's setting) over "
             "the measured output-token throughput.",
         ]
     return lines + [""]

@@ -381,6 +381,11 @@ class LoadTestOptions(Options):
             raise ConfigError(f"give {what} or shared_prefixes, not both")
 
 
+#: The request fields the evaluation sets itself (its prompts, per-category ``max_tokens`` and
+#: ``stop``, greedy decoding), which its ``extra_body`` may not replace.
+EVALUATOR_BODY_FIELDS = ("model", "prompt", "messages", "stream", "max_tokens", "stop", "temperature")
+
+
 @dataclass(frozen=True)
 class EvaluationOptions(Options):
     """The parameters of a quality evaluation (``optbench.evaluate``)."""
@@ -446,11 +451,6 @@ class EvaluationOptions(Options):
         minimum=1,
         maximum=MAX_REQUESTS,
     )
-
-
-#: The request fields the evaluation sets itself (its prompts, per-category ``max_tokens`` and
-#: ``stop``, greedy decoding), which its ``extra_body`` may not replace.
-EVALUATOR_BODY_FIELDS = ("model", "prompt", "messages", "stream", "max_tokens", "stop", "temperature")
 
 
 def _evaluation_body_problem(body: Mapping[str, Any] | None) -> str | None:

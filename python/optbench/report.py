@@ -192,10 +192,14 @@ def speed_metrics(requests: pd.DataFrame) -> dict[str, float]:
 def _chunks_from_rows(ok: pd.DataFrame) -> dict[str, Any]:
     """:func:`chunk_columns` recomputed from the successful measured rows (a row without
     ``chunk_tokens``, written before they existed, counts one token per chunk)."""
-    tokens = [
-        np.asarray(t, dtype=float) if len(t) else np.ones(n)
-        for t, n in zip(ok["chunk_tokens"], ok["num_chunks"], strict=True)
-    ] if "chunk_tokens" in ok else [np.ones(n) for n in ok["num_chunks"]]
+    tokens = (
+        [
+            np.asarray(t, dtype=float) if len(t) else np.ones(n)
+            for t, n in zip(ok["chunk_tokens"], ok["num_chunks"], strict=True)
+        ]
+        if "chunk_tokens" in ok
+        else [np.ones(n) for n in ok["num_chunks"]]
+    )
     per_chunk = np.concatenate(tokens) if tokens else np.array([])
 
     def p50(col: str) -> float:

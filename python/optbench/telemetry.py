@@ -212,9 +212,7 @@ def _clip(points: list[tuple[float, float]], window: tuple[float, float] | None)
     return [(start, interpolate(points, start)), *inside, (end, interpolate(points, end))]
 
 
-def _energy_j(
-    series: Sequence[GpuSample], window: tuple[float, float] | None = None
-) -> tuple[float | None, str]:
+def _energy_j(series: Sequence[GpuSample], window: tuple[float, float] | None = None) -> tuple[float | None, str]:
     """One GPU's energy over its samples, or over ``window`` (interpolated at its edges): the
     counter's increase, else power integrated with the trapezoid rule."""
     counter = [(s.time, s.energy_j) for s in series if s.energy_j is not None]
