@@ -125,6 +125,10 @@ class Summary(TypedDict):
     #: Token-carrying chunks of successful requests, and those that carried more than one token.
     num_chunks: int
     num_multi_token_chunks: int
+    #: Successful requests whose chunk token counts came from per-chunk usage, and those whose
+    #: chunks carried none (one token each).
+    num_chunk_counts_from_usage: int
+    num_chunk_counts_one_per_chunk: int
     #: A metric with no values is absent.
     metrics: dict[_MetricName | _ReasoningMetricName, MetricStats]
     #: None when no successful measured request had reasoning.

@@ -79,24 +79,40 @@ def speed_metrics_from_summary(summary: dict[str, Any]) -> dict[str, float]:
             summary.get("num_multi_token_chunks", 0),
             stat("itl_ms", "p50"),
             stat("chunk_gap_ms", "p50"),
+            summary.get("num_chunk_counts_from_usage"),
+            summary.get("num_chunk_counts_one_per_chunk"),
         ),
     }
 
 
 def chunk_columns(
-    tokens_per_chunk_mean: float, num_chunks: int, num_multi: int, itl_p50_ms: float, chunk_gap_p50_ms: float
+    tokens_per_chunk_mean: float,
+    num_chunks: int,
+    num_multi: int,
+    itl_p50_ms: float,
+    chunk_gap_p50_ms: float,
+    from_usage: int | None,
+    one_per_chunk: int | None,
 ) -> dict[str, Any]:
     """The tokens-per-chunk columns of the comparison table. ``chunk_tokens_source`` says where
-    the per-chunk counts came from: ``usage`` when some chunk's cumulative ``usage`` showed it
-    carried several tokens (the server sends per-chunk usage: vLLM's ``continuous_usage_stats``),
-    ``one_per_chunk`` otherwise (every chunk counted one token: a server that sent one token per
-    chunk, or one without per-chunk usage, llama.cpp's case)."""
+    the per-chunk counts of the successful requests came from: ``usage`` (every chunk's
+    cumulative ``usage``: vLLM's ``continuous_usage_stats``), ``none`` (the server sent no
+    per-chunk usage, llama.cpp's case: each chunk counted one token), ``partial`` (some requests
+    each way); NaN without chunks. ``from_usage`` and ``one_per_chunk`` count the requests each
+    way (None for runs recorded before they were: then ``usage`` where a chunk counted several
+    tokens, else NaN)."""
+    if from_usage is None or one_per_chunk is None:
+        source: Any = "usage" if num_multi else float("nan")
+    else:
+        source = {(True, False): "usage", (False, True): "none", (True, True): "partial"}.get(
+            (from_usage > 0, one_per_chunk > 0), float("nan")
+        )
     return {
         "tokens_per_chunk_mean": tokens_per_chunk_mean,
         "multi_token_chunk_share": num_multi / num_chunks if num_chunks else float("nan"),
         "itl_p50_ms": itl_p50_ms,
         "chunk_gap_p50_ms": chunk_gap_p50_ms,
-        "chunk_tokens_source": "usage" if num_multi else "one_per_chunk",
+        "chunk_tokens_source": source,
     }
 
 
@@ -206,12 +222,15 @@ def _chunks_from_rows(ok: pd.DataFrame) -> dict[str, Any]:
         values = np.concatenate([np.asarray(v, dtype=float) for v in ok[col]]) if len(ok) else np.array([])
         return float(np.percentile(values, 50)) if len(values) else float("nan")
 
+    sources = ok["chunk_tokens_source"] if "chunk_tokens_source" in ok else None
     return chunk_columns(
         float(per_chunk.mean()) if len(per_chunk) else float("nan"),
         len(per_chunk),
         int((per_chunk > 1).sum()),
         p50("itl_ms"),
         p50("chunk_gap_ms"),
+        None if sources is None else int((sources == "usage").sum()),
+        None if sources is None else int((sources == "chunks").sum()),
     )
 
 
@@ -526,7 +545,7 @@ def chunks_section(table: pd.DataFrame) -> list[str]:
         lines.append(
             f"| {r['configuration']} | {_fmt(r['tokens_per_chunk_mean'], 2)} | "
             f"{'–' if pd.isna(share) else f'{100 * share:.0f}%'} | {_fmt(r['itl_p50_ms'], 2)} | "
-            f"{_fmt(r['chunk_gap_p50_ms'], 2)} | {r['chunk_tokens_source']} |"
+            f"{_fmt(r['chunk_gap_p50_ms'], 2)} | {_fmt(r['chunk_tokens_source'])} |"
         )
         if pd.notna(share) and share > 0:
             warnings.append(

@@ -110,6 +110,12 @@ pub struct Summary {
     /// Of those, the chunks that carried more than one token (see
     /// [`RequestRecord::chunk_tokens`]); `itl_ms` then differs from `chunk_gap_ms`.
     pub num_multi_token_chunks: usize,
+    /// Successful requests whose chunk token counts came from per-chunk usage
+    /// (`chunk_tokens_source` = `usage`).
+    pub num_chunk_counts_from_usage: usize,
+    /// Successful requests whose chunks carried no usage, each counted as one token
+    /// (`chunk_tokens_source` = `chunks`).
+    pub num_chunk_counts_one_per_chunk: usize,
     /// Per-metric statistics: `ttft_ms`, `e2e_ms`, `tokens_per_s`, `tpot_ms`, `itl_ms` (per
     /// token: a chunk of k tokens after a gap g gives k gaps of g/k), `chunk_gap_ms` (between
     /// token-carrying chunks), `tokens_per_chunk`, `queue_delay_ms`, `output_tokens`,
@@ -203,6 +209,9 @@ impl Summary {
             ok.iter().flat_map(|r| (0..r.chunk_times_ns.len()).map(|i| r.tokens_of_chunk(i))).collect();
         s.num_chunks = chunk_tokens.len();
         s.num_multi_token_chunks = chunk_tokens.iter().filter(|&&k| k > 1).count();
+        let from = |source| ok.iter().filter(|r| r.chunk_tokens_source == Some(source)).count();
+        s.num_chunk_counts_from_usage = from(crate::record::TokenCountSource::Usage);
+        s.num_chunk_counts_one_per_chunk = from(crate::record::TokenCountSource::Chunks);
         if s.duration_s > 0.0 {
             s.request_throughput = ok.len() as f64 / s.duration_s;
             s.output_token_throughput = s.total_output_tokens as f64 / s.duration_s;

@@ -381,6 +381,8 @@ fn summary_to_dict<'py>(py: Python<'py>, s: &Summary) -> PyResult<Bound<'py, PyD
     d.set_item("num_token_counts_estimated", s.num_token_counts_estimated)?;
     d.set_item("num_chunks", s.num_chunks)?;
     d.set_item("num_multi_token_chunks", s.num_multi_token_chunks)?;
+    d.set_item("num_chunk_counts_from_usage", s.num_chunk_counts_from_usage)?;
+    d.set_item("num_chunk_counts_one_per_chunk", s.num_chunk_counts_one_per_chunk)?;
     let metrics = PyDict::new(py);
     for (name, stats) in &s.metrics {
         let m = PyDict::new(py);
