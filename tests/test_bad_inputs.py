@@ -85,15 +85,17 @@ def test_load_test_numbers_too_big_for_the_core_are_not_a_traceback(flag, value)
         (["--max-tokens", '{"qa": 0}'], "argument --max-tokens: qa must be at least 1, got 0"),
         (["--max-tokens", '{"poetry": 5}'], "argument --max-tokens: has 'poetry'"),
         (["--code-timeout-s", "nan"], "argument --code-timeout-s: must be a finite number, got nan"),
+        (["--extra-body", '{"stream": false}'], "argument --extra-body: has 'stream', which the evaluator sets itself"),
         (
             ["--sandbox-workers", str(2**70)],
             "argument --sandbox-workers: must be at most 4096, got 1180591620717411303424",
         ),
     ],
 )
-def test_evaluate_flags_out_of_bounds_name_the_flag(flags, message, capsys):
+@pytest.mark.parametrize("command", ["evaluate", "quality-under-load"])
+def test_evaluate_flags_out_of_bounds_name_the_flag(command, flags, message, capsys):
     with pytest.raises(SystemExit) as info:
-        build_parser().parse_args(["evaluate", "--base-url", NOWHERE, "--model", "m", *flags])
+        build_parser().parse_args([command, "--base-url", NOWHERE, "--model", "m", *flags])
     assert info.value.code == 2
     assert message in capsys.readouterr().err
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pandas as pd
 import pytest
 
 import optbench
 from optbench.datasets import build_test_dataset, load_test_dataset
-from optbench.evaluate import DEFAULT_STOP, NUM_SHOTS, build_requests
+from optbench.evaluate import DEFAULT_MAX_TOKENS, DEFAULT_STOP, NUM_SHOTS, build_requests
 from optbench.quality import compare_quality
 from optbench.exceptions import ConfigError, DatasetError
 from optbench.testing import MockServer
@@ -216,3 +218,72 @@ def test_cli_evaluate_writes_rows_and_samples(llama_server, dataset_path, tmp_pa
     csv = pd.read_csv(tmp_path / "evaluation_summary.csv")
     assert list(csv["category"]) == ["qa", "overall"] and (csv["label"] == "cli-eval").all()
     assert pd.read_parquet(tmp_path / csv.loc[0, "samples_parquet"]).shape[0] == 2
+
+
+class _RecordingServer(ThreadingHTTPServer):
+    """A minimal OpenAI-compatible completions server that keeps every request body and answers
+    each with one streamed chunk of text and the usage."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+        super().__init__(("127.0.0.1", 0), _RecordingHandler)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _RecordingHandler(BaseHTTPRequestHandler):
+    server: _RecordingServer
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        self.server.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for chunk in (
+            {"choices": [{"index": 0, "text": " answer", "finish_reason": None}]},
+            {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}},
+        ):
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        self.wfile.write(b"data: [DONE]\n\n")
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_error(404)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_extra_body_reaches_every_evaluation_request(dataset_path):
+    server = _RecordingServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        r = optbench.evaluate(
+            server.base_url,
+            "m",
+            dataset=dataset_path,
+            categories=["qa"],
+            limit=2,
+            extra_body={"top_p": 0.5, "stream_options": {"include_usage": True}},
+            progress=False,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert r.summary["num_failed"] == 0 and len(server.bodies) == 2
+    for body in server.bodies:
+        assert body["top_p"] == 0.5 and body["stream_options"] == {"include_usage": True}
+        # The evaluator's own fields are still its own.
+        assert body["temperature"] == 0 and body["model"] == "m" and body["stream"] is True
+        assert body["max_tokens"] == DEFAULT_MAX_TOKENS["qa"] and body["stop"] == DEFAULT_STOP["qa"]
+
+
+def test_extra_body_may_not_replace_what_the_evaluator_sets(dataset_path):
+    with pytest.raises(ConfigError, match=r"extra_body has 'stop', which the evaluator sets itself"):
+        optbench.evaluate("http://127.0.0.1:9", "m", dataset=dataset_path, extra_body={"stop": ["x"]}, progress=False)
+    with pytest.raises(ConfigError, match=r"extra_body has 'model', 'prompt'"):
+        optbench.quality_under_load(
+            "http://127.0.0.1:9", "m", dataset=dataset_path, extra_body={"prompt": "x", "model": "y"}, progress=False
+        )

@@ -61,6 +61,24 @@ def test_multi_token_chunks_give_per_token_itl_and_a_warning():
     assert "100% of chunks carried more than one token; ITL is per token (gap / tokens)" in " ".join(r.warnings)
 
 
+def test_the_measured_window_leaves_out_the_warmup_and_maps_onto_the_monotonic_clock():
+    with MockServer(ttft_ms=20, gap_ms=5, tokens=4) as server:
+        before = time.monotonic()
+        r = run(server.base_url, num_requests=4, concurrency=2, warmup=2, output_tokens=4)
+        after = time.monotonic()
+    df, s = r.requests, r.summary
+    warm, measured = df[df["warmup"]], df[~df["warmup"]]
+    # The warm-up's requests, sent first, all ended before the window starts.
+    assert s["measured_start_ns"] > warm["done_ns"].max() > df["sent_ns"].min()
+    assert s["measured_start_ns"] == measured["scheduled_ns"].min()
+    assert s["measured_end_ns"] == measured["done_ns"].max()
+    assert s["duration_s"] == pytest.approx((s["measured_end_ns"] - s["measured_start_ns"]) / 1e9)
+    start, end = r.measured_window_monotonic
+    assert before < r.clock_origin_monotonic < start < end < after
+    # The warm-up took at least its TTFT: the window starts that much after the clock's origin.
+    assert start - r.clock_origin_monotonic >= 0.02
+
+
 def test_one_token_chunks_raise_no_chunk_warning():
     with MockServer(ttft_ms=5, gap_ms=2, tokens=6) as server:
         r = run(server.base_url, num_requests=2, output_tokens=6)

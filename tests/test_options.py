@@ -119,6 +119,12 @@ def test_a_configuration_file_can_set_every_field(cls):
         ("load_test", "extra_body", "top_k=1", "must be a table"),
         ("evaluation", "stop", {"code": "def"}, "must be a table of lists of strings"),
         ("evaluation", "gsm8k_mode", "fuzzy", "must be one of 'marked-or-last'"),
+        (
+            "evaluation",
+            "extra_body",
+            {"top_p": 0.9, "temperature": 1, "max_tokens": 5},
+            r"has 'max_tokens', 'temperature', which the evaluator sets itself .*leave it out of extra_body",
+        ),
     ],
 )
 def test_configuration_errors_name_the_file_and_key(section, key, value, message):

@@ -72,6 +72,42 @@ def test_window_deltas_bucket_percentiles_gauges_and_prefix_hits():
     assert "TTFT P50 30.0 ms" in summary_line(s) and "prefix-cache hits 30%" in summary_line(s)
 
 
+def test_the_measured_window_uses_the_reads_nearest_its_edges():
+    """Reads every 2 s from 0 s to 8 s; warm-up until 1.5 s, measured window 2.2 s .. 5.8 s: the
+    deltas run from the read at 2 s to the one at 6 s, leaving out the warm-up's observations."""
+    ttft = [[0, 0, 0, 0], [0, 3, 3, 3], [0, 3, 10, 10], [0, 3, 20, 20], [0, 3, 25, 25], [0, 3, 25, 25]]
+    reads = [
+        parse_metrics(vllm_text(b, kv=0.1 * i, hits=0, queries=0, waiting=0), at=2.0 * i)
+        for i, b in enumerate(ttft[:5])
+    ]
+    scraper = MetricsScraper("http://127.0.0.1:9")
+    scraper.before, scraper.during, scraper.after = reads[0], reads[1:4], reads[4]
+    whole = scraper.summary()
+    assert whole["window"] == "load test" and whole["histograms"]["ttft_ms"]["count"] == 25
+    measured = scraper.summary(window=(2.2, 5.8))
+    assert measured["window"] == "measured" and measured["window_s"] == 4.0
+    assert measured["start_offset_s"] == pytest.approx(-0.2) and measured["end_offset_s"] == pytest.approx(0.2)
+    # The 3 warm-up observations (read at 2 s) are out; the 17 of the window are in.
+    assert measured["histograms"]["ttft_ms"]["count"] == 17
+    assert measured["gauges"]["kv_cache_usage"]["samples"] == 3  # the reads at 2, 4 and 6 s
+    # The client side of the comparison is then the measured requests only.
+    rows = pd.DataFrame(
+        {
+            "success": [True, True],
+            "warmup": [True, False],
+            "ttft_ms": [900.0, 30.0],
+            "itl_ms": [[], []],
+            "tpot_ms": [None, None],
+            "e2e_ms": [950.0, 40.0],
+        }
+    )
+
+    def client_ttft_p50(server):
+        return {r["quantity"]: r for r in client_vs_server(rows, server, None)}["TTFT P50"]["client"]
+
+    assert client_ttft_p50(measured) == 30.0 and client_ttft_p50(whole) == 465.0
+
+
 def test_sglang_and_llama_cpp_names_are_recognised():
     sglang = parse_metrics(
         '# TYPE sglang:token_usage gauge\nsglang:token_usage{model_name="m"} 0.25\n'

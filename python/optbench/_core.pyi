@@ -112,6 +112,11 @@ class Summary(TypedDict):
     num_warmup: int
     failures_by_kind: dict[str, int]
     duration_s: float
+    #: The measured window on the run's clock (ns after ``LoadTest.clock_origin_monotonic()``):
+    #: the first measured request's scheduled start to the last measured request's end; None
+    #: without measured requests.
+    measured_start_ns: int | None
+    measured_end_ns: int | None
     request_throughput: float
     output_token_throughput: float
     total_output_tokens: int
@@ -120,6 +125,10 @@ class Summary(TypedDict):
     #: Token-carrying chunks of successful requests, and those that carried more than one token.
     num_chunks: int
     num_multi_token_chunks: int
+    #: Successful requests whose chunk token counts came from per-chunk usage, and those whose
+    #: chunks carried none (one token each).
+    num_chunk_counts_from_usage: int
+    num_chunk_counts_one_per_chunk: int
     #: A metric with no values is absent.
     metrics: dict[_MetricName | _ReasoningMetricName, MetricStats]
     #: None when no successful measured request had reasoning.
@@ -253,6 +262,8 @@ class LoadTest:
     def wait_async(self) -> Awaitable[None]: ...
     def stop_reason(self) -> Literal["completed", "cancelled", "time_limit"]: ...
     def wall_s(self) -> float: ...
+    def clock_origin_monotonic(self) -> float:
+        """The instant the records' ``*_ns`` times count from, on ``time.monotonic()``'s clock."""
     def records(self) -> Any:
         """An Arrow record batch (Arrow PyCapsule interface)."""
     def summary(self) -> Summary: ...

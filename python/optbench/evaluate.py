@@ -290,7 +290,8 @@ def start_generation(
     journal: str | os.PathLike[str] | None = None,
 ) -> _core.LoadTest:
     """Starts generating one answer per request, at temperature 0, ``o.concurrency`` at a time
-    (each request carries its own ``max_tokens`` and stop sequences); each answer is appended
+    (each request carries its own ``max_tokens`` and stop sequences, and ``o.extra_body``'s
+    fields); each answer is appended
     to ``journal`` (JSON lines) the moment it finishes, when given."""
     return start_run(
         base_url,
@@ -302,6 +303,7 @@ def start_generation(
         output_tokens=max(DEFAULT_MAX_TOKENS.values()),
         temperature=0.0,
         timeout_s=o.timeout_s,
+        extra_body=o.extra_body,
         journal=None if journal is None else str(journal),
     )
 

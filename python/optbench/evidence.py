@@ -70,14 +70,19 @@ class Observer:
 
     def record(self, result: Any, calibration: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """``server_metrics``, ``gpu_telemetry`` (and ``calibration`` when given), added to
-        ``result.summary`` and returned."""
-        rows = result.requests
-        ok = rows[rows["success"]]
+        ``result.summary`` and returned: over the load test's measured window (warm-up
+        excluded) when the result knows it, else over the whole load test call."""
+        window = result.measured_window_monotonic
+        if window is not None:  # the measured requests, over the measured window
+            output_tokens, requests = int(result.summary["total_output_tokens"]), int(result.summary["num_requests"])
+        else:  # every request of the call, over the whole sampling
+            rows = result.requests
+            output_tokens, requests = int(rows[rows["success"]]["output_tokens"].sum()), int(len(rows))
         if self.gpus is None:
             gpu: dict[str, Any] = {"available": False, "reason": "not sampled: optbench did not start this server"}
         else:
-            gpu = self.gpus.summary(output_tokens=int(ok["output_tokens"].sum()), requests=int(len(rows)))
-        out: dict[str, Any] = {"server_metrics": self.scraper.summary(), "gpu_telemetry": gpu}
+            gpu = self.gpus.summary(output_tokens=output_tokens, requests=requests, window=window)
+        out: dict[str, Any] = {"server_metrics": self.scraper.summary(window), "gpu_telemetry": gpu}
         if calibration is not None:
             out["calibration"] = dict(calibration)
         result.summary.update(out)
@@ -274,12 +279,13 @@ def _server_section(metas: list[dict[str, Any]]) -> list[str]:
     lines = [
         "### Client vs server",
         "",
-        "The server's own account of the same requests (warm-up included on both sides): its Prometheus "
-        "histograms over the load test (vLLM, SGLang; percentiles interpolated within buckets) or llama.cpp's "
+        "The server's own account of the same requests (the measured ones on both sides: its `/metrics` read "
+        "nearest the measured window's edges; warm-up included on both sides where a run did not record that "
+        "window): its Prometheus histograms (vLLM, SGLang; percentiles interpolated within buckets) or llama.cpp's "
         "per-request `timings`. The tolerance is the client's calibrated error at that percentile plus, for a "
         "histogram, the width of the bucket holding the server's percentile. A server's TTFT leaves out time spent "
-        "before it counts (HTTP, tokenising, waiting for a llama.cpp slot), and its ITL counts per token where the "
-        "client counts per chunk.",
+        "before it counts (HTTP, tokenising, waiting for a llama.cpp slot); both count ITL per token (the client "
+        "splits a chunk's gap over its tokens where the server sends per-chunk usage).",
         "",
         "| configuration | quantity | client (ms) | server (ms) | server source | client − server (ms) "
         "| tolerance (ms) | within tolerance |",
@@ -338,8 +344,10 @@ def _gpu_section(table: pd.DataFrame, metas: list[dict[str, Any]]) -> list[str]:
             "|---|---|---|---|---|---|---|---|---|",
             *body,
             "",
-            "Energy is the GPUs' energy counter over the load test (warm-up included) divided by its output tokens "
-            "and requests; cost per million output tokens is `gpu_cost_per_hour` (the configuration's setting) over "
+            "Energy is the GPUs' energy counter (or integrated power) over the load test's measured window, "
+            "interpolated between the samples around its edges, divided by the measured requests' output tokens "
+            "and their number (over the whole load test, warm-up included, where a run did not record that "
+            "window); cost per million output tokens is `gpu_cost_per_hour` (the configuration's setting) over "
             "the measured output-token throughput.",
         ]
     return lines + [""]

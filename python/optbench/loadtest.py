@@ -64,7 +64,9 @@ class LoadTestResult:
             ``trace_input_length``, ``trace_output_length``, ``trace_prefix_id`` and
             ``lateness_ms`` (:mod:`optbench.trace`).
         summary: aggregates over measured requests: counts, ``failures_by_kind``,
-            ``duration_s``, ``request_throughput``, ``output_token_throughput`` and
+            ``duration_s`` (the measured window: ``measured_start_ns`` to ``measured_end_ns``,
+            the first measured request's scheduled start to the last one's end, on the
+            records' clock), ``request_throughput``, ``output_token_throughput`` and
             ``metrics[name][stat]`` for each metric in :data:`METRICS` and stat in ``count`` +
             :data:`STATS`; with an ``slo`` option, ``slo``: attainment (with its Wilson
             interval) and goodput (``optbench.slo.evaluate``); ``server_timings`` where the
@@ -88,6 +90,8 @@ class LoadTestResult:
             ``estimate``) or ``user`` for the caller's prompts.
         warnings: anything the user should know about the numbers.
         options: the options it ran with (``LoadTestOptions.from_dict(config)`` rebuilds them).
+        clock_origin_monotonic: the instant the records' ``*_ns`` times count from, on
+            ``time.monotonic()``'s clock (None for a run recovered from its journal).
     """
 
     requests: pd.DataFrame
@@ -100,6 +104,16 @@ class LoadTestResult:
     wall_s: float = 0.0
     _arrow: pa.Table | None = field(default=None, repr=False)
     options: LoadTestOptions = field(default_factory=LoadTestOptions)
+    clock_origin_monotonic: float | None = None
+
+    @property
+    def measured_window_monotonic(self) -> tuple[float, float] | None:
+        """The measured window (warm-up excluded) on ``time.monotonic()``'s clock, for GPU
+        telemetry and ``/metrics`` reads; None without measured requests or a clock origin."""
+        start, end = self.summary.get("measured_start_ns"), self.summary.get("measured_end_ns")
+        if self.clock_origin_monotonic is None or start is None or end is None:
+            return None
+        return self.clock_origin_monotonic + start / 1e9, self.clock_origin_monotonic + end / 1e9
 
     @property
     def interrupted(self) -> bool:
@@ -366,6 +380,7 @@ def _result(
         wall_s=run.wall_s(),
         _arrow=table,
         options=options,
+        clock_origin_monotonic=run.clock_origin_monotonic(),
     )
 
 

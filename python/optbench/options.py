@@ -381,6 +381,11 @@ class LoadTestOptions(Options):
             raise ConfigError(f"give {what} or shared_prefixes, not both")
 
 
+#: The request fields the evaluation sets itself (its prompts, per-category ``max_tokens`` and
+#: ``stop``, greedy decoding), which its ``extra_body`` may not replace.
+EVALUATOR_BODY_FIELDS = ("model", "prompt", "messages", "stream", "max_tokens", "stop", "temperature")
+
+
 @dataclass(frozen=True)
 class EvaluationOptions(Options):
     """The parameters of a quality evaluation (``optbench.evaluate``)."""
@@ -432,6 +437,13 @@ class EvaluationOptions(Options):
         DEFAULT_TIMEOUT_S, "per-request deadline in seconds; None waits forever", above=0, maximum=MAX_SECONDS
     )
     api_key_env: str | None = option(None, "name of an environment variable holding a bearer API key", cli="VAR")
+    extra_body: dict[str, Any] | None = option(
+        None,
+        "extra JSON fields for every request body (e.g. top_p, seed, chat_template_kwargs); not the fields the"
+        " evaluator sets: " + ", ".join(EVALUATOR_BODY_FIELDS),
+        check=lambda value: _evaluation_body_problem(value),
+        cli="JSON",
+    )
     under_load_concurrency: int | None = option(
         None,
         "quality under load: also generate the answers at concurrency 1 and compare them with those at this"
@@ -439,6 +451,16 @@ class EvaluationOptions(Options):
         minimum=1,
         maximum=MAX_REQUESTS,
     )
+
+
+def _evaluation_body_problem(body: Mapping[str, Any] | None) -> str | None:
+    owned = sorted(set(body or {}) & set(EVALUATOR_BODY_FIELDS), key=EVALUATOR_BODY_FIELDS.index)
+    if owned:
+        return (
+            f" has {', '.join(repr(k) for k in owned)}, which the evaluator sets itself (the prompts, `max_tokens`"
+            " and `stop` options, temperature 0); leave it out of extra_body"
+        )
+    return None
 
 
 #: The parts of a prompt template (``optbench.evaluate.DEFAULT_TEMPLATES``); ``instruction`` may be left out.

@@ -73,6 +73,46 @@ def speed_metrics_from_summary(summary: dict[str, Any]) -> dict[str, float]:
         "num_failed": int(summary["num_failed"]),
         **summary_columns(summary.get("slo")),  # attainment and goodput under the run's SLO
         **_reasoning_from_summary(summary),
+        **chunk_columns(
+            stat("tokens_per_chunk", "mean"),
+            summary.get("num_chunks", 0),
+            summary.get("num_multi_token_chunks", 0),
+            stat("itl_ms", "p50"),
+            stat("chunk_gap_ms", "p50"),
+            summary.get("num_chunk_counts_from_usage"),
+            summary.get("num_chunk_counts_one_per_chunk"),
+        ),
+    }
+
+
+def chunk_columns(
+    tokens_per_chunk_mean: float,
+    num_chunks: int,
+    num_multi: int,
+    itl_p50_ms: float,
+    chunk_gap_p50_ms: float,
+    from_usage: int | None,
+    one_per_chunk: int | None,
+) -> dict[str, Any]:
+    """The tokens-per-chunk columns of the comparison table. ``chunk_tokens_source`` says where
+    the per-chunk counts of the successful requests came from: ``usage`` (every chunk's
+    cumulative ``usage``: vLLM's ``continuous_usage_stats``), ``none`` (the server sent no
+    per-chunk usage, llama.cpp's case: each chunk counted one token), ``partial`` (some requests
+    each way); NaN without chunks. ``from_usage`` and ``one_per_chunk`` count the requests each
+    way (None for runs recorded before they were: then ``usage`` where a chunk counted several
+    tokens, else NaN)."""
+    if from_usage is None or one_per_chunk is None:
+        source: Any = "usage" if num_multi else float("nan")
+    else:
+        source = {(True, False): "usage", (False, True): "none", (True, True): "partial"}.get(
+            (from_usage > 0, one_per_chunk > 0), float("nan")
+        )
+    return {
+        "tokens_per_chunk_mean": tokens_per_chunk_mean,
+        "multi_token_chunk_share": num_multi / num_chunks if num_chunks else float("nan"),
+        "itl_p50_ms": itl_p50_ms,
+        "chunk_gap_p50_ms": chunk_gap_p50_ms,
+        "chunk_tokens_source": source,
     }
 
 
@@ -161,7 +201,37 @@ def speed_metrics(requests: pd.DataFrame) -> dict[str, float]:
         "num_requests": int(len(measured)),
         "num_failed": int((~measured["success"]).sum()),
         **_reasoning_from_rows(ok, window_s),
+        **_chunks_from_rows(ok),
     }
+
+
+def _chunks_from_rows(ok: pd.DataFrame) -> dict[str, Any]:
+    """:func:`chunk_columns` recomputed from the successful measured rows (a row without
+    ``chunk_tokens``, written before they existed, counts one token per chunk)."""
+    tokens = (
+        [
+            np.asarray(t, dtype=float) if len(t) else np.ones(n)
+            for t, n in zip(ok["chunk_tokens"], ok["num_chunks"], strict=True)
+        ]
+        if "chunk_tokens" in ok
+        else [np.ones(n) for n in ok["num_chunks"]]
+    )
+    per_chunk = np.concatenate(tokens) if tokens else np.array([])
+
+    def p50(col: str) -> float:
+        values = np.concatenate([np.asarray(v, dtype=float) for v in ok[col]]) if len(ok) else np.array([])
+        return float(np.percentile(values, 50)) if len(values) else float("nan")
+
+    sources = ok["chunk_tokens_source"] if "chunk_tokens_source" in ok else None
+    return chunk_columns(
+        float(per_chunk.mean()) if len(per_chunk) else float("nan"),
+        len(per_chunk),
+        int((per_chunk > 1).sum()),
+        p50("itl_ms"),
+        p50("chunk_gap_ms"),
+        None if sources is None else int((sources == "usage").sum()),
+        None if sources is None else int((sources == "chunks").sum()),
+    )
 
 
 def quality_metrics(samples: pd.DataFrame) -> dict[str, float]:
@@ -392,6 +462,7 @@ def render_markdown(
             f"![Speed against quality: the baseline's {100 * QUALITY_THRESHOLD:.0f}% band is shaded, "
             f"acceptable configurations are filled]({decision_png})",
         ]
+    lines += [*chunks_section(table)]
     lines += [*_replicas_section(metas)]
     lines += ["", *evidence.markdown(table, metas)]
     lines += [*under_load_section(metas), "## Findings", ""]
@@ -451,6 +522,39 @@ def render_markdown(
     else:
         lines.append("No recommendation: no configuration both finished and kept the baseline's quality.")
     return "\n".join(lines) + "\n", findings
+
+
+def chunks_section(table: pd.DataFrame) -> list[str]:
+    """RESULTS.md's "Tokens per chunk" table (configurations with a load test), with a warning
+    line for each configuration whose chunks carried several tokens."""
+    if "tokens_per_chunk_mean" not in table or not table["tokens_per_chunk_mean"].notna().any():
+        return []
+    lines = [
+        "",
+        "### Tokens per chunk",
+        "",
+        "ITL is per token: a chunk of k tokens that arrived g after the previous one counts k gaps of g / k; "
+        "the chunk gap is the time between chunks, whatever they carried.",
+        "",
+        "| configuration | mean tokens/chunk | multi-token chunks | P50 ITL (ms) | P50 chunk gap (ms) | source |",
+        "|---|---|---|---|---|---|",
+    ]
+    warnings = []
+    for _, r in table[table["tokens_per_chunk_mean"].notna()].iterrows():
+        share = r["multi_token_chunk_share"]
+        lines.append(
+            f"| {r['configuration']} | {_fmt(r['tokens_per_chunk_mean'], 2)} | "
+            f"{'–' if pd.isna(share) else f'{100 * share:.0f}%'} | {_fmt(r['itl_p50_ms'], 2)} | "
+            f"{_fmt(r['chunk_gap_p50_ms'], 2)} | {_fmt(r['chunk_tokens_source'])} |"
+        )
+        if pd.notna(share) and share > 0:
+            warnings.append(
+                f"- **Warning** ({r['configuration']}): {100 * share:.0f}% of chunks carried several tokens "
+                f"(mean {r['tokens_per_chunk_mean']:.2f}): ITL here is per token: chunk gaps are "
+                f"{r['tokens_per_chunk_mean']:.1f}× larger (P50 chunk gap {_fmt(r['chunk_gap_p50_ms'], 2)} ms, "
+                f"P50 ITL {_fmt(r['itl_p50_ms'], 2)} ms)."
+            )
+    return [*lines, *([""] + warnings if warnings else [])]
 
 
 def _replicas_section(metas: list[dict[str, Any]]) -> list[str]:

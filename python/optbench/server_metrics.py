@@ -39,8 +39,16 @@ read, by engine (the engine is recognised from the names the server exposes):
   ``llamacpp:requests_deferred`` (waiting for a slot), ``llamacpp:kv_cache_usage_ratio`` where
   the version has it.
 
-The window holds the warm-up requests too (they are part of the same load test call), so the
-client side of a comparison (:func:`client_vs_server`) is computed over the same requests.
+**The window.** Given the load test's measured window (``MetricsScraper.summary(window=(start,
+end))`` on ``time.monotonic()``'s clock; :class:`optbench.evidence.Observer` passes it), the
+deltas are taken between the two reads nearest its edges (:func:`nearest_window`), so the warm-up
+requests that ended more than half a scrape interval before the measured window began are not
+counted; ``start_offset_s`` and ``end_offset_s`` say how far those reads were from the edges
+(the residual error: at most about half the scrape interval each, when every read succeeded),
+and ``window`` is ``measured``. Without it (``window`` = ``load test``) the deltas run from the
+read before the load test call to the one after it, warm-up included. The client side of a
+comparison (:func:`client_vs_server`) is computed over the same requests: measured ones for a
+measured window, all of them otherwise.
 A server without ``/metrics`` (or one that refuses it) is reported as unavailable with the
 reason; scraping never fails a run.
 """
@@ -384,13 +392,42 @@ class MetricsScraper:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def summary(self) -> dict[str, Any]:
-        """:func:`summarize` of what was read, with the URL and the scrape counts."""
-        out = summarize(self.before, self.during, self.after)
+    def summary(self, window: tuple[float, float] | None = None) -> dict[str, Any]:
+        """:func:`summarize` of what was read, with the URL and the scrape counts; over the reads
+        nearest ``window``'s edges (:func:`nearest_window`) when given."""
+        reads = (self.before, self.during, self.after)
+        edges = nearest_window(reads, window) if window is not None else None
+        out = summarize(*(edges or reads))
+        if out.get("available"):
+            out["window"] = "load test"
+            if edges is not None and window is not None:
+                out.update(
+                    window="measured",
+                    start_offset_s=edges[0].time - window[0],
+                    end_offset_s=edges[2].time - window[1],
+                )
         out.update(url=redact_urls(self.url), scrapes=self.attempts, failed_scrapes=self.failures)
         if self.last_error:
             out["last_error"] = self.last_error
         return out
+
+
+def nearest_window(
+    reads: tuple[Snapshot | None, list[Snapshot], Snapshot | None], window: tuple[float, float]
+) -> tuple[Snapshot, list[Snapshot], Snapshot] | None:
+    """The reads (before, during, after) cut to the ones nearest ``window``'s start and end
+    (start, end on ``time.monotonic()``'s clock), with those between them; None when the reads
+    cannot frame it (no read before or after, or the two nearest are the same read)."""
+    before, during, after = reads
+    if before is None or after is None:
+        return None
+    snaps = sorted([before, *during, after], key=lambda s: s.time)
+    first = min(snaps, key=lambda s: abs(s.time - window[0]))
+    later = [s for s in snaps if s.time > first.time]
+    if not later:
+        return None
+    last = min(later, key=lambda s: abs(s.time - window[1]))
+    return first, [s for s in snaps if first.time < s.time < last.time], last
 
 
 def _hist_stats(h: Histogram) -> dict[str, Any] | None:
@@ -488,10 +525,12 @@ def summary_line(m: Mapping[str, Any] | None) -> str:
 # --------------------------------------------------------------------------- client vs server
 
 
-def _client_values(requests: pd.DataFrame) -> dict[str, dict[str, float]]:
+def _client_values(requests: pd.DataFrame, measured_only: bool = False) -> dict[str, dict[str, float]]:
     """The client's P50 / P99 of TTFT, ITL, TPOT and E2E over the successful requests, warm-up
-    included (the server's window holds them too)."""
+    included unless ``measured_only`` (as the server's window holds them)."""
     ok = requests[requests["success"]]
+    if measured_only:
+        ok = ok[~ok["warmup"].astype(bool)]
     itl = [g for gaps in ok["itl_ms"] if gaps is not None for g in gaps] if "itl_ms" in ok else []
     out = {}
     for key, values in (
@@ -527,7 +566,8 @@ def client_vs_server(
     ``client``, ``server``, ``source``, ``difference`` (client - server), ``tolerance`` (the
     client's calibrated error at that percentile plus, for a histogram, the width of the bucket
     holding the server's percentile) and ``beyond`` (whether the difference exceeds it)."""
-    client = _client_values(requests)
+    measured = (server or {}).get("window") == "measured"
+    client = _client_values(requests, measured_only=measured)
     cal = calibration if calibration and not calibration.get("error") else {}
     rows: list[dict[str, Any]] = []
 
@@ -558,7 +598,7 @@ def client_vs_server(
         low, high = h[f"{stat}_bucket"]
         slack = (high - low) if high is not None else math.inf
         add(name, client[metric][stat], h[stat], h["metric"], err_key, slack)
-    timings = server_timing_summary(requests, measured_only=False)
+    timings = server_timing_summary(requests, measured_only=measured)
     if timings:
         for stat in ("p50", "p99"):
             prompt = (timings.get("server_prompt_ms") or {}).get(stat)

@@ -8,8 +8,12 @@ used, GPU utilisation and the SM clock. :func:`summarize_samples` turns the samp
 
 - **energy** over the window: the energy counter's increase (or, where a GPU has no counter,
   power integrated over time with the trapezoid rule), summed over the GPUs, and from it the
-  energy **per output token** and **per request** (every request of the load test call, warm-up
-  included, since the window holds them: the caller passes those counts);
+  energy **per output token** and **per request** (the caller passes the counts of the requests
+  the window holds). The window is the load test's **measured window** when the caller gives it
+  (``window=(start, end)`` on ``time.monotonic()``'s clock: warm-up excluded): the counter, or the
+  power, is interpolated linearly between the two samples around each edge, so the residual
+  error is the energy's departure from a straight line within one sampling interval at each
+  edge. Without it, the window is the whole sampling (the first sample to the last);
 - mean and peak power, **peak memory used**, mean utilisation and SM clock.
 
 Without a GPU or without NVML this says so in one line (``GPU telemetry: none (NVML: <reason>)``)
@@ -172,25 +176,54 @@ class GpuTelemetry:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def summary(self, *, output_tokens: int | None = None, requests: int | None = None) -> dict[str, Any]:
-        """:func:`summarize_samples` of the samples taken, or ``{"available": False, "reason"}``."""
+    def summary(
+        self,
+        *,
+        output_tokens: int | None = None,
+        requests: int | None = None,
+        window: tuple[float, float] | None = None,
+    ) -> dict[str, Any]:
+        """:func:`summarize_samples` of the samples taken (over ``window``, on
+        ``time.monotonic()``'s clock, when given), or ``{"available": False, "reason"}``."""
         if not self.available:
             return {"available": False, "reason": f"NVML: {self.reason}"}
-        out = summarize_samples(self.samples, output_tokens=output_tokens, requests=requests)
+        out = summarize_samples(self.samples, output_tokens=output_tokens, requests=requests, window=window)
         out["gpus"] = self.gpus
         return out
 
 
-def _energy_j(series: Sequence[GpuSample]) -> tuple[float | None, str]:
-    """One GPU's energy over its samples: the counter's increase, else power integrated."""
-    counter = [s for s in series if s.energy_j is not None]
-    if len(counter) >= 2 and counter[-1].energy_j is not None and counter[0].energy_j is not None:
-        return counter[-1].energy_j - counter[0].energy_j, "energy counter"
-    power = [s for s in series if s.power_w is not None]
+def interpolate(points: Sequence[tuple[float, float]], t: float) -> float:
+    """The value at time ``t`` of the piecewise-linear curve through ``points`` (time, value),
+    sorted by time and not empty; outside them, the first or last value."""
+    if t <= points[0][0]:
+        return points[0][1]
+    for (t0, v0), (t1, v1) in zip(points, points[1:]):
+        if t <= t1:
+            return v0 if t1 == t0 else v0 + (v1 - v0) * (t - t0) / (t1 - t0)
+    return points[-1][1]
+
+
+def _clip(points: list[tuple[float, float]], window: tuple[float, float] | None) -> list[tuple[float, float]]:
+    """``points`` cut to ``window``: the values interpolated at its edges and the points inside."""
+    if window is None:
+        return points
+    start, end = window
+    inside = [p for p in points if start < p[0] < end]
+    return [(start, interpolate(points, start)), *inside, (end, interpolate(points, end))]
+
+
+def _energy_j(series: Sequence[GpuSample], window: tuple[float, float] | None = None) -> tuple[float | None, str]:
+    """One GPU's energy over its samples, or over ``window`` (interpolated at its edges): the
+    counter's increase, else power integrated with the trapezoid rule."""
+    counter = [(s.time, s.energy_j) for s in series if s.energy_j is not None]
+    if len(counter) >= 2:
+        clipped = _clip(counter, window)
+        return clipped[-1][1] - clipped[0][1], "energy counter"
+    power = _clip([(s.time, s.power_w) for s in series if s.power_w is not None], window)
     if len(power) >= 2:
         total = 0.0
-        for a, b in zip(power, power[1:]):
-            total += 0.5 * ((a.power_w or 0.0) + (b.power_w or 0.0)) * (b.time - a.time)
+        for (t0, p0), (t1, p1) in zip(power, power[1:]):
+            total += 0.5 * (p0 + p1) * (t1 - t0)
         return total, "power integrated"
     return None, "no energy or power readings"
 
@@ -200,19 +233,31 @@ def _mean(values: list[float]) -> float | None:
 
 
 def summarize_samples(
-    samples: Sequence[GpuSample], *, output_tokens: int | None = None, requests: int | None = None
+    samples: Sequence[GpuSample],
+    *,
+    output_tokens: int | None = None,
+    requests: int | None = None,
+    window: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Energy, power, memory, utilisation and clocks over ``samples`` (see the module docs):
-    energy summed over GPUs; per output token and per request when those counts are given."""
+    energy summed over GPUs; per output token and per request when those counts are given.
+    ``window`` (start, end on the samples' clock): energy interpolated at its edges, power,
+    memory, utilisation and clocks from the samples inside it (all of them when none is)."""
     if not samples:
         return {"available": False, "reason": "no samples"}
+    if window is not None and not window[0] < window[1]:
+        window = None  # an empty window (no measured request): the whole sampling
     by_gpu: dict[int, list[GpuSample]] = {}
     for s in sorted(samples, key=lambda s: s.time):
         by_gpu.setdefault(s.gpu, []).append(s)
-    energies = {gpu: _energy_j(series) for gpu, series in by_gpu.items()}
+    energies = {gpu: _energy_j(series, window) for gpu, series in by_gpu.items()}
     known = [e for e, _ in energies.values() if e is not None]
     energy = sum(known) if len(known) == len(energies) else None
-    window = max(s.time for s in samples) - min(s.time for s in samples)
+    sampled = (min(s.time for s in samples), max(s.time for s in samples))
+    if window is not None:
+        samples = [s for s in samples if window[0] <= s.time <= window[1]] or samples
+    start, end = window or sampled
+    window_s = end - start
     # Power of all GPUs together at each sampling moment.
     moments: dict[float, float] = {}
     for s in samples:
@@ -229,10 +274,14 @@ def summarize_samples(
         "available": True,
         "num_gpus": len(by_gpu),
         "num_samples": len(samples),
-        "window_s": window,
+        "window": "sampled" if window is None else "measured",
+        "window_s": window_s,
+        # How far the samples reach beyond the window's edges (0 and 0 without a window).
+        "sampled_before_s": start - sampled[0],
+        "sampled_after_s": sampled[1] - end,
         "energy_j": energy,
         "energy_source": sorted({how for _, how in energies.values()}),
-        "power_mean_w": energy / window if energy is not None and window > 0 else _mean(list(moments.values())),
+        "power_mean_w": energy / window_s if energy is not None and window_s > 0 else _mean(list(moments.values())),
         "power_peak_w": max(moments.values()) if moments else None,
         "memory_peak_mib": max(memory) if memory else None,
         "memory_peak_mib_per_gpu": {str(k): v for k, v in sorted(peak_memory.items())},

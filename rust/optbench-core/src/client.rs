@@ -538,9 +538,13 @@ fn handle_event(event: &SseEvent, arrived: i64, rec: &mut RequestRecord) -> Resu
             let tokens = match chunk.usage.as_ref().and_then(|u| u.completion_tokens) {
                 Some(n) => {
                     let counted: u32 = rec.chunk_tokens.iter().sum();
+                    rec.chunk_tokens_source = Some(TokenCountSource::Usage);
                     n.saturating_sub(counted).max(1)
                 }
-                None => 1,
+                None => {
+                    rec.chunk_tokens_source.get_or_insert(TokenCountSource::Chunks);
+                    1
+                }
             };
             rec.chunk_tokens.push(tokens);
             if let Some(text) = reasoning {
@@ -782,6 +786,10 @@ mod tests {
         let mut rec = RequestRecord::default();
         let usage =
             |text: &str, n: u32| format!(r#"{{"choices":[{{"text":"{text}"}}],"usage":{{"completion_tokens":{n}}}}}"#);
+        // A chunk without usage first: one token, counted so until a chunk carries usage.
+        let mut plain = RequestRecord::default();
+        handle_event(&ev(r#"{"choices":[{"text":"x"}]}"#), 1, &mut plain).ok().unwrap();
+        assert_eq!((plain.chunk_tokens.clone(), plain.chunk_tokens_source), (vec![1], Some(TokenCountSource::Chunks)));
         handle_event(&ev(&usage("a b", 2)), 1, &mut rec).ok().unwrap();
         handle_event(&ev(&usage("c", 3)), 2, &mut rec).ok().unwrap();
         // Tokens of a chunk without text count in the next chunk with text.
@@ -793,6 +801,7 @@ mod tests {
         handle_event(&ev(r#"{"choices":[{"text":"g"}]}"#), 6, &mut rec).ok().unwrap();
         assert_eq!(rec.chunk_tokens, vec![2, 1, 3, 1, 1]);
         assert_eq!(rec.chunk_times_ns, vec![1, 2, 4, 5, 6]);
+        assert_eq!(rec.chunk_tokens_source, Some(TokenCountSource::Usage));
     }
 
     #[test]

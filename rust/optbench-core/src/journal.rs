@@ -42,6 +42,8 @@ struct JournalLine {
     /// Absent in journals written before it existed (then 1 token per chunk).
     #[serde(default)]
     chunk_tokens: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chunk_tokens_source: Option<String>,
     output_text: String,
     /// The reasoning fields: absent in journals written before they existed, and left out of
     /// the lines of requests without reasoning.
@@ -88,6 +90,7 @@ impl From<&RequestRecord> for JournalLine {
             chunk_times_ns: r.chunk_times_ns.clone(),
             chunk_text_bytes: r.chunk_text_bytes.clone(),
             chunk_tokens: r.chunk_tokens.clone(),
+            chunk_tokens_source: r.chunk_tokens_source.map(|s| s.as_str().to_string()),
             output_text: r.output_text.clone(),
             reasoning_text: r.reasoning_text.clone(),
             first_reasoning_token_ns: r.first_reasoning_token_ns,
@@ -130,6 +133,7 @@ impl JournalLine {
         };
         let token_count_source = source(self.token_count_source.as_deref())?;
         let reasoning_token_source = source(self.reasoning_token_source.as_deref())?;
+        let chunk_tokens_source = source(self.chunk_tokens_source.as_deref())?;
         Ok(RequestRecord {
             request_id: self.request_id,
             warmup: self.warmup,
@@ -145,6 +149,7 @@ impl JournalLine {
             chunk_times_ns: self.chunk_times_ns,
             chunk_text_bytes: self.chunk_text_bytes,
             chunk_tokens: self.chunk_tokens,
+            chunk_tokens_source,
             output_text: self.output_text,
             reasoning_text: self.reasoning_text,
             first_reasoning_token_ns: self.first_reasoning_token_ns,
@@ -331,7 +336,11 @@ mod tests {
         let path = dir.join("requests.journal.jsonl");
         let _ = std::fs::remove_file(&path);
         let writer = JournalWriter::create(&path).unwrap();
-        writer.append(&RequestRecord { chunk_tokens: vec![2, 1, 3], ..record(0, None) });
+        writer.append(&RequestRecord {
+            chunk_tokens: vec![2, 1, 3],
+            chunk_tokens_source: Some(TokenCountSource::Usage),
+            ..record(0, None)
+        });
         writer.finish().unwrap();
         // A line written before `chunk_tokens` existed.
         let mut old = serde_json::to_value(JournalLine::from(&record(1, None))).unwrap();
@@ -343,7 +352,8 @@ mod tests {
         let read = read_journal(&path).unwrap();
         assert!(read.bad_lines.is_empty(), "{:?}", read.bad_lines);
         assert_eq!(read.records[0].chunk_tokens, vec![2, 1, 3]);
-        assert!(read.records[1].chunk_tokens.is_empty());
+        assert_eq!(read.records[0].chunk_tokens_source, Some(TokenCountSource::Usage));
+        assert!(read.records[1].chunk_tokens.is_empty() && read.records[1].chunk_tokens_source.is_none());
         assert_eq!(read.records[1].itl_ms(), vec![10e-6, 10e-6], "1 token per chunk");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -88,6 +88,13 @@ pub struct Summary {
     /// Measured window in seconds: from the first measured request's scheduled start to the
     /// last measured request's end.
     pub duration_s: f64,
+    /// Start of the measured window, nanoseconds after the run's clock origin
+    /// ([`crate::runner::LoadTestOutcome::clock_origin`]): the first measured request's
+    /// scheduled start (its send time in a healthy run). `None` without measured requests.
+    /// Warm-up requests end before it.
+    pub measured_start_ns: Option<i64>,
+    /// End of the measured window, on the same clock: the last measured request's end.
+    pub measured_end_ns: Option<i64>,
     /// Successful requests per second over the measured window.
     pub request_throughput: f64,
     /// Output tokens of successful requests per second over the measured window.
@@ -103,6 +110,12 @@ pub struct Summary {
     /// Of those, the chunks that carried more than one token (see
     /// [`RequestRecord::chunk_tokens`]); `itl_ms` then differs from `chunk_gap_ms`.
     pub num_multi_token_chunks: usize,
+    /// Successful requests whose chunk token counts came from per-chunk usage
+    /// (`chunk_tokens_source` = `usage`).
+    pub num_chunk_counts_from_usage: usize,
+    /// Successful requests whose chunks carried no usage, each counted as one token
+    /// (`chunk_tokens_source` = `chunks`).
+    pub num_chunk_counts_one_per_chunk: usize,
     /// Per-metric statistics: `ttft_ms`, `e2e_ms`, `tokens_per_s`, `tpot_ms`, `itl_ms` (per
     /// token: a chunk of k tokens after a gap g gives k gaps of g/k), `chunk_gap_ms` (between
     /// token-carrying chunks), `tokens_per_chunk`, `queue_delay_ms`, `output_tokens`,
@@ -187,6 +200,7 @@ impl Summary {
         if let (Some(start), Some(end)) = (start, end) {
             s.duration_s = ns_to_ms(end - start) / 1e3;
         }
+        (s.measured_start_ns, s.measured_end_ns) = (start, end);
         s.total_output_tokens = ok.iter().filter_map(|r| r.output_tokens).map(u64::from).sum();
         s.total_prompt_tokens = ok.iter().filter_map(|r| r.prompt_tokens).map(u64::from).sum();
         s.num_token_counts_estimated =
@@ -195,6 +209,9 @@ impl Summary {
             ok.iter().flat_map(|r| (0..r.chunk_times_ns.len()).map(|i| r.tokens_of_chunk(i))).collect();
         s.num_chunks = chunk_tokens.len();
         s.num_multi_token_chunks = chunk_tokens.iter().filter(|&&k| k > 1).count();
+        let from = |source| ok.iter().filter(|r| r.chunk_tokens_source == Some(source)).count();
+        s.num_chunk_counts_from_usage = from(crate::record::TokenCountSource::Usage);
+        s.num_chunk_counts_one_per_chunk = from(crate::record::TokenCountSource::Chunks);
         if s.duration_s > 0.0 {
             s.request_throughput = ok.len() as f64 / s.duration_s;
             s.output_token_throughput = s.total_output_tokens as f64 / s.duration_s;
@@ -358,8 +375,9 @@ mod tests {
         assert_eq!((tps.min, tps.max), (55.0, 110.0));
         assert_eq!(s.metrics["itl_ms"].count, 20);
         assert_eq!(s.total_output_tokens, 22);
-        // Window: scheduled 1000 ms .. last end 1500 ms.
+        // Window: scheduled 1000 ms .. last end 1500 ms; the warm-up (0..520 ms) is outside it.
         assert!((s.duration_s - 0.5).abs() < 1e-12);
+        assert_eq!((s.measured_start_ns, s.measured_end_ns), (Some(1_000_000_000), Some(1_500_000_000)));
         assert!((s.request_throughput - 4.0).abs() < 1e-12);
         assert!((s.output_token_throughput - 44.0).abs() < 1e-12);
     }

@@ -132,6 +132,11 @@ pub struct RequestRecord {
     /// usage (vLLM with `continuous_usage_stats`), at least 1; otherwise 1. Empty in records
     /// written before it existed (read as 1 per chunk).
     pub chunk_tokens: Vec<u32>,
+    /// Where `chunk_tokens` came from: `usage` when a token-carrying chunk carried the
+    /// cumulative `usage.completion_tokens` (vLLM with `continuous_usage_stats`), `chunks` when
+    /// none did (each chunk counted as one token); `None` without token-carrying chunks and in
+    /// records written before it existed.
+    pub chunk_tokens_source: Option<TokenCountSource>,
     /// The answer text, concatenated: `text` (completions) or `delta.content` (chat). A
     /// reasoning model's thinking is not in it (see `reasoning_text`), so quality scoring scores
     /// the answer.

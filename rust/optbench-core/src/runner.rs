@@ -205,6 +205,8 @@ pub struct LoadTestOutcome {
     pub stop_reason: StopReason,
     /// Wall time of the whole run including warm-up, in seconds.
     pub wall_s: f64,
+    /// The instant every record's `*_ns` time counts from (the monotonic clock).
+    pub clock_origin: Instant,
 }
 
 struct Shared {
@@ -532,7 +534,7 @@ pub async fn run_requests(
     } else {
         StopReason::Completed
     };
-    Ok(LoadTestOutcome { records, stop_reason, wall_s })
+    Ok(LoadTestOutcome { records, stop_reason, wall_s, clock_origin: shared.t0 })
 }
 
 /// Token counts of answers without `usage` are asked of the counter this many at a time.

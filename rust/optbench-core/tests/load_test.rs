@@ -548,12 +548,14 @@ async fn itl_is_per_token_when_chunks_carry_several_tokens() {
             assert!(r.is_success(), "{:?}", r.error_message);
             assert_eq!(r.output_tokens, Some(12));
             assert_eq!(r.chunk_tokens, vec![k as u32; 12 / k], "k={k}");
+            assert_eq!(r.chunk_tokens_source, Some(TokenCountSource::Usage));
             assert_eq!(r.itl_ms().len(), 12 - k, "one gap per token after the first chunk");
         }
         let s = Summary::from_records(&out.records);
         assert_eq!(s.total_output_tokens, 36);
         assert_eq!(s.num_chunks, 3 * 12 / k);
         assert_eq!(s.num_multi_token_chunks, if k > 1 { s.num_chunks } else { 0 });
+        assert_eq!((s.num_chunk_counts_from_usage, s.num_chunk_counts_one_per_chunk), (3, 0));
         let tpc = &s.metrics["tokens_per_chunk"];
         assert_eq!((tpc.mean, tpc.max), (k as f64, k as f64));
         let gap = s.metrics["chunk_gap_ms"].p50;
@@ -577,9 +579,11 @@ async fn without_continuous_usage_each_chunk_counts_one_token() {
         // The final usage still gives the exact count; the chunks only say 1 each.
         assert_eq!(r.output_tokens, Some(12));
         assert_eq!(r.chunk_tokens, vec![1; 6]);
+        assert_eq!(r.chunk_tokens_source, Some(TokenCountSource::Chunks));
     }
     let s = Summary::from_records(&out.records);
     assert_eq!(s.num_multi_token_chunks, 0);
+    assert_eq!((s.num_chunk_counts_from_usage, s.num_chunk_counts_one_per_chunk), (0, 3));
     assert!((s.metrics["itl_ms"].p50 - 10.0).abs() < 1.5);
 }
 

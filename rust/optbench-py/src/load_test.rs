@@ -325,6 +325,16 @@ impl LoadTest {
         self.with_outcome(py, |o| Ok(o.wall_s))
     }
 
+    /// The run's clock origin (the instant every record's `*_ns` time counts from) on Python's
+    /// `time.monotonic()` clock, in seconds: `origin + ns / 1e9` maps a record's time, or the
+    /// summary's measured window, onto the clock of GPU telemetry and `/metrics` scrapes.
+    fn clock_origin_monotonic(&self, py: Python<'_>) -> PyResult<f64> {
+        // Both read now, microseconds apart: the origin is now minus the time since it.
+        let since = self.with_outcome(py, |o| Ok(o.clock_origin.elapsed()))?;
+        let now: f64 = py.import("time")?.getattr("monotonic")?.call0()?.extract()?;
+        Ok(now - since.as_secs_f64())
+    }
+
     /// One Arrow record batch with a row per request (warm-up rows included, flagged);
     /// pass it to `pyarrow.record_batch(...)` or polars.
     fn records(&self, py: Python<'_>) -> PyResult<PyRecordBatch> {
@@ -362,6 +372,8 @@ fn summary_to_dict<'py>(py: Python<'py>, s: &Summary) -> PyResult<Bound<'py, PyD
     d.set_item("num_warmup", s.num_warmup)?;
     d.set_item("failures_by_kind", s.failures_by_kind.clone())?;
     d.set_item("duration_s", s.duration_s)?;
+    d.set_item("measured_start_ns", s.measured_start_ns)?;
+    d.set_item("measured_end_ns", s.measured_end_ns)?;
     d.set_item("request_throughput", s.request_throughput)?;
     d.set_item("output_token_throughput", s.output_token_throughput)?;
     d.set_item("total_output_tokens", s.total_output_tokens)?;
@@ -369,6 +381,8 @@ fn summary_to_dict<'py>(py: Python<'py>, s: &Summary) -> PyResult<Bound<'py, PyD
     d.set_item("num_token_counts_estimated", s.num_token_counts_estimated)?;
     d.set_item("num_chunks", s.num_chunks)?;
     d.set_item("num_multi_token_chunks", s.num_multi_token_chunks)?;
+    d.set_item("num_chunk_counts_from_usage", s.num_chunk_counts_from_usage)?;
+    d.set_item("num_chunk_counts_one_per_chunk", s.num_chunk_counts_one_per_chunk)?;
     let metrics = PyDict::new(py);
     for (name, stats) in &s.metrics {
         let m = PyDict::new(py);
