@@ -128,7 +128,7 @@ def render(medians: list[dict[str, Any]], s_gap5: Setting, repeats: int) -> str:
                 r["gap_ms"],
                 r["concurrency"],
                 r["runs"],
-                r["output_tok_s"],
+                round(r["output_tok_s"]),
                 cpu_cell(r),
                 r["self_cpu_s_per_1k_tokens"],
                 r["ttft_err_p50_ms"],
@@ -153,7 +153,7 @@ def render(medians: list[dict[str, Any]], s_gap5: Setting, repeats: int) -> str:
                 "TTFT err P50 ms",
                 "TTFT err P99 ms",
                 "headers P99 ms",
-                "connections before clock / during run (preconnect time)",
+                "connections before clock / during run (preconnect time, median)",
             ],
             table,
         )
@@ -183,21 +183,25 @@ def add_ratios(section: Section, medians: list[dict[str, Any]], top: int) -> Non
             else None
         )
         section.ratio(f"optbench / floor client CPU per token, gap {gap:g} ms, c={top}", value, 1.25, "<=")
-    cold = get(ON, 5.0)
-    section.ratio(
-        f"optbench TTFT error P50 from a cold start at c={top} (preconnect on)",
-        abs(cold["ttft_err_p50_ms"]) if cold else None,
-        1.0,
-        "<=",
-        "ms",
-    )
-    section.ratio(
-        f"optbench TTFT error P99 from a cold start at c={top} (preconnect on)",
-        abs(cold["ttft_err_p99_ms"]) if cold else None,
-        3.0,
-        "<=",
-        "ms",
-    )
+    cold, floor = get(ON, 5.0), get(FLOOR, 5.0)
+    for q, target in ((50, 1.0), (99, 3.0)):
+        key = f"ttft_err_p{q}_ms"
+        section.ratio(
+            f"optbench TTFT error P{q} from a cold start at c={top} (preconnect on)",
+            abs(cold[key]) if cold else None,
+            target,
+            "<=",
+            "ms",
+        )
+        # The same, less what the least-work client sees against the same truth: the request's
+        # way into a one-core server is in every client's error and no client can remove it.
+        section.ratio(
+            f"optbench TTFT error P{q} from a cold start at c={top}, minus the floor client's",
+            cold[key] - floor[key] if cold and floor else None,
+            target,
+            "<=",
+            "ms",
+        )
 
 
 def main() -> None:
@@ -205,13 +209,42 @@ def main() -> None:
     p.add_argument("--small", action="store_true", help="the smallest setting (a smoke test)")
     p.add_argument("--repeats", type=int, default=None, help="runs per client and setting (default 3; 1 with --small)")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--from-rows", action="store_true", help="measure nothing: rewrite --out from its .rows.json")
     args = p.parse_args()
     repeats = args.repeats or (1 if args.small else 3)
     tokens = 32 if args.small else 256
     concurrency, num_requests = (8, 16) if args.small else (256, 1024)
-    section = Section(f"The floor and the cold start: optbench against a raw-socket client at concurrency {concurrency}")
+    section = Section(
+        f"The floor and the cold start: optbench against a raw-socket client at concurrency {concurrency}"
+    )
     rows: list[dict[str, Any]] = []
     medians: list[dict[str, Any]] = []
+    if args.from_rows:
+        rows = json.loads(args.out.with_suffix(".rows.json").read_text())
+        section.commands = json.loads(args.out.read_text())["commands"]
+        for gap in sorted({r["gap_ms"] for r in rows}, reverse=True):
+            medians += [median_row([r for r in rows if r["client"] == c and r["gap_ms"] == gap]) for c in CLIENTS]
+        repeats = len(rows) // len(medians)
+        concurrency = rows[0]["concurrency"]
+        section.section = section.section.rsplit(" ", 1)[0] + f" {concurrency}"
+    else:
+        measure_all(section, rows, medians, repeats, concurrency, num_requests, tokens)
+    section.markdown = render(medians, Setting(5.0, concurrency, num_requests, tokens, tokens), repeats)
+    add_ratios(section, medians, concurrency)
+    section.write(args.out)
+    args.out.with_suffix(".rows.json").write_text(json.dumps(rows, indent=1))
+
+
+def measure_all(
+    section: Section,
+    rows: list[dict[str, Any]],
+    medians: list[dict[str, Any]],
+    repeats: int,
+    concurrency: int,
+    num_requests: int,
+    tokens: int,
+) -> None:
+    """Runs every client ``repeats`` times per gap, interleaved; appends to ``rows`` and ``medians``."""
     with tempfile.TemporaryDirectory(prefix="optbench-floor-") as tmp:
         tok = Path(tmp) / "tokenizer"
         write_word_tokenizer(tok, tokens)
@@ -222,7 +255,7 @@ def main() -> None:
                 by_client: dict[str, list[dict[str, Any]]] = {name: [] for name in CLIENTS}
                 for i in range(repeats):
                     for name, make in CLIENTS.items():
-                        work = Path(tmp) / f"{name.split()[0]}-{'on' if name == ON else 'off'}-{gap}-{i}"
+                        work = Path(tmp) / f"{list(CLIENTS).index(name)}-{gap}-{i}"
                         work.mkdir()
                         run = make(s, server.url, server.model, tok, work)
                         row = measure(name, s, server, tok, work, run)
@@ -233,10 +266,6 @@ def main() -> None:
                         if i == 0 and gap == 5.0:
                             section.commands.append(row["command"])
                 medians += [median_row(r) for r in by_client.values()]
-    section.markdown = render(medians, Setting(5.0, concurrency, num_requests, tokens, tokens), repeats)
-    add_ratios(section, medians, concurrency)
-    section.write(args.out)
-    args.out.with_suffix(".rows.json").write_text(json.dumps(rows, indent=1))
 
 
 def summary_line(r: dict[str, Any]) -> str:

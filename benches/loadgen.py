@@ -262,7 +262,9 @@ DIST_OF = {
 # --- one measurement -----------------------------------------------------------------------------
 
 
-def measure(name: str, s: Setting, server: TruthServer, tok: Path, work: Path, run: Run | None = None) -> dict[str, Any]:
+def measure(
+    name: str, s: Setting, server: TruthServer, tok: Path, work: Path, run: Run | None = None
+) -> dict[str, Any]:
     """One client (``CLIENTS[name]``, or ``run`` when given) against one setting."""
     run = run or CLIENTS[name](s, server.url, server.model, tok, work)
     _, client_cpus = server_and_client_cores()

@@ -685,7 +685,9 @@ def add_cli_options(parser: argparse.ArgumentParser | Any, cls: type[Options], *
         flag = _cli_flag(f.name)
         if tp is bool:
             if f.default is True:  # on by default: --no-NAME turns it off
-                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=doc + " (default on)")
+                group.add_argument(
+                    flag, action=argparse.BooleanOptionalAction, default=None, help=doc + " (default on)"
+                )
             else:
                 group.add_argument(flag, action="store_true", default=None, help=doc)
             continue
