@@ -96,7 +96,7 @@ impl Conn {
     fn feed(&mut self, bytes: &[u8], now: Instant) -> Option<serde_json::Value> {
         if self.in_headers {
             self.head.extend_from_slice(bytes);
-            let Some(end) = self.head.windows(4).position(|w| w == b"\r\n\r\n") else { return None };
+            let end = self.head.windows(4).position(|w| w == b"\r\n\r\n")?;
             if !self.head.starts_with(b"HTTP/1.1 200") {
                 let line = String::from_utf8_lossy(&self.head[..self.head.len().min(80)]).into_owned();
                 fail(&format!("the server answered {line:?}"));
