@@ -40,6 +40,14 @@ def mock_binary() -> Path:
     raise SystemExit("optbench-mock-server is not built: cargo build --release -p optbench-mock-server")
 
 
+def floor_binary() -> Path:
+    """``optbench-floor-client``, built with the truth server (same crate, same folder)."""
+    path = mock_binary().parent / "optbench-floor-client"
+    if not path.is_file():
+        raise SystemExit(f"{path} is not built: cargo build --release -p optbench-mock-server")
+    return path
+
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 

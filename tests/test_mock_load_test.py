@@ -118,6 +118,36 @@ def test_connection_refused_is_a_row():
     assert r.summary["num_failed"] == 6
 
 
+@pytest.mark.parametrize("preconnect", [True, False])
+def test_preconnect_opens_the_pool_before_the_clock_and_is_reported(preconnect):
+    with MockServer(ttft_ms=5, gap_ms=1, tokens=4) as server:
+        r = run(server.base_url, num_requests=12, concurrency=4, output_tokens=4, preconnect=preconnect)
+        log = server.log()
+    assert r.summary["num_succeeded"] == 12 and len(log) == 12
+    p = r.summary["preconnect"]
+    assert p["enabled"] is preconnect and p["error"] is None, p
+    assert r.options.preconnect is preconnect
+    opened_by_a_request = sum(e["earlier_on_connection"] == 0 for e in log)
+    if preconnect:
+        # Four connections and a spare, opened by GET /v1/models before the clock; none during the run.
+        assert (p["connections_wanted"], p["connections_opened"], p["connections_opened_during_run"]) == (5, 5, 0)
+        assert 0 < p["seconds"] < 5
+        # The server's side: the requests came on those five connections (accepted one after the
+        # other, after the one the model check used), none accepted later.
+        used = {e["connection"] for e in log}
+        assert max(used) - min(used) < 5, used
+    else:
+        assert (p["connections_wanted"], p["connections_opened"]) == (0, 0)
+        assert p["connections_opened_during_run"] >= 4 and opened_by_a_request >= 4
+    assert not any("preconnect" in w for w in r.warnings)
+
+
+def test_a_failed_preconnect_is_a_warning():
+    r = run(f"http://127.0.0.1:{free_port()}")
+    assert r.summary["preconnect"]["error"] and "GET /v1/models failed" in r.summary["preconnect"]["error"]
+    assert any(w.startswith("preconnect: ") for w in r.warnings)
+
+
 def test_open_loop_follows_the_seeded_schedule_and_excludes_warmup():
     with MockServer(ttft_ms=5, gap_ms=1, tokens=4) as server:
         a = run(server.base_url, num_requests=12, request_rate=40, arrival="poisson", seed=3, warmup=2)

@@ -139,6 +139,8 @@ def _cli_values(cls, command: list[str]) -> list[str]:
         flag = "--" + f.name.replace("_", "-")
         if value is True:
             argv.append(flag)
+        elif value is False:  # an option on by default: its --no- form
+            argv.append("--no-" + flag[2:])
         elif value is None:
             argv += [flag, ""]  # '' means None
         elif isinstance(value, dict):

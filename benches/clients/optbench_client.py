@@ -2,7 +2,7 @@
 settings as the peers, writing the same per-request JSON as ``aiohttp_client.py``.
 
     python optbench_client.py --url http://127.0.0.1:8000 --model m --concurrency 64 \
-        --num-requests 256 --input-tokens 256 --output-tokens 256 --tokenizer tok.json --out r.json
+        --num-requests 256 --input-tokens 256 --output-tokens 256 --tokenizer tok.json --out r.json [--no-preconnect]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ def main() -> None:
     p.add_argument("--input-tokens", type=int, default=256)
     p.add_argument("--output-tokens", type=int, default=256)
     p.add_argument("--tokenizer", default=None)
+    p.add_argument("--no-preconnect", action="store_true", help="start cold: open connections inside the run")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     result = optbench.load_test(
@@ -34,6 +35,7 @@ def main() -> None:
         ignore_eos=True,
         tokenizer=args.tokenizer,
         progress=False,
+        preconnect=not args.no_preconnect,
     )
     df = result.requests
     rows = []
@@ -54,7 +56,15 @@ def main() -> None:
             }
         )
     with open(args.out, "w") as f:
-        json.dump({"client": "optbench", "wall_s": float(result.summary["duration_s"]), "requests": rows}, f)
+        json.dump(
+            {
+                "client": "optbench",
+                "wall_s": float(result.summary["duration_s"]),
+                "preconnect": result.summary["preconnect"],
+                "requests": rows,
+            },
+            f,
+        )
 
 
 if __name__ == "__main__":

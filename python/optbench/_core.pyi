@@ -3,7 +3,7 @@
 from collections.abc import Awaitable
 from os import PathLike
 from pathlib import Path
-from typing import Any, Literal, TypedDict, final, type_check_only
+from typing import Any, Literal, NotRequired, TypedDict, final, type_check_only
 
 import numpy as np
 import numpy.typing as npt
@@ -133,6 +133,23 @@ class Summary(TypedDict):
     metrics: dict[_MetricName | _ReasoningMetricName, MetricStats]
     #: None when no successful measured request had reasoning.
     reasoning: ReasoningSummary | None
+    #: ``LoadTest.summary()`` only (a journal's summary has none).
+    preconnect: NotRequired[PreconnectSummary]
+
+@type_check_only
+class PreconnectSummary(TypedDict):
+    """``Summary["preconnect"]``: opening the connection pool before the clock started."""
+
+    enabled: bool
+    #: As many as the load shape holds in flight (0 when not enabled).
+    connections_wanted: int
+    #: TCP connections the client opened during the preconnect.
+    connections_opened: int
+    seconds: float
+    #: Why the preconnect fell short (a warning; the run went on), else None.
+    error: str | None
+    #: TCP connections the client opened after the clock started (warm-up included).
+    connections_opened_during_run: int
 
 @type_check_only
 class ReasoningSummary(TypedDict):
@@ -161,6 +178,10 @@ class MockLogEntry(TypedDict):
     concurrent_at_arrival: int
     slot_acquired_s: float | None
     diverged: bool
+    #: The TCP connection it came on (numbered from 0 as accepted), and the requests of any
+    #: kind read on it before (0: this request opened the connection).
+    connection: int
+    earlier_on_connection: int
 
 @type_check_only
 class ProgramResult(TypedDict):
@@ -254,6 +275,7 @@ class LoadTest:
         sessions: list[list[str]] | None = None,
         think_time_s: float = 0.0,
         trace_offsets_ns: list[int] | None = None,
+        preconnect: bool = True,
     ) -> LoadTest: ...
     def progress(self) -> Progress: ...
     def cancel(self) -> None: ...

@@ -326,6 +326,9 @@ def _result(
     stop_reason = run.stop_reason()
     warns = list(prompt_set.warnings)
     summary = dict(run.summary())
+    preconnect = run.summary().get("preconnect")
+    if preconnect and preconnect["error"]:
+        warns.append(f"preconnect: {preconnect['error']} (the first requests may include opening connections)")
     if len(base_urls) > 1:
         summary["by_base_url"] = replicas.breakdown(df, base_urls, run.summary()["duration_s"])
     if prompt_set.sessions is not None:

@@ -299,6 +299,11 @@ class LoadTestOptions(Options):
         maximum=MAX_REQUESTS,
     )
     ignore_eos: bool = option(False, "ask the server to generate exactly output_tokens (llama.cpp, vLLM, SGLang)")
+    preconnect: bool = option(
+        True,
+        "before the clock starts, open as many connections as the load shape holds in flight (concurrent"
+        " GET /v1/models, at most 10 s; a failure is a warning); summary['preconnect'] reports it",
+    )
     timeout_s: float | None = option(
         DEFAULT_TIMEOUT_S,
         "per-request deadline in seconds (a `deadline` row); None waits forever",
@@ -701,7 +706,12 @@ def add_cli_options(parser: argparse.ArgumentParser | Any, cls: type[Options], *
         doc = f.metadata["doc"]
         flag = _cli_flag(f.name)
         if tp is bool:
-            group.add_argument(flag, action="store_true", default=None, help=doc)
+            if f.default is True:  # on by default: --no-NAME turns it off
+                group.add_argument(
+                    flag, action=argparse.BooleanOptionalAction, default=None, help=doc + " (default on)"
+                )
+            else:
+                group.add_argument(flag, action="store_true", default=None, help=doc)
             continue
         literal = next(
             (a for a in ((tp,) if not _is_union(tp) else typing.get_args(tp)) if typing.get_origin(a) is Literal), None

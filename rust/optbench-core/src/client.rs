@@ -156,14 +156,28 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 /// silent hop to another host that would drop the `Authorization` header and time the wrong
 /// server.
 pub fn build_http_client(pool_size: usize) -> Result<reqwest::Client> {
+    http_client_builder(pool_size).build().map_err(|e| CoreError::Http(format!("cannot build the HTTP client: {e}")))
+}
+
+/// [`build_http_client`] whose connections are counted by `counter` (a load test's, for its
+/// preconnect report).
+pub fn build_counted_http_client(
+    pool_size: usize,
+    counter: &crate::preconnect::ConnectionCounter,
+) -> Result<reqwest::Client> {
+    http_client_builder(pool_size)
+        .connector_layer(counter.clone())
+        .build()
+        .map_err(|e| CoreError::Http(format!("cannot build the HTTP client: {e}")))
+}
+
+fn http_client_builder(pool_size: usize) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(pool_size.max(1))
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| CoreError::Http(format!("cannot build the HTTP client: {e}")))
 }
 
 /// A failed HTTP exchange that a run depends on (not a measured request) as the error of its

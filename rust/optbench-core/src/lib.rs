@@ -2,6 +2,7 @@
 //!
 //! - [`runner`]: load tests in a closed or open loop on absolute deadlines ([`schedule`]),
 //!   one streamed request at a time measured by [`client`] with the [`sse`] parser;
+//! - [`preconnect`]: opens the connection pool before a run's clock starts;
 //! - [`routing`]: which of several base URLs (replicas) each request goes to;
 //! - [`record`]: the per-request record and its metrics; [`metrics`]: the aggregates;
 //! - [`tokens`] and [`prompts`]: prompts of a target length in the server's tokens;
@@ -21,6 +22,7 @@ pub mod error;
 pub mod journal;
 pub mod metrics;
 pub mod mock;
+pub mod preconnect;
 pub mod prompts;
 pub mod record;
 pub mod routing;

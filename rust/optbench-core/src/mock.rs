@@ -187,6 +187,11 @@ pub struct MockRequestLog {
     pub diverged: bool,
     /// The `messages` a chat request carried (what a multi-turn client sent as history).
     pub messages: Option<serde_json::Value>,
+    /// The TCP connection it came on, numbered from 0 in the order they were accepted.
+    pub connection: usize,
+    /// Requests of any kind (`GET`s too) read on that connection before this one: 0 when the
+    /// request opened its connection (and its client paid the handshake).
+    pub earlier_on_connection: usize,
 }
 
 struct State {
@@ -217,14 +222,14 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, stop: Cancellatio
             a = listener.accept() => a,
         };
         let Ok((socket, _)) = accepted else { continue };
-        state.connections.fetch_add(1, Ordering::SeqCst);
+        let connection = state.connections.fetch_add(1, Ordering::SeqCst);
         let _ = socket.set_nodelay(true);
         let state = state.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = stop.cancelled() => {}
-                _ = serve(socket, &state) => {}
+                _ = serve(socket, &state, connection) => {}
             }
         });
     }
@@ -367,9 +372,11 @@ impl Drop for InFlight<'_> {
     }
 }
 
-async fn serve(mut socket: TcpStream, state: &State) -> std::io::Result<()> {
+async fn serve(mut socket: TcpStream, state: &State, connection: usize) -> std::io::Result<()> {
     let mut pending = Vec::new();
+    let mut earlier = 0;
     while let Some(request) = read_request(&mut socket, &mut pending).await? {
+        earlier += 1;
         let path = request.path.split('?').next().unwrap_or("/");
         if request.method == "POST" && path == "/tokenize" {
             answer_tokenize(&mut socket, state.behavior.tokenize, &request.body).await?;
@@ -379,7 +386,7 @@ async fn serve(mut socket: TcpStream, state: &State) -> std::io::Result<()> {
             answer_other(&mut socket, state, &request.method, path).await?;
             continue;
         }
-        if !answer(&mut socket, state, path, &request.body).await? {
+        if !answer(&mut socket, state, path, &request.body, (connection, earlier - 1)).await? {
             break;
         }
     }
@@ -419,6 +426,8 @@ pub fn log_json(log: &[MockRequestLog]) -> String {
                 "slot_acquired_s": secs(l.slot_acquired),
                 "diverged": l.diverged,
                 "messages": l.messages,
+                "connection": l.connection,
+                "earlier_on_connection": l.earlier_on_connection,
             })
         })
         .collect();
@@ -533,7 +542,15 @@ pub fn token_digit(seed: u64, i: usize, diverged: bool) -> u64 {
 }
 
 /// Answers one request; returns whether the connection can be reused.
-async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) -> std::io::Result<bool> {
+/// Answers a completion request; `(connection, earlier)`: the connection it came on and the
+/// requests read on it before (for the log).
+async fn answer(
+    socket: &mut TcpStream,
+    state: &State,
+    path: &str,
+    body: &[u8],
+    (connection, earlier_on_connection): (usize, usize),
+) -> std::io::Result<bool> {
     let received_at = Instant::now();
     let concurrent = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     let _guard = InFlight(&state.in_flight);
@@ -553,6 +570,8 @@ async fn answer(socket: &mut TcpStream, state: &State, path: &str, body: &[u8]) 
             slot_acquired: None,
             diverged: false,
             messages: None,
+            connection,
+            earlier_on_connection,
         });
         id
     };

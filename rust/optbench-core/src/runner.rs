@@ -12,9 +12,12 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{build_http_client, stream_request, PreparedRequest, Prompt, RequestInput, RequestSettings};
+use crate::client::{
+    build_counted_http_client, stream_request, PreparedRequest, Prompt, RequestInput, RequestSettings,
+};
 use crate::error::{CoreError, Result};
 use crate::journal::JournalWriter;
+use crate::preconnect::{self, ConnectionCounter, PreconnectReport};
 use crate::record::{ErrorKind, RequestRecord, TokenCountSource};
 use crate::routing::{Lease, Router, Routing};
 use crate::schedule::Schedule;
@@ -44,6 +47,9 @@ pub struct LoadTestConfig {
     pub routing: Routing,
     /// Multi-turn conversations instead of independent prompts (chat endpoint, closed loop).
     pub sessions: Option<Sessions>,
+    /// Opens as many connections as the load shape holds in flight before the clock starts
+    /// (see [`crate::preconnect`]), so no measured request pays a handshake.
+    pub preconnect: bool,
 }
 
 /// Multi-turn sessions: each session sends its user turns one after the other, each turn's
@@ -207,6 +213,8 @@ pub struct LoadTestOutcome {
     pub wall_s: f64,
     /// The instant every record's `*_ns` time counts from (the monotonic clock).
     pub clock_origin: Instant,
+    /// What the preconnect did, and the connections opened after the clock started.
+    pub preconnect: PreconnectReport,
 }
 
 struct Shared {
@@ -459,7 +467,30 @@ pub async fn run_requests(
             max_concurrency.unwrap_or(256)
         }
     };
-    let client = build_http_client(max_inflight)?;
+    let counter = ConnectionCounter::default();
+    // Room in the pool for the preconnect's spare connections too.
+    let client = build_counted_http_client(max_inflight + preconnect::spare(max_inflight), &counter)?;
+    let mut preconnect_report = PreconnectReport::default();
+    if config.preconnect {
+        let roots = targets.iter().map(RequestSettings::check_target).collect::<Result<Vec<_>>>()?;
+        let wanted = preconnect::connections_wanted(&config.schedule, config.num_requests, config.warmup);
+        let timeout = config
+            .request
+            .request_timeout
+            .map_or(preconnect::PRECONNECT_TIMEOUT, |d| d.min(preconnect::PRECONNECT_TIMEOUT));
+        let api_key = config.request.api_key.as_deref();
+        let per_url = preconnect::split(wanted, roots.len());
+        let opening = preconnect::preconnect(&client, &counter, &roots, &per_url, api_key, timeout);
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                preconnect_report.enabled = true;
+                preconnect_report.error = Some("the run was cancelled during the preconnect".into());
+            }
+            report = opening => preconnect_report = report,
+        }
+    }
+    let opened_before_clock = counter.get();
     let journal = config.journal.as_deref().map(JournalWriter::create).transpose()?;
     progress.total.store((config.warmup + config.num_requests) as u64, Ordering::Relaxed);
     let shared = Arc::new(Shared {
@@ -534,7 +565,8 @@ pub async fn run_requests(
     } else {
         StopReason::Completed
     };
-    Ok(LoadTestOutcome { records, stop_reason, wall_s, clock_origin: shared.t0 })
+    preconnect_report.connections_opened_during_run = counter.get() - opened_before_clock;
+    Ok(LoadTestOutcome { records, stop_reason, wall_s, clock_origin: shared.t0, preconnect: preconnect_report })
 }
 
 /// Token counts of answers without `usage` are asked of the counter this many at a time.

@@ -51,6 +51,7 @@ fn closed(base_url: &str, n: usize, concurrency: usize, max_tokens: u32) -> Load
         base_urls: Vec::new(),
         routing: Default::default(),
         sessions: None,
+        preconnect: true,
     }
 }
 
@@ -172,6 +173,7 @@ async fn open_loop_cap_shows_up_as_queue_delay() {
         base_urls: Vec::new(),
         routing: Default::default(),
         sessions: None,
+        preconnect: true,
     };
     let out = run(cfg).await;
     // One slot, ~101 ms per request, requests due every 10 ms: the last waits ~270 ms.
@@ -263,6 +265,62 @@ async fn connections_are_reused_across_requests() {
     assert!(out.records.iter().all(|r| r.is_success()));
     let opened = server.connections_accepted();
     assert!(opened <= 6, "{opened} connections for 40 requests at concurrency 4");
+}
+
+/// 48 requests at concurrency 16 against a mock on its own thread, preconnecting or not.
+async fn run_preconnected(preconnect: bool) -> (LoadTestOutcome, MockServer) {
+    let behavior = MockBehavior {
+        ttft: Duration::from_millis(5),
+        gap: Duration::from_millis(1),
+        tokens: 8,
+        ..MockBehavior::default()
+    };
+    let server = MockServer::start_dedicated("127.0.0.1:0", behavior).unwrap();
+    let mut cfg = closed(&server.base_url(), 48, 16, 8);
+    cfg.preconnect = preconnect;
+    let out = run(cfg).await;
+    assert!(out.records.iter().all(|r| r.is_success()));
+    assert_eq!(server.log().len(), 48);
+    (out, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preconnect_opens_every_connection_before_the_clock_starts() {
+    let (out, server) = run_preconnected(true).await;
+    let p = &out.preconnect;
+    assert!(p.enabled && p.error.is_none(), "{p:?}");
+    // 16 in flight and a spare, opened before the clock; none opened after it.
+    assert_eq!((p.connections_wanted, p.connections_opened, p.connections_opened_during_run), (17, 17, 0), "{p:?}");
+    assert!(p.seconds > 0.0 && p.seconds < 5.0, "{p:?}");
+    // The server's side: those 17 connections and no other were accepted, so no measured
+    // request waited for a handshake.
+    assert_eq!(server.connections_accepted(), 17);
+    assert!(server.log().iter().all(|entry| entry.connection < 17));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_preconnect_the_first_wave_opens_the_connections() {
+    let (out, server) = run_preconnected(false).await;
+    let p = &out.preconnect;
+    assert!(!p.enabled && p.connections_opened == 0, "{p:?}");
+    // The first wave opened its 16 connections inside the run (and the pool's race between a
+    // connection's return and the next request may add one).
+    assert!((16..=18).contains(&p.connections_opened_during_run), "{p:?}");
+    assert_eq!(server.connections_accepted(), p.connections_opened_during_run);
+    let opened_by_a_request = server.log().iter().filter(|e| e.earlier_on_connection == 0).count();
+    assert!(opened_by_a_request >= 16, "{opened_by_a_request}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_preconnect_is_a_warning_not_a_failed_run() {
+    // Nothing listens: the preconnect fails at once, and so does every request, as rows.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = run(closed(&format!("http://127.0.0.1:{port}"), 4, 2, 8)).await;
+    let p = &out.preconnect;
+    assert!(p.enabled, "{p:?}");
+    assert!(p.error.as_deref().is_some_and(|e| e.contains("GET /v1/models failed")), "{p:?}");
+    assert_eq!(out.records.len(), 4);
+    assert!(out.records.iter().all(|r| r.error_kind == Some(ErrorKind::Connect)));
 }
 
 fn no_usage(tokenize: MockTokenize) -> MockBehavior {

@@ -58,6 +58,7 @@ async fn ttft_and_itl_match_the_servers_truth() {
         base_urls: Vec::new(),
         routing: Default::default(),
         sessions: None,
+        preconnect: true,
     };
     let out = run(cfg).await;
     let s = Summary::from_records(&out.records);
@@ -115,6 +116,7 @@ async fn open_loop_sends_on_schedule_and_warmup_is_excluded() {
         base_urls: Vec::new(),
         routing: Default::default(),
         sessions: None,
+        preconnect: true,
     };
     let out = run(cfg).await;
     assert_eq!(out.records.len(), 22);
@@ -152,6 +154,7 @@ async fn a_trace_is_replayed_on_its_offsets() {
         base_urls: Vec::new(),
         routing: Default::default(),
         sessions: None,
+        preconnect: true,
     };
     let out = run(cfg).await;
     assert_eq!(out.records.len(), offsets.len());

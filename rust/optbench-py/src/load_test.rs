@@ -125,7 +125,7 @@ impl LoadTest {
         burstiness=1.0, output_tokens=1024, seed=0, warmup=0, ignore_eos=false,
         timeout_s=None, time_limit_s=None, api_key=None, temperature=0.0,
         extra_body=None, tokenizer=None, journal=None, routing="round_robin", sessions=None,
-        think_time_s=0.0, trace_offsets_ns=None
+        think_time_s=0.0, trace_offsets_ns=None, preconnect=true
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -155,6 +155,7 @@ impl LoadTest {
         sessions: Option<Vec<Vec<String>>>,
         think_time_s: f64,
         trace_offsets_ns: Option<Vec<i64>>,
+        preconnect: bool,
     ) -> PyResult<Self> {
         let base_urls = match base_url {
             BaseUrls::One(url) => vec![url],
@@ -221,6 +222,7 @@ impl LoadTest {
             base_urls: if base_urls.len() > 1 { base_urls } else { Vec::new() },
             routing: Routing::parse(routing).map_err(PyCoreError)?,
             sessions,
+            preconnect,
         };
         config.validate(inputs.len()).map_err(PyCoreError)?;
         // A bad base URL or API key is a ConfigError here, not a run of failed rows.
@@ -345,10 +347,20 @@ impl LoadTest {
         })
     }
 
-    /// The aggregates over measured requests, as a dict (see `optbench.LoadTestResult.summary`).
+    /// The aggregates over measured requests, as a dict (see `optbench.LoadTestResult.summary`),
+    /// with `preconnect`: what opening the connection pool before the clock did.
     fn summary<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let summary = self.with_outcome(py, |o| Ok(Summary::from_records(&o.records)))?;
-        summary_to_dict(py, &summary)
+        let (summary, p) = self.with_outcome(py, |o| Ok((Summary::from_records(&o.records), o.preconnect.clone())))?;
+        let d = summary_to_dict(py, &summary)?;
+        let pd = PyDict::new(py);
+        pd.set_item("enabled", p.enabled)?;
+        pd.set_item("connections_wanted", p.connections_wanted)?;
+        pd.set_item("connections_opened", p.connections_opened)?;
+        pd.set_item("seconds", p.seconds)?;
+        pd.set_item("error", p.error)?;
+        pd.set_item("connections_opened_during_run", p.connections_opened_during_run)?;
+        d.set_item("preconnect", pd)?;
+        Ok(d)
     }
 }
 

@@ -123,8 +123,10 @@ impl MockServer {
     /// `last_token_sent_s`, `first_answer_token_sent_s` (the first chunk with answer tokens, not
     /// reasoning), `slot_acquired_s` (seconds since the server started; the slot ends the queue
     /// wait), `tokens_sent`, `reasoning_tokens_sent` (of those), `concurrent_at_arrival`,
-    /// `diverged` (whether the answer changed under load) and `messages` (the JSON text of the
-    /// conversation a chat request carried, else None).
+    /// `diverged` (whether the answer changed under load), `messages` (the JSON text of the
+    /// conversation a chat request carried, else None), `connection` (the TCP connection it came
+    /// on, numbered as accepted) and `earlier_on_connection` (requests of any kind read on that
+    /// connection before it: 0 when it opened the connection).
     fn log<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
         let guard = self.inner.lock().expect("mock");
         let Some(server) = guard.as_ref() else { return Ok(Vec::new()) };
@@ -143,6 +145,8 @@ impl MockServer {
                 d.set_item("slot_acquired_s", l.slot_acquired.map(|t| t.as_secs_f64()))?;
                 d.set_item("diverged", l.diverged)?;
                 d.set_item("messages", l.messages.as_ref().map(|m| m.to_string()))?;
+                d.set_item("connection", l.connection)?;
+                d.set_item("earlier_on_connection", l.earlier_on_connection)?;
                 Ok(d)
             })
             .collect()
