@@ -25,6 +25,7 @@ from optbench.cli import build_parser
 from optbench.config import parse_config
 from optbench.exceptions import ConfigError
 from optbench.options import EvaluationOptions, LoadTestOptions
+from optbench.options_cli import options_from_cli
 from optbench.run import PROFILES
 from optbench.testing import MockServer
 
@@ -157,11 +158,11 @@ def _cli_values(cls, command: list[str]) -> list[str]:
 )
 def test_the_command_line_has_one_option_per_field(cls, command):
     args = build_parser().parse_args(_cli_values(cls, command))
-    given = opt.options_from_cli(cls, args)
+    given = options_from_cli(cls, args)
     assert given == SAMPLE[cls]
     assert cls.make(**_together(cls, given)).to_dict() == _together(cls, SAMPLE[cls])
     # Options left out are not passed: the fields' defaults apply.
-    assert opt.options_from_cli(cls, build_parser().parse_args(command)) == {}
+    assert options_from_cli(cls, build_parser().parse_args(command)) == {}
 
 
 def test_help_prints_each_default_once():

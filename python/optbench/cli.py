@@ -39,7 +39,8 @@ from optbench.config import ServerConfig, load_config
 from optbench.datasets import DEFAULT_OUTPUT
 from optbench.exceptions import ConfigError, OptbenchError
 from optbench.loadtest import LoadTestResult, load_test
-from optbench.options import EvaluationOptions, LoadTestOptions, add_cli_options, options_from_cli
+from optbench.options import EvaluationOptions, LoadTestOptions
+from optbench.options_cli import add_cli_options, options_from_cli
 from optbench.results import JOURNAL, ensure_results_dir, journal_lock, new_run_id, recover_journals, save_load_test
 from optbench.run import MAX_TRIALS, PROFILES, RENAMED_PROFILES
 from optbench.bootstrap import check_settings as bootstrap_settings

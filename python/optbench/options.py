@@ -6,7 +6,7 @@ else is derived from them:
 
 - ``optbench.load_test`` / ``aload_test`` / ``evaluate`` / ``aevaluate`` take ``options=`` and
   the same names as keyword arguments (validated once, here, when the object is built);
-- the command line's options (:func:`add_cli_options`, :func:`options_from_cli`);
+- the command line's options (:mod:`optbench.options_cli`);
 - a configuration file's ``[load_test]`` / ``[evaluation]`` keys (:func:`check_table`);
 - the README's parameter tables (:func:`markdown_table`; ``scripts/readme_tables.py`` rewrites
   them, and a test fails when they differ);
@@ -24,7 +24,6 @@ an option is adding a field (plus its handling where it is used).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -489,7 +488,8 @@ def _template_problem(templates: Mapping[str, Mapping[str, str]] | None) -> str 
 _HINTS: dict[type, dict[str, Any]] = {}
 
 
-def _hints(cls: type) -> dict[str, Any]:
+def field_hints(cls: type) -> dict[str, Any]:
+    """The resolved type of each field of ``cls`` (cached)."""
     if cls not in _HINTS:
         _HINTS[cls] = typing.get_type_hints(cls)
     return _HINTS[cls]
@@ -504,14 +504,15 @@ def _normalise(value: Any) -> Any:
     return value
 
 
-def _is_union(tp: Any) -> bool:
+def is_union(tp: Any) -> bool:
+    """Whether ``tp`` is ``X | Y`` (either spelling)."""
     return typing.get_origin(tp) in (Union, types.UnionType)
 
 
 def describe(tp: Any) -> str:
     """What a value of type ``tp`` is, in words: "an integer", "a list of strings"..."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if _is_union(tp):
+    if is_union(tp):
         return " or ".join(describe(a) for a in args)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
@@ -544,7 +545,7 @@ def field_problem(cls: type[Options], name: str, value: Any) -> str | None:
     """None when ``value`` suits the field ``name`` of ``cls`` on its own, else what is wrong,
     to follow the field's name: ``" must be at least 1, got 0"``, ``".qa must be ..."``."""
     f = next(f for f in dataclasses.fields(cls) if f.name == name)  # type: ignore[arg-type]
-    problem = type_problem(value, _hints(cls)[name])
+    problem = type_problem(value, field_hints(cls)[name])
     if problem is not None:
         return f" must be {problem}, got {value!r}"
     meta = f.metadata
@@ -574,7 +575,7 @@ def _is_instance(value: Any, tp: Any) -> bool:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
         return True
-    if _is_union(tp):
+    if is_union(tp):
         return any(_is_instance(value, a) for a in args)
     if origin is Literal:
         return value in args
@@ -603,7 +604,7 @@ def _is_instance(value: Any, tp: Any) -> bool:
 
 def type_name(tp: Any) -> str:
     """The type as a person reads it: ``int | None``, ``'completions' | 'chat'``."""
-    if _is_union(tp):
+    if is_union(tp):
         return " | ".join(type_name(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) is Literal:
         return " | ".join(f"`{a}`" for a in typing.get_args(tp))
@@ -634,128 +635,20 @@ def check_table(cls: type[Options], where: str, table: Mapping[str, Any]) -> dic
     return dict(table)
 
 
-# --------------------------------------------------------------------------- command line
-
-
-def _cli_flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _json_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg} at column {e.colno}): {text!r}") from None
-
-
-def _cli_parser(tp: Any) -> Callable[[str], Any]:
-    """How the command line turns a string into a value of ``tp``."""
-    args = [a for a in typing.get_args(tp) if a is not type(None)] if _is_union(tp) else [tp]
-    if str in args:
-        return str
-    core = args[0] if len(args) == 1 else tp
-    origin = typing.get_origin(core)
-    if core is int:
-        return int
-    if core is float:
-        return float
-    if origin is list and typing.get_args(core) == (str,):
-        return lambda s: [x.strip() for x in s.split(",") if x.strip()]
-    if origin in (dict, list) or _is_union(core):
-        return _json_value
-    return str
-
-
-def _checked(cls: type[Options], name: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """``parse``, then the field's checks: argparse names the flag in the error
-    (``argument --seed: must be at least 0, got -1``)."""
-
-    def convert(text: str) -> Any:
-        try:
-            value = parse(text)
-        except ValueError as e:
-            if parse in (int, float):
-                raise  # argparse's own "invalid int value: 'x'"
-            raise argparse.ArgumentTypeError(str(e)) from None
-        problem = None if value == "" else field_problem(cls, name, value)
-        if problem is not None:
-            raise argparse.ArgumentTypeError(problem.lstrip(" ."))
-        return value
-
-    convert.__name__ = getattr(parse, "__name__", "value")  # argparse's "invalid int value: 'x'"
-    return convert
-
-
-def _cli_core(tp: Any) -> Any:
-    """``X`` of ``X | None``."""
-    args = [a for a in typing.get_args(tp) if a is not type(None)] if _is_union(tp) else [tp]
-    return args[0] if len(args) == 1 else tp
-
-
-def _show(value: Any) -> str:
-    return "None" if value is None else json.dumps(value) if isinstance(value, (dict, list)) else str(value)
-
-
-def add_cli_options(parser: argparse.ArgumentParser | Any, cls: type[Options], *, title: str | None = None) -> None:
-    """Adds one ``--flag`` per field of ``cls`` (help = the field's doc and default). An option
-    not given is left out (``None`` in the namespace), so the field's default applies."""
-    group = parser.add_argument_group(title or f"{cls.section.replace('_', ' ')} options")
-    hints = _hints(cls)
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        tp = hints[f.name]
-        doc = f.metadata["doc"]
-        flag = _cli_flag(f.name)
-        if tp is bool:
-            if f.default is True:  # on by default: --no-NAME turns it off
-                group.add_argument(
-                    flag, action=argparse.BooleanOptionalAction, default=None, help=doc + " (default on)"
-                )
-            else:
-                group.add_argument(flag, action="store_true", default=None, help=doc)
-            continue
-        literal = next(
-            (a for a in ((tp,) if not _is_union(tp) else typing.get_args(tp)) if typing.get_origin(a) is Literal), None
-        )
-        shown = "" if f.default is None else f" (default {_show(f.default)})"
-        kwargs: dict[str, Any] = {"default": None, "help": doc + shown}
-        if literal is not None:
-            choices = list(typing.get_args(literal))
-            renamed = RENAMED_VALUES.get(f.name, {})
-            kwargs["choices"] = choices + sorted(renamed)  # former names still parse (with a warning)
-            kwargs["metavar"] = "{" + ",".join(choices) + "}"
-        else:
-            kwargs["type"] = _checked(cls, f.name, f.metadata.get("parse") or _cli_parser(tp))
-            plain = {int: "N", float: "X", str: "TEXT"}
-            kwargs["metavar"] = f.metadata.get("cli") or plain.get(_cli_core(tp), f.name.upper())
-        if f.default is not None and _is_union(tp) and str in typing.get_args(tp):
-            kwargs["help"] += "; '' for None"
-        group.add_argument(flag, **kwargs)
-
-
-def options_from_cli(cls: type[OptionsT], args: argparse.Namespace) -> dict[str, Any]:
-    """The options given on the command line (those left out keep their defaults); for a
-    ``str | None`` option an empty string means None."""
-    hints = _hints(cls)
-    given: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        value = getattr(args, f.name, None)
-        if value is None:
-            continue
-        if value == "" and _is_union(hints[f.name]) and type(None) in typing.get_args(hints[f.name]):
-            value = None
-        given[f.name] = value
-    return given
-
-
 # --------------------------------------------------------------------------- documentation
+
+
+def shown_value(value: Any) -> str:
+    """A default as the help and the README show it (JSON for a dict or list)."""
+    return "None" if value is None else json.dumps(value) if isinstance(value, (dict, list)) else str(value)
 
 
 def markdown_table(cls: type[Options]) -> str:
     """The README's table of ``cls``: option, type, default, meaning."""
-    hints = _hints(cls)
+    hints = field_hints(cls)
     lines = ["| option | type | default | meaning |", "| --- | --- | --- | --- |"]
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        default = "`None`" if f.default is None else f"`{_show(f.default)}`"
+        default = "`None`" if f.default is None else f"`{shown_value(f.default)}`"
         type_text = type_name(hints[f.name]).replace("|", "\\|")
         lines.append(f"| `{f.name}` | {type_text} | {default} | {f.metadata['doc'].replace('|', '/')} |")
     return "\n".join(lines)
@@ -797,11 +690,9 @@ __all__ = [
     "Gsm8kMode",
     "LoadTestOptions",
     "Options",
-    "add_cli_options",
     "check_table",
     "field_problem",
     "markdown_table",
-    "options_from_cli",
     "type_problem",
     "update_readme",
 ]
