@@ -84,6 +84,9 @@ def test_a_steady_server_is_bound_by_the_slo_at_the_unconstrained_level(quality_
     assert r.highest_passing == plain.highest_passing == 4
     assert r.quality_level == 4 and r.bound_by == "slo"
     assert r.quality["checked"]["4"]["verdict"] == KEEPS and list(r.quality_results) == [4.0]
+    # Every level up to max_level passed: the answer is max_level's, not a limit the SLO found.
+    assert r.first_failing is None
+    assert "keeping quality: 4 (no level up to max_level failed the SLO)" in str(r)
 
 
 def test_cli_exits_1_when_no_level_meets_both(quality_slice, tmp_path, capsys):

@@ -248,9 +248,13 @@ class SearchResult:
             if self.quality_level is None:
                 lines.append("no level meets both the SLO and the quality rule")
             else:
+                bound = (
+                    "no level up to max_level failed the SLO"
+                    if self.bound_by == "slo" and self.first_failing is None
+                    else f"bound by {self.bound_by}"
+                )
                 lines.append(
-                    f"highest {unit} meeting the SLO and keeping quality: {level_text(self.quality_level)} "
-                    f"(bound by {self.bound_by})"
+                    f"highest {unit} meeting the SLO and keeping quality: {level_text(self.quality_level)} ({bound})"
                 )
         lines.append(f"tolerance {level_text(self.tolerance)}; {self.stopped}; {self.elapsed_s:.1f} s")
         lines.extend(f"note: {n}" for n in self.notes)
