@@ -19,7 +19,6 @@ mixed in. The journal is removed once both passes are complete.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import os
@@ -31,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from optbench.files import atomic_write_text
+from optbench.files import atomic_write_text, utc_stamp
 from optbench.results import load_journal
 
 SETTINGS = "settings.json"
@@ -64,7 +63,7 @@ class AnswerJournal:
             if isinstance(saved, dict) and saved.get("settings") == self.settings:
                 self.segments = list(saved.get("segments", []))
             else:
-                stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+                stamp = utc_stamp()
                 self.set_aside = self.folder.with_name(f"{self.folder.name}.set-aside-{stamp}")
                 self.folder.rename(self.set_aside)
                 print(

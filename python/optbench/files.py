@@ -5,6 +5,7 @@ previous file (or none), never a truncated one that later readers choke on."""
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import os
 import uuid
 from collections.abc import Iterator
@@ -32,3 +33,8 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def utc_stamp() -> str:
+    """Now in UTC as ``20261202T031500123456Z``: the names of run ids and set-aside folders."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")

@@ -56,7 +56,7 @@ from typing import Any, Sequence
 from optbench.config import ServerConfig
 from optbench.exceptions import ConfigError, OptbenchError
 from optbench.files import atomic_write_text
-from optbench.run import UNDER_LOAD_JOURNAL, config_meta, is_complete, run_one, set_aside_earlier_attempt
+from optbench.run import config_meta, is_complete, run_one, set_aside_earlier_attempt
 
 INSTALL_HINT = "pip install 'optbench[ray]'"
 #: Seconds between the driver's "still running" lines.
@@ -272,15 +272,9 @@ def _replace_folder(target: Path, fill: Any) -> None:
     try:
         fill(incoming)
         if target.exists():
-            set_aside_earlier_attempt(target)
+            set_aside_earlier_attempt(target, keep_answer_journal=False)
             if (target / "attempts").is_dir():
                 (target / "attempts").rename(incoming / "attempts")
-            # A local run keeps the quality-under-load journal to resume from; a task starts on
-            # its node without it, so here it is kept with the earlier attempts.
-            if (target / UNDER_LOAD_JOURNAL).exists():
-                stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-                (incoming / "attempts" / stamp).mkdir(parents=True, exist_ok=True)
-                (target / UNDER_LOAD_JOURNAL).rename(incoming / "attempts" / stamp / UNDER_LOAD_JOURNAL)
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             target.rename(old)
             shutil.rmtree(old, ignore_errors=True)

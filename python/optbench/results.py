@@ -36,7 +36,7 @@ import pyarrow as pa
 from filelock import FileLock
 
 from optbench import _core
-from optbench.files import atomic_path, atomic_write_text
+from optbench.files import atomic_path, atomic_write_text, utc_stamp
 from optbench.loadtest import LoadTestResult
 
 LOAD_TEST_CSV = "load_test_results.csv"
@@ -49,7 +49,7 @@ CSV_LOCK_TIMEOUT_S = 120.0
 
 def new_run_id(label: str) -> str:
     """A sortable, filesystem-safe id: UTC time, then the label."""
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = utc_stamp()
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-") or "run"
     return f"{stamp}-{safe[:60]}"
 

@@ -48,7 +48,7 @@ from optbench.config import ServerConfig, load_config, run_settings
 from optbench.datasets import build_test_dataset
 from optbench.evaluate import evaluate
 from optbench.exceptions import ConfigError, OptbenchError
-from optbench.files import atomic_write_text
+from optbench.files import atomic_write_text, utc_stamp
 from optbench.loadtest import load_test
 from optbench.options import EvaluationOptions, LoadTestOptions
 from optbench.results import JOURNAL as LOAD_TEST_JOURNAL
@@ -335,16 +335,18 @@ def is_complete(out: Path, evaluated: bool) -> bool:
     return isinstance(meta, dict) and meta.get("status") == "ok"
 
 
-def set_aside_earlier_attempt(out: Path) -> None:
+def set_aside_earlier_attempt(out: Path, keep_answer_journal: bool = True) -> None:
     """Moves the files of an earlier, unfinished attempt at a configuration to
-    ``attempts/<time>/`` inside its folder, so running it again loses nothing; the
-    quality-under-load journal stays, for the new attempt to resume from."""
+    ``attempts/<time>/`` inside its folder, so running it again loses nothing; with
+    ``keep_answer_journal`` the quality-under-load journal stays, for the new attempt to resume
+    from (a Ray task starts on its node without it, so there it goes with the rest)."""
     if not out.is_dir():
         return
-    files = [p for p in out.iterdir() if p.name not in ("attempts", UNDER_LOAD_JOURNAL)]
+    kept = ("attempts", UNDER_LOAD_JOURNAL) if keep_answer_journal else ("attempts",)
+    files = [p for p in out.iterdir() if p.name not in kept]
     if not files:
         return
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = utc_stamp()
     dest = out / "attempts" / stamp
     dest.mkdir(parents=True)
     for p in files:
