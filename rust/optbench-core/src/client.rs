@@ -1,6 +1,7 @@
 //! One streamed request against an OpenAI-compatible server, measured byte by byte.
 
 use std::borrow::Cow;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,7 +12,9 @@ use tokio::time::Instant;
 
 use crate::error::{CoreError, Result};
 use crate::record::{ErrorKind, RequestRecord, TokenCountSource};
-use crate::sse::{SseEvent, SseParser};
+#[cfg(test)]
+use crate::sse::SseEvent;
+use crate::sse::SseParser;
 
 /// Which OpenAI-compatible endpoint requests go to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -342,10 +345,10 @@ enum Step {
     Done,
 }
 
-type Failure = (ErrorKind, String);
+pub(crate) type Failure = (ErrorKind, String);
 
 /// Cuts a body or chunk to a readable snippet.
-fn snippet(text: &str, max_chars: usize) -> String {
+pub(crate) fn snippet(text: &str, max_chars: usize) -> String {
     let mut s: String = text.chars().take(max_chars).collect();
     if text.chars().count() > max_chars {
         s.push('…');
@@ -372,13 +375,13 @@ fn is_stale_connection(e: &reqwest::Error) -> bool {
 }
 
 /// How long to wait for the end of a body after `data: [DONE]` before giving the connection up.
-const DRAIN_AFTER_DONE: Duration = Duration::from_millis(200);
+pub(crate) const DRAIN_AFTER_DONE: Duration = Duration::from_millis(200);
 
 /// How much of an error answer's body is read for its `error_message` (the rest is dropped).
-const ERROR_BODY_BYTES: usize = 8 * 1024;
+pub(crate) const ERROR_BODY_BYTES: usize = 8 * 1024;
 
 /// How long reading an error answer's body may take.
-const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The first [`ERROR_BODY_BYTES`] of an error answer's body, as text (whatever arrived within
 /// [`ERROR_BODY_TIMEOUT`]): a server that answers 500 with an endless body is not buffered.
@@ -400,18 +403,23 @@ async fn error_body(response: reqwest::Response) -> String {
 
 /// The message of a redirect: its status and where it pointed.
 pub(crate) fn redirect_message(status: reqwest::StatusCode, headers: &reqwest::header::HeaderMap) -> String {
-    let location = match headers.get(reqwest::header::LOCATION) {
-        Some(l) => format!("to {}", snippet(&String::from_utf8_lossy(l.as_bytes()), 300)),
+    let location = headers.get(reqwest::header::LOCATION).map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned());
+    redirect_text(status.as_u16(), location.as_deref())
+}
+
+/// The message of a redirect with `status` to `location`.
+pub(crate) fn redirect_text(status: u16, location: Option<&str>) -> String {
+    let location = match location {
+        Some(l) => format!("to {}", snippet(l, 300)),
         None => "without a Location header".to_string(),
     };
     format!(
-        "HTTP {}: redirected {location}; redirects are not followed: give the base_url of the server \
-         that answers",
-        status.as_u16()
+        "HTTP {status}: redirected {location}; redirects are not followed: give the base_url of the server \
+         that answers"
     )
 }
 
-fn elapsed_ns(t0: Instant) -> i64 {
+pub(crate) fn elapsed_ns(t0: Instant) -> i64 {
     t0.elapsed().as_nanos() as i64
 }
 
@@ -475,31 +483,65 @@ async fn stream_into(
     }
 
     let mut stream = response.bytes_stream();
-    let mut parser = SseParser::new();
-    let mut events: Vec<SseEvent> = Vec::new();
+    let mut reader = StreamReader::new();
     while let Some(item) = stream.next().await {
         // Timestamp on arrival, before any parsing.
         let arrived = elapsed_ns(t0);
         let bytes = item.map_err(|e| (ErrorKind::StreamReset, error_chain(&e)))?;
-        events.clear();
-        // Events completed before an oversized one still count; then the request fails without
-        // reading (or buffering) more.
-        let fed = parser.feed(&bytes, &mut events);
-        for event in &events {
-            if let Step::Done = handle_event(event, arrived, rec)? {
-                rec.done_ns = Some(arrived);
-                drain_to_end(&mut stream).await;
-                return finish(rec);
-            }
-        }
-        if let Err(too_large) = fed {
-            rec.done_ns = Some(arrived);
-            return Err((ErrorKind::MalformedChunk, too_large.to_string()));
+        if let Some(done) = reader.feed(&bytes, arrived, rec)? {
+            drain_to_end(&mut stream).await;
+            return done;
         }
     }
     rec.done_ns = Some(elapsed_ns(t0));
-    let partial = if parser.has_partial_event() { " (the last event was cut off)" } else { "" };
-    Err((ErrorKind::MissingDone, format!("the stream ended without data: [DONE]{partial}")))
+    Err(reader.missing_done())
+}
+
+/// Turns a response body's bytes, as they arrive, into the request's record: SSE events, then
+/// each event's chunk. Shared by both transports.
+pub(crate) struct StreamReader {
+    parser: SseParser,
+}
+
+impl StreamReader {
+    pub(crate) fn new() -> StreamReader {
+        StreamReader { parser: SseParser::new() }
+    }
+
+    /// Takes bytes that arrived at `arrived`. `Some` once the stream said `data: [DONE]` (with
+    /// the request's outcome; `rec.done_ns` is set), `None` while it goes on; a failure when
+    /// an event was malformed, an error or too large (events completed before an oversized one
+    /// still count).
+    pub(crate) fn feed(
+        &mut self,
+        bytes: &[u8],
+        arrived: i64,
+        rec: &mut RequestRecord,
+    ) -> Result<Option<Result<(), Failure>>, Failure> {
+        let fed = self.parser.feed_with(bytes, |event, data| match handle_data(event, data, arrived, rec) {
+            Ok(Step::Continue) => ControlFlow::Continue(()),
+            Ok(Step::Done) => ControlFlow::Break(Ok(())),
+            Err(failure) => ControlFlow::Break(Err(failure)),
+        });
+        match fed {
+            Ok(None) => Ok(None),
+            Ok(Some(Ok(()))) => {
+                rec.done_ns = Some(arrived);
+                Ok(Some(finish(rec)))
+            }
+            Ok(Some(Err(failure))) => Err(failure),
+            Err(too_large) => {
+                rec.done_ns = Some(arrived);
+                Err((ErrorKind::MalformedChunk, too_large.to_string()))
+            }
+        }
+    }
+
+    /// The failure of a stream that ended without `data: [DONE]`.
+    pub(crate) fn missing_done(&self) -> Failure {
+        let partial = if self.parser.has_partial_event() { " (the last event was cut off)" } else { "" };
+        (ErrorKind::MissingDone, format!("the stream ended without data: [DONE]{partial}"))
+    }
 }
 
 /// Reads what follows `data: [DONE]` (the chunked body's last, empty chunk) so the connection
@@ -513,8 +555,14 @@ where
     let _ = tokio::time::timeout(DRAIN_AFTER_DONE, async { while stream.next().await.is_some() {} }).await;
 }
 
+#[cfg(test)]
 fn handle_event(event: &SseEvent, arrived: i64, rec: &mut RequestRecord) -> Result<Step, Failure> {
-    let data = event.data.trim();
+    handle_data(event.event.as_deref(), &event.data, arrived, rec)
+}
+
+/// One event's data (and its `event:` name) into the record.
+fn handle_data(event: Option<&str>, data: &str, arrived: i64, rec: &mut RequestRecord) -> Result<Step, Failure> {
+    let data = data.trim();
     if data == "[DONE]" {
         return Ok(Step::Done);
     }
@@ -526,7 +574,7 @@ fn handle_event(event: &SseEvent, arrived: i64, rec: &mut RequestRecord) -> Resu
     if let Some(err) = chunk.error {
         return Err((ErrorKind::StreamError, snippet(err.get(), 500)));
     }
-    if event.event.as_deref() == Some("error") {
+    if event == Some("error") {
         return Err((ErrorKind::StreamError, snippet(data, 500)));
     }
     let usage_reasoning =

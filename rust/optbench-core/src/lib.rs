@@ -19,6 +19,7 @@ pub mod arrow;
 pub mod client;
 pub mod embeddings;
 pub mod error;
+pub mod h1;
 pub mod journal;
 pub mod metrics;
 pub mod mock;

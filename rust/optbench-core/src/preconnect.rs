@@ -99,6 +99,11 @@ impl ConnectionCounter {
     pub fn get(&self) -> usize {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// Counts one more connection (the own HTTP/1.1 transport's, [`crate::h1::H1Pool`]).
+    pub fn add_one(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl<S> tower_layer::Layer<S> for ConnectionCounter {
@@ -135,11 +140,12 @@ where
 }
 
 /// Opens `per_url[i]` connections to server root `roots[i]` with concurrent `GET /v1/models`,
-/// each answer read to its end so its connection stays in `client`'s pool; gives up after
-/// `timeout`. `counter` is the client's [`ConnectionCounter`]. Never fails: what went wrong is
-/// the report's `error`.
+/// each answer read to its end so its connection stays in the pool: `h1`'s for `http://` roots
+/// when given (the own transport), else `client`'s; gives up after `timeout`. `counter` counts
+/// both pools' connections. Never fails: what went wrong is the report's `error`.
 pub async fn preconnect(
     client: &reqwest::Client,
+    h1: Option<&crate::h1::H1Pool>,
     counter: &ConnectionCounter,
     roots: &[String],
     per_url: &[usize],
@@ -150,9 +156,27 @@ pub async fn preconnect(
     let before = counter.get();
     let wanted: usize = per_url.iter().sum();
     let mut error = None;
+    // The own transport opens exactly the connections it is asked for.
+    let on_h1 = |root: &String| h1.is_some() && root.starts_with("http://");
+    if let Some(pool) = h1 {
+        let opening = roots
+            .iter()
+            .zip(per_url)
+            .filter(|(root, _)| on_h1(root))
+            .map(|(root, &n)| pool.preconnect(format!("{root}/v1/models"), n, api_key));
+        error = match tokio::time::timeout(timeout, futures_util::future::join_all(opening)).await {
+            Err(_) => Some(format!("the preconnect did not finish within {:.1} s", timeout.as_secs_f64())),
+            Ok(results) => results.into_iter().find_map(|r| r.err()).map(|e| format!("GET /v1/models failed: {e}")),
+        };
+    }
+    let per_url: Vec<usize> = roots.iter().zip(per_url).map(|(root, &n)| if on_h1(root) { 0 } else { n }).collect();
+    let per_url = &per_url[..];
     // Should a GET still reuse another's connection (one whose barrier wait ran out), another
     // round of as many GETs opens what is missing, the pooled ones reused.
     for _round in 0..PRECONNECT_ROUNDS {
+        if error.is_some() || per_url.iter().sum::<usize>() == 0 {
+            break;
+        }
         error = preconnect_round(client, roots, per_url, api_key, timeout.saturating_sub(started.elapsed())).await;
         if error.is_some() || counter.get() - before >= wanted {
             break;

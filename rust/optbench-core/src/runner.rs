@@ -16,6 +16,7 @@ use crate::client::{
     build_counted_http_client, stream_request, PreparedRequest, Prompt, RequestInput, RequestSettings,
 };
 use crate::error::{CoreError, Result};
+use crate::h1::{self, H1Pool};
 use crate::journal::JournalWriter;
 use crate::preconnect::{self, ConnectionCounter, PreconnectReport};
 use crate::record::{ErrorKind, RequestRecord, TokenCountSource};
@@ -50,6 +51,32 @@ pub struct LoadTestConfig {
     /// Opens as many connections as the load shape holds in flight before the clock starts
     /// (see [`crate::preconnect`]), so no measured request pays a handshake.
     pub preconnect: bool,
+    /// Which HTTP client sends the requests.
+    pub http_transport: HttpTransport,
+}
+
+/// Which HTTP client a load test's requests go through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HttpTransport {
+    /// The own HTTP/1.1 transport ([`crate::h1`]) for `http://` targets when no HTTP proxy is
+    /// configured in the environment; reqwest otherwise.
+    #[default]
+    Auto,
+    /// reqwest for every request (the general client; for comparison and as a fallback).
+    Reqwest,
+}
+
+impl HttpTransport {
+    /// Parses `auto` or `reqwest` (the `OPTBENCH_HTTP_TRANSPORT` environment variable's values).
+    pub fn parse(name: &str) -> Result<HttpTransport> {
+        match name {
+            "" | "auto" => Ok(HttpTransport::Auto),
+            "reqwest" => Ok(HttpTransport::Reqwest),
+            other => {
+                Err(CoreError::config(format!("OPTBENCH_HTTP_TRANSPORT must be 'auto' or 'reqwest', got {other:?}")))
+            }
+        }
+    }
 }
 
 /// Multi-turn sessions: each session sends its user turns one after the other, each turn's
@@ -219,6 +246,10 @@ pub struct LoadTestOutcome {
 
 struct Shared {
     client: reqwest::Client,
+    /// The own HTTP/1.1 transport's connections (`http://` targets; see [`crate::h1`]).
+    h1: H1Pool,
+    /// Whether `http://` requests go through `h1` (no HTTP proxy configured).
+    h1_enabled: bool,
     /// `requests[b][i]`: input `i` prepared for base URL `b`.
     requests: Vec<Vec<PreparedRequest>>,
     router: Router,
@@ -256,7 +287,7 @@ impl Shared {
         let outcome = tokio::select! {
             biased;
             _ = self.cancel.cancelled() => Err((ErrorKind::Cancelled, self.cancel_message())),
-            r = with_deadline(deadline, stream_request(&self.client, request, self.api_key.as_deref(), self.t0, &mut rec)) => r,
+            r = with_deadline(deadline, self.stream(request, &mut rec)) => r,
         };
         if let Err((kind, message)) = outcome {
             if rec.done_ns.is_none() {
@@ -274,6 +305,22 @@ impl Shared {
         let outcome = (rec.is_success(), if want_text { rec.output_text.clone() } else { String::new() });
         self.records.lock().expect("records lock").push(rec);
         outcome
+    }
+
+    /// Streams `request` into `rec` over the transport its URL takes.
+    async fn stream(
+        &self,
+        request: &PreparedRequest,
+        rec: &mut RequestRecord,
+    ) -> std::result::Result<(), (ErrorKind, String)> {
+        let api_key = self.api_key.as_deref();
+        if self.h1_enabled && request.url.starts_with("http://") {
+            let outcome = h1::stream_request(&self.h1, request, api_key, self.t0, rec).await;
+            crate::client::settle_reasoning_counts(rec);
+            outcome
+        } else {
+            stream_request(&self.client, request, api_key, self.t0, rec).await
+        }
     }
 
     fn cancel_message(&self) -> String {
@@ -470,6 +517,8 @@ pub async fn run_requests(
     let counter = ConnectionCounter::default();
     // Room in the pool for the preconnect's spare connections too.
     let client = build_counted_http_client(max_inflight + preconnect::spare(max_inflight), &counter)?;
+    let h1_enabled = config.http_transport == HttpTransport::Auto && h1::uses_h1("http://");
+    let h1 = H1Pool::new(counter.clone());
     let mut preconnect_report = PreconnectReport::default();
     if config.preconnect {
         let roots = targets.iter().map(RequestSettings::check_target).collect::<Result<Vec<_>>>()?;
@@ -480,7 +529,8 @@ pub async fn run_requests(
             .map_or(preconnect::PRECONNECT_TIMEOUT, |d| d.min(preconnect::PRECONNECT_TIMEOUT));
         let api_key = config.request.api_key.as_deref();
         let per_url = preconnect::split(wanted, roots.len());
-        let opening = preconnect::preconnect(&client, &counter, &roots, &per_url, api_key, timeout);
+        let opening =
+            preconnect::preconnect(&client, h1_enabled.then_some(&h1), &counter, &roots, &per_url, api_key, timeout);
         tokio::select! {
             biased;
             _ = cancel.cancelled() => {
@@ -495,6 +545,8 @@ pub async fn run_requests(
     progress.total.store((config.warmup + config.num_requests) as u64, Ordering::Relaxed);
     let shared = Arc::new(Shared {
         client,
+        h1,
+        h1_enabled,
         requests,
         router,
         api_key: config.request.api_key.clone(),

@@ -11,7 +11,9 @@
 //! that sends more gets [`EventTooLarge`] before the parser buffers past the limit, so a runaway
 //! stream cannot take the client's memory.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::ops::ControlFlow;
 
 /// The most bytes one SSE line (without its line end), or the joined `data` of one event, may
 /// hold: 1 MiB. A streamed chunk of an OpenAI-compatible server is a few hundred bytes (one or a
@@ -93,7 +95,23 @@ impl SseParser {
     /// Consumes one read's bytes and appends every event it completes to `out`. Fails when a
     /// line or an event's data would pass the limit; the events completed before that point are
     /// in `out`, and the parser buffers nothing more.
-    pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<SseEvent>) -> Result<(), EventTooLarge> {
+    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) -> Result<(), EventTooLarge> {
+        let pushed = self.feed_with(bytes, |event, data| {
+            out.push(SseEvent { event: event.map(str::to_owned), data: data.to_owned() });
+            ControlFlow::<()>::Continue(())
+        });
+        pushed.map(|_| ())
+    }
+
+    /// [`feed`](Self::feed) without copies: hands each completed event to `on_event` (its
+    /// `event:` name and its data) as it completes. When `on_event` breaks, the parser stops
+    /// there and returns the break's value; the rest of `bytes` is not read (the caller is done
+    /// with the stream). Fails as `feed` does, after handing over the events completed before.
+    pub fn feed_with<B>(
+        &mut self,
+        mut bytes: &[u8],
+        mut on_event: impl FnMut(Option<&str>, &str) -> ControlFlow<B>,
+    ) -> Result<Option<B>, EventTooLarge> {
         if self.overflowed {
             return Err(self.too_large());
         }
@@ -104,9 +122,8 @@ impl SseParser {
                 bytes = &bytes[1..];
             }
         }
-        while let Some(pos) = bytes.iter().position(|&b| b == b'\n' || b == b'\r') {
-            self.extend_line(&bytes[..pos])?;
-            let terminator = bytes[pos];
+        while let Some(pos) = memchr::memchr2(b'\n', b'\r', bytes) {
+            let (text, terminator) = (&bytes[..pos], bytes[pos]);
             bytes = &bytes[pos + 1..];
             if terminator == b'\r' {
                 match bytes.first() {
@@ -115,14 +132,27 @@ impl SseParser {
                     _ => {}
                 }
             }
-            let line = std::mem::take(&mut self.line);
-            let processed = self.process_line(&line, out);
-            // Keep the line's allocation for the next one.
-            self.line = line;
-            self.line.clear();
-            processed?;
+            let flow = if self.line.is_empty() {
+                // The whole line is in this read: parsed where it lies.
+                if text.len() > self.max_event_bytes {
+                    return Err(self.too_large());
+                }
+                self.process_line(text, &mut on_event)?
+            } else {
+                self.extend_line(text)?;
+                let line = std::mem::take(&mut self.line);
+                let processed = self.process_line(&line, &mut on_event);
+                // Keep the line's allocation for the next one.
+                self.line = line;
+                self.line.clear();
+                processed?
+            };
+            if let ControlFlow::Break(value) = flow {
+                return Ok(Some(value));
+            }
         }
-        self.extend_line(bytes)
+        self.extend_line(bytes)?;
+        Ok(None)
     }
 
     /// True when bytes of an unfinished line or event are buffered (the stream was cut short).
@@ -154,17 +184,24 @@ impl SseParser {
         Ok(())
     }
 
-    fn process_line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) -> Result<(), EventTooLarge> {
+    fn process_line<B>(
+        &mut self,
+        line: &[u8],
+        on_event: &mut impl FnMut(Option<&str>, &str) -> ControlFlow<B>,
+    ) -> Result<ControlFlow<B>, EventTooLarge> {
         if line.is_empty() {
+            let mut flow = ControlFlow::Continue(());
             if self.has_data {
-                out.push(SseEvent { event: self.event.take(), data: std::mem::take(&mut self.data) });
+                flow = on_event(self.event.as_deref(), &self.data);
+                // Keep the data's allocation for the next event.
+                self.data.clear();
             }
             self.has_data = false;
             self.event = None;
-            return Ok(());
+            return Ok(flow);
         }
         if line[0] == b':' {
-            return Ok(()); // comment / keep-alive
+            return Ok(ControlFlow::Continue(())); // comment / keep-alive
         }
         let (field, value) = match line.iter().position(|&b| b == b':') {
             Some(i) => {
@@ -173,7 +210,11 @@ impl SseParser {
             }
             None => (line, &b""[..]),
         };
-        let value = String::from_utf8_lossy(value);
+        // Checked as UTF-8 first (fast for ASCII); only invalid bytes take the lossy copy.
+        let value = match std::str::from_utf8(value) {
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(value),
+        };
         match field {
             b"data" => {
                 let separator = usize::from(self.has_data);
@@ -189,7 +230,7 @@ impl SseParser {
             b"event" => self.event = Some(value.into_owned()),
             _ => {} // id, retry and unknown fields do not matter here
         }
-        Ok(())
+        Ok(ControlFlow::Continue(()))
     }
 }
 

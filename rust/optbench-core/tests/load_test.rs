@@ -52,6 +52,7 @@ fn closed(base_url: &str, n: usize, concurrency: usize, max_tokens: u32) -> Load
         routing: Default::default(),
         sessions: None,
         preconnect: true,
+        http_transport: Default::default(),
     }
 }
 
@@ -174,6 +175,7 @@ async fn open_loop_cap_shows_up_as_queue_delay() {
         routing: Default::default(),
         sessions: None,
         preconnect: true,
+        http_transport: Default::default(),
     };
     let out = run(cfg).await;
     // One slot, ~101 ms per request, requests due every 10 ms: the last waits ~270 ms.

@@ -59,6 +59,7 @@ async fn ttft_and_itl_match_the_servers_truth() {
         routing: Default::default(),
         sessions: None,
         preconnect: true,
+        http_transport: Default::default(),
     };
     let out = run(cfg).await;
     let s = Summary::from_records(&out.records);
@@ -117,6 +118,7 @@ async fn open_loop_sends_on_schedule_and_warmup_is_excluded() {
         routing: Default::default(),
         sessions: None,
         preconnect: true,
+        http_transport: Default::default(),
     };
     let out = run(cfg).await;
     assert_eq!(out.records.len(), 22);
@@ -155,6 +157,7 @@ async fn a_trace_is_replayed_on_its_offsets() {
         routing: Default::default(),
         sessions: None,
         preconnect: true,
+        http_transport: Default::default(),
     };
     let out = run(cfg).await;
     assert_eq!(out.records.len(), offsets.len());

@@ -9,7 +9,9 @@ use optbench_core::arrow::records_to_batch;
 use optbench_core::client::{Endpoint, Prompt, RequestInput, RequestSettings};
 use optbench_core::metrics::{Summary, METRIC_NAMES, REASONING_METRIC_NAMES, STATISTIC_NAMES};
 use optbench_core::routing::Routing;
-use optbench_core::runner::{run_requests, LoadTestConfig, LoadTestOutcome, Progress, Sessions, StopReason};
+use optbench_core::runner::{
+    run_requests, HttpTransport, LoadTestConfig, LoadTestOutcome, Progress, Sessions, StopReason,
+};
 use optbench_core::schedule::{Arrival, Schedule};
 use optbench_core::tokens::{tokenize_timeout, TokenCounter};
 use optbench_core::CoreError;
@@ -223,6 +225,10 @@ impl LoadTest {
             routing: Routing::parse(routing).map_err(PyCoreError)?,
             sessions,
             preconnect,
+            // The client used for every request: the own HTTP/1.1 transport for http:// unless
+            // this says `reqwest` (see the README's environment variables).
+            http_transport: HttpTransport::parse(&std::env::var("OPTBENCH_HTTP_TRANSPORT").unwrap_or_default())
+                .map_err(PyCoreError)?,
         };
         config.validate(inputs.len()).map_err(PyCoreError)?;
         // A bad base URL or API key is a ConfigError here, not a run of failed rows.
