@@ -11,7 +11,9 @@ fresh process: a cold start, with no connection open when it begins. Measured as
 server's window; TTFT error = the client's percentile minus the server's truth), for:
 
 - the floor client (it opens its connections before its clock starts);
-- optbench with ``preconnect`` on (the default) and off.
+- optbench with ``preconnect`` on (the default) and off, over its own HTTP/1.1 transport;
+- optbench over reqwest (``OPTBENCH_HTTP_TRANSPORT=reqwest``), preconnect on: the general
+  HTTP client the own transport replaced for ``http://`` targets.
 
 Each setting is run ``--repeats`` times, the clients interleaved, and the median is reported.
 
@@ -35,6 +37,7 @@ from loadgen import TTFT_MS, Run, Setting, _client_cmd, cpu_cell, fmt, measure  
 FLOOR = "floor (raw sockets)"
 ON = "optbench, preconnect on"
 OFF = "optbench, preconnect off"
+REQWEST = "optbench over reqwest, preconnect on"
 
 
 def floor_run(s: Setting, url: str, model: str, tok: Path, work: Path) -> Run:
@@ -47,17 +50,19 @@ def floor_run(s: Setting, url: str, model: str, tok: Path, work: Path) -> Run:
     return Run(cmd, {}, lambda: json.loads(out.read_text())["requests"])
 
 
-def optbench_run(preconnect: bool) -> Any:
+def optbench_run(preconnect: bool, transport: str = "auto") -> Any:
     def make(s: Setting, url: str, model: str, tok: Path, work: Path) -> Run:
         out = work / "result.json"
         cmd = _client_cmd(sys.executable, "optbench_client.py", s, url, model, out)
         cmd += ["--tokenizer", str(tok / "tokenizer.json")] + ([] if preconnect else ["--no-preconnect"])
-        return Run(cmd, {}, lambda: json.loads(out.read_text())["requests"])
+        return Run(cmd, {"OPTBENCH_HTTP_TRANSPORT": transport}, lambda: json.loads(out.read_text())["requests"])
 
     return make
 
 
-CLIENTS = {FLOOR: floor_run, ON: optbench_run(True), OFF: optbench_run(False)}
+#: optbench's own HTTP/1.1 transport (the default for http://), with and without preconnect,
+#: and the same load test over reqwest (the general client it replaced there).
+CLIENTS = {FLOOR: floor_run, ON: optbench_run(True), OFF: optbench_run(False), REQWEST: optbench_run(True, "reqwest")}
 
 #: The row fields reported as medians over the repeats.
 MEDIAN_FIELDS = (
@@ -183,6 +188,13 @@ def add_ratios(section: Section, medians: list[dict[str, Any]], top: int) -> Non
             else None
         )
         section.ratio(f"optbench / floor client CPU per token, gap {gap:g} ms, c={top}", value, 1.25, "<=")
+        general = get(REQWEST, gap)
+        section.ratio(
+            f"optbench's own HTTP/1.1 transport / reqwest CPU per token, gap {gap:g} ms, c={top}",
+            ours["cpu_s_per_1k_tokens"] / general["cpu_s_per_1k_tokens"] if ours and general else None,
+            1.0,
+            "<=",
+        )
     cold, floor = get(ON, 5.0), get(FLOOR, 5.0)
     for q, target in ((50, 1.0), (99, 3.0)):
         key = f"ttft_err_p{q}_ms"
@@ -223,7 +235,9 @@ def main() -> None:
         rows = json.loads(args.out.with_suffix(".rows.json").read_text())
         section.commands = json.loads(args.out.read_text())["commands"]
         for gap in sorted({r["gap_ms"] for r in rows}, reverse=True):
-            medians += [median_row([r for r in rows if r["client"] == c and r["gap_ms"] == gap]) for c in CLIENTS]
+            for c in CLIENTS:
+                if mine := [r for r in rows if r["client"] == c and r["gap_ms"] == gap]:
+                    medians.append(median_row(mine))
         repeats = len(rows) // len(medians)
         concurrency = rows[0]["concurrency"]
         section.section = section.section.rsplit(" ", 1)[0] + f" {concurrency}"
