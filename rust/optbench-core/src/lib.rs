@@ -16,6 +16,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod arrow;
+mod chunk;
 pub mod client;
 pub mod embeddings;
 pub mod error;
