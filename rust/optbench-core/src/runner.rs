@@ -258,8 +258,6 @@ struct Shared {
     t0: Instant,
     progress: Arc<Progress>,
     cancel: CancellationToken,
-    /// `cancel` as the requests in flight wait on it (see [`CancelSignal`]).
-    in_flight_cancel: Arc<CancelSignal>,
     time_limit_hit: AtomicBool,
     records: Mutex<Vec<RequestRecord>>,
     journal: Mutex<Option<JournalWriter>>,
@@ -288,7 +286,7 @@ impl Shared {
         let deadline = self.timeout.map(|d| Instant::now() + d);
         let outcome = tokio::select! {
             biased;
-            _ = self.in_flight_cancel.cancelled() => Err((ErrorKind::Cancelled, self.cancel_message())),
+            _ = self.cancel.cancelled() => Err((ErrorKind::Cancelled, self.cancel_message())),
             r = with_deadline(deadline, self.stream(request, &mut rec)) => r,
         };
         if let Err((kind, message)) = outcome {
@@ -335,85 +333,6 @@ impl Shared {
 
     fn now_ns(&self) -> i64 {
         self.t0.elapsed().as_nanos() as i64
-    }
-}
-
-/// A cancellation that the requests in flight can wait on at the cost of an atomic load per
-/// poll. Each request's future is polled on every streamed token; a `CancellationToken`'s
-/// future takes two locks on each poll (the token's and its `Notify`'s), this takes none until
-/// the waiting request's waker changes. [`CancelSignal::cancel`] wakes every waiting request.
-#[derive(Default)]
-struct CancelSignal {
-    cancelled: AtomicBool,
-    waiting: Mutex<WaitingRequests>,
-}
-
-#[derive(Default)]
-struct WaitingRequests {
-    next: u64,
-    wakers: std::collections::HashMap<u64, std::task::Waker>,
-}
-
-impl CancelSignal {
-    fn cancel(&self) {
-        self.cancelled.store(true, Ordering::SeqCst);
-        let wakers = std::mem::take(&mut self.waiting.lock().expect("cancel lock").wakers);
-        for waker in wakers.into_values() {
-            waker.wake();
-        }
-    }
-
-    /// Ready once [`cancel`](Self::cancel) was called.
-    fn cancelled(&self) -> Cancelled<'_> {
-        Cancelled { signal: self, registered: None }
-    }
-}
-
-/// The future of [`CancelSignal::cancelled`].
-struct Cancelled<'a> {
-    signal: &'a CancelSignal,
-    /// The key this future's waker is kept under, and a copy of that waker.
-    registered: Option<(u64, std::task::Waker)>,
-}
-
-impl std::future::Future for Cancelled<'_> {
-    type Output = ();
-
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        let signal = self.signal;
-        if signal.cancelled.load(Ordering::SeqCst) {
-            return std::task::Poll::Ready(());
-        }
-        match &self.registered {
-            Some((_, waker)) if waker.will_wake(cx.waker()) => {}
-            registered => {
-                let mut waiting = signal.waiting.lock().expect("cancel lock");
-                let key = match registered {
-                    Some((key, _)) => *key,
-                    None => {
-                        waiting.next += 1;
-                        waiting.next
-                    }
-                };
-                waiting.wakers.insert(key, cx.waker().clone());
-                drop(waiting);
-                self.registered = Some((key, cx.waker().clone()));
-                // `cancel` sets the flag before it takes the wakers: checked again after the
-                // waker went in, no cancellation is missed.
-                if signal.cancelled.load(Ordering::SeqCst) {
-                    return std::task::Poll::Ready(());
-                }
-            }
-        }
-        std::task::Poll::Pending
-    }
-}
-
-impl Drop for Cancelled<'_> {
-    fn drop(&mut self) {
-        if let Some((key, _)) = &self.registered {
-            self.signal.waiting.lock().expect("cancel lock").wakers.remove(key);
-        }
     }
 }
 
@@ -637,20 +556,11 @@ pub async fn run_requests(
         // The time limit cancels this child token; the caller's own token stays for Ctrl-C,
         // which must still be able to cut the token recount after the run.
         cancel: cancel.child_token(),
-        in_flight_cancel: Arc::new(CancelSignal::default()),
         time_limit_hit: AtomicBool::new(false),
         records: Mutex::new(Vec::with_capacity(config.warmup + config.num_requests)),
         journal: Mutex::new(journal),
     });
 
-    // Passes the run's cancellation (Ctrl-C, the time limit) on to the requests in flight.
-    let relay = {
-        let (token, signal) = (shared.cancel.clone(), shared.in_flight_cancel.clone());
-        tokio::spawn(async move {
-            token.cancelled().await;
-            signal.cancel();
-        })
-    };
     if config.warmup > 0 {
         let warm_concurrency = match &config.schedule {
             Schedule::Closed { concurrency } => *concurrency,
@@ -690,7 +600,6 @@ pub async fn run_requests(
     if let Some(timer) = limit_timer {
         timer.abort();
     }
-    relay.abort();
     let wall_s = shared.t0.elapsed().as_secs_f64();
     let journal = shared.journal.lock().expect("journal lock").take();
     if let Some(journal) = journal {
