@@ -1,10 +1,13 @@
 //! One streamed request against an OpenAI-compatible server, measured byte by byte.
 
+use std::borrow::Cow;
 use std::ops::ControlFlow;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use crate::error::{CoreError, Result};
@@ -277,6 +280,65 @@ impl RequestSettings {
     }
 }
 
+#[derive(Deserialize)]
+struct StreamChunk<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<Choice<'a>>,
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(default, borrow)]
+    timings: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    error: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    delta: Option<Delta<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    /// The thinking of a reasoning model: `reasoning_content` (vLLM before 0.10, SGLang,
+    /// llama.cpp's `--reasoning-format`) or `reasoning` (newer vLLM).
+    #[serde(default, borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Usage {
+    #[serde(default)]
+    completion_tokens: Option<u32>,
+    #[serde(default)]
+    prompt_tokens: Option<u32>,
+    #[serde(default)]
+    completion_tokens_details: Option<CompletionTokensDetails>,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+#[derive(Deserialize)]
+struct CompletionTokensDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<u32>,
+}
+
+/// `usage.prompt_tokens_details` (OpenAI's; vLLM with `--enable-prompt-tokens-details`).
+#[derive(Deserialize)]
+struct PromptTokensDetails {
+    #[serde(default)]
+    cached_tokens: Option<u32>,
+}
+
 /// What the stream said at the end of an event.
 enum Step {
     Continue,
@@ -507,7 +569,7 @@ fn handle_data(event: Option<&str>, data: &str, arrived: i64, rec: &mut RequestR
     if data.is_empty() {
         return Ok(Step::Continue);
     }
-    let chunk = crate::chunk::parse(data)
+    let chunk: StreamChunk = serde_json::from_str(data)
         .map_err(|e| (ErrorKind::MalformedChunk, format!("{e} in chunk {:?}", snippet(data, 200))))?;
     if let Some(err) = chunk.error {
         return Err((ErrorKind::StreamError, snippet(err.get(), 500)));

@@ -16,7 +16,6 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod arrow;
-mod chunk;
 pub mod client;
 pub mod embeddings;
 pub mod error;
