@@ -127,7 +127,15 @@ impl H1Pool {
 
     fn put(&self, authority: &str, stream: TcpStream) {
         let mut idle = self.idle.lock().expect("pool lock");
-        idle.entry(authority.to_string()).or_default().push(Idle { stream, since: Instant::now() });
+        let list = match idle.get_mut(authority) {
+            Some(list) => list,
+            None => idle.entry(authority.to_string()).or_default(),
+        };
+        // Oldest first (`take` pops the newest): the ones idle too long are closed here, not
+        // kept open to the run's end.
+        let expired = list.partition_point(|c| c.since.elapsed() >= POOL_IDLE_TIMEOUT);
+        list.drain(..expired);
+        list.push(Idle { stream, since: Instant::now() });
     }
 
     /// Idle connections held for `authority`.
