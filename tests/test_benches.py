@@ -58,23 +58,27 @@ def test_benchmark_command_runs_in_its_smallest_setting(tmp_path: Path) -> None:
     gap5 = next(r for r in ours if r["gap_ms"] == 5.0 and r["concurrency"] == 8)
     assert abs(gap5["itl_err_p50_ms"]) < 1.0, gap5
 
-    # The floor section ran the raw-socket client and optbench with and without preconnect.
+    # The floor section ran the raw-socket client, optbench with and without preconnect (its own
+    # HTTP/1.1 transport) and optbench over reqwest.
     floor_rows = json.loads((out_dir / "floor.rows.json").read_text())
     assert {r["client"] for r in floor_rows} == {
         "floor (raw sockets)",
         "optbench, preconnect on",
         "optbench, preconnect off",
+        "optbench over reqwest, preconnect on",
     }
     for r in floor_rows:
         assert "error" not in r, r
         assert r["succeeded"] == r["requests"] == r["server_requests"], r
     for r in floor_rows:
-        if r["client"] == "optbench, preconnect on":  # every connection open before the clock
+        if r["client"] in ("optbench, preconnect on", "optbench over reqwest, preconnect on"):  # all before the clock
             assert r["connections_before_clock"] == 9 and r["connections_during_run"] == 0, r
         if r["client"] == "optbench, preconnect off":
             assert r["connections_before_clock"] == 0 and r["connections_during_run"] >= 8, r
     floor = json.loads((out_dir / "floor.json").read_text())
     assert any(x["name"].startswith("optbench / floor client CPU") for x in floor["ratios"])
+    own = [x for x in floor["ratios"] if x["name"].startswith("optbench's own HTTP/1.1 transport / reqwest")]
+    assert len(own) == 2 and all(x["value"] and x["value"] > 0 for x in own), own
 
     # Sections that need the peers say so instead of failing.
     loadgen = json.loads((out_dir / "loadgen.json").read_text())
