@@ -12,7 +12,7 @@
 //! the clock by [`H1Pool::preconnect`].
 //!
 //! `https://` targets, and any target while an HTTP proxy is configured in the environment, go
-//! through reqwest instead (TLS and proxies are its job); [`uses_h1`] decides.
+//! through reqwest instead (TLS and proxies are its job): [`proxy_configured`] and [`serves`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -23,8 +23,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::client::{
-    elapsed_ns, redirect_text, snippet, Failure, PreparedRequest, StreamReader, DRAIN_AFTER_DONE, ERROR_BODY_BYTES,
-    ERROR_BODY_TIMEOUT, POOL_IDLE_TIMEOUT,
+    elapsed_ns, redirect_text, settle_reasoning_counts, snippet, Failure, PreparedRequest, StreamReader,
+    DRAIN_AFTER_DONE, ERROR_BODY_BYTES, ERROR_BODY_TIMEOUT, POOL_IDLE_TIMEOUT,
 };
 use crate::preconnect::ConnectionCounter;
 use crate::record::{ErrorKind, RequestRecord};
@@ -40,10 +40,15 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Environment variables that configure an HTTP proxy (reqwest's system proxy reads them).
 const PROXY_VARIABLES: [&str; 4] = ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"];
 
-/// Whether requests to `url` go through this transport: plain `http://` with no HTTP proxy in
-/// the environment.
-pub fn uses_h1(url: &str) -> bool {
-    url.starts_with("http://") && !PROXY_VARIABLES.iter().any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
+/// Whether an HTTP proxy is configured in the environment (then every request goes through
+/// reqwest, which honours it).
+pub fn proxy_configured() -> bool {
+    PROXY_VARIABLES.iter().any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
+}
+
+/// Whether this transport can take requests to `url` (plain `http://`).
+pub fn serves(url: &str) -> bool {
+    url.starts_with("http://")
 }
 
 /// Where a request goes: the socket address (`host:port`) and the request's first lines.
@@ -108,11 +113,6 @@ impl H1Pool {
         H1Pool { idle: Mutex::default(), opened }
     }
 
-    /// Connections this pool opened so far.
-    pub fn opened(&self) -> usize {
-        self.opened.get()
-    }
-
     /// An idle connection to `authority` that is still open, if any (the most recently used).
     fn take(&self, authority: &str) -> Option<TcpStream> {
         let mut idle = self.idle.lock().expect("pool lock");
@@ -136,11 +136,6 @@ impl H1Pool {
         let expired = list.partition_point(|c| c.since.elapsed() >= POOL_IDLE_TIMEOUT);
         list.drain(..expired);
         list.push(Idle { stream, since: Instant::now() });
-    }
-
-    /// Idle connections held for `authority`.
-    pub fn idle_count(&self, authority: &str) -> usize {
-        self.idle.lock().expect("pool lock").get(authority).map_or(0, Vec::len)
     }
 
     async fn connect(&self, authority: &str) -> std::io::Result<TcpStream> {
@@ -462,6 +457,18 @@ impl Conn {
 /// Sends one request over `pool` and streams its answer into `rec`, as
 /// [`crate::client::stream_request`] does over reqwest.
 pub async fn stream_request(
+    pool: &H1Pool,
+    request: &PreparedRequest,
+    api_key: Option<&str>,
+    t0: Instant,
+    rec: &mut RequestRecord,
+) -> Result<(), Failure> {
+    let outcome = stream_into(pool, request, api_key, t0, rec).await;
+    settle_reasoning_counts(rec);
+    outcome
+}
+
+async fn stream_into(
     pool: &H1Pool,
     request: &PreparedRequest,
     api_key: Option<&str>,

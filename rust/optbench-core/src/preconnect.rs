@@ -157,7 +157,7 @@ pub async fn preconnect(
     let wanted: usize = per_url.iter().sum();
     let mut error = None;
     // The own transport opens exactly the connections it is asked for.
-    let on_h1 = |root: &String| h1.is_some() && root.starts_with("http://");
+    let on_h1 = |root: &String| h1.is_some() && crate::h1::serves(root);
     if let Some(pool) = h1 {
         let opening = roots
             .iter()

@@ -246,10 +246,9 @@ pub struct LoadTestOutcome {
 
 struct Shared {
     client: reqwest::Client,
-    /// The own HTTP/1.1 transport's connections (`http://` targets; see [`crate::h1`]).
-    h1: H1Pool,
-    /// Whether `http://` requests go through `h1` (no HTTP proxy configured).
-    h1_enabled: bool,
+    /// The own HTTP/1.1 transport's connections for `http://` targets (see [`crate::h1`]);
+    /// `None` when every request goes through reqwest.
+    h1: Option<H1Pool>,
     /// `requests[b][i]`: input `i` prepared for base URL `b`.
     requests: Vec<Vec<PreparedRequest>>,
     router: Router,
@@ -314,12 +313,9 @@ impl Shared {
         rec: &mut RequestRecord,
     ) -> std::result::Result<(), (ErrorKind, String)> {
         let api_key = self.api_key.as_deref();
-        if self.h1_enabled && request.url.starts_with("http://") {
-            let outcome = h1::stream_request(&self.h1, request, api_key, self.t0, rec).await;
-            crate::client::settle_reasoning_counts(rec);
-            outcome
-        } else {
-            stream_request(&self.client, request, api_key, self.t0, rec).await
+        match &self.h1 {
+            Some(pool) if h1::serves(&request.url) => h1::stream_request(pool, request, api_key, self.t0, rec).await,
+            _ => stream_request(&self.client, request, api_key, self.t0, rec).await,
         }
     }
 
@@ -517,8 +513,8 @@ pub async fn run_requests(
     let counter = ConnectionCounter::default();
     // Room in the pool for the preconnect's spare connections too.
     let client = build_counted_http_client(max_inflight + preconnect::spare(max_inflight), &counter)?;
-    let h1_enabled = config.http_transport == HttpTransport::Auto && h1::uses_h1("http://");
-    let h1 = H1Pool::new(counter.clone());
+    let h1 =
+        (config.http_transport == HttpTransport::Auto && !h1::proxy_configured()).then(|| H1Pool::new(counter.clone()));
     let mut preconnect_report = PreconnectReport::default();
     if config.preconnect {
         let roots = targets.iter().map(RequestSettings::check_target).collect::<Result<Vec<_>>>()?;
@@ -529,8 +525,7 @@ pub async fn run_requests(
             .map_or(preconnect::PRECONNECT_TIMEOUT, |d| d.min(preconnect::PRECONNECT_TIMEOUT));
         let api_key = config.request.api_key.as_deref();
         let per_url = preconnect::split(wanted, roots.len());
-        let opening =
-            preconnect::preconnect(&client, h1_enabled.then_some(&h1), &counter, &roots, &per_url, api_key, timeout);
+        let opening = preconnect::preconnect(&client, h1.as_ref(), &counter, &roots, &per_url, api_key, timeout);
         tokio::select! {
             biased;
             _ = cancel.cancelled() => {
@@ -546,7 +541,6 @@ pub async fn run_requests(
     let shared = Arc::new(Shared {
         client,
         h1,
-        h1_enabled,
         requests,
         router,
         api_key: config.request.api_key.clone(),
